@@ -1,0 +1,5 @@
+import sys
+
+from relevent.cli import main
+
+sys.exit(main())

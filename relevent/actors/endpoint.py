@@ -1,0 +1,51 @@
+"""A WAN or LAN protocol endpoint: one actor process per endpoint, so a crash in a
+protocol stack (a C extension included) takes down only that endpoint.
+
+The protocol adapter named by the registry runs inside this actor.  Until a protocol's
+adapter is part of the build, the endpoint says so in `relevent status` instead of
+pretending to serve.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from relevent.actors.base import ReleventActor
+from relevent.protocols.registry import PROTOCOLS
+
+log = logging.getLogger("relevent.endpoint")
+
+
+class EndpointActor(ReleventActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapter: Any = None
+
+    def on_configure(self) -> None:
+        spec = PROTOCOLS[self.config["protocol"]]
+        if spec.adapter is None:
+            log.warning("endpoint=%s protocol=%s: no adapter in this build", self.path, spec.name)
+            return
+        module, _, cls = spec.adapter.rpartition(".")
+        self.adapter = getattr(importlib.import_module(module), cls)(self, self.config)
+        self.adapter.start()
+
+    def watch_fds(self) -> list[int]:
+        return self.adapter.fds() if self.adapter else []
+
+    def on_watch(self, ready: list[int]) -> None:
+        if self.adapter:
+            self.adapter.on_ready(ready)
+
+    def on_stop(self) -> None:
+        if self.adapter:
+            self.adapter.stop()
+
+    def detail(self) -> dict:
+        info = {"protocol": self.config.get("protocol"), "starts": self.lifetime.get("starts")}
+        if self.adapter is None:
+            info["adapter"] = "not in this build"
+        else:
+            info.update(self.adapter.detail())
+        return info

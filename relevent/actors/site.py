@@ -1,0 +1,32 @@
+"""The root of a site's tree: WAN endpoints, then DERs, then LAN endpoints.
+
+Its configuration is the whole normalised topology; `Reconfigure` with an edited topology
+starts, stops or restarts only the children whose slice changed.
+"""
+from __future__ import annotations
+
+from relevent.actors.supervisor import ChildSpec, Supervisor
+
+
+def site_settings(data: dict) -> dict:
+    """What every actor of the site needs besides its own slice of the topology."""
+    return {"name": data["site"]["name"], "state_dir": data["site"]["state_dir"],
+            "runtime": data["runtime"], "supervision": data["supervision"]}
+
+
+def site_children(data: dict) -> list[ChildSpec]:
+    specs = [ChildSpec(ep["name"], "wan", "relevent.actors.endpoint.EndpointActor", ep) for ep in data["wan"]]
+    specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True)
+              for der in data["der"]]
+    specs += [ChildSpec(ep["name"], "lan", "relevent.actors.endpoint.EndpointActor", ep) for ep in data["lan"]]
+    return specs
+
+
+class SiteSupervisor(Supervisor):
+    level = "site"
+
+    def child_specs(self) -> list[ChildSpec]:
+        return site_children(self.config)
+
+    def detail(self) -> dict:
+        return {"site": self.site.get("name"), "starts": self.lifetime.get("starts")}

@@ -1,0 +1,175 @@
+"""The `relevent` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from relevent.runtime.control import SiteNotRunning, request
+from relevent.topology import Topology, TopologyError, load_topology
+
+
+def _load(path: str) -> Topology:
+    try:
+        return load_topology(path)
+    except TopologyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    topo = _load(args.topology)
+    print(summary(topo))
+    return 0
+
+
+def summary(topo: Topology) -> str:
+    d = topo.data
+    rt = d["runtime"]
+    lines = [f"site {topo.name}: topology {topo.path} is valid",
+             f"  state dir   {topo.state_dir}",
+             f"  runtime     {rt['base']}, admin port {rt['admin_port']} (loopback)"
+             + (f", convention leader {rt['convention_leader']}" if rt["convention_leader"] else "")]
+    sup = d["supervision"]["site"]
+    lines.append(f"  supervision {sup['strategy']}, max {sup['max_restarts']} restarts in {sup['period']:g} s, "
+                 f"heartbeat {sup['heartbeat_interval']:g}/{sup['heartbeat_timeout']:g} s")
+    for role in ("wan", "lan"):
+        for ep in d[role]:
+            where = f" port {ep['port']}" if "port" in ep else ""
+            host = ep.get("address") or ep.get("host") or ""
+            lines.append(f"  {role.upper()}  {ep['name']:<16} {ep['protocol']:<8} {host}{where}")
+    actors = 1 + len(d["wan"]) + len(d["lan"])
+    for der in d["der"]:
+        n = len(der["functions"])
+        actors += 1 + n * (der["schedules"] + 2)
+        via = f" via {der['lan']}" if der["lan"] else " (no device endpoint)"
+        lines.append(f"  DER  {der['name']:<16} {der['type']:<10} {'/'.join(der['functions'])}, "
+                     f"{der['schedules']}+1 schedules each{via}")
+    lines.append(f"  actors      {actors}")
+    return "\n".join(lines)
+
+
+def _call(args: argparse.Namespace, payload: dict) -> dict:
+    topo = _load(args.topology)
+    try:
+        reply = request(topo.control_socket, payload)
+    except SiteNotRunning as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return reply
+
+
+def _report(reply: dict) -> int:
+    if reply.get("ok"):
+        changes = reply.get("changes")
+        if changes is not None:
+            for what in ("added", "removed", "restarted", "reconfigured"):
+                for path in changes.get(what, []):
+                    print(f"{what:<12} {path}")
+            if not any(changes.values()):
+                print("no change")
+        elif reply.get("message"):
+            print(reply["message"])
+        return 0
+    print(f"error: {reply.get('error')}", file=sys.stderr)
+    for problem in reply.get("problems", []):
+        print(f"  {problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = _call(args, {"op": "status"})
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0 if reply.get("ok") else 1
+    print(f"{'ACTOR':<40} {'ROLE':<10} {'PID':>7} {'STATE':<10} {'RESTARTS':>8} {'UPTIME':>9}  LAST ERROR")
+    for depth, node in walk(reply["tree"]):
+        name = "  " * depth + (node["name"])
+        uptime = f"{node['uptime_s']:.1f}s" if node.get("uptime_s") is not None else "-"
+        print(f"{name:<40} {node['role']:<10} {node['pid'] or '-':>7} {node['state']:<10} "
+              f"{node['restarts']:>8} {uptime:>9}  {node['last_error']}")
+    return 0
+
+
+def walk(node: dict, depth: int = 0):
+    yield depth, node
+    for child in node.get("children") or []:
+        yield from walk(child, depth + 1)
+
+
+def cmd_endpoint(args: argparse.Namespace) -> int:
+    if args.action == "add":
+        role = "wan" if args.wan else "lan"
+        return _report(_call(args, {"op": "endpoint_add", "role": role, "snippet": args.snippet}))
+    return _report(_call(args, {"op": "endpoint_remove", "name": args.name}))
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    _load(args.topology)  # report file errors here, with line numbers, before asking the site
+    return _report(_call(args, {"op": "reload"}))
+
+
+def cmd_fault(args: argparse.Namespace) -> int:
+    return _report(_call(args, {"op": "fault", "target": args.target, "kind": args.kind}))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from relevent.runtime.runner import run_site
+
+    _load(args.topology)
+    return run_site(args.topology)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="relevent", description="Edge runtime for DER scheduling and control.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run a site until SIGINT/SIGTERM")
+    s.add_argument("topology")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("check", help="validate a topology file and summarise it")
+    s.add_argument("topology")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("status", help="show the running site's actor tree")
+    s.add_argument("topology")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("endpoint", help="add or remove a protocol endpoint in the running site")
+    esub = s.add_subparsers(dest="action", required=True)
+    a = esub.add_parser("add", help="add an endpoint; SNIPPET is TOML (lines or {inline table}) or a file")
+    a.add_argument("topology")
+    side = a.add_mutually_exclusive_group(required=True)
+    side.add_argument("--wan", action="store_true")
+    side.add_argument("--lan", action="store_true")
+    a.add_argument("snippet")
+    a.set_defaults(func=cmd_endpoint)
+    r = esub.add_parser("remove", help="remove an endpoint by name")
+    r.add_argument("topology")
+    r.add_argument("name")
+    r.set_defaults(func=cmd_endpoint)
+
+    s = sub.add_parser("reload", help="apply the edited topology file to the running site (a diff)")
+    s.add_argument("topology")
+    s.set_defaults(func=cmd_reload)
+
+    s = sub.add_parser("fault", help="inject a fault (needs [runtime] allow_fault_injection = true)")
+    s.add_argument("topology")
+    s.add_argument("target", help="actor path, e.g. pv1/ActPow/FSCH01")
+    s.add_argument("kind", choices=["raise", "exit", "segfault", "hang", "sigterm", "raise-loop"])
+    s.set_defaults(func=cmd_fault)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Client side of the control socket (`relevent status`, `endpoint`, `reload`, `fault`)."""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+
+class SiteNotRunning(Exception):
+    pass
+
+
+def request(socket_path: Path, payload: dict, timeout: float = 15.0) -> dict:
+    """Send one request to a running site and return its JSON reply."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(socket_path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise SiteNotRunning(f"no running site answers at {socket_path}") from None
+    try:
+        sock.sendall(json.dumps(payload).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    if not data:
+        raise SiteNotRunning(f"the site at {socket_path} closed the connection without answering")
+    return json.loads(data)

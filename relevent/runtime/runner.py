@@ -1,0 +1,424 @@
+"""`relevent run`: bring a site up, keep its root alive, answer the control socket, stop cleanly.
+
+The runner process owns the thespian ActorSystem.  It is the supervisor of the site
+supervisor (thespian does not report the exit of a top-level actor, so the runner pings it)
+and the only door into the running site: a Unix socket in the state directory (mode 0600),
+speaking one JSON line per request.  Thespian's own ports are never that door.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import logging.config
+import os
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from relevent.actors.messages import (
+    Configure, FaultAck, Failed, Hello, InjectFault, Ping, Pong, Ready, Reconfigure, Reconfigured,
+    StatusReply, StatusRequest, FAULT_KINDS,
+)
+from relevent.actors.site import site_settings
+from relevent.runtime import hardening
+from relevent.topology import Topology, TopologyError, load_topology, parse_topology
+from relevent.topology.edit import EditError, add_endpoint, parse_snippet, remove_endpoint, write_atomic
+
+log = logging.getLogger("relevent.runner")
+
+# Settings that need a full restart of the site to change.
+RESTART_ONLY = {("site", "name"), ("site", "state_dir"), ("runtime", "base"), ("runtime", "admin_port"),
+                ("runtime", "convention_leader")}
+REPLY_TIMEOUT = 5.0
+
+
+class SiteRunner:
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.state_dir = topology.state_dir
+        self.asys: Any = None
+        self.root: Any = None
+        self.root_pid: int | None = None
+        self.root_ready = False
+        self.root_restarts = 0
+        self.root_started = 0.0
+        self.root_ping_sent: float | None = None
+        self.root_failures: deque = deque()
+        self.root_error = ""
+        self.root_detail: dict = {}
+        self.admin_pgid: int | None = None
+        self._request = 0
+        self._stopping = False
+        self.exit_code = 0
+        self._lock_file = None
+        self._sel = selectors.DefaultSelector()
+        self._signal_r, self._signal_w = socket.socketpair()
+
+    # -- start-up -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        runtime = self.topology.data["runtime"]
+        multi_host = bool(runtime["convention_leader"])
+        os.environ["RELEVENT_RUNNER_PID"] = str(os.getpid())
+        os.environ["RELEVENT_CRASH_LOG"] = str(self.state_dir / "crash.log")
+        os.environ.setdefault("THESPLOG_FILE", str(self.state_dir / "thespian.log"))
+        os.environ.setdefault("THESPLOG_FILE_MAXSIZE", str(1 << 20))
+        if not multi_host:
+            os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
+            hardening.bind_thespian_to_loopback()
+        from thespian.actors import ActorSystem
+
+        capabilities: dict = {}
+        if runtime["base"] != "simpleSystemBase":
+            capabilities["Admin Port"] = runtime["admin_port"]
+            if multi_host:
+                capabilities["Convention Address.IPv4"] = runtime["convention_leader"]
+        started = time.monotonic()
+        logging.config.dictConfig(self._log_defs())
+        # The multiproc bases log through thespian's logger actor, configured with the same
+        # definitions; simpleSystemBase runs in this process, configured just above.
+        log_defs = self._log_defs() if runtime["base"] != "simpleSystemBase" else False
+        self.asys = ActorSystem(runtime["base"], capabilities, logDefs=log_defs, transientUnique=True)
+        self._start_root()
+        self._open_control_socket()
+        self._write_pid_file()
+        log.info("site=%s up in %.3f s base=%s admin_port=%s state_dir=%s", self.topology.name,
+                 time.monotonic() - started, runtime["base"], runtime["admin_port"], self.state_dir)
+
+    def _take_lock(self) -> None:
+        lock_file = open(self.state_dir / "relevent.lock", "w")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock_file = lock_file
+        except BlockingIOError:
+            lock_file.close()
+            raise SystemExit(f"error: site already running with state directory {self.state_dir}") from None
+
+    def _log_defs(self) -> dict:
+        level = self.topology.data["runtime"]["log_level"]
+        fmt = "%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"
+        return {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"plain": {"format": fmt}},
+            "handlers": {
+                "file": {"class": "logging.FileHandler", "filename": str(self.state_dir / "relevent.log"),
+                         "formatter": "plain", "level": level},
+                "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "level": level},
+            },
+            "root": {"handlers": ["file", "stderr"], "level": level},
+        }
+
+    def _start_root(self) -> None:
+        data = self.topology.data
+        self.root = self.asys.createActor("relevent.actors.site.SiteSupervisor")
+        self.root_pid, self.root_ready = None, False
+        self.root_started = time.time()
+        self.root_ping_sent = None
+        self.asys.tell(self.root, Configure(data["site"]["name"], "", "site", data, site_settings(data),
+                                            self.root_restarts))
+        deadline = time.monotonic() + data["supervision"]["site"]["startup_timeout"]
+        while not self.root_ready and time.monotonic() < deadline:
+            self._handle(self.asys.listen(0.5))
+        if not self.root_ready:
+            raise RuntimeError("site supervisor did not become ready")
+        if self.admin_pgid is None and self.root_pid and self.root_pid != os.getpid():
+            self.admin_pgid = os.getpgid(self.root_pid)
+
+    def _open_control_socket(self) -> None:
+        path = self.topology.control_socket
+        if path.exists():
+            path.unlink()  # stale: we hold the lock, so no live site owns it
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            self._server.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        self._server.listen(8)
+        self._sel.register(self._server, selectors.EVENT_READ, "accept")
+        self._sel.register(self._signal_r, selectors.EVENT_READ, "signal")
+
+    def _write_pid_file(self) -> None:
+        info = {"runner": os.getpid(), "admin_pgid": self.admin_pgid,
+                "topology": str(self.topology.path)}
+        write_atomic(self.state_dir / "relevent.pid", json.dumps(info) + "\n")
+
+    # -- main loop -------------------------------------------------------------------------
+    def signal_stop(self, signum: int, _frame: Any) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        self._stopping = True
+        try:
+            self._signal_w.send(b"s")
+        except OSError:
+            pass
+
+    def serve(self) -> int:
+        policy = self.topology.data["supervision"]["site"]
+        next_ping = time.monotonic()
+        while not self._stopping:
+            for key, _ in self._sel.select(timeout=0.05):
+                if key.data == "accept":
+                    self._accept()
+                elif key.data == "signal":
+                    self._signal_r.recv(64)
+            if self._stopping:
+                break
+            self._handle(self.asys.listen(0.02))
+            now = time.monotonic()
+            if now >= next_ping:
+                next_ping = now + policy["heartbeat_interval"]
+                self._watch_root(now, policy)
+        return self.exit_code
+
+    def _watch_root(self, now: float, policy: dict) -> None:
+        dead = False
+        if self.root_pid and self.root_pid != os.getpid():
+            try:
+                os.kill(self.root_pid, 0)
+            except ProcessLookupError:
+                dead = True
+                self.root_error = self.root_error or "site supervisor process exited"
+        if not dead and self.root_ping_sent is not None and now - self.root_ping_sent > policy["heartbeat_timeout"]:
+            self.root_error = f"hung: no heartbeat reply for {now - self.root_ping_sent:.2f} s"
+            if self.root_pid and self.root_pid != os.getpid():
+                os.kill(self.root_pid, signal.SIGKILL)
+            dead = True
+        if dead:
+            self._restart_root(policy)
+        elif self.root_ping_sent is None:
+            self.root_ping_sent = now
+            self.asys.tell(self.root, Ping(0))
+
+    def _restart_root(self, policy: dict) -> None:
+        now = time.monotonic()
+        self.root_failures.append(now)
+        while self.root_failures and now - self.root_failures[0] > policy["period"]:
+            self.root_failures.popleft()
+        if len(self.root_failures) > policy["max_restarts"]:
+            log.error("site supervisor failed %d times within %g s; giving up: %s",
+                      len(self.root_failures), policy["period"], self.root_error)
+            self.exit_code = 1
+            self._stopping = True
+            return
+        log.warning("restarting site supervisor: %s", self.root_error)
+        self.root_restarts += 1
+        self._start_root()
+        self.root_error = ""
+
+    def _handle(self, message: Any) -> Any:
+        """Book-keeping for anything the root sends us (ActorSystem.listen() results)."""
+        if isinstance(message, Hello):
+            self.root_pid = message.pid
+        elif isinstance(message, Ready):
+            self.root_pid, self.root_ready = message.pid, True
+        elif isinstance(message, Pong):
+            self.root_ping_sent = None
+            self.root_detail = message.detail
+        elif isinstance(message, Failed):
+            self.root_error = message.error
+            log.error("site supervisor failed: %s", message.error)
+        return message
+
+    def _await(self, kind: type, request_id: int, timeout: float = REPLY_TIMEOUT) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self._handle(self.asys.listen(min(0.1, max(0.0, deadline - time.monotonic()))))
+            if isinstance(message, kind) and message.request_id == request_id:
+                return message
+        return None
+
+    def _next_id(self) -> int:
+        self._request += 1
+        return self._request
+
+    # -- control socket ------------------------------------------------------------------
+    def _accept(self) -> None:
+        conn, _ = self._server.accept()
+        conn.settimeout(2.0)
+        try:
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                line += chunk
+            try:
+                request = json.loads(line or b"{}")
+                reply = self.dispatch(request)
+            except Exception as exc:  # a bad request must never stop the site
+                log.exception("control request failed")
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError as exc:
+            log.warning("control connection: %s", exc)
+        finally:
+            conn.close()
+
+    def dispatch(self, request: dict) -> dict:
+        op = request.get("op")
+        if op == "status":
+            return self.status()
+        if op == "reload":
+            return self.reload()
+        if op == "endpoint_add":
+            return self.endpoint_add(request.get("role", ""), request.get("snippet", ""))
+        if op == "endpoint_remove":
+            return self.endpoint_remove(request.get("name", ""))
+        if op == "fault":
+            return self.fault(request.get("target", ""), request.get("kind", ""))
+        if op == "stop":
+            self._stopping = True
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown operation {op!r}"}
+
+    def status(self) -> dict:
+        rid = self._next_id()
+        self.asys.tell(self.root, StatusRequest(rid))
+        reply = self._await(StatusReply, rid)
+        root = {
+            "name": self.topology.name, "path": "", "role": "site", "pid": self.root_pid,
+            "state": "running" if reply is not None else "no answer",
+            "restarts": self.root_restarts, "uptime_s": round(time.time() - self.root_started, 3),
+            "last_error": self.root_error, "detail": self.root_detail,
+            "children": reply.children if reply is not None else [],
+        }
+        return {"ok": True, "site": self.topology.name, "runner_pid": os.getpid(),
+                "topology": str(self.topology.path), "tree": root}
+
+    def _apply(self, new: Topology, text_changed: str | None = None) -> dict:
+        old = self.topology.data
+        blocked = [f"[{section}] {key}" for section, key in sorted(RESTART_ONLY)
+                   if old[section][key] != new.data[section][key]]
+        if blocked:
+            return {"ok": False, "error": "needs a restart of the site: " + ", ".join(blocked) + " changed"}
+        if text_changed is not None:
+            write_atomic(self.topology.path, text_changed)
+        rid = self._next_id()
+        self.asys.tell(self.root, Reconfigure(new.data, site_settings(new.data), rid))
+        self.topology = Topology(self.topology.path, new.text, new.data)
+        reply = self._await(Reconfigured, rid)
+        if reply is None:
+            return {"ok": False, "error": "site supervisor did not confirm the change (it will apply it when it "
+                                          "answers; the topology file is updated)"}
+        return {"ok": True, "changes": reply.changes}
+
+    def _parse(self, text: str) -> Topology:
+        return parse_topology(text, str(self.topology.path), base_dir=self.topology.path.parent)
+
+    def reload(self) -> dict:
+        try:
+            new = load_topology(self.topology.path)
+        except TopologyError as exc:
+            return {"ok": False, "error": "topology invalid, nothing changed", "problems": [str(p) for p in exc.problems]}
+        return self._apply(new)
+
+    def endpoint_add(self, role: str, snippet: str) -> dict:
+        if role not in ("wan", "lan"):
+            return {"ok": False, "error": "role must be wan or lan"}
+        try:
+            text = add_endpoint(self.topology.text, role, parse_snippet(snippet))
+            new = self._parse(text)
+        except EditError as exc:
+            return {"ok": False, "error": str(exc)}
+        except TopologyError as exc:
+            return {"ok": False, "error": "endpoint rejected, nothing changed", "problems": [str(p) for p in exc.problems]}
+        return self._apply(new, text)
+
+    def endpoint_remove(self, name: str) -> dict:
+        try:
+            text, _role = remove_endpoint(self.topology.text, name)
+            new = self._parse(text)
+        except EditError as exc:
+            return {"ok": False, "error": str(exc)}
+        except TopologyError as exc:
+            return {"ok": False, "error": "removal rejected, nothing changed", "problems": [str(p) for p in exc.problems]}
+        return self._apply(new, text)
+
+    def fault(self, target: str, kind: str) -> dict:
+        if kind not in FAULT_KINDS:
+            return {"ok": False, "error": f"kind must be one of {', '.join(FAULT_KINDS)}"}
+        if not self.topology.data["runtime"]["allow_fault_injection"]:
+            return {"ok": False, "error": "fault injection is disabled ([runtime] allow_fault_injection)"}
+        rid = self._next_id()
+        self.asys.tell(self.root, InjectFault(target, kind, rid))
+        reply = self._await(FaultAck, rid, 2.0)
+        if reply is None:
+            return {"ok": False, "error": "no acknowledgement"}
+        return {"ok": True, "message": reply.text} if reply.ok else {"ok": False, "error": reply.text}
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Undo what start() did, and only that: a runner refused by the lock must not
+        touch the files of the site that holds it."""
+        if self._lock_file is None:
+            return
+        started = time.monotonic()
+        try:
+            if self.asys is not None:
+                self.asys.shutdown()
+        except Exception:
+            log.exception("actor system shutdown")
+        self._kill_leftovers()
+        for name in ("relevent.sock", "relevent.pid"):
+            try:
+                (self.state_dir / name).unlink()
+            except FileNotFoundError:
+                pass
+        if self._lock_file:
+            self._lock_file.close()
+        log.info("site=%s stopped in %.3f s", self.topology.name, time.monotonic() - started)
+
+    def _kill_leftovers(self) -> None:
+        """thespian's shutdown can leave actors behind; they all share the admin's process
+        group (it setsid()s)."""
+        if not self.admin_pgid:
+            return
+        deadline = time.monotonic() + 3.0
+        while True:
+            left = group_processes(self.admin_pgid)
+            if not left:
+                return
+            sig = signal.SIGTERM if time.monotonic() < deadline - 2.0 else signal.SIGKILL
+            try:
+                os.killpg(self.admin_pgid, sig)
+            except ProcessLookupError:
+                pass
+            if time.monotonic() > deadline:
+                log.error("processes left after shutdown: %s", left)
+                return
+            time.sleep(0.05)
+
+
+def group_processes(pgid: int) -> list[int]:
+    """Pids of live (not zombie) processes in process group ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def run_site(path: str) -> int:
+    topology = load_topology(path)
+    runner = SiteRunner(topology)
+    signal.signal(signal.SIGTERM, runner.signal_stop)
+    signal.signal(signal.SIGINT, runner.signal_stop)
+    try:
+        runner.start()
+        code = runner.serve()
+    finally:
+        runner.stop()
+    return code

@@ -1,0 +1,289 @@
+"""Read and validate a topology file.
+
+`load_topology` returns a `Topology` whose ``data`` is a plain, normalised dict (every
+default filled in) that can be sent to actors as is.  Every problem found is collected as a
+`Problem` naming file, line and key; `TopologyError` carries all of them at once so an
+installer fixes a file in one pass.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relevent.protocols.registry import PROTOCOLS, listen_address
+from relevent.topology import schema
+from relevent.topology.locate import LineIndex
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class TopologyError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass
+class Topology:
+    path: Path
+    text: str
+    data: dict
+
+    @property
+    def name(self) -> str:
+        return self.data["site"]["name"]
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.data["site"]["state_dir"])
+
+    @property
+    def control_socket(self) -> Path:
+        return self.state_dir / "relevent.sock"
+
+    def endpoints(self) -> list[dict]:
+        return self.data["wan"] + self.data["lan"]
+
+
+def key_name(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Validator:
+    def __init__(self, file: str, text: str, env: dict[str, str]) -> None:
+        self.file = file
+        self.index = LineIndex(text)
+        self.env = env
+        self.problems: list[Problem] = []
+
+    def problem(self, path: tuple, message: str) -> None:
+        self.problems.append(Problem(self.file, self.index.line_of(path), key_name(path), message))
+
+    # -- interpolation -------------------------------------------------------------
+    def interpolate(self, value: Any, path: tuple) -> Any:
+        if isinstance(value, str):
+            def repl(m: re.Match) -> str:
+                name, default = m.group(1), m.group(2)
+                if name in self.env and (self.env[name] != "" or default is None):
+                    return self.env[name]
+                if default is not None:
+                    return default
+                self.problem(path, f"environment variable {name} is not set (use ${{{name}:-default}})")
+                return ""
+            return _VAR.sub(repl, value)
+        if isinstance(value, list):
+            return [self.interpolate(v, path + (i,)) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: self.interpolate(v, path + (k,)) for k, v in value.items()}
+        return value
+
+    # -- typed tables ----------------------------------------------------------------
+    def table(self, raw: Any, fields: dict, path: tuple, extra_ok: tuple = ()) -> dict:
+        if not isinstance(raw, dict):
+            self.problem(path, f"must be a table, got {type(raw).__name__}")
+            return {k: copy.deepcopy(f.default) for k, f in fields.items()}
+        out: dict = {}
+        for key in raw:
+            if key not in fields and key not in extra_ok:
+                known = ", ".join(sorted(fields))
+                self.problem(path + (key,), f"unknown key (known: {known})")
+        for key, f in fields.items():
+            if key not in raw:
+                if f.required:
+                    self.problem(path, f"missing required key '{key}'")
+                out[key] = copy.deepcopy(f.default)
+                continue
+            out[key] = self.value(raw[key], f, path + (key,))
+        return out
+
+    def value(self, v: Any, f: schema.Field, path: tuple) -> Any:
+        # ${VAR} yields strings; a numeric or boolean field accepts their text.
+        if isinstance(v, str) and str not in f.types:
+            v = _coerce(v, f.types)
+        if isinstance(v, bool) and bool not in f.types:
+            self.problem(path, f"expected {_type_names(f.types)}, got a boolean")
+            return f.default
+        if not isinstance(v, f.types):
+            self.problem(path, f"expected {_type_names(f.types)}, got {type(v).__name__} {v!r}")
+            return f.default
+        if f.item_types and any(not isinstance(i, f.item_types) for i in v):
+            self.problem(path, f"every item must be {_type_names(f.item_types)}")
+            return f.default
+        if f.choices is not None and v not in f.choices:
+            self.problem(path, f"{v!r} is not one of {', '.join(map(str, f.choices))}")
+            return f.default
+        if f.check is not None:
+            err = f.check(v)
+            if err:
+                self.problem(path, err)
+        if isinstance(v, int) and not isinstance(v, bool) and float in f.types:
+            v = float(v)
+        return v
+
+    # -- sections ------------------------------------------------------------------
+    def validate(self, raw: dict) -> dict:
+        for key in raw:
+            if key not in schema.TOP_LEVEL:
+                self.problem((key,), f"unknown section (known: {', '.join(schema.TOP_LEVEL)})")
+        data = {
+            "site": self.table(raw.get("site", {}), schema.SITE, ("site",)),
+            "runtime": self.table(raw.get("runtime", {}), schema.RUNTIME, ("runtime",)),
+            "supervision": self.supervision(raw.get("supervision", {})),
+            "wan": self.endpoints(raw.get("wan", []), "wan"),
+            "lan": self.endpoints(raw.get("lan", []), "lan"),
+            "der": self.ders(raw.get("der", [])),
+        }
+        if "site" not in raw:
+            self.problem((), "missing [site] section")
+        self.cross_checks(data)
+        return data
+
+    def supervision(self, raw: dict) -> dict:
+        base = self.table(raw, schema.SUPERVISION, ("supervision",), extra_ok=schema.SUPERVISION_LEVELS)
+        out = {}
+        for level in schema.SUPERVISION_LEVELS:
+            override = raw.get(level, {}) if isinstance(raw, dict) else {}
+            fields = {k: schema.Field(f.types, base[k], False, f.choices, f.check, f.doc)
+                      for k, f in schema.SUPERVISION.items()}
+            out[level] = self.table(override, fields, ("supervision", level))
+            if out[level]["backoff_max"] < out[level]["backoff_initial"]:
+                self.problem(("supervision", level, "backoff_max"), "must be >= backoff_initial")
+        return out
+
+    def endpoints(self, raw: Any, role: str) -> list[dict]:
+        if not isinstance(raw, list):
+            self.problem((role,), f"must be an array of tables ([[{role}]]), got {type(raw).__name__}")
+            return []
+        out = []
+        for i, item in enumerate(raw):
+            path = (role, i)
+            proto_name = item.get("protocol") if isinstance(item, dict) else None
+            spec = PROTOCOLS.get(proto_name) if isinstance(proto_name, str) else None
+            if isinstance(proto_name, str) and spec is None:
+                known = ", ".join(n for n, s in PROTOCOLS.items() if s.role == role)
+                self.problem(path + ("protocol",), f"unknown protocol {proto_name!r} (known for {role}: {known})")
+            elif spec is not None and spec.role != role:
+                self.problem(path + ("protocol",), f"protocol {proto_name!r} is a {spec.role.upper()} protocol, "
+                                                   f"not {role.upper()}")
+            fields = {**schema.ENDPOINT_COMMON, **(spec.keys if spec else {})}
+            extra = tuple(item) if spec is None and isinstance(item, dict) else ()
+            out.append(self.table(item, fields, path, extra_ok=extra))
+            out[-1]["role"] = role
+        return out
+
+    def ders(self, raw: Any) -> list[dict]:
+        if not isinstance(raw, list):
+            self.problem(("der",), f"must be an array of tables ([[der]]), got {type(raw).__name__}")
+            return []
+        return [self.table(item, schema.DER, ("der", i)) for i, item in enumerate(raw)]
+
+    def cross_checks(self, data: dict) -> None:
+        seen: dict[str, tuple] = {}
+        for section in ("wan", "lan", "der"):
+            for i, item in enumerate(data[section]):
+                name, path = item.get("name"), (section, i, "name")
+                if not name:
+                    continue
+                if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,47}", name):
+                    self.problem(path, f"name {name!r} must start with a letter and use only letters, "
+                                       "digits, '_' and '-' (max 48)")
+                if name in seen:
+                    other = seen[name]
+                    self.problem(path, f"duplicate name {name!r} (also {key_name(other[:2])} at line "
+                                       f"{self.index.line_of(other)})")
+                else:
+                    seen[name] = path
+        lan_names = {e["name"] for e in data["lan"]}
+        for i, der in enumerate(data["der"]):
+            if der["lan"] and der["lan"] not in lan_names:
+                known = ", ".join(sorted(lan_names)) or "none defined"
+                self.problem(("der", i, "lan"), f"LAN endpoint {der['lan']!r} does not exist (known: {known})")
+        ports: dict[int, tuple] = {}
+        admin = data["runtime"]["admin_port"]
+        for section in ("wan", "lan"):
+            for i, ep in enumerate(data[section]):
+                bound = listen_address(ep)
+                if bound is None:
+                    continue
+                path = (section, i, "port")
+                port = bound[1]
+                if port == admin:
+                    self.problem(path, f"port {port} is the runtime admin_port")
+                if port in ports:
+                    other = ports[port]
+                    self.problem(path, f"two endpoints on port {port}: also {key_name(other[:2])} "
+                                       f"at line {self.index.line_of(other)}")
+                else:
+                    ports[port] = path
+
+
+def _coerce(text: str, types: tuple) -> Any:
+    stripped = text.strip()
+    if bool in types and stripped.lower() in ("true", "false"):
+        return stripped.lower() == "true"
+    if int in types and re.fullmatch(r"[+-]?\d+", stripped):
+        return int(stripped)
+    if float in types:
+        try:
+            return float(stripped)
+        except ValueError:
+            pass
+    return text
+
+
+def _type_names(types: tuple) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "table"}
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
+
+
+def parse_topology(text: str, file: str = "<topology>", env: dict[str, str] | None = None,
+                   base_dir: Path | None = None) -> Topology:
+    """Validate topology ``text``; raise TopologyError listing every problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"at line (\d+)", str(exc))
+        raise TopologyError([Problem(file, int(m.group(1)) if m else None, "", f"TOML syntax: {exc}")]) from None
+    v = _Validator(file, text, dict(os.environ) if env is None else env)
+    raw = v.interpolate(raw, ())
+    data = v.validate(raw)
+    if v.problems:
+        raise TopologyError(sorted(v.problems, key=lambda p: (p.line or 0, p.key)))
+    state_dir = Path(data["site"]["state_dir"])
+    if not state_dir.is_absolute():
+        # Relative paths are relative to the working directory, as installers expect of
+        # `${RELEVENT_STATE_DIR:-./state}`; made absolute so every actor agrees.
+        state_dir = (base_dir or Path.cwd()) / state_dir
+    data["site"]["state_dir"] = str(state_dir.resolve())
+    return Topology(Path(file), text, data)
+
+
+def load_topology(path: str | os.PathLike, env: dict[str, str] | None = None) -> Topology:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TopologyError([Problem(str(path), None, "", f"cannot read: {exc}")]) from None
+    topo = parse_topology(text, str(path), env)
+    topo.path = path.resolve()
+    return topo

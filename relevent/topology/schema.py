@@ -1,0 +1,107 @@
+"""What a topology file may contain: sections, keys, types, defaults.
+
+The schema is data, so `relevent check`, the loader and the docs all read one source.
+Protocol-specific endpoint keys come from `relevent.protocols.registry`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+STRATEGIES = ("one_for_one", "rest_for_one", "one_for_all")
+BASES = ("multiprocTCPBase", "simpleSystemBase")
+KINDS = ("ActPow", "MaxPow", "OnOff")
+DER_TYPES = ("pv", "battery", "ev_charger", "heat_pump", "hems", "generic")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key: accepted Python types, default (``REQUIRED`` if none) and an extra check
+    returning an error message or None."""
+
+    types: tuple[type, ...]
+    default: Any = None
+    required: bool = False
+    choices: tuple | None = None
+    check: Callable[[Any], str | None] | None = None
+    doc: str = ""
+    item_types: tuple[type, ...] | None = field(default=None)
+
+
+def port_check(v: Any) -> str | None:
+    return None if 1 <= v <= 65535 else f"port {v} is outside 1..65535"
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else f"must be > 0, got {v}"
+
+
+def non_negative(v: Any) -> str | None:
+    return None if v >= 0 else f"must be >= 0, got {v}"
+
+
+def host_port(v: Any) -> str | None:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return f"expected HOST:PORT, got {v!r}"
+    return port_check(int(port))
+
+
+NUMBER = (int, float)
+
+SITE = {
+    "name": Field((str,), required=True, doc="site name, used in logs and actor names"),
+    "description": Field((str,), default=""),
+    "state_dir": Field((str,), default="./state", doc="persisted state, control socket and logs"),
+}
+
+RUNTIME = {
+    "base": Field((str,), default="multiprocTCPBase", choices=BASES,
+                  doc="thespian system base; simpleSystemBase runs everything in one process"),
+    "admin_port": Field((int,), default=19500, check=port_check, doc="thespian admin port (loopback)"),
+    "convention_leader": Field((str,), default="", check=lambda v: host_port(v) if v else None,
+                               doc="HOST:PORT of the convention leader for multi-host sites"),
+    "allow_fault_injection": Field((bool,), default=False,
+                                   doc="accept `relevent fault` (chaos tests); never in production"),
+    "log_level": Field((str,), default="INFO", choices=LOG_LEVELS),
+}
+
+SUPERVISION = {
+    "strategy": Field((str,), default="one_for_one", choices=STRATEGIES),
+    "max_restarts": Field((int,), default=10, check=non_negative,
+                          doc="restart intensity: more restarts than this within `period` escalates"),
+    "period": Field(NUMBER, default=30.0, check=positive, doc="seconds"),
+    "backoff_initial": Field(NUMBER, default=0.1, check=non_negative,
+                             doc="delay before the 2nd restart of a child within `period`, doubling"),
+    "backoff_max": Field(NUMBER, default=5.0, check=non_negative),
+    "heartbeat_interval": Field(NUMBER, default=0.2, check=positive),
+    "heartbeat_timeout": Field(NUMBER, default=0.6, check=positive,
+                               doc="no heartbeat reply for this long: the child is killed and restarted"),
+    "startup_timeout": Field(NUMBER, default=10.0, check=positive),
+}
+# [supervision] holds defaults; [supervision.<level>] overrides them per supervisor level.
+SUPERVISION_LEVELS = ("site", "der", "controller")
+
+ENDPOINT_COMMON = {
+    "name": Field((str,), required=True),
+    "protocol": Field((str,), required=True),
+}
+
+DER = {
+    "name": Field((str,), required=True),
+    "type": Field((str,), default="generic", choices=DER_TYPES),
+    "functions": Field((list,), default=list(KINDS), item_types=(str,),
+                       check=lambda v: next((f"unknown control function {k!r} (use {', '.join(KINDS)})"
+                                             for k in v if k not in KINDS), None)
+                       or (f"duplicate control function in {v}" if len(set(v)) != len(v) else None)
+                       or ("needs at least one control function" if not v else None)),
+    "schedules": Field((int,), default=10, check=lambda v: None if 1 <= v <= 99 else
+                       f"schedules per control function must be 1..99, got {v}"),
+    "lan": Field((str,), default="", doc="name of the LAN endpoint that reaches the device"),
+    "address": Field((int, str), default="", doc="device address on that endpoint (unit id, topic, ...)"),
+    "profile": Field((str,), default="", doc="device profile, e.g. sunspec, pivot"),
+    "rated_power_w": Field(NUMBER, default=0.0, check=non_negative),
+}
+
+TOP_LEVEL = ("site", "runtime", "supervision", "wan", "lan", "der")
