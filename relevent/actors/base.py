@@ -129,7 +129,7 @@ class ReleventActor(Actor):
         self.send(sender, Hello(self.name, os.getpid()))
         self._record_start()
         self.on_configure()
-        self.send(sender, Ready(self.name, os.getpid()))
+        self.send(sender, Ready(self.name, os.getpid(), self.detail()))
 
     def _record_start(self) -> None:
         """Keep a lifetime record in the store.  An unreadable record raises StateCorrupt,

@@ -28,6 +28,7 @@ class Hello:
 class Ready:
     name: str
     pid: int
+    detail: dict = field(default_factory=dict)
 
 
 @dataclass

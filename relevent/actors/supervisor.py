@@ -58,6 +58,7 @@ class Child:
     generation: int = 0
     started_wall: float = 0.0
     started_mono: float = 0.0
+    ready_wall: float | None = None
     ping_sent: float | None = None   # monotonic time of the oldest unanswered Ping
     last_error: str = ""
     reason: str = ""    # why the current incarnation is failing (Failed or heartbeat kill)
@@ -143,6 +144,7 @@ class Supervisor(ReleventActor):
         child.state = "starting"
         child.started_wall = time.time()
         child.started_mono = time.monotonic()
+        child.ready_wall = None
         child.ping_sent = None
         child.detail = {}
         child.reason = ""
@@ -168,9 +170,10 @@ class Supervisor(ReleventActor):
         if isinstance(msg, Hello):
             child.pid = msg.pid
         elif isinstance(msg, Ready):
-            child.pid = msg.pid
+            child.pid, child.detail = msg.pid, msg.detail
             if child.state == "starting":
                 child.state = "running"
+                child.ready_wall = time.time()
         elif isinstance(msg, Pong):
             child.ping_sent = None
             child.detail = msg.detail
@@ -344,6 +347,7 @@ class Supervisor(ReleventActor):
             "state": child.state,
             "restarts": child.restarts,
             "uptime_s": round(time.time() - child.started_wall, 3) if alive else None,
+            "ready_at": child.ready_wall,
             "last_error": child.last_error,
             "detail": child.detail,
             "children": [] if child.spec.supervisor else None,

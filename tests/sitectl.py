@@ -1,0 +1,169 @@
+"""Run a real site (`relevent run` in its own process) for tests and benchmarks."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from relevent.runtime.control import SiteNotRunning, request
+from relevent.runtime.runner import group_processes
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small_topology(state_dir: Path, admin_port: int, ders: int = 1, schedules: int = 2,
+                   functions: tuple = ("ActPow", "OnOff"), extra: str = "", supervision: str = "") -> str:
+    """A site with one MMS endpoint, `ders` DERs and one MQTT LAN endpoint; heartbeat
+    0.1/0.4 s so a hang is detected well within a second."""
+    funcs = ", ".join(f'"{f}"' for f in functions)
+    der_tables = "".join(
+        f'\n[[der]]\nname = "der{i}"\nfunctions = [{funcs}]\nschedules = {schedules}\nlan = "mqtt"\n'
+        for i in range(1, ders + 1))
+    return f"""# test site
+[site]
+name = "t{admin_port}"
+state_dir = "{state_dir}"
+
+[runtime]
+admin_port = {admin_port}
+allow_fault_injection = true
+
+[supervision]
+heartbeat_interval = 0.1
+heartbeat_timeout = 0.4
+backoff_initial = 0.05
+{supervision}
+[[wan]]
+name = "mms"
+protocol = "mms"
+port = {free_port()}
+{der_tables}
+[[lan]]
+name = "mqtt"
+protocol = "mqtt"
+port = 1883
+{extra}"""
+
+
+class Site:
+    def __init__(self, topology_path: Path, state_dir: Path) -> None:
+        self.topology = topology_path
+        self.state_dir = state_dir
+        self.proc: subprocess.Popen | None = None
+        self.admin_pgid: int | None = None
+        self.log = state_dir.parent / f"{topology_path.stem}.out"
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> "Site":
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "relevent", "run", str(self.topology)],
+                                     stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        out.close()
+        self.wait_running(timeout)
+        self.admin_pgid = json.loads((self.state_dir / "relevent.pid").read_text())["admin_pgid"]
+        return self
+
+    def wait_running(self, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"relevent run exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                tree = self.tree()
+                if all(n["state"] == "running" for n in walk(tree)):
+                    return tree
+            except (SiteNotRunning, OSError, KeyError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"site not fully running after {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def leftovers(self) -> list[int]:
+        return group_processes(self.admin_pgid) if self.admin_pgid else []
+
+    def kill_everything(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        if self.admin_pgid and self.leftovers():
+            try:
+                os.killpg(self.admin_pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # -- control ---------------------------------------------------------------------------
+    def call(self, payload: dict) -> dict:
+        return request(self.state_dir / "relevent.sock", payload)
+
+    def tree(self) -> dict:
+        return self.call({"op": "status"})["tree"]
+
+    def node(self, path: str) -> dict:
+        for node in walk(self.tree()):
+            if node["path"] == path:
+                return node
+        raise KeyError(path)
+
+    def pids(self) -> dict[str, int]:
+        return {n["path"]: n["pid"] for n in walk(self.tree())}
+
+    def fault(self, path: str, kind: str) -> dict:
+        reply = self.call({"op": "fault", "target": path, "kind": kind})
+        assert reply["ok"], reply
+        return reply
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "relevent", *args], capture_output=True, text=True,
+                              cwd=REPO, timeout=60)
+
+    def wait_for(self, path: str, predicate, timeout: float = 5.0) -> dict:
+        """Poll the node at `path` until predicate(node) holds; return it."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.node(path)
+                if predicate(last):
+                    return last
+            except KeyError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError(f"{path} did not reach the expected state in {timeout} s; last: {last}")
+
+
+def walk(node: dict):
+    yield node
+    for child in node.get("children") or []:
+        yield from walk(child)
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -1,0 +1,157 @@
+"""Supervision in real multiprocTCPBase sites: every fault of a leaf leads to a restart of
+that leaf alone, within a second; repeated failures escalate."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from sitectl import alive, walk
+
+LEAF = "der1/ActPow/FSCH01"
+
+
+def siblings_of(pids: dict, path: str) -> dict:
+    return {p: pid for p, pid in pids.items() if p != path and p != ""}
+
+
+def restarted(site, path: str, old_pid: int, timeout: float = 5.0) -> dict:
+    return site.wait_for(path, lambda n: n["pid"] not in (None, old_pid) and n["state"] == "running", timeout)
+
+
+@pytest.mark.parametrize("fault", ["kill9", "segfault", "raise", "hang", "exit", "sigterm"])
+def test_leaf_fault_restarts_leaf_within_a_second(make_site, fault):
+    site = make_site()
+    before = site.pids()
+    old = before[LEAF]
+    t0 = time.time()
+    if fault == "kill9":
+        os.kill(old, signal.SIGKILL)
+    else:
+        site.fault(LEAF, fault)
+    node = restarted(site, LEAF, old)
+    # Measured from the fault to the new incarnation's Ready at its supervisor.
+    assert node["ready_at"] - t0 < 1.0, f"{fault}: restart took {node['ready_at'] - t0:.3f} s"
+    assert node["restarts"] == 1
+    assert not alive(old)
+    after = site.pids()
+    assert siblings_of(after, LEAF) == siblings_of(before, LEAF), "a sibling or ancestor changed pid"
+    expected_error = {"segfault": "exited", "raise": "RuntimeError: injected fault", "hang": "hung: no heartbeat",
+                      "kill9": "exited", "exit": "exited", "sigterm": "exited"}[fault]
+    assert expected_error in node["last_error"]
+
+
+def test_segfault_is_reported_in_crash_log(make_site):
+    site = make_site()
+    old = site.node(LEAF)["pid"]
+    site.fault(LEAF, "segfault")
+    restarted(site, LEAF, old)
+    crash_log = (site.state_dir / "crash.log").read_text()
+    assert "Segmentation fault" in crash_log and "_inject" in crash_log
+
+
+def test_endpoint_crash_touches_no_other_actor(make_site):
+    site = make_site()
+    before = site.pids()
+    site.fault("mms", "segfault")
+    restarted(site, "mms", before["mms"])
+    assert siblings_of(site.pids(), "mms") == siblings_of(before, "mms")
+
+
+def test_killing_a_der_restarts_its_subtree_only_and_leaves_no_orphans(make_site):
+    site = make_site(ders=2)
+    before = site.pids()
+    subtree = {p: pid for p, pid in before.items() if p.startswith("der1")}
+    os.kill(before["der1"], signal.SIGKILL)
+    restarted(site, "der1", before["der1"])
+    after = site.wait_running()
+    after = {n["path"]: n["pid"] for n in walk(after)}
+    for path, pid in subtree.items():
+        assert after[path] != pid, f"{path} kept its pid though its DER died"
+        assert not alive(pid), f"{path} (pid {pid}) survived its parent"
+    untouched = {p: pid for p, pid in before.items() if p and not p.startswith("der1")}
+    assert {p: after[p] for p in untouched} == untouched
+
+
+def test_killing_the_site_supervisor_rebuilds_the_tree(make_site):
+    site = make_site()
+    before = site.pids()
+    os.kill(before[""], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        tree = site.tree()
+        if tree["pid"] != before[""] and tree["restarts"] == 1 and tree["children"]:
+            break
+        time.sleep(0.05)
+    tree = site.wait_running()
+    assert tree["restarts"] == 1
+    assert all(not alive(pid) for pid in before.values() if pid)
+    assert {n["path"] for n in walk(tree)} == set(before)
+
+
+def test_exception_loop_escalates_to_the_parent(make_site):
+    # A controller allows 2 restarts in 10 s: a schedule that crashes on every start makes it
+    # give up; its DER then restarts the whole controller (which forgets the injected loop).
+    site = make_site(supervision="[supervision.controller]\nmax_restarts = 2\nperiod = 10.0\n")
+    before = site.pids()
+    site.fault(LEAF, "raise-loop")
+    controller = site.wait_for("der1/ActPow", lambda n: n["restarts"] == 1 and n["state"] == "running", 10)
+    assert "escalated: 3 restarts within 10 s" in controller["last_error"]
+    assert controller["pid"] != before["der1/ActPow"]
+    tree = site.wait_running()
+    pids = {n["path"]: n["pid"] for n in walk(tree)}
+    assert pids["der1"] == before["der1"], "the DER itself must not restart"
+    assert pids["der1/OnOff"] == before["der1/OnOff"], "the other controller must not restart"
+    assert pids[LEAF] != before[LEAF]
+
+
+def test_backoff_spaces_repeated_restarts(make_site):
+    # backoff_initial 0.05 s: restarts 2, 3, 4 of a child wait 0.05, 0.1, 0.2 s.
+    site = make_site()
+    ready = []
+    for _ in range(4):
+        old = site.node(LEAF)["pid"]
+        os.kill(old, signal.SIGKILL)
+        t0 = time.time()
+        ready.append(restarted(site, LEAF, old)["ready_at"] - t0)
+    assert ready[3] >= 0.2, ready
+    assert ready[0] < ready[3]
+
+
+def test_rest_for_one_restarts_later_siblings(make_site):
+    site = make_site(schedules=3, supervision="[supervision.controller]\nstrategy = \"rest_for_one\"\n")
+    before = site.pids()
+    os.kill(before["der1/ActPow/FSCH02"], signal.SIGKILL)
+    restarted(site, "der1/ActPow/FSCH02", before["der1/ActPow/FSCH02"])
+    after = {n["path"]: n["pid"] for n in walk(site.wait_running())}
+    assert after["der1/ActPow/FSCH01"] == before["der1/ActPow/FSCH01"]
+    for later in ("der1/ActPow/FSCH03", "der1/ActPow/Res_FSCH01"):
+        assert after[later] != before[later], f"{later} should restart after FSCH02 under rest_for_one"
+    assert after["der1/OnOff/FSCH03"] == before["der1/OnOff/FSCH03"]
+
+
+def test_actor_restarts_from_persisted_state(make_site):
+    site = make_site()
+    node = site.node(LEAF)
+    assert node["detail"]["starts"] == 1
+    os.kill(node["pid"], signal.SIGKILL)
+    node = restarted(site, LEAF, node["pid"])
+    node = site.wait_for(LEAF, lambda n: n["detail"].get("starts") == 2)
+    # The whole site stops and starts again: the record continues, it is not reset.
+    assert site.stop() == 0
+    site.start()
+    assert site.wait_for(LEAF, lambda n: n["detail"].get("starts") == 3)
+
+
+def test_corrupt_state_fails_loudly_with_the_file_name(make_site):
+    site = make_site()
+    record = site.state_dir / "store" / "actor__der1__ActPow__FSCH01.msgpack"
+    assert record.exists()
+    record.write_bytes(record.read_bytes()[:7])  # torn write
+    old = site.node(LEAF)["pid"]
+    os.kill(old, signal.SIGKILL)
+    node = site.wait_for(LEAF, lambda n: "unreadable" in n["last_error"])
+    assert str(record) in node["last_error"]
+    assert record.read_bytes() != b"" and len(record.read_bytes()) == 7, "the corrupt file must not be replaced"

@@ -1,0 +1,160 @@
+"""Topology files: interpolation, validation with file and line, `relevent check`."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relevent.topology import TopologyError, load_topology, parse_topology
+from relevent.topology.edit import EditError, add_endpoint, parse_snippet, remove_endpoint
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((REPO / "topologies").glob("*.toml"))
+
+GOOD = """\
+[site]
+name = "s"
+state_dir = "/tmp/s"
+
+[[wan]]
+name = "mms"
+protocol = "mms"
+port = 10102
+
+[[lan]]
+name = "mqtt"
+protocol = "mqtt"
+
+[[der]]
+name = "pv1"
+lan = "mqtt"
+"""
+
+
+def problems(text: str, env: dict | None = None) -> list[str]:
+    with pytest.raises(TopologyError) as info:
+        parse_topology(text, "site.toml", env=env or {})
+    return [str(p) for p in info.value.problems]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_topologies_are_valid(path):
+    topo = load_topology(path, env={})
+    assert topo.name
+    assert topo.state_dir.is_absolute()
+
+
+def test_defaults_are_filled_in():
+    data = parse_topology(GOOD, env={}).data
+    assert data["runtime"] == {"base": "multiprocTCPBase", "admin_port": 19500, "convention_leader": "",
+                               "allow_fault_injection": False, "log_level": "INFO"}
+    assert data["der"][0]["functions"] == ["ActPow", "MaxPow", "OnOff"]
+    assert data["der"][0]["schedules"] == 10
+    assert data["wan"][0]["address"] == "127.0.0.1"
+    assert data["supervision"]["der"]["strategy"] == "one_for_one"
+
+
+def test_interpolation_from_environment_with_defaults_and_typed_values():
+    text = GOOD.replace("port = 10102", 'port = "${MMS_PORT:-10102}"').replace(
+        'state_dir = "/tmp/s"', 'state_dir = "${STATE:-/tmp/default}/x"')
+    data = parse_topology(text, env={}).data
+    assert data["wan"][0]["port"] == 10102 and data["site"]["state_dir"] == "/tmp/default/x"
+    data = parse_topology(text, env={"MMS_PORT": "10200", "STATE": "/srv"}).data
+    assert data["wan"][0]["port"] == 10200 and data["site"]["state_dir"] == "/srv/x"
+    # An empty variable takes the default; ${VAR} without default must be set.
+    assert parse_topology(text, env={"MMS_PORT": ""}).data["wan"][0]["port"] == 10102
+    assert problems(GOOD.replace('name = "s"', 'name = "${SITE}"')) == [
+        "site.toml:2: site.name: environment variable SITE is not set (use ${SITE:-default})"]
+
+
+def test_supervision_levels_inherit_and_override():
+    text = GOOD + "\n[supervision]\nmax_restarts = 3\n[supervision.controller]\nstrategy = \"rest_for_one\"\n"
+    sup = parse_topology(text, env={}).data["supervision"]
+    assert sup["site"]["max_restarts"] == sup["controller"]["max_restarts"] == 3
+    assert sup["controller"]["strategy"] == "rest_for_one" and sup["der"]["strategy"] == "one_for_one"
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.replace('port = 10102', 'port = 10102\nprot = 1'),
+     "site.toml:9: wan[0].prot: unknown key (known: address, ied_name, name, port, protocol, scl)"),
+    (lambda t: t.replace('port = 10102', 'port = "x"'),
+     "site.toml:8: wan[0].port: expected integer, got str 'x'"),
+    (lambda t: t.replace('port = 10102', 'port = 70000'),
+     "site.toml:8: wan[0].port: port 70000 is outside 1..65535"),
+    (lambda t: t.replace('name = "pv1"', 'name = "mqtt"'),
+     "site.toml:15: der[0].name: duplicate name 'mqtt' (also lan[0] at line 11)"),
+    (lambda t: t.replace('lan = "mqtt"', 'lan = "modbus"'),
+     "site.toml:16: der[0].lan: LAN endpoint 'modbus' does not exist (known: mqtt)"),
+    (lambda t: t + '\n[[wan]]\nname = "mms2"\nprotocol = "mms"\nport = 10102\n',
+     "site.toml:21: wan[1].port: two endpoints on port 10102: also wan[0] at line 8"),
+    (lambda t: t.replace('protocol = "mqtt"', 'protocol = "mms"\nport = 1'),
+     "site.toml:12: lan[0].protocol: protocol 'mms' is a WAN protocol, not LAN"),
+    (lambda t: t.replace('protocol = "mqtt"', 'protocol = "amqp"'),
+     "site.toml:12: lan[0].protocol: unknown protocol 'amqp' (known for lan: mqtt, modbus)"),
+    (lambda t: t + 'functions = ["ActPow", "Volt"]\n',
+     "site.toml:17: der[0].functions: unknown control function 'Volt' (use ActPow, MaxPow, OnOff)"),
+    (lambda t: t + '[supervision]\nstrategy = "one_for_none"\n',
+     "site.toml:18: supervision.strategy: 'one_for_none' is not one of one_for_one, rest_for_one, one_for_all"),
+    (lambda t: t + '[runtime]\nallow_fault_injection = "yes"\n',
+     "site.toml:18: runtime.allow_fault_injection: expected boolean, got str 'yes'"),
+    (lambda t: t + '[runtime]\nadmin_port = 10102\n',
+     "site.toml:8: wan[0].port: port 10102 is the runtime admin_port"),
+    (lambda t: t + '[[site2]]\n',
+     "site.toml:17: site2: unknown section (known: site, runtime, supervision, wan, lan, der)"),
+    (lambda t: t.replace('name = "s"\n', ''),
+     "site.toml:1: site: missing required key 'name'"),
+    (lambda t: t.replace('[[der]]', '[[der]\n'),
+     "site.toml:14: TOML syntax:"),
+])
+def test_each_error_names_file_line_and_key(edit, expected):
+    found = problems(edit(GOOD))
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_all_errors_are_reported_at_once():
+    text = GOOD.replace('port = 10102', 'port = "x"').replace('lan = "mqtt"', 'lan = "nope"') + "bogus = 1\n"
+    assert len(problems(text)) == 3
+
+
+def test_check_command_exit_codes_and_output(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    res = subprocess.run([sys.executable, "-m", "relevent", "check", str(good)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "site s:" in res.stdout and "DER  pv1" in res.stdout and "actors      " in res.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace('port = 10102', 'port = "x"'))
+    res = subprocess.run([sys.executable, "-m", "relevent", "check", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"{bad}:8: wan[0].port: expected integer, got str 'x'"
+    res = subprocess.run([sys.executable, "-m", "relevent", "check", str(tmp_path / "missing.toml")],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "missing.toml: cannot read" in res.stderr
+
+
+def test_add_then_remove_endpoint_restores_the_text_with_its_comments():
+    text = "# my site\n" + GOOD + "# trailing comment\n"
+    added = add_endpoint(text, "wan", parse_snippet('{name = "m2", protocol = "mms", port = 1, scl = "a\\"b"}'))
+    data = parse_topology(added, env={}).data
+    assert data["wan"][1] == {**data["wan"][1], "name": "m2", "port": 1, "scl": 'a"b'}
+    removed, role = remove_endpoint(added, "m2")
+    assert role == "wan" and removed == text
+
+
+def test_remove_keeps_the_comment_of_the_next_table():
+    text = GOOD.replace("[[lan]]", "# the broker\n[[lan]]")
+    removed, _ = remove_endpoint(text, "mms")
+    assert "# the broker\n[[lan]]" in removed and 'name = "mms"' not in removed
+
+
+def test_snippet_forms():
+    assert parse_snippet('name = "a"\nprotocol = "mqtt"') == {"name": "a", "protocol": "mqtt"}
+    assert parse_snippet('{name = "a", protocol = "mqtt"}') == {"name": "a", "protocol": "mqtt"}
+    with pytest.raises(EditError, match="not valid TOML"):
+        parse_snippet("{name = ")
+    with pytest.raises(EditError, match="needs at least name"):
+        parse_snippet('protocol = "mqtt"')
+    with pytest.raises(EditError, match="not written as a"):
+        remove_endpoint('wan = [{name = "x", protocol = "mms"}]\n[site]\nname = "s"\n', "x")
