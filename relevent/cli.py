@@ -115,6 +115,36 @@ def cmd_fault(args: argparse.Namespace) -> int:
     return _report(_call(args, {"op": "fault", "target": args.target, "kind": args.kind}))
 
 
+def cmd_scl(args: argparse.Namespace) -> int:
+    from relevent.scl.parser import SclError, parse_scl
+    from relevent.scl.site_model import site_scl
+
+    if args.action == "check":
+        try:
+            model = parse_scl(args.file)
+        except SclError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 1
+        for ied in model.ieds:
+            lns = sum(len(ld.lns) for ld in ied.ldevices)
+            print(f"IED {ied.name}: {len(ied.ldevices)} logical devices, {lns} logical nodes "
+                  f"({', '.join(ld.inst for ld in ied.ldevices)})")
+        return 0
+    topo = _load(args.topology)
+    try:
+        blob = site_scl(topo, args.endpoint)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "-":
+        sys.stdout.buffer.write(blob)
+    else:
+        with open(args.output, "wb") as f:
+            f.write(blob)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from relevent.runtime.runner import run_site
 
@@ -162,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", help="actor path, e.g. pv1/ActPow/FSCH01")
     s.add_argument("kind", choices=["raise", "exit", "segfault", "hang", "sigterm", "raise-loop"])
     s.set_defaults(func=cmd_fault)
+
+    s = sub.add_parser("scl", help="SCL models: export the site's 90-10 model, check an SCL file")
+    ssub = s.add_subparsers(dest="action", required=True)
+    e = ssub.add_parser("export", help="write the SCL model the site's MMS endpoint serves")
+    e.add_argument("topology")
+    e.add_argument("-o", "--output", required=True, help="file to write, - for stdout")
+    e.add_argument("--endpoint", help="MMS endpoint name (default: the first)")
+    e.set_defaults(func=cmd_scl)
+    c = ssub.add_parser("check", help="parse an SCL file (SCD/ICD/CID) and report every problem")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_scl)
     return p
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relevent.problems import Problem, ProblemsError
 from relevent.protocols.registry import PROTOCOLS, listen_address
 from relevent.topology import schema
 from relevent.topology.locate import LineIndex
@@ -22,22 +23,8 @@ from relevent.topology.locate import LineIndex
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int | None
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-
-
-class TopologyError(Exception):
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+class TopologyError(ProblemsError):
+    pass
 
 
 @dataclass
@@ -268,7 +255,7 @@ def parse_topology(text: str, file: str = "<topology>", env: dict[str, str] | No
     raw = v.interpolate(raw, ())
     data = v.validate(raw)
     if v.problems:
-        raise TopologyError(sorted(v.problems, key=lambda p: (p.line or 0, p.key)))
+        raise TopologyError(v.problems)
     state_dir = Path(data["site"]["state_dir"])
     if not state_dir.is_absolute():
         # Relative paths are relative to the working directory, as installers expect of

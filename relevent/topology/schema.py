@@ -102,6 +102,11 @@ DER = {
     "address": Field((int, str), default="", doc="device address on that endpoint (unit id, topic, ...)"),
     "profile": Field((str,), default="", doc="device profile, e.g. sunspec, pivot"),
     "rated_power_w": Field(NUMBER, default=0.0, check=non_negative),
+    "values": Field((int,), default=100, check=lambda v: None if 1 <= v <= 100 else
+                    f"values per schedule must be 1..100, got {v}", doc="value slots per schedule"),
+    "ld_inst": Field((str,), default="", check=lambda v: None if not v or (v.isidentifier() and len(v) <= 64)
+                     else f"ld_inst {v!r} must be letters, digits and '_' (max 64)",
+                     doc="IEC 61850 logical device; default Control (one DER) or <name>Control"),
 }
 
 TOP_LEVEL = ("site", "runtime", "supervision", "wan", "lan", "der")

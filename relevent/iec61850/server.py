@@ -1,0 +1,163 @@
+"""An IEC 61850 MMS server (libiec61850, threaded mode) for one IED model.
+
+libiec61850 runs its own thread; write and control callbacks run there, holding the data
+model lock, so they must stay short: decode, decide, hand over, return.  Updates from the
+owner's thread take the model lock through ctypes (which releases the GIL while it waits).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any, Callable
+
+from relevent.iec61850 import lib as L
+
+log = logging.getLogger("relevent.mms")
+
+
+class MmsServerError(Exception):
+    pass
+
+
+class MmsServer:
+    def __init__(self, cfg_text: str, ied_name: str, work_dir: str) -> None:
+        self.lib = L.lib()
+        self.ied_name = ied_name
+        self._callbacks: list = []  # CFUNCTYPE objects must outlive the server
+        self._nodes: dict[str, int] = {}
+        fd, self.cfg_path = tempfile.mkstemp(prefix="model-", suffix=".cfg", dir=work_dir)
+        with os.fdopen(fd, "w") as f:
+            f.write(cfg_text)
+        self.model = self.lib.ConfigFileParser_createModelFromConfigFileEx(self.cfg_path.encode())
+        if not self.model:
+            raise MmsServerError(f"libiec61850 rejected the generated model {self.cfg_path}")
+        self.server = self.lib.IedServer_create(self.model)
+        self.running = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, address: str, port: int) -> None:
+        self.lib.IedServer_setLocalIpAddress(self.server, address.encode())
+        self.lib.IedServer_start(self.server, port)
+        if not self.lib.IedServer_isRunning(self.server):
+            raise MmsServerError(f"cannot listen on {address}:{port} (in use or not permitted)")
+        self.running = True
+
+    def close(self) -> None:
+        if self.server:
+            if self.running:
+                self.lib.IedServer_stop(self.server)
+            self.lib.IedServer_destroy(self.server)
+            self.server = None
+        if self.model:
+            self.lib.IedModel_destroy(self.model)
+            self.model = None
+        try:
+            os.unlink(self.cfg_path)
+        except OSError:
+            pass
+
+    # -- model access ---------------------------------------------------------------------------
+    def node(self, ref: str) -> int:
+        """Pointer to the model node `LDinst/LN.DO.DA` (the IED name is prefixed here)."""
+        ptr = self._nodes.get(ref)
+        if ptr is None:
+            ptr = self.lib.IedModel_getModelNodeByObjectReference(self.model, (self.ied_name + ref).encode())
+            if not ptr:
+                raise KeyError(f"{self.ied_name}{ref} is not in the model")
+            self._nodes[ref] = ptr
+        return ptr
+
+    def has(self, ref: str) -> bool:
+        try:
+            self.node(ref)
+            return True
+        except KeyError:
+            return False
+
+    def update(self, changes: list[tuple[str, str, Any]]) -> None:
+        """Apply (reference, kind, value) updates atomically for readers and reports.
+        kind: float | int | bool | time (ms, 0 = unset) | quality | string."""
+        lib, srv = self.lib, self.server
+        resolved = [(self.node(ref), kind, value) for ref, kind, value in changes]
+        lib.IedServer_lockDataModel(srv)
+        try:
+            for ptr, kind, value in resolved:
+                if kind == "float":
+                    lib.IedServer_updateFloatAttributeValue(srv, ptr, value)
+                elif kind == "int":
+                    lib.IedServer_updateInt32AttributeValue(srv, ptr, int(value))
+                elif kind == "bool":
+                    lib.IedServer_updateBooleanAttributeValue(srv, ptr, bool(value))
+                elif kind == "time":
+                    lib.IedServer_updateUTCTimeAttributeValue(srv, ptr, int(value))
+                elif kind == "quality":
+                    lib.IedServer_updateQuality(srv, ptr, int(value))
+                elif kind == "string":
+                    lib.IedServer_updateVisibleStringAttributeValue(srv, ptr, str(value).encode())
+                else:
+                    raise ValueError(f"unknown update kind {kind!r}")
+        finally:
+            lib.IedServer_unlockDataModel(srv)
+
+    def read(self, ref: str, kind: str) -> Any:
+        """The current value of a basic attribute (from the owner's thread)."""
+        return self.decode(self.lib.IedServer_getAttributeValue(self.server, self.node(ref)), kind)
+
+    def decode(self, mms_value: int, kind: str) -> Any:
+        lib = self.lib
+        if kind == "float":
+            return lib.MmsValue_toFloat(mms_value)
+        if kind == "int":
+            return lib.MmsValue_toInt32(mms_value)
+        if kind == "bool":
+            return lib.MmsValue_getBoolean(mms_value)
+        if kind == "time":
+            return lib.MmsValue_getUtcTimeInMs(mms_value)
+        if kind == "string":
+            raw = lib.MmsValue_toString(mms_value)
+            return raw.decode() if raw else ""
+        raise ValueError(kind)
+
+    def element(self, mms_value: int, index: int) -> int:
+        return self.lib.MmsValue_getElement(mms_value, index)
+
+    # -- handlers ------------------------------------------------------------------------------------
+    def on_write(self, ref: str, handler: Callable[[int], int], complex_attribute: bool = False) -> None:
+        """handler(mms_value_ptr) -> DataAccessError code; any exception refuses the write."""
+        def callback(_da, value, _conn, _param):
+            try:
+                return handler(value)
+            except Exception:  # a ctypes callback that raises would return 0: never let it
+                log.exception("write handler for %s failed", ref)
+                return L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID
+        cb = L.WriteAccessHandler(callback)
+        self._callbacks.append(cb)
+        install = (self.lib.IedServer_handleWriteAccessForComplexAttribute if complex_attribute
+                   else self.lib.IedServer_handleWriteAccess)
+        install(self.server, self.node(ref), cb, None)
+
+    def on_control(self, do_ref: str, check: Callable[[int, int, bool], int],
+                   execute: Callable[[int, int, bool], int]) -> None:
+        """check(action, ctlVal, test) -> CheckHandlerResult; execute(...) -> ControlHandlerResult."""
+        def check_cb(action, _param, ctl_val, test, _interlock):
+            try:
+                return check(action, ctl_val, test)
+            except Exception:
+                log.exception("check handler for %s failed", do_ref)
+                return L.CONTROL_OBJECT_ACCESS_DENIED
+
+        def control_cb(action, _param, ctl_val, test):
+            try:
+                return execute(action, ctl_val, test)
+            except Exception:
+                log.exception("control handler for %s failed", do_ref)
+                return L.CONTROL_RESULT_FAILED
+        cbs = (L.PerformCheckHandler(check_cb), L.ControlHandler(control_cb))
+        self._callbacks.extend(cbs)
+        node = self.node(do_ref)
+        self.lib.IedServer_setPerformCheckHandler(self.server, node, cbs[0], None)
+        self.lib.IedServer_setControlHandler(self.server, node, cbs[1], None)
+
+    def set_add_cause(self, action: int, cause: int) -> None:
+        self.lib.ControlAction_setAddCause(action, cause)
