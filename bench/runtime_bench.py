@@ -36,7 +36,7 @@ def summary(values: list[float]) -> dict:
 
 
 def restart_times(site: Site, kind: str, count: int) -> list[float]:
-    leaves = [n["path"] for n in walk(site.tree()) if n["role"] == "schedule"]
+    leaves = [n["path"] for n in walk(site.tree()) if n["role"] == "controller"]
     times = []
     for i in range(count):
         path = leaves[i % len(leaves)]
@@ -60,12 +60,12 @@ def main() -> None:
     results: dict = {"machine": f"{os.cpu_count()} cpus", "restart": {}, "lifecycle": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        # 3 functions x (10 + 1) schedules = 33 leaves, killed in turn: each child is hit
-        # once per 33 kills, more than `period` apart, so no backoff applies.
+        # 4 DERs x 3 controllers = 12 leaves, killed in turn: each is hit once per 12 kills,
+        # more than `period` apart, so no backoff applies.
         topo = tmp / "bench.toml"
-        topo.write_text(small_topology(tmp / "state", free_port(), schedules=10,
+        topo.write_text(small_topology(tmp / "state", free_port(), ders=4, schedules=10,
                                        functions=("ActPow", "MaxPow", "OnOff"),
-                                       supervision="max_restarts = 100000\nperiod = 1.0\n"))
+                                       supervision="max_restarts = 100000\nperiod = 0.3\n"))
         site = Site(topo, tmp / "state").start()
         try:
             for kind in ("kill9", "segfault", "raise", "hang"):

@@ -70,20 +70,23 @@ def test_reload_applies_only_the_diff(make_site):
     site = make_site(ders=2, schedules=3)
     before = site.pids()
     text = site.topology.read_text()
-    # der2 loses a schedule per controller; der1 and the endpoints are not touched.
+    # der2 loses a schedule per controller: its controllers restart with the new count, and
+    # the MMS endpoint serves a new model; der1, der2 itself and the LAN endpoint are untouched.
     der2 = text.index('name = "der2"')
     edited = text[:der2] + text[der2:].replace("schedules = 3", "schedules = 2", 1)
     site.topology.write_text(edited)
     res = site.cli("reload", str(site.topology))
     assert res.returncode == 0, res.stderr
-    deadline = time.monotonic() + 5
-    while "der2/ActPow/FSCH03" in site.pids() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert "reconfigured der2" in res.stdout and "restarted    mms" in res.stdout, res.stdout
+    changed = ("der2/ActPow", "der2/OnOff", "mms")
+    for path in changed:
+        site.wait_for(path, lambda n, old=before[path]: n["pid"] not in (None, old) and n["state"] == "running")
     after = site.pids()
-    assert "der2/ActPow/FSCH03" not in after and "der2/OnOff/FSCH03" not in after
-    expected = {p: pid for p, pid in before.items() if not p.endswith("der2/ActPow/FSCH03")
-                and not p.endswith("der2/OnOff/FSCH03")}
-    assert after == expected, "only the removed schedules may change"
+    assert {p: pid for p, pid in after.items() if p not in changed} == \
+        {p: pid for p, pid in before.items() if p not in changed}
+    assert site.node("der2/ActPow")["detail"]["schedules"] == {"FSCH01": "NOT_READY", "FSCH02": "NOT_READY",
+                                                              "Res_FSCH01": "RUNNING"}
+    assert all(site.node(p)["restarts"] == 0 for p in changed), "a configuration change is not a failure"
 
     # A changed endpoint restarts that endpoint only.
     site.topology.write_text(edited.replace("port = 1883", f"port = {free_port()}"))
@@ -158,7 +161,8 @@ def test_simple_system_base_runs_a_site_in_one_process(tmp_path):
         tree = site.tree()
         pids = {n["pid"] for n in walk(tree)}
         assert pids == {site.proc.pid}
-        assert [n["path"] for n in walk(tree)] == ["", "der1", "der1/OnOff", "der1/OnOff/FSCH01",
-                                                  "der1/OnOff/Res_FSCH01"]
+        assert [n["path"] for n in walk(tree)] == ["", "der1", "der1/OnOff"]
+        assert tree["children"][0]["children"][0]["detail"]["schedules"] == {"FSCH01": "NOT_READY",
+                                                                             "Res_FSCH01": "RUNNING"}
     finally:
         assert site.stop() == 0

@@ -10,7 +10,7 @@ import pytest
 
 from sitectl import alive, walk
 
-LEAF = "der1/ActPow/FSCH01"
+LEAF = "der1/ActPow"  # a controller: it owns its schedules, it supervises nothing
 
 
 def siblings_of(pids: dict, path: str) -> dict:
@@ -92,18 +92,18 @@ def test_killing_the_site_supervisor_rebuilds_the_tree(make_site):
 
 
 def test_exception_loop_escalates_to_the_parent(make_site):
-    # A controller allows 2 restarts in 10 s: a schedule that crashes on every start makes it
-    # give up; its DER then restarts the whole controller (which forgets the injected loop).
-    site = make_site(supervision="[supervision.controller]\nmax_restarts = 2\nperiod = 10.0\n")
+    # A DER allows 2 restarts in 10 s: a controller that crashes on every start makes it
+    # give up; the site then restarts the whole DER (which forgets the injected loop).
+    site = make_site(supervision="[supervision.der]\nmax_restarts = 2\nperiod = 10.0\n")
     before = site.pids()
     site.fault(LEAF, "raise-loop")
-    controller = site.wait_for("der1/ActPow", lambda n: n["restarts"] == 1 and n["state"] == "running", 10)
-    assert "escalated: 3 restarts within 10 s" in controller["last_error"]
-    assert controller["pid"] != before["der1/ActPow"]
+    der = site.wait_for("der1", lambda n: n["restarts"] == 1 and n["state"] == "running", 10)
+    assert "escalated: 3 restarts within 10 s" in der["last_error"]
+    assert der["pid"] != before["der1"]
     tree = site.wait_running()
     pids = {n["path"]: n["pid"] for n in walk(tree)}
-    assert pids["der1"] == before["der1"], "the DER itself must not restart"
-    assert pids["der1/OnOff"] == before["der1/OnOff"], "the other controller must not restart"
+    assert pids[""] == before[""], "the site supervisor itself must not restart"
+    assert pids["mms"] == before["mms"] and pids["mqtt"] == before["mqtt"], "endpoints must not restart"
     assert pids[LEAF] != before[LEAF]
 
 
@@ -121,15 +121,15 @@ def test_backoff_spaces_repeated_restarts(make_site):
 
 
 def test_rest_for_one_restarts_later_siblings(make_site):
-    site = make_site(schedules=3, supervision="[supervision.controller]\nstrategy = \"rest_for_one\"\n")
+    site = make_site(functions=("ActPow", "MaxPow", "OnOff"),
+                     supervision="[supervision.der]\nstrategy = \"rest_for_one\"\n")
     before = site.pids()
-    os.kill(before["der1/ActPow/FSCH02"], signal.SIGKILL)
-    restarted(site, "der1/ActPow/FSCH02", before["der1/ActPow/FSCH02"])
+    os.kill(before["der1/MaxPow"], signal.SIGKILL)
+    restarted(site, "der1/MaxPow", before["der1/MaxPow"])
     after = {n["path"]: n["pid"] for n in walk(site.wait_running())}
-    assert after["der1/ActPow/FSCH01"] == before["der1/ActPow/FSCH01"]
-    for later in ("der1/ActPow/FSCH03", "der1/ActPow/Res_FSCH01"):
-        assert after[later] != before[later], f"{later} should restart after FSCH02 under rest_for_one"
-    assert after["der1/OnOff/FSCH03"] == before["der1/OnOff/FSCH03"]
+    assert after["der1/ActPow"] == before["der1/ActPow"]
+    assert after["der1/OnOff"] != before["der1/OnOff"], "OnOff should restart after MaxPow under rest_for_one"
+    assert after["der1"] == before["der1"] and after["mms"] == before["mms"]
 
 
 def test_actor_restarts_from_persisted_state(make_site):
@@ -147,7 +147,7 @@ def test_actor_restarts_from_persisted_state(make_site):
 
 def test_corrupt_state_fails_loudly_with_the_file_name(make_site):
     site = make_site()
-    record = site.state_dir / "store" / "actor__der1__ActPow__FSCH01.msgpack"
+    record = site.state_dir / "store" / "actor__der1__ActPow.msgpack"
     assert record.exists()
     record.write_bytes(record.read_bytes()[:7])  # torn write
     old = site.node(LEAF)["pid"]

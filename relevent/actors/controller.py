@@ -1,23 +1,206 @@
-"""A 90-10 controller (FSCC) of one control function: supervises its schedules
-(FSCH01..NN) and its reserve schedule (Res_FSCH01)."""
+"""A 90-10 controller (FSCC) and its schedules (FSCH01..NN, Res_FSCH01), in one actor.
+
+Why one process for a controller and its schedules: an actor process costs ~5 MB PSS
+(bench/README.md); a process per schedule would put a 10-DER site (330 schedules) at
+~1.8 GB, against a budget of 400 MB.  The schedules are pure state machines
+(relevent/scheduling) that this actor drives: it persists them, wakes at their exact
+boundaries, arbitrates, and publishes the result up the tree (DER -> site -> endpoints).
+
+Durability: an enable or disable is saved (fsync) before its result is sent; other
+writes are saved within FLUSH_DELAY.
+"""
 from __future__ import annotations
 
-from relevent.actors.supervisor import ChildSpec, Supervisor
+import logging
+import time
+from typing import Any
+
+from relevent.actors.base import ReleventActor
+from relevent.actors.messages import (
+    ControllerState, OperateResult, ScheduleOperate, ScheduleWrite, SnapshotRequest, Wakeup,
+)
+from relevent.scheduling.calendar import Calendar, OccPer
+from relevent.scheduling.controller import output_of
+from relevent.scheduling.schedule import LOCKABLE, Schedule, StartTime, snapshot
+
+log = logging.getLogger("relevent.controller")
+
+FLUSH_DELAY = 0.05            # s; writes other than enable/disable are durable within 100 ms
+RESERVE_START = 1000          # 1970-01-01T00:00:01Z, hourly: the reference model's reserve
+DEFAULT_RESERVE = {"ActPow": 11.0, "MaxPow": 11.0, "OnOff": False}  # the reference model's values
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def schedule_names(count: int) -> list[str]:
     return [f"FSCH{n:02d}" for n in range(1, count + 1)] + ["Res_FSCH01"]
 
 
-class ControllerActor(Supervisor):
-    level = "controller"
+class ControllerActor(ReleventActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.schedules: list[Schedule] = []
+        self._timer_generation = 0
+        self._timer_at: int | None = None
+        self._dirty = False
+        self._flush_armed = False
+        self._last_output: tuple | None = None
+        self._stamp = time.time_ns()   # orders states across restarts of this controller
+        self._seq = 0
 
-    def child_specs(self) -> list[ChildSpec]:
+    # -- set-up ----------------------------------------------------------------------------
+    @property
+    def store_key(self) -> str:
+        return f"controller/{self.config['der']}/{self.config['kind']}"
+
+    def on_configure(self) -> None:
         cfg = self.config
-        return [ChildSpec(name, "schedule", "relevent.actors.schedule.ScheduleActor",
-                          {"der": cfg["der"], "kind": cfg["kind"], "schedule": name,
-                           "reserve": name.startswith("Res_")})
-                for name in schedule_names(cfg["schedules"])]
+        boolean = cfg["kind"] == "OnOff"
+        locks = cfg.get("locks", {})
+        self.schedules = []
+        for name in schedule_names(cfg["schedules"]):
+            reserve = name.startswith("Res_")
+            locked = frozenset(x for x in locks.get(name, []) if x in LOCKABLE)
+            sched = Schedule(name, boolean=boolean, periodic=reserve, reserve=reserve, locked=locked)
+            sched.settings.values = [False if boolean else 0.0] * cfg.get("values", 100)
+            if reserve:
+                self._reserve_defaults(sched, cfg.get("reserve", DEFAULT_RESERVE[cfg["kind"]]))
+            self.schedules.append(sched)
+        # Restart from the store, never from defaults; an unreadable record raises (StateCorrupt).
+        saved = self.store.load(self.store_key)
+        if saved is not None:
+            for sched in self.schedules:
+                if sched.name in saved["schedules"]:
+                    sched.load_record(saved["schedules"][sched.name])
+        now = now_ms()
+        for sched in self.schedules:
+            if sched.reserve:
+                sched.enable(now, by_site=True)  # always running, whatever was saved
+            sched.advance(now)
+        self._save()
+        self._publish(now)
+        self._arm(now)
+
+    @staticmethod
+    def _reserve_defaults(sched: Schedule, value: Any) -> None:
+        s = sched.settings
+        s.num_entr, s.schd_intv, s.prio, s.reuse = 1, 3600, 10, True
+        s.values[0] = bool(value) if sched.boolean else float(value)
+        s.starts[0] = StartTime(RESERVE_START, Calendar(OccPer.HOUR))
+
+    # -- messages -----------------------------------------------------------------------------
+    def on_message(self, message: Any, sender: Any) -> None:
+        if isinstance(message, ScheduleWrite):
+            self._write(message)
+        elif isinstance(message, ScheduleOperate):
+            self._operate(message, sender)
+        elif isinstance(message, SnapshotRequest):
+            self._publish(now_ms(), force=True)
+        else:
+            super().on_message(message, sender)
+
+    def _schedule(self, name: str) -> Schedule:
+        for sched in self.schedules:
+            if sched.name == name:
+                return sched
+        raise KeyError(f"{self.path}: no schedule {name}")
+
+    def _write(self, msg: ScheduleWrite) -> None:
+        sched, now = self._schedule(msg.schedule), now_ms()
+        f = msg.field
+        if f == "NumEntr":
+            outcome = sched.write_num_entr(msg.value)
+        elif f == "SchdIntv":
+            outcome = sched.write_intv(msg.value)
+        elif f == "SchdPrio":
+            outcome = sched.write_prio(msg.value)
+        elif f == "SchdReuse":
+            outcome = sched.write_reuse(msg.value)
+        elif f == "Val":
+            outcome = sched.write_value(msg.index, msg.value)
+        elif f == "StrTm":
+            outcome = sched.write_start(msg.index, msg.value, now)
+        else:
+            raise ValueError(f"unknown schedule field {f!r}")
+        if not outcome.ok:
+            # The endpoint validated against its mirror; a refusal here means the mirror was stale.
+            log.warning("write refused controller=%s schedule=%s field=%s reason=%s", self.path, sched.name, f,
+                        outcome.reason)
+        self._after_change(now, force=True)
+        self._dirty = True
+        if not self._flush_armed:
+            self._flush_armed = True
+            self.wakeupAfter(FLUSH_DELAY, Wakeup("flush"))
+
+    def _operate(self, msg: ScheduleOperate, sender: Any) -> None:
+        sched, now = self._schedule(msg.schedule), now_ms()
+        outcome = sched.enable(now) if msg.op == "enable" else sched.disable()
+        for other in self.schedules:
+            other.advance(now)
+        self._save()  # durable before the answer goes out
+        state = self._state(now)
+        self.send(msg.reply_to or sender, OperateResult(msg.request_id, outcome.ok,
+                                                        None if outcome.refusal is None else int(outcome.refusal),
+                                                        outcome.reason, state))
+        log.info("operate controller=%s schedule=%s op=%s ok=%s reason=%s state=%s", self.path, sched.name, msg.op,
+                 outcome.ok, outcome.reason, sched.status.state.name)
+        self._publish(now, state=state)
+        self._arm(now)
+
+    # -- time ---------------------------------------------------------------------------------
+    def on_wakeup(self, payload: Any) -> None:
+        if not isinstance(payload, Wakeup):
+            return
+        if payload.what == "flush":
+            self._flush_armed = False
+            if self._dirty:
+                self._save()
+        elif payload.what == "boundary" and payload.generation == self._timer_generation:
+            now = now_ms()
+            if self._timer_at is not None and now < self._timer_at:
+                self._arm_at(self._timer_at, now)  # woke early: never switch before the boundary
+                return
+            self._after_change(now)
+
+    def _after_change(self, now: int, force: bool = False) -> None:
+        changed = force
+        for sched in self.schedules:
+            changed |= sched.advance(now)
+        self._publish(now, force=changed)
+        self._arm(now)
+
+    def _arm(self, now: int) -> None:
+        wakeups = [w for w in (s.next_wakeup() for s in self.schedules) if w is not None]
+        if wakeups:
+            self._arm_at(min(wakeups), now)
+
+    def _arm_at(self, at: int, now: int) -> None:
+        self._timer_generation += 1
+        self._timer_at = at
+        self.wakeupAfter(max(0.0, (at - now) / 1000.0), Wakeup("boundary", generation=self._timer_generation))
+
+    # -- persistence and publication ------------------------------------------------------------
+    def _save(self) -> None:
+        self.store.save(self.store_key, {"schedules": {s.name: s.to_record() for s in self.schedules}})
+        self._dirty = False
+
+    def _state(self, now: int) -> ControllerState:
+        out = output_of(self.schedules)
+        self._seq += 1
+        return ControllerState(self.config["der"], self.config["kind"],
+                               {s.name: snapshot(s) for s in self.schedules}, (out.value, out.source, out.start), now,
+                               (self._stamp, self._seq))
+
+    def _publish(self, now: int, force: bool = True, state: ControllerState | None = None) -> None:
+        state = state or self._state(now)
+        if force or state.output != self._last_output:
+            self._last_output = state.output
+            self.send(self.parent, state)
 
     def detail(self) -> dict:
-        return {"kind": self.config.get("kind"), "starts": self.lifetime.get("starts")}
+        out = output_of(self.schedules) if self.schedules else None
+        return {"kind": self.config.get("kind"), "starts": self.lifetime.get("starts"),
+                "output": None if out is None else out.value, "source": None if out is None else out.source,
+                "schedules": {s.name: s.status.state.name for s in self.schedules}}

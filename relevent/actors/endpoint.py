@@ -31,6 +31,10 @@ class EndpointActor(ReleventActor):
         self.adapter = getattr(importlib.import_module(module), cls)(self, self.config)
         self.adapter.start()
 
+    def on_message(self, message: Any, sender: Any) -> None:
+        if self.adapter is None or not self.adapter.on_message(message, sender):
+            super().on_message(message, sender)
+
     def watch_fds(self) -> list[int]:
         return self.adapter.fds() if self.adapter else []
 

@@ -103,3 +103,52 @@ class Wakeup:
 
 
 FAULT_KINDS = ("raise", "exit", "segfault", "hang", "sigterm", "raise-loop")
+
+
+# -- scheduling (controllers own their schedules; endpoints mirror them) -----------------------
+@dataclass
+class ScheduleWrite:
+    """A client's write of a schedule setting.  field: NumEntr, SchdIntv, SchdPrio, SchdReuse,
+    Val (index 1..100) or StrTm (index 1..16, value ms)."""
+    der: str
+    kind: str
+    schedule: str
+    field: str
+    value: Any
+    index: int = 0
+
+
+@dataclass
+class ScheduleOperate:
+    """EnaReq/DsaReq with ctlVal=true; answered with OperateResult to reply_to once durable."""
+    der: str
+    kind: str
+    schedule: str
+    op: str          # enable | disable
+    request_id: int
+    reply_to: Any = None
+
+
+@dataclass
+class OperateResult:
+    request_id: int
+    ok: bool
+    refusal: int | None
+    reason: str
+    state: "ControllerState"
+
+
+@dataclass
+class ControllerState:
+    """Everything a protocol endpoint shows of one controller and its schedules."""
+    der: str
+    kind: str
+    schedules: dict      # name -> Schedule snapshot (see relevent.scheduling.schedule.snapshot)
+    output: tuple        # (value, source schedule name or None, run start ms or None)
+    at: int              # ms, when this state was computed
+    version: tuple = (0, 0)  # (controller incarnation stamp, sequence): newer states win
+
+
+@dataclass
+class SnapshotRequest:
+    """An endpoint (re)started: every controller publishes its full state."""

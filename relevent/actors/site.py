@@ -5,6 +5,9 @@ starts, stops or restarts only the children whose slice changed.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from relevent.actors.messages import ControllerState, ScheduleOperate, ScheduleWrite, SnapshotRequest
 from relevent.actors.supervisor import ChildSpec, Supervisor
 
 
@@ -15,7 +18,10 @@ def site_settings(data: dict) -> dict:
 
 
 def site_children(data: dict) -> list[ChildSpec]:
-    specs = [ChildSpec(ep["name"], "wan", "relevent.actors.endpoint.EndpointActor", ep) for ep in data["wan"]]
+    # WAN endpoints serve the site's DERs (the MMS model is built from them).
+    specs = [ChildSpec(ep["name"], "wan", "relevent.actors.endpoint.EndpointActor", {**ep, "ders": data["der"],
+                                                                                       "site": data["site"]["name"]})
+             for ep in data["wan"]]
     specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True)
               for der in data["der"]]
     specs += [ChildSpec(ep["name"], "lan", "relevent.actors.endpoint.EndpointActor", ep) for ep in data["lan"]]
@@ -27,6 +33,20 @@ class SiteSupervisor(Supervisor):
 
     def child_specs(self) -> list[ChildSpec]:
         return site_children(self.config)
+
+    def on_message(self, message: Any, sender: Any) -> None:
+        if isinstance(message, ControllerState):
+            for endpoint in self.running_children("wan"):
+                self.send(endpoint.address, message)
+        elif isinstance(message, (ScheduleWrite, ScheduleOperate)):
+            if isinstance(message, ScheduleOperate) and message.reply_to is None:
+                message.reply_to = sender
+            self.send_to_child(message.der, message)
+        elif isinstance(message, SnapshotRequest):
+            for der in self.running_children("der"):
+                self.send(der.address, message)
+        else:
+            super().on_message(message, sender)
 
     def detail(self) -> dict:
         return {"site": self.site.get("name"), "starts": self.lifetime.get("starts")}

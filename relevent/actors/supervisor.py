@@ -132,6 +132,18 @@ class Supervisor(ReleventActor):
     def _by_name(self, name: str) -> Child | None:
         return next((c for c in self.children if c.spec.name == name), None)
 
+    def send_to_child(self, name: str, message: Any) -> bool:
+        child = self._by_name(name)
+        if child is None or child.address is None or child.state not in ("starting", "running"):
+            log.warning("%s: no running child %r for %s", self.path or self.name, name, type(message).__name__)
+            return False
+        self.send(child.address, message)
+        return True
+
+    def running_children(self, role: str | None = None) -> list[Child]:
+        return [c for c in self.children if c.address is not None and c.state in ("starting", "running")
+                and (role is None or c.spec.role == role)]
+
     def _by_address(self, address: Any) -> Child | None:
         # ActorAddress is unhashable and its str() changes: compare with ==.
         return next((c for c in self.children if c.address is not None and c.address == address), None)

@@ -7,6 +7,7 @@ owner's thread take the model lock through ctypes (which releases the GIL while 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 import os
 import tempfile
 from typing import Any, Callable
@@ -26,6 +27,7 @@ class MmsServer:
         self.ied_name = ied_name
         self._callbacks: list = []  # CFUNCTYPE objects must outlive the server
         self._nodes: dict[str, int] = {}
+        self._missing: set[str] = set()
         fd, self.cfg_path = tempfile.mkstemp(prefix="model-", suffix=".cfg", dir=work_dir)
         with os.fdopen(fd, "w") as f:
             f.write(cfg_text)
@@ -69,18 +71,32 @@ class MmsServer:
         return ptr
 
     def has(self, ref: str) -> bool:
+        if ref in self._missing:
+            return False
         try:
             self.node(ref)
             return True
         except KeyError:
+            self._missing.add(ref)
             return False
 
-    def update(self, changes: list[tuple[str, str, Any]]) -> None:
+    @contextmanager
+    def model_lock(self):
+        """Hold libiec61850's data model lock (never from inside a handler: it holds it)."""
+        self.lib.IedServer_lockDataModel(self.server)
+        try:
+            yield
+        finally:
+            self.lib.IedServer_unlockDataModel(self.server)
+
+    def update(self, changes: list[tuple[str, str, Any]], locked: bool = False) -> None:
         """Apply (reference, kind, value) updates atomically for readers and reports.
-        kind: float | int | bool | time (ms, 0 = unset) | quality | string."""
+        kind: float | int | bool | time (ms, 0 = unset) | quality | string.
+        ``locked``: called from a handler, which already holds the model lock."""
         lib, srv = self.lib, self.server
         resolved = [(self.node(ref), kind, value) for ref, kind, value in changes]
-        lib.IedServer_lockDataModel(srv)
+        if not locked:
+            lib.IedServer_lockDataModel(srv)
         try:
             for ptr, kind, value in resolved:
                 if kind == "float":
@@ -98,7 +114,8 @@ class MmsServer:
                 else:
                     raise ValueError(f"unknown update kind {kind!r}")
         finally:
-            lib.IedServer_unlockDataModel(srv)
+            if not locked:
+                lib.IedServer_unlockDataModel(srv)
 
     def read(self, ref: str, kind: str) -> Any:
         """The current value of a basic attribute (from the owner's thread)."""

@@ -33,7 +33,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "scl": Field((str,), default="", doc="SCL file to serve; empty: generate from the DERs"),
                 "ied_name": Field((str,), default="DER_Scheduler_"),
             },
-            None, "IEC 61850 MMS server with the 90-10 scheduling model"),
+            "relevent.protocols.mms.endpoint.MmsEndpoint", "IEC 61850 MMS server with the 90-10 scheduling model"),
         ProtocolSpec(
             "hedera", "wan", False,
             {

@@ -113,7 +113,7 @@ class Schedule:
     def duration_ms(self) -> int | None:
         """Length of one run, or None while NumEntr/SchdIntv make no valid run."""
         s = self.settings
-        if not _valid_num_entr(s.num_entr) or not _is_int(s.schd_intv) or s.schd_intv <= 0:
+        if not _valid_num_entr(s.num_entr, len(s.values)) or not _is_int(s.schd_intv) or s.schd_intv <= 0:
             return None
         return s.num_entr * s.schd_intv * 1000
 
@@ -168,8 +168,8 @@ class Schedule:
         return Outcome.accept()
 
     def write_value(self, index: int, value: Any) -> Outcome:
-        """index 1..SLOTS; any value, NaN included (checked at enable)."""
-        if not 1 <= index <= SLOTS:
+        """index 1..number of slots; any value, NaN included (checked at enable)."""
+        if not 1 <= index <= len(self.settings.values):
             return Outcome.refuse(Refusal.ACCESS_DENIED, f"no value slot {index}")
         self.settings.values[index - 1] = bool(value) if self.boolean else float(value)
         return Outcome.accept()
@@ -210,7 +210,7 @@ class Schedule:
     def validate(self, now: int) -> EnaErr:
         """The enable checks, in order; the first failure wins."""
         s = self.settings
-        if not _valid_num_entr(s.num_entr):
+        if not _valid_num_entr(s.num_entr, len(s.values)):
             return EnaErr.NUM_ENTR
         if not self.boolean and any(isinstance(v, float) and math.isnan(v) for v in s.values[:s.num_entr]):
             return EnaErr.VALUES
@@ -315,6 +315,24 @@ class Schedule:
                              act_start=record["act_start"], run_slot=record["run_slot"])
 
 
+def snapshot(schedule: Schedule) -> dict:
+    """What protocol endpoints show: the persisted record plus derived status."""
+    record = schedule.to_record()
+    record.update(entry=schedule.status.entry, next_start=schedule.status.next_start, value=schedule.value(),
+                  reserve=schedule.reserve, boolean=schedule.boolean, periodic=schedule.periodic,
+                  locked=sorted(schedule.locked))
+    return record
+
+
+def from_snapshot(name: str, record: dict) -> Schedule:
+    """A mirror of a schedule from its snapshot (endpoints validate writes with it)."""
+    mirror = Schedule(name, boolean=record["boolean"], periodic=record["periodic"], reserve=record["reserve"],
+                      locked=frozenset(record["locked"]))
+    mirror.load_record(record)
+    mirror.status.entry, mirror.status.next_start = record["entry"], record["next_start"]
+    return mirror
+
+
 def _cal_tuple(cal: Calendar) -> tuple:
     return (cal.occ_per, cal.occ_type, cal.week_day, cal.month, cal.day, cal.hr, cal.mn)
 
@@ -323,5 +341,5 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _valid_num_entr(v: Any) -> bool:
-    return _is_int(v) and 1 <= v <= SLOTS
+def _valid_num_entr(v: Any, slots: int = SLOTS) -> bool:
+    return _is_int(v) and 1 <= v <= slots

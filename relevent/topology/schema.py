@@ -104,9 +104,34 @@ DER = {
     "rated_power_w": Field(NUMBER, default=0.0, check=non_negative),
     "values": Field((int,), default=100, check=lambda v: None if 1 <= v <= 100 else
                     f"values per schedule must be 1..100, got {v}", doc="value slots per schedule"),
+    "reserve": Field((dict,), default={}, check=lambda v: next(
+        (f"reserve.{k}: not a control function (use {', '.join(KINDS)})" for k in v if k not in KINDS), None)
+        or next((f"reserve.{k}: expected a number or boolean" for k, x in v.items()
+                 if not isinstance(x, (int, float, bool))), None),
+        doc="reserve (fallback) value per control function, e.g. {MaxPow = 10000.0, OnOff = true}"),
+    "locks": Field((dict,), default={}, check=lambda v: _check_locks(v),
+                   doc="per function and schedule, what clients may not do: "
+                       "{ActPow = {FSCH01 = [\"DsaReq\", \"StrTm\"]}}"),
     "ld_inst": Field((str,), default="", check=lambda v: None if not v or (v.isidentifier() and len(v) <= 64)
                      else f"ld_inst {v!r} must be letters, digits and '_' (max 64)",
                      doc="IEC 61850 logical device; default Control (one DER) or <name>Control"),
 }
+
+from relevent.scheduling.schedule import LOCKABLE  # noqa: E402 - one definition of what can be locked
+
+
+def _check_locks(v: dict) -> str | None:
+    for kind, per_schedule in v.items():
+        if kind not in KINDS:
+            return f"locks.{kind}: not a control function (use {', '.join(KINDS)})"
+        if not isinstance(per_schedule, dict):
+            return f"locks.{kind}: expected a table of schedule = [locks]"
+        for name, locks in per_schedule.items():
+            if not (name.startswith("FSCH") or name == "Res_FSCH01"):
+                return f"locks.{kind}.{name}: not a schedule name (FSCH01.., Res_FSCH01)"
+            if not isinstance(locks, list) or any(x not in LOCKABLE for x in locks):
+                return f"locks.{kind}.{name}: expected a list of {', '.join(LOCKABLE)}"
+    return None
+
 
 TOP_LEVEL = ("site", "runtime", "supervision", "wan", "lan", "der")

@@ -1,0 +1,49 @@
+"""Memory of a running site: PSS of every process of its actor system (runner included).
+
+    .venv/bin/python bench/memory_bench.py --ders 10
+
+PSS (proportional set size) splits shared pages between the processes that share them,
+so the sum is what the site really costs the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from sitectl import Site, free_port, small_topology, walk  # noqa: E402
+
+
+def pss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ders", type=int, default=10)
+    ap.add_argument("--schedules", type=int, default=10)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        topo = tmp / "mem.toml"
+        topo.write_text(small_topology(tmp / "state", free_port(), ders=args.ders, schedules=args.schedules,
+                                       functions=("ActPow", "MaxPow", "OnOff")))
+        site = Site(topo, tmp / "state").start(timeout=300)
+        try:
+            actors = sum(1 for _ in walk(site.tree()))
+            pids = site.leftovers() + [site.proc.pid]
+            total = sum(pss_kb(p) for p in pids)
+            print(f"ders={args.ders} schedules/function={args.schedules} actors={actors} processes={len(pids)} "
+                  f"pss_total={total / 1024:.1f} MiB pss_per_process={total / len(pids) / 1024:.2f} MiB")
+        finally:
+            site.stop()
+            site.kill_everything()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Where schedule and controller state lives in the 90-10 model, and the updates that
+bring the model from one published state to the next (only what changed)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relevent.iec61850.lib import QUALITY_GOOD, QUALITY_INVALID
+
+
+@dataclass(frozen=True)
+class ScheduleRefs:
+    ied: str
+    ld: str
+    der: str
+    kind: str
+    name: str        # FSCH01 .. or Res_FSCH01
+
+    @property
+    def key(self) -> tuple:
+        return (self.der, self.kind, self.name)
+
+    @property
+    def reserve(self) -> bool:
+        return self.name.startswith("Res_")
+
+    @property
+    def ln(self) -> str:
+        return f"{self.kind}_{self.name}"
+
+    @property
+    def ln_ref(self) -> str:
+        return f"{self.ld}/{self.ln}"
+
+    def attr(self, path: str) -> str:
+        return f"{self.ld}/{self.ln}.{path}"
+
+
+def _status(ref: str, kind: str, value, at: int, good: bool = True) -> list:
+    return [(f"{ref}.stVal", kind, value), (f"{ref}.q", "quality", QUALITY_GOOD if good else QUALITY_INVALID),
+            (f"{ref}.t", "time", at)]
+
+
+def schedule_updates(refs: ScheduleRefs, old: dict | None, new: dict, at: int) -> list:
+    """Model updates for one schedule; `old` None means write everything."""
+    out: list = []
+
+    def changed(*keys: str) -> bool:
+        return old is None or any(old.get(k) != new.get(k) for k in keys)
+
+    if changed("state"):
+        out += _status(refs.attr("SchdSt"), "int", new["state"], at)
+    if changed("ena_err"):
+        out += _status(refs.attr("SchdEnaErr"), "int", new["ena_err"], at)
+    if changed("entry"):
+        out += _status(refs.attr("SchdEntr"), "int", new["entry"], at)
+    if changed("act_start"):
+        out += _status(refs.attr("ActStrTm"), "time", new["act_start"] or 0, at, new["act_start"] is not None)
+    if changed("next_start"):
+        out += _status(refs.attr("NxtStrTm"), "time", new["next_start"] or 0, at, new["next_start"] is not None)
+    if changed("value", "state"):
+        value, good = new["value"], new["value"] is not None
+        if new["boolean"]:
+            out += [(refs.attr("ValSPS.stVal"), "bool", bool(value))] if good else []
+            out += [(refs.attr("ValSPS.q"), "quality", QUALITY_GOOD if good else QUALITY_INVALID),
+                    (refs.attr("ValSPS.t"), "time", at)]
+        else:
+            out += [(refs.attr("ValMV.mag.f"), "float", float(value))] if good else []
+            out += [(refs.attr("ValMV.q"), "quality", QUALITY_GOOD if good else QUALITY_INVALID),
+                    (refs.attr("ValMV.t"), "time", at)]
+    # Settings: after a restart of the endpoint, the model is rebuilt from the controller.
+    for field, attr, kind in (("num_entr", "NumEntr.setVal", "int"), ("schd_intv", "SchdIntv.setVal", "int"),
+                              ("prio", "SchdPrio.setVal", "int"), ("reuse", "SchdReuse.setVal", "bool")):
+        if changed(field):
+            out.append((refs.attr(attr), kind, new[field]))
+    prefix, slot = ("ValSPG", "setVal") if new["boolean"] else ("ValASG", "setMag.f")
+    old_values = old["values"] if old else [None] * len(new["values"])
+    for i, (a, b) in enumerate(zip(old_values, new["values"]), start=1):
+        if old is None or a != b and not (a != a and b != b):  # NaN == NaN here
+            out.append((refs.attr(f"{prefix}{i:03d}.{slot}"), "bool" if new["boolean"] else "float", b))
+    old_starts = old["starts"] if old else [None] * len(new["starts"])
+    for i, (a, b) in enumerate(zip(old_starts, new["starts"]), start=1):
+        if old is None or a != b:
+            out.append((refs.attr(f"StrTm{i:02d}.setTm"), "time", b[0] or 0))
+    return out
+
+
+def controller_updates(ied: str, ld: str, kind: str, output: tuple, at: int) -> list:
+    """FSCC (active schedule and value) and the actuator GGIO output."""
+    value, source, _start = output
+    good = source is not None
+    active = f"{ied}{ld}/{kind}_{source}" if good else ""
+    out = _status(f"{ld}/{kind}_FSCC1.ActSchdRef", "string", active, at, good)
+    if kind == "OnOff":
+        out += ([(f"{ld}/{kind}_FSCC1.ValSPS.stVal", "bool", bool(value))] if good else [])
+        out += [(f"{ld}/{kind}_FSCC1.ValSPS.q", "quality", QUALITY_GOOD if good else QUALITY_INVALID),
+                (f"{ld}/{kind}_FSCC1.ValSPS.t", "time", at)]
+        out += _status(f"{ld}/{kind}_GGIO1.SPCSO1", "bool", bool(value), at, good)
+    else:
+        out += ([(f"{ld}/{kind}_FSCC1.ValMV.mag.f", "float", float(value))] if good else [])
+        out += [(f"{ld}/{kind}_FSCC1.ValMV.q", "quality", QUALITY_GOOD if good else QUALITY_INVALID),
+                (f"{ld}/{kind}_FSCC1.ValMV.t", "time", at)]
+        out += ([(f"{ld}/{kind}_GGIO1.AnOut1.mxVal.f", "float", float(value))] if good else [])
+        out += [(f"{ld}/{kind}_GGIO1.AnOut1.q", "quality", QUALITY_GOOD if good else QUALITY_INVALID),
+                (f"{ld}/{kind}_GGIO1.AnOut1.t", "time", at)]
+    return out

@@ -1,0 +1,274 @@
+"""The 90-10 scheduler as MMS clients see it (scheduling.md sections 1-5 and 7), against a
+real site: libiec61850 server in the endpoint actor, controllers in their own processes,
+two independent clients in the test process."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+
+import pytest
+
+from mmsclients import CLIENTS, LibIec61850Client, Open61850Client
+from relevent.topology import load_topology
+
+LD = "DER_Scheduler_Control"
+S = 1000
+
+
+def fsch(kind: str, n: str) -> str:
+    return f"{LD}/{kind}_{n}"
+
+
+@pytest.fixture
+def site(make_site):
+    return make_site(schedules=3, functions=("ActPow", "MaxPow", "OnOff"))
+
+
+def port_of(site) -> int:
+    return next(ep["port"] for ep in load_topology(site.topology).data["wan"] if ep["name"] == "mms")
+
+
+@pytest.fixture(params=CLIENTS, ids=lambda c: c.name)
+def client(request, site):
+    c = request.param("127.0.0.1", port_of(site))
+    yield c
+    c.close()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def prepare(c, kind: str, n: str, values: list, intv: int = 1, prio: int = 20, start: int | None = None) -> int:
+    ref = fsch(kind, n)
+    assert c.write_int(f"{ref}.NumEntr.setVal", len(values)) is None
+    assert c.write_int(f"{ref}.SchdIntv.setVal", intv) is None
+    assert c.write_int(f"{ref}.SchdPrio.setVal", prio) is None
+    for i, v in enumerate(values, start=1):
+        if kind == "OnOff":
+            assert c.write_bool(f"{ref}.ValSPG{i:03d}.setVal", v) is None
+        else:
+            assert c.write_float(f"{ref}.ValASG{i:03d}.setMag.f", v) is None
+    start = start or now_ms() + 1500
+    assert c.write_time(f"{ref}.StrTm01.setTm", start) is None
+    return start
+
+
+def wait_until(t_ms: int) -> None:
+    delay = (t_ms - now_ms()) / 1000
+    if delay > 0:
+        time.sleep(delay)
+
+
+# -- 1. model and initial state -----------------------------------------------------------------
+def test_initial_state_reserve_runs_and_drives_the_actuator(client):
+    assert client.read_int(f"{fsch('ActPow', 'Res_FSCH01')}.SchdSt.stVal") == 4
+    assert client.read_int(f"{fsch('ActPow', 'FSCH01')}.SchdSt.stVal") == 1
+    assert client.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 11.0
+    assert client.read_str(f"{LD}/ActPow_FSCC1.ActSchdRef.stVal") == f"{LD}/ActPow_Res_FSCH01"
+    assert client.read_bool(f"{LD}/OnOff_GGIO1.SPCSO1.stVal") is False
+    assert client.read_int(f"{fsch('MaxPow', 'Res_FSCH01')}.NumEntr.setVal", "SP") == 1
+    assert client.read_int(f"{fsch('MaxPow', 'Res_FSCH01')}.SchdPrio.setVal", "SP") == 10
+    assert client.read_str(f"{LD}/MaxPow_FSCC1.Schd04.setSrcRef", "SP") == "@Control/MaxPow_Res_FSCH01"
+
+
+# -- 2. writes -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [0, -1, 200])
+def test_settings_accept_any_value_until_enable(client, value):
+    ref = fsch("ActPow", "FSCH02")
+    assert client.write_int(f"{ref}.NumEntr.setVal", value) is None
+    assert client.write_int(f"{ref}.SchdIntv.setVal", value) is None
+    assert client.read_int(f"{ref}.NumEntr.setVal", "SP") == value
+
+
+def test_values_accept_nan_and_inf(site):
+    c = Open61850Client("127.0.0.1", port_of(site))
+    try:
+        for v in (math.nan, math.inf, -math.inf):
+            assert c.write_float(f"{fsch('ActPow', 'FSCH01')}.ValASG003.setMag.f", v) is None
+        assert c.read_float(f"{fsch('ActPow', 'FSCH01')}.ValASG003.setMag.f", "SP") == -math.inf
+    finally:
+        c.close()
+
+
+def test_start_time_in_the_past_is_refused(client):
+    ref = fsch("ActPow", "FSCH01")
+    assert client.write_time(f"{ref}.StrTm02.setTm", now_ms() - 1000) == "value-invalid"
+    assert client.write_time(f"{ref}.StrTm02.setTm", now_ms() + 60_000) is None
+
+
+def test_reserve_priority_and_start_are_locked(client):
+    ref = fsch("ActPow", "Res_FSCH01")
+    assert client.write_int(f"{ref}.SchdPrio.setVal", 99) == "access-denied"
+    assert client.read_int(f"{ref}.SchdPrio.setVal", "SP") == 10
+    assert client.write_time(f"{ref}.StrTm01.setTm", now_ms() + 60_000) == "access-denied"
+    assert client.write_float(f"{ref}.ValASG001.setMag.f", 7.0) is None  # its value stays writable
+
+
+# -- 3. enable and disable ----------------------------------------------------------------------------
+@pytest.mark.parametrize("damage, err", [
+    (lambda c, r: c.write_int(f"{r}.NumEntr.setVal", 0), 2),
+    (lambda c, r: c.write_int(f"{r}.NumEntr.setVal", 101), 2),
+    (lambda c, r: c.write_float(f"{r}.ValASG002.setMag.f", math.nan), 4),
+    (lambda c, r: c.write_int(f"{r}.SchdIntv.setVal", 0), 3),
+])
+def test_enable_validation_gives_a_negative_response_and_sets_SchdEnaErr(site, damage, err):
+    c = Open61850Client("127.0.0.1", port_of(site))  # NaN writes need a client that sends them as is
+    try:
+        ref = fsch("ActPow", "FSCH01")
+        prepare(c, "ActPow", "FSCH01", [1.0, 2.0])
+        damage(c, ref)
+        ok, add_cause = c.operate(f"{ref}.EnaReq", True)
+        assert not ok and add_cause != 0
+        assert c.read_int(f"{ref}.SchdEnaErr.stVal") == err
+        assert c.read_int(f"{ref}.SchdSt.stVal") == 1
+    finally:
+        c.close()
+
+
+def test_enable_without_a_future_start_is_rejected_with_error_6(client):
+    ref = fsch("ActPow", "FSCH03")
+    client.write_int(f"{ref}.NumEntr.setVal", 1)
+    client.write_int(f"{ref}.SchdIntv.setVal", 1)
+    ok, _ = client.operate(f"{ref}.EnaReq", True)
+    assert not ok  # Improve point: the reference answered positively
+    assert client.read_int(f"{ref}.SchdEnaErr.stVal") == 6 and client.read_int(f"{ref}.SchdSt.stVal") == 1
+
+
+def test_ctlval_false_and_test_mode_are_accepted_without_effect(client):
+    ref = fsch("ActPow", "FSCH01")
+    prepare(client, "ActPow", "FSCH01", [1.0])
+    assert client.operate(f"{ref}.EnaReq", False)[0]
+    assert client.operate(f"{ref}.EnaReq", True, test=True)[0]
+    assert client.read_int(f"{ref}.SchdSt.stVal") == 1
+
+
+def test_ready_right_after_the_positive_response(client):
+    ref = fsch("MaxPow", "FSCH02")
+    start = prepare(client, "MaxPow", "FSCH02", [5.0, 6.0], start=now_ms() + 20_000)
+    ok, _ = client.operate(f"{ref}.EnaReq", True)
+    assert ok
+    assert client.read_int(f"{ref}.SchdSt.stVal") == 3
+    assert client.read_int(f"{ref}.SchdEnaErr.stVal") == 1
+    if isinstance(client, Open61850Client):
+        assert abs(client.read_time_ms(f"{ref}.NxtStrTm.stVal") - start) < 2
+        assert not client.quality_invalid(f"{ref}.NxtStrTm.q")
+
+
+def test_reserve_cannot_be_disabled_or_enabled(client):
+    ref = fsch("OnOff", "Res_FSCH01")
+    assert client.operate(f"{ref}.DsaReq", True)[0] is False
+    assert client.operate(f"{ref}.EnaReq", True)[0] is False
+    assert client.read_int(f"{ref}.SchdSt.stVal") == 4
+
+
+def test_disable_resets_and_the_schedule_never_starts(site):
+    c = Open61850Client("127.0.0.1", port_of(site))
+    try:
+        ref = fsch("ActPow", "FSCH01")
+        start = prepare(c, "ActPow", "FSCH01", [50.0, 60.0, 70.0], start=now_ms() + 1000)
+        assert c.operate(f"{ref}.EnaReq", True)[0]
+        wait_until(start + 500)
+        assert c.read_int(f"{ref}.SchdSt.stVal") == 4 and c.read_int(f"{ref}.SchdEntr.stVal") == 1
+        assert c.operate(f"{ref}.DsaReq", True)[0]
+        assert c.read_int(f"{ref}.SchdSt.stVal") == 1 and c.read_int(f"{ref}.SchdEntr.stVal") == 0
+        assert c.quality_invalid(f"{ref}.ActStrTm.q") and c.quality_invalid(f"{ref}.NxtStrTm.q")
+        assert c.quality_invalid(f"{ref}.ValMV.q", "MX")
+        assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 11.0  # back to the reserve
+    finally:
+        c.close()
+
+
+# -- 4/5. running and arbitration, sampled mid-entry ----------------------------------------------------
+def test_priorities_and_entries_at_the_actuator(site):
+    c = LibIec61850Client("127.0.0.1", port_of(site))
+    try:
+        t0 = (now_ms() // 1000 + 2) * 1000
+        prepare(c, "ActPow", "FSCH01", [100.0, 101.0, 102.0, 103.0], prio=20, start=t0)
+        prepare(c, "ActPow", "FSCH02", [200.0], prio=30, start=t0 + 1 * S)
+        prepare(c, "ActPow", "FSCH03", [300.0], prio=20, start=t0 + 3 * S)   # equal prio, later start
+        for n in ("FSCH01", "FSCH02", "FSCH03"):
+            assert c.operate(f"{fsch('ActPow', n)}.EnaReq", True)[0]
+        expected = [(100.0, "FSCH01"), (200.0, "FSCH02"), (102.0, "FSCH01"), (300.0, "FSCH03"), (11.0, "Res_FSCH01")]
+        for k, (value, source) in enumerate(expected):
+            wait_until(t0 + k * S + 500)
+            assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == value, f"second {k}"
+            assert c.read_str(f"{LD}/ActPow_FSCC1.ActSchdRef.stVal") == f"{LD}/ActPow_{source}", f"second {k}"
+        assert c.read_int(f"{fsch('ActPow', 'FSCH01')}.SchdSt.stVal") == 1  # ended, no other start
+    finally:
+        c.close()
+
+
+def test_priority_write_switches_the_output_at_once(site):
+    c = LibIec61850Client("127.0.0.1", port_of(site))
+    try:
+        start = prepare(c, "ActPow", "FSCH01", [40.0] * 10, prio=5, start=now_ms() + 800)
+        assert c.operate(f"{fsch('ActPow', 'FSCH01')}.EnaReq", True)[0]
+        wait_until(start + 300)
+        assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 11.0  # prio 5 < reserve 10
+        assert c.write_int(f"{fsch('ActPow', 'FSCH01')}.SchdPrio.setVal", 50) is None
+        deadline = time.monotonic() + 1.0
+        while c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") != 40.0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 40.0
+    finally:
+        c.close()
+
+
+# -- isolation and persistence --------------------------------------------------------------------------
+def test_endpoint_kill_rebuilds_the_model_from_the_actors(site):
+    c = LibIec61850Client("127.0.0.1", port_of(site))
+    ref = fsch("ActPow", "FSCH02")
+    start = prepare(c, "ActPow", "FSCH02", [7.0, 8.0], prio=42, start=now_ms() + 60_000)
+    assert c.operate(f"{ref}.EnaReq", True)[0]
+    time.sleep(0.2)  # settings are durable within 100 ms
+    c.close()
+    old = site.node("mms")["pid"]
+    os.kill(old, signal.SIGKILL)
+    site.wait_for("mms", lambda n: n["pid"] not in (None, old) and n["state"] == "running")
+    for cls in (LibIec61850Client, Open61850Client):
+        c = cls("127.0.0.1", port_of(site))
+        try:
+            assert c.read_int(f"{ref}.SchdSt.stVal") == 3
+            assert c.read_int(f"{ref}.SchdPrio.setVal", "SP") == 42
+            assert c.read_float(f"{ref}.ValASG002.setMag.f", "SP") == 8.0
+            if isinstance(c, Open61850Client):
+                assert abs(c.read_time_ms(f"{ref}.StrTm01.setTm", "SP") - start) < 2
+        finally:
+            c.close()
+
+
+def test_controller_kill_mid_run_continues_at_the_right_entry(site):
+    c = LibIec61850Client("127.0.0.1", port_of(site))
+    try:
+        t0 = (now_ms() // 1000 + 2) * 1000
+        prepare(c, "ActPow", "FSCH01", [1.0, 2.0, 3.0, 4.0, 5.0], prio=20, start=t0)
+        assert c.operate(f"{fsch('ActPow', 'FSCH01')}.EnaReq", True)[0]
+        wait_until(t0 + 1200)
+        os.kill(site.node("der1/ActPow")["pid"], signal.SIGKILL)
+        wait_until(t0 + 2 * S + 500)
+        assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 3.0
+        assert c.read_int(f"{fsch('ActPow', 'FSCH01')}.SchdEntr.stVal") == 3
+        assert site.node("der1/ActPow")["restarts"] == 1
+    finally:
+        c.close()
+
+
+def test_enabled_schedule_survives_a_restart_of_the_whole_site(site):
+    c = LibIec61850Client("127.0.0.1", port_of(site))
+    ref = fsch("OnOff", "FSCH01")
+    start = prepare(c, "OnOff", "FSCH01", [True, False], start=now_ms() + 6000)
+    assert c.operate(f"{ref}.EnaReq", True)[0]
+    c.close()
+    assert site.stop() == 0
+    site.start()
+    c = LibIec61850Client("127.0.0.1", port_of(site))
+    try:
+        assert c.read_int(f"{ref}.SchdSt.stVal") == 3
+        wait_until(start + 500)
+        assert c.read_int(f"{ref}.SchdSt.stVal") == 4
+        assert c.read_bool(f"{LD}/OnOff_GGIO1.SPCSO1.stVal") is True
+    finally:
+        c.close()
