@@ -256,6 +256,23 @@ def test_controller_kill_mid_run_continues_at_the_right_entry(site):
         c.close()
 
 
+def test_der_kill_mid_run_keeps_the_model_live(site):
+    c = LibIec61850Client("127.0.0.1", port_of(site))
+    try:
+        t0 = (now_ms() // 1000 + 2) * 1000
+        prepare(c, "MaxPow", "FSCH02", [10.0, 20.0, 30.0, 40.0], prio=20, start=t0)
+        assert c.operate(f"{fsch('MaxPow', 'FSCH02')}.EnaReq", True)[0]
+        wait_until(t0 + 500)
+        old = site.node("der1")["pid"]
+        os.kill(old, signal.SIGKILL)  # the DER and its controllers die; the site rebuilds them
+        site.wait_for("der1/MaxPow", lambda n: n["state"] == "running" and n["pid"] is not None, 5)
+        wait_until(t0 + 3 * S + 500)
+        assert c.read_float(f"{LD}/MaxPow_GGIO1.AnOut1.mxVal.f") == 40.0
+        assert c.read_int(f"{fsch('MaxPow', 'FSCH02')}.SchdEntr.stVal") == 4
+    finally:
+        c.close()
+
+
 def test_enabled_schedule_survives_a_restart_of_the_whole_site(site):
     c = LibIec61850Client("127.0.0.1", port_of(site))
     ref = fsch("OnOff", "FSCH01")

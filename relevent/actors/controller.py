@@ -8,6 +8,10 @@ boundaries, arbitrates, and publishes the result up the tree (DER -> site -> end
 
 Durability: an enable or disable is saved (fsync) before its result is sent; other
 writes are saved within FLUSH_DELAY.
+
+Paths: states go straight to the subscribed endpoints, and endpoints send requests
+straight here: one thespian hop (1-2 ms) instead of three.  Subscriptions come with
+SnapshotRequest and, after a restart, with the configuration (the DER keeps them).
 """
 from __future__ import annotations
 
@@ -17,11 +21,11 @@ from typing import Any
 
 from relevent.actors.base import ReleventActor
 from relevent.actors.messages import (
-    ControllerState, OperateResult, ScheduleOperate, ScheduleWrite, SnapshotRequest, Wakeup,
+    ControllerState, OperateResult, ScheduleOperate, ScheduleWrite, ScheduleWrites, SnapshotRequest, Wakeup,
 )
 from relevent.scheduling.calendar import Calendar, OccPer
 from relevent.scheduling.controller import output_of
-from relevent.scheduling.schedule import LOCKABLE, Schedule, StartTime, snapshot
+from relevent.scheduling.schedule import LOCKABLE, Schedule, StartTime, settings_snapshot, status_snapshot
 
 log = logging.getLogger("relevent.controller")
 
@@ -49,6 +53,10 @@ class ControllerActor(ReleventActor):
         self._last_output: tuple | None = None
         self._stamp = time.time_ns()   # orders states across restarts of this controller
         self._seq = 0
+        self.subscribers: dict[str, Any] = {}  # endpoint name -> address
+        self._published: dict[str, tuple] = {}  # schedule -> (status, settings) last sent
+        self._writes_applied: dict[str, int] = {}  # endpoint -> last write seq applied
+        self._acked: dict[str, int] = {}           # ... as last published
 
     # -- set-up ----------------------------------------------------------------------------
     @property
@@ -57,6 +65,7 @@ class ControllerActor(ReleventActor):
 
     def on_configure(self) -> None:
         cfg = self.config
+        self.subscribers = dict(cfg.get("subscribers", {}))
         boolean = cfg["kind"] == "OnOff"
         locks = cfg.get("locks", {})
         self.schedules = []
@@ -80,7 +89,7 @@ class ControllerActor(ReleventActor):
                 sched.enable(now, by_site=True)  # always running, whatever was saved
             sched.advance(now)
         self._save()
-        self._publish(now)
+        self._publish(now, full=True)
         self._arm(now)
 
     @staticmethod
@@ -92,12 +101,18 @@ class ControllerActor(ReleventActor):
 
     # -- messages -----------------------------------------------------------------------------
     def on_message(self, message: Any, sender: Any) -> None:
-        if isinstance(message, ScheduleWrite):
-            self._write(message)
+        if isinstance(message, ScheduleWrites):
+            for write in message.writes:
+                self._apply_write(write)
+            if message.origin and message.writes:
+                self._writes_applied[message.origin] = message.writes[-1].seq
+            self._written()
         elif isinstance(message, ScheduleOperate):
             self._operate(message, sender)
         elif isinstance(message, SnapshotRequest):
-            self._publish(now_ms(), force=True)
+            if message.subscriber:
+                self.subscribers[message.subscriber] = message.reply_to
+            self._publish(now_ms(), force=True, full=True)
         else:
             super().on_message(message, sender)
 
@@ -107,7 +122,7 @@ class ControllerActor(ReleventActor):
                 return sched
         raise KeyError(f"{self.path}: no schedule {name}")
 
-    def _write(self, msg: ScheduleWrite) -> None:
+    def _apply_write(self, msg: ScheduleWrite) -> None:
         sched, now = self._schedule(msg.schedule), now_ms()
         f = msg.field
         if f == "NumEntr":
@@ -128,7 +143,11 @@ class ControllerActor(ReleventActor):
             # The endpoint validated against its mirror; a refusal here means the mirror was stale.
             log.warning("write refused controller=%s schedule=%s field=%s reason=%s", self.path, sched.name, f,
                         outcome.reason)
-        self._after_change(now, force=True)
+
+    def _written(self) -> None:
+        # The model already holds what the client wrote: publish only if a status or the
+        # output changed (a value of the running entry, a priority, a NumEntr that ends a run).
+        self._after_change(now_ms())
         self._dirty = True
         if not self._flush_armed:
             self._flush_armed = True
@@ -140,7 +159,7 @@ class ControllerActor(ReleventActor):
         for other in self.schedules:
             other.advance(now)
         self._save()  # durable before the answer goes out
-        state = self._state(now)
+        state = self._state(now, full=True)
         self.send(msg.reply_to or sender, OperateResult(msg.request_id, outcome.ok,
                                                         None if outcome.refusal is None else int(outcome.refusal),
                                                         outcome.reason, state))
@@ -176,28 +195,43 @@ class ControllerActor(ReleventActor):
         if wakeups:
             self._arm_at(min(wakeups), now)
 
-    def _arm_at(self, at: int, now: int) -> None:
+    def _arm_at(self, at: int, _now: int) -> None:
         self._timer_generation += 1
         self._timer_at = at
-        self.wakeupAfter(max(0.0, (at - now) / 1000.0), Wakeup("boundary", generation=self._timer_generation))
+        # thespian counts the delay from this call: read the clock now, not when the work began.
+        delay = (at - time.time_ns() / 1e6) / 1000.0
+        self.wakeupAfter(max(0.0, delay), Wakeup("boundary", generation=self._timer_generation))
 
     # -- persistence and publication ------------------------------------------------------------
     def _save(self) -> None:
         self.store.save(self.store_key, {"schedules": {s.name: s.to_record() for s in self.schedules}})
         self._dirty = False
 
-    def _state(self, now: int) -> ControllerState:
+    def _state(self, now: int, full: bool = False) -> ControllerState:
+        """The state to send: every schedule when `full`, else those that changed since the
+        last state, with their settings only when those changed too."""
         out = output_of(self.schedules)
+        changed = {}
+        for s in self.schedules:
+            status, settings = status_snapshot(s), settings_snapshot(s)
+            last = self._published.get(s.name)
+            if full or last is None or last[1] != settings:
+                changed[s.name] = {"status": status, "settings": settings}
+            elif last[0] != status:
+                changed[s.name] = {"status": status, "settings": None}
+            self._published[s.name] = (status, settings)
         self._seq += 1
-        return ControllerState(self.config["der"], self.config["kind"],
-                               {s.name: snapshot(s) for s in self.schedules}, (out.value, out.source, out.start), now,
-                               (self._stamp, self._seq))
+        return ControllerState(self.config["der"], self.config["kind"], changed, (out.value, out.source, out.start),
+                               now, (self._stamp, self._seq), self.myAddress, full, dict(self._writes_applied))
 
-    def _publish(self, now: int, force: bool = True, state: ControllerState | None = None) -> None:
-        state = state or self._state(now)
-        if force or state.output != self._last_output:
+    def _publish(self, now: int, force: bool = True, state: ControllerState | None = None,
+                 full: bool = False) -> None:
+        state = state or self._state(now, full)
+        if force or state.output != self._last_output or state.schedules or self._writes_applied != self._acked:
+            self._acked = dict(self._writes_applied)
             self._last_output = state.output
-            self.send(self.parent, state)
+            for address in self.subscribers.values():
+                self.send(address, state)
 
     def detail(self) -> dict:
         out = output_of(self.schedules) if self.schedules else None

@@ -1,15 +1,29 @@
-"""A DER (inverter, battery, charger, ...): supervises one controller per control function
-and relays between them and the site (controller states up, schedule requests down)."""
+"""A DER (inverter, battery, charger, ...): supervises one controller per control function.
+
+It also keeps the endpoints' subscriptions for its controllers (they pass through it in
+SnapshotRequest) and hands them to a controller in its Configure, so that a restarted
+controller sends its first state straight to every endpoint."""
 from __future__ import annotations
 
 from typing import Any
 
-from relevent.actors.messages import ControllerState, ScheduleOperate, ScheduleWrite, SnapshotRequest
+from relevent.actors.messages import ScheduleOperate, ScheduleWrites, SnapshotRequest
 from relevent.actors.supervisor import ChildSpec, Supervisor
 
 
 class DerActor(Supervisor):
     level = "der"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subscribers: dict[str, Any] = {}
+
+    def runtime_config(self, spec: ChildSpec) -> dict:
+        return {"subscribers": dict(self.subscribers)}
+
+    def on_configure(self) -> None:
+        self.subscribers = dict(self.config.get("subscribers", {}))  # kept by the site across our restarts
+        super().on_configure()
 
     def child_specs(self) -> list[ChildSpec]:
         der = self.config
@@ -21,11 +35,10 @@ class DerActor(Supervisor):
                 for kind in der["functions"]]
 
     def on_message(self, message: Any, sender: Any) -> None:
-        if isinstance(message, ControllerState):
-            self.send(self.parent, message)
-        elif isinstance(message, (ScheduleWrite, ScheduleOperate)):
+        if isinstance(message, (ScheduleWrites, ScheduleOperate)):
             self.send_to_child(message.kind, message)
         elif isinstance(message, SnapshotRequest):
+            self.subscribers[message.subscriber] = message.reply_to
             for child in self.running_children():
                 self.send(child.address, message)
         else:

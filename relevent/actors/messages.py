@@ -1,13 +1,23 @@
 """Messages exchanged in the actor tree.  Plain data only (they are pickled across
-processes and must survive a code reload)."""
+processes and must survive a code reload).
+
+Big messages have a short repr: thespian formats every received message for a debug log
+line before it checks the log level, and a full dataclass repr of a controller state
+(every schedule, every value) cost more than handling the message."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
-class Configure:
+class ShortRepr:
+    def __repr__(self) -> str:
+        keys = [k for k in ("name", "der", "kind", "request_id") if hasattr(self, k)]
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"
+
+
+@dataclass(repr=False)
+class Configure(ShortRepr):
     """Sent by a supervisor right after creating a child, and again after every restart."""
     name: str
     path: str            # e.g. "pv1/ActPow/FSCH01", unique in the site
@@ -51,8 +61,8 @@ class Failed:
     error: str
 
 
-@dataclass
-class Reconfigure:
+@dataclass(repr=False)
+class Reconfigure(ShortRepr):
     """New configuration for a running actor; supervisors diff their children."""
     config: dict
     site: dict
@@ -116,6 +126,17 @@ class ScheduleWrite:
     field: str
     value: Any
     index: int = 0
+    seq: int = 0     # the endpoint's write number, acknowledged in ControllerState.writes_applied
+
+
+@dataclass(repr=False)
+class ScheduleWrites(ShortRepr):
+    """Writes to one controller's schedules, in the order clients made them (one message for
+    a whole MMS write request instead of one per attribute)."""
+    der: str
+    kind: str
+    writes: list  # of ScheduleWrite
+    origin: str = ""  # the endpoint's name
 
 
 @dataclass
@@ -129,8 +150,8 @@ class ScheduleOperate:
     reply_to: Any = None
 
 
-@dataclass
-class OperateResult:
+@dataclass(repr=False)
+class OperateResult(ShortRepr):
     request_id: int
     ok: bool
     refusal: int | None
@@ -138,17 +159,26 @@ class OperateResult:
     state: "ControllerState"
 
 
-@dataclass
-class ControllerState:
-    """Everything a protocol endpoint shows of one controller and its schedules."""
+@dataclass(repr=False)
+class ControllerState(ShortRepr):
+    """What a protocol endpoint shows of one controller and its schedules.  `schedules`
+    holds the schedules that changed since the last state (all of them when `full`): per
+    name {"status": ..., "settings": ... or None when unchanged}; see
+    relevent.scheduling.schedule.status_snapshot / settings_snapshot."""
     der: str
     kind: str
-    schedules: dict      # name -> Schedule snapshot (see relevent.scheduling.schedule.snapshot)
+    schedules: dict
     output: tuple        # (value, source schedule name or None, run start ms or None)
     at: int              # ms, when this state was computed
     version: tuple = (0, 0)  # (controller incarnation stamp, sequence): newer states win
+    address: Any = None      # the controller: endpoints send requests straight to it
+    full: bool = True        # every schedule with its settings (after a subscription, with an answer)
+    writes_applied: dict = field(default_factory=dict)  # endpoint name -> last write seq included
 
 
 @dataclass
 class SnapshotRequest:
-    """An endpoint (re)started: every controller publishes its full state."""
+    """An endpoint (re)started: it subscribes to every controller (through the site and the
+    DERs, which remember it) and each controller sends it its full state."""
+    subscriber: str = ""
+    reply_to: Any = None

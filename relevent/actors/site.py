@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relevent.actors.messages import ControllerState, ScheduleOperate, ScheduleWrite, SnapshotRequest
+from relevent.actors.messages import ScheduleOperate, ScheduleWrites, SnapshotRequest
 from relevent.actors.supervisor import ChildSpec, Supervisor
 
 
@@ -31,18 +31,23 @@ def site_children(data: dict) -> list[ChildSpec]:
 class SiteSupervisor(Supervisor):
     level = "site"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.subscribers: dict[str, Any] = {}  # endpoint name -> address, handed to (re)started DERs
+
+    def runtime_config(self, spec: ChildSpec) -> dict:
+        return {"subscribers": dict(self.subscribers)} if spec.role == "der" else {}
+
     def child_specs(self) -> list[ChildSpec]:
         return site_children(self.config)
 
     def on_message(self, message: Any, sender: Any) -> None:
-        if isinstance(message, ControllerState):
-            for endpoint in self.running_children("wan"):
-                self.send(endpoint.address, message)
-        elif isinstance(message, (ScheduleWrite, ScheduleOperate)):
+        if isinstance(message, (ScheduleWrites, ScheduleOperate)):
             if isinstance(message, ScheduleOperate) and message.reply_to is None:
                 message.reply_to = sender
             self.send_to_child(message.der, message)
         elif isinstance(message, SnapshotRequest):
+            self.subscribers[message.subscriber] = message.reply_to
             for der in self.running_children("der"):
                 self.send(der.address, message)
         else:

@@ -84,6 +84,10 @@ class Supervisor(ReleventActor):
     def child_specs(self) -> list[ChildSpec]:
         raise NotImplementedError
 
+    def runtime_config(self, spec: ChildSpec) -> dict:
+        """What a child needs at (re)start besides its topology slice; not part of the diff."""
+        return {}
+
     # -- settings ----------------------------------------------------------------------
     @property
     def policy(self) -> dict:
@@ -161,8 +165,8 @@ class Supervisor(ReleventActor):
         child.detail = {}
         child.reason = ""
         path = f"{self.path}/{child.spec.name}" if self.path else child.spec.name
-        self.send(child.address, Configure(child.spec.name, path, child.spec.role, child.spec.config,
-                                           self.site, child.restarts))
+        config = {**child.spec.config, **self.runtime_config(child.spec)}
+        self.send(child.address, Configure(child.spec.name, path, child.spec.role, config, self.site, child.restarts))
         if child.sticky_fault:
             self.send(child.address, InjectFault("", child.sticky_fault.removesuffix("-loop")))
         log.info("start child=%s role=%s incarnation=%d", path, child.spec.role, child.restarts)

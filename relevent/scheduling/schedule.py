@@ -315,21 +315,29 @@ class Schedule:
                              act_start=record["act_start"], run_slot=record["run_slot"])
 
 
-def snapshot(schedule: Schedule) -> dict:
-    """What protocol endpoints show: the persisted record plus derived status."""
+def status_snapshot(schedule: Schedule) -> dict:
+    """What changes while a schedule runs (small: sent at every boundary)."""
+    st = schedule.status
+    return {"state": int(st.state), "ena_err": int(st.ena_err), "entry": st.entry, "act_start": st.act_start,
+            "next_start": st.next_start, "run_slot": st.run_slot, "value": schedule.value()}
+
+
+def settings_snapshot(schedule: Schedule) -> dict:
+    """What clients wrote, and what the schedule is (sent when it changes)."""
     record = schedule.to_record()
-    record.update(entry=schedule.status.entry, next_start=schedule.status.next_start, value=schedule.value(),
-                  reserve=schedule.reserve, boolean=schedule.boolean, periodic=schedule.periodic,
+    for key in ("state", "ena_err", "act_start", "run_slot"):
+        del record[key]
+    record.update(reserve=schedule.reserve, boolean=schedule.boolean, periodic=schedule.periodic,
                   locked=sorted(schedule.locked))
     return record
 
 
-def from_snapshot(name: str, record: dict) -> Schedule:
-    """A mirror of a schedule from its snapshot (endpoints validate writes with it)."""
-    mirror = Schedule(name, boolean=record["boolean"], periodic=record["periodic"], reserve=record["reserve"],
-                      locked=frozenset(record["locked"]))
-    mirror.load_record(record)
-    mirror.status.entry, mirror.status.next_start = record["entry"], record["next_start"]
+def from_snapshot(name: str, status: dict, settings: dict) -> Schedule:
+    """A mirror of a schedule (endpoints validate writes with it)."""
+    mirror = Schedule(name, boolean=settings["boolean"], periodic=settings["periodic"], reserve=settings["reserve"],
+                      locked=frozenset(settings["locked"]))
+    mirror.load_record({**settings, **status})
+    mirror.status.entry, mirror.status.next_start = status["entry"], status["next_start"]
     return mirror
 
 

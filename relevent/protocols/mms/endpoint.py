@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relevent.actors.messages import ControllerState, OperateResult, ScheduleOperate, ScheduleWrite, SnapshotRequest
+from relevent.actors.messages import (
+    ControllerState, OperateResult, ScheduleOperate, ScheduleWrite, ScheduleWrites, SnapshotRequest,
+)
 from relevent.iec61850 import lib as L
 from relevent.iec61850.server import MmsServer
 from relevent.protocols.mms.model_map import ScheduleRefs, controller_updates, schedule_updates
@@ -57,12 +59,18 @@ class MmsEndpoint:
         self.server: MmsServer | None = None
         self.lock = threading.Lock()            # mirrors and pending operates, shared with handlers
         self.mirrors: dict[tuple, Schedule] = {}
-        self.applied: dict[tuple, dict] = {}    # last snapshot written into the model, per schedule
+        self.applied: dict[tuple, dict] = {}    # per schedule: {"status", "settings"} in the model
         self.applied_output: dict[tuple, tuple] = {}
         self.applied_version: dict[tuple, tuple] = {}  # (der, kind) -> version of the state in the model
         self.waiting: dict[int, dict] = {}      # operate request id -> {"event", "result"}
         self.request_ids = itertools.count(1)
+        self.write_seqs = itertools.count(1)
+        # Writes accepted but not yet in a state from their controller: (der, kind, schedule,
+        # attribute ref) -> (seq, field, index, value).  A state that does not include them
+        # must not put the old values back into the model or the mirror.
+        self.pending: dict[tuple, tuple] = {}
         self.states: queue.SimpleQueue = queue.SimpleQueue()
+        self.controllers: dict[tuple, Any] = {}  # (der, kind) -> controller address (actor thread only)
         self.writer: threading.Thread | None = None
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
         self.stats = {"writes": 0, "operates": 0, "refused": 0}
@@ -92,7 +100,7 @@ class MmsEndpoint:
         self.server.start(cfg.get("address", "127.0.0.1"), cfg["port"])
         log.info("mms endpoint=%s serving ied=%s lds=%s on %s:%s", cfg["name"], ied.name,
                  ",".join(self.lds.values()), cfg.get("address"), cfg["port"])
-        self.actor.send(self.actor.parent, SnapshotRequest())
+        self.actor.send(self.actor.parent, SnapshotRequest(cfg["name"], self.actor.myAddress))
 
     def stop(self) -> None:
         if self.writer is not None:
@@ -115,20 +123,24 @@ class MmsEndpoint:
         srv, key = self.server, refs.key
         int_fields = ("NumEntr", "SchdIntv", "SchdPrio")
         for f in int_fields:
-            srv.on_write(refs.attr(f"{f}.setVal"), self._write_handler(refs, f, 0, "int"))
-        srv.on_write(refs.attr("SchdReuse.setVal"), self._write_handler(refs, "SchdReuse", 0, "bool"))
+            ref = refs.attr(f"{f}.setVal")
+            srv.on_write(ref, self._write_handler(refs, ref, f, 0, "int"))
+        ref = refs.attr("SchdReuse.setVal")
+        srv.on_write(ref, self._write_handler(refs, ref, "SchdReuse", 0, "bool"))
         prefix, kind = ("ValSPG", "bool") if refs.kind == "OnOff" else ("ValASG", "float")
         n = 1
         while srv.has(refs.attr(f"{prefix}{n:03d}")):
             if kind == "bool":
-                srv.on_write(refs.attr(f"{prefix}{n:03d}.setVal"), self._write_handler(refs, "Val", n, "bool"))
+                ref = refs.attr(f"{prefix}{n:03d}.setVal")
+                srv.on_write(ref, self._write_handler(refs, ref, "Val", n, "bool"))
             else:
-                srv.on_write(refs.attr(f"{prefix}{n:03d}.setMag"), self._write_handler(refs, "Val", n, "float"),
-                             complex_attribute=True)
+                handler = self._write_handler(refs, refs.attr(f"{prefix}{n:03d}.setMag.f"), "Val", n, "float")
+                srv.on_write(refs.attr(f"{prefix}{n:03d}.setMag"), handler, complex_attribute=True)
             n += 1
         n = 1
         while srv.has(refs.attr(f"StrTm{n:02d}.setTm")):
-            srv.on_write(refs.attr(f"StrTm{n:02d}.setTm"), self._write_handler(refs, "StrTm", n, "time"))
+            ref = refs.attr(f"StrTm{n:02d}.setTm")
+            srv.on_write(ref, self._write_handler(refs, ref, "StrTm", n, "time"))
             n += 1
         for op, do in (("enable", "EnaReq"), ("disable", "DsaReq")):
             srv.on_control(refs.attr(do), self._check_handler(refs, op, do), self._control_handler(refs, op, do))
@@ -142,29 +154,19 @@ class MmsEndpoint:
             value = srv.element(value, 0)
         return srv.decode(value, kind)
 
-    def _write_handler(self, refs: ScheduleRefs, field: str, index: int, kind: str):
+    def _write_handler(self, refs: ScheduleRefs, model_ref: str, field: str, index: int, kind: str):
         def handle(value: int) -> int:
             decoded = self._decode(value, kind)
-            now = now_ms()
             with self.lock:
-                mirror = self.mirrors[refs.key]
-                if field == "NumEntr":
-                    outcome = mirror.write_num_entr(decoded)
-                elif field == "SchdIntv":
-                    outcome = mirror.write_intv(decoded)
-                elif field == "SchdPrio":
-                    outcome = mirror.write_prio(decoded)
-                elif field == "SchdReuse":
-                    outcome = mirror.write_reuse(decoded)
-                elif field == "Val":
-                    outcome = mirror.write_value(index, decoded)
-                else:
-                    outcome = mirror.write_start(index, decoded, now)
+                outcome = _write_mirror(self.mirrors[refs.key], field, index, decoded, now_ms())
+                if outcome.ok:
+                    seq = next(self.write_seqs)
+                    self.pending[refs.key + (model_ref,)] = (seq, field, index, decoded)
             if not outcome.ok:
                 self.stats["refused"] += 1
                 return REFUSAL_TO_WRITE_ERROR[outcome.refusal]
             self.stats["writes"] += 1
-            self.bridge.post(ScheduleWrite(refs.der, refs.kind, refs.name, field, decoded, index))
+            self.bridge.post(ScheduleWrite(refs.der, refs.kind, refs.name, field, decoded, index, seq))
             return L.DATA_ACCESS_ERROR_SUCCESS
         return handle
 
@@ -203,16 +205,35 @@ class MmsEndpoint:
 
     # -- actor thread ---------------------------------------------------------------------------
     def on_ready(self, _fds: list[int]) -> None:
+        batches: dict[tuple, list] = {}
         for message in self.bridge.drain():
-            self.actor.send(self.actor.parent, message)
+            key = (message.der, message.kind)
+            if isinstance(message, ScheduleWrite):
+                batches.setdefault(key, []).append(message)
+                continue
+            self._send(key, batches.pop(key, None))  # writes made before an operate go first
+            message.reply_to = self.actor.myAddress
+            self._send(key, message)
+        for key, writes in batches.items():
+            self._send(key, writes)
+
+    def _send(self, key: tuple, message: Any) -> None:
+        """Straight to the controller once known (one hop); through the tree otherwise."""
+        if not message:
+            return
+        if isinstance(message, list):
+            message = ScheduleWrites(key[0], key[1], message, self.config["name"])
+        self.actor.send(self.controllers.get(key) or self.actor.parent, message)
 
     def on_message(self, message: Any, _sender: Any) -> bool:
         if isinstance(message, ControllerState):
+            self._track(message)
             self.states.put(message)
             return True
         if isinstance(message, OperateResult):
             with self.lock:
                 waiter = self.waiting.get(message.request_id)
+            self._track(message.state)
             if waiter is not None:
                 waiter["result"] = message
                 waiter["event"].set()
@@ -220,6 +241,11 @@ class MmsEndpoint:
                 self.states.put(message.state)  # a refused enable whose requester is gone, or late
             return True
         return False
+
+    def _track(self, state: ControllerState) -> None:
+        """Remember where each controller is (its latest incarnation)."""
+        if state.address is not None:
+            self.controllers[(state.der, state.kind)] = state.address
 
     def _write_states(self) -> None:
         while True:
@@ -248,19 +274,54 @@ class MmsEndpoint:
             return
         self.applied_version[key] = state.version
         ld, ied = self.lds[state.der], self.server.ied_name
+        acked = state.writes_applied.get(self.config["name"], 0)
+        with self.lock:
+            for k in [k for k, v in self.pending.items() if k[:2] == key and v[0] <= acked]:
+                del self.pending[k]
+            unacked = {k: v for k, v in self.pending.items() if k[:2] == key}
         updates: list = []
-        for name, snap in state.schedules.items():
+        for name, change in state.schedules.items():
             refs = ScheduleRefs(ied, ld, state.der, state.kind, name)
             if not self.server.has(refs.ln_ref):
                 continue
-            updates += schedule_updates(refs, self.applied.get(refs.key), snap, state.at)
-            self.applied[refs.key] = snap
-            with self.lock:
-                self.mirrors[refs.key] = from_snapshot(name, snap)
+            prev = self.applied.get(refs.key)
+            settings = change["settings"] if change["settings"] is not None else (prev and prev["settings"])
+            if settings is None:
+                log.warning("partial state for %s/%s/%s before any full state", state.der, state.kind, name)
+                continue
+            old = None if prev is None else {**prev["settings"], **prev["status"]}
+            updates += schedule_updates(refs, old, {**settings, **change["status"]}, state.at,
+                                        settings_changed=change["settings"] is not None)
+            self.applied[refs.key] = {"status": change["status"], "settings": settings}
+            if change["settings"] is not None:
+                mirror = from_snapshot(name, change["status"], settings)
+                with self.lock:
+                    for k, (_seq, field, index, value) in unacked.items():  # writes it does not include yet
+                        if k[2] == name:
+                            _write_mirror(mirror, field, index, value, None)
+                    self.mirrors[refs.key] = mirror
         if self.applied_output.get(key) != state.output:
             updates += controller_updates(ied, ld, state.kind, state.output, state.at)
             self.applied_output[key] = state.output
-        # A model type may have fewer StrTm than the core (the reserve has StrTm01 only).
-        updates = [u for u in updates if self.server.has(u[0])]
+        # A model type may have fewer StrTm than the core (the reserve has StrTm01 only); what
+        # clients wrote after this state was made stays as they wrote it.
+        written = {k[3] for k in unacked}
+        updates = [u for u in updates if self.server.has(u[0]) and u[0] not in written]
         if updates:
             self.server.update(updates, locked=True)
+
+
+def _write_mirror(mirror: Schedule, field: str, index: int, value: Any, now: int | None):
+    """Apply a client write to a mirror; `now` None skips the "in the future" check (a
+    write already accepted, applied again on top of a newer state)."""
+    if field == "NumEntr":
+        return mirror.write_num_entr(value)
+    if field == "SchdIntv":
+        return mirror.write_intv(value)
+    if field == "SchdPrio":
+        return mirror.write_prio(value)
+    if field == "SchdReuse":
+        return mirror.write_reuse(value)
+    if field == "Val":
+        return mirror.write_value(index, value)
+    return mirror.write_start(index, value, value - 1 if now is None else now)

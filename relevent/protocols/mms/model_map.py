@@ -40,8 +40,9 @@ def _status(ref: str, kind: str, value, at: int, good: bool = True) -> list:
             (f"{ref}.t", "time", at)]
 
 
-def schedule_updates(refs: ScheduleRefs, old: dict | None, new: dict, at: int) -> list:
-    """Model updates for one schedule; `old` None means write everything."""
+def schedule_updates(refs: ScheduleRefs, old: dict | None, new: dict, at: int, settings_changed: bool = True) -> list:
+    """Model updates for one schedule (status and settings merged in one dict); `old` None
+    means write everything."""
     out: list = []
 
     def changed(*keys: str) -> bool:
@@ -67,6 +68,8 @@ def schedule_updates(refs: ScheduleRefs, old: dict | None, new: dict, at: int) -
             out += [(refs.attr("ValMV.mag.f"), "float", float(value))] if good else []
             out += [(refs.attr("ValMV.q"), "quality", QUALITY_GOOD if good else QUALITY_INVALID),
                     (refs.attr("ValMV.t"), "time", at)]
+    if not settings_changed:
+        return out
     # Settings: after a restart of the endpoint, the model is rebuilt from the controller.
     for field, attr, kind in (("num_entr", "NumEntr.setVal", "int"), ("schd_intv", "SchdIntv.setVal", "int"),
                               ("prio", "SchdPrio.setVal", "int"), ("reuse", "SchdReuse.setVal", "bool")):
