@@ -32,7 +32,8 @@ def main() -> None:
         tmp = Path(tmp)
         topo = tmp / "mem.toml"
         topo.write_text(small_topology(tmp / "state", free_port(), ders=args.ders, schedules=args.schedules,
-                                       functions=("ActPow", "MaxPow", "OnOff")))
+                                       functions=("ActPow", "MaxPow", "OnOff"),
+                                       supervision="startup_timeout = 300.0\n"))
         site = Site(topo, tmp / "state").start(timeout=300)
         try:
             actors = sum(1 for _ in walk(site.tree()))
@@ -40,6 +41,12 @@ def main() -> None:
             total = sum(pss_kb(p) for p in pids)
             print(f"ders={args.ders} schedules/function={args.schedules} actors={actors} processes={len(pids)} "
                   f"pss_total={total / 1024:.1f} MiB pss_per_process={total / len(pids) / 1024:.2f} MiB")
+            roles = {n["pid"]: n["role"] for n in walk(site.tree()) if n["pid"]}
+            by_role: dict[str, list] = {}
+            for pid in pids:
+                by_role.setdefault(roles.get(pid, "runner/admin/logger"), []).append(pss_kb(pid) / 1024)
+            for role, sizes in sorted(by_role.items()):
+                print(f"  {role:<20} n={len(sizes):<3} pss {sum(sizes):7.1f} MiB  (each {min(sizes):.1f}..{max(sizes):.1f})")
         finally:
             site.stop()
             site.kill_everything()

@@ -145,6 +145,77 @@ def cmd_scl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target(text: str, ld: str | None):
+    from relevent.protocols.mms.client import Target
+
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"error: expected HOST:PORT, got {text!r}")
+    return Target(host, int(port), ld)
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from relevent.protocols.mms.client import ClientError, ScheduleClient, format_schedule, parse_time
+
+    try:
+        client = ScheduleClient(_target(args.server, args.ld))
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "show":
+            print(format_schedule(client.show(args.kind, args.number)))
+            return 0
+        if args.action in ("enable", "disable"):
+            reason = client.operate(args.kind, args.number, args.action == "enable")
+            if reason:
+                print(f"error: {args.action} refused: {reason}", file=sys.stderr)
+                return 1
+            print(f"{args.action}d {client.ld}/{args.kind} schedule {args.number}")
+            return 0
+        if args.action == "write":
+            values = None
+            if args.values is not None:
+                values = [v.strip().lower() in ("1", "true", "on") if args.kind == "OnOff" else float(v)
+                          for v in args.values.split(",")]
+            start = parse_time(args.start) if args.start else None
+            errors = client.write(args.kind, args.number, values, args.interval, start, args.priority)
+            for error in errors:
+                print(f"error: {error}", file=sys.stderr)
+            if errors:
+                return 1
+            if args.enable:
+                reason = client.operate(args.kind, args.number, True)
+                if reason:
+                    print(f"error: enable refused: {reason}", file=sys.stderr)
+                    return 1
+            print(format_schedule(client.show(args.kind, args.number)))
+            return 0
+        return _watch(client, args)
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+
+
+def _watch(client, args: argparse.Namespace) -> int:
+    """Print each controller's output and active schedule whenever it changes."""
+    import time as _time
+
+    kinds, last, shown = client.kinds(), {}, 0
+    while args.count is None or shown < args.count:
+        for kind in kinds:
+            now = client.controller(kind)
+            if last.get(kind) != now:
+                last[kind] = now
+                stamp = _time.strftime("%H:%M:%S", _time.gmtime()) + f".{int(_time.time() * 1000) % 1000:03d}Z"
+                print(f"{stamp} {kind:<7} output {now['output']!s:<10} from {now['active'] or '-'}", flush=True)
+                shown += 1
+        _time.sleep(args.period)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from relevent.runtime.runner import run_site
 
@@ -203,6 +274,29 @@ def build_parser() -> argparse.ArgumentParser:
     c = ssub.add_parser("check", help="parse an SCL file (SCD/ICD/CID) and report every problem")
     c.add_argument("file")
     c.set_defaults(func=cmd_scl)
+
+    s = sub.add_parser("schedule", help="90-10 client for any IEC 61850 scheduling server")
+    ssub = s.add_subparsers(dest="action", required=True)
+    for action, text in (("show", "read a schedule"), ("enable", "operate EnaReq"), ("disable", "operate DsaReq"),
+                         ("write", "write a schedule (and --enable it)")):
+        a = ssub.add_parser(action, help=text)
+        a.add_argument("server", help="HOST:PORT")
+        a.add_argument("kind", choices=["ActPow", "MaxPow", "OnOff"])
+        a.add_argument("number", help="1..NN, or res for the reserve")
+        a.add_argument("--ld", help="logical device (default: the only scheduling LD)")
+        if action == "write":
+            a.add_argument("--values", help="comma-separated: watts (ActPow, MaxPow) or 0/1 (OnOff)")
+            a.add_argument("--interval", type=int, help="seconds per entry (SchdIntv)")
+            a.add_argument("--start", help="ISO 8601 UTC time, or +SECONDS from now")
+            a.add_argument("--priority", type=int)
+            a.add_argument("--enable", action="store_true")
+        a.set_defaults(func=cmd_schedule)
+    w = ssub.add_parser("watch", help="live controller outputs and active schedules")
+    w.add_argument("server", help="HOST:PORT")
+    w.add_argument("--ld")
+    w.add_argument("--period", type=float, default=0.2, help="seconds between polls")
+    w.add_argument("--count", type=int, help="stop after this many changes")
+    w.set_defaults(func=cmd_schedule)
     return p
 
 

@@ -25,7 +25,14 @@ class MmsServer:
     def __init__(self, cfg_text: str, ied_name: str, work_dir: str) -> None:
         self.lib = L.lib()
         self.ied_name = ied_name
-        self._callbacks: list = []  # CFUNCTYPE objects must outlive the server
+        # One ctypes callback per handler kind for the whole server, with libiec61850's
+        # `parameter` carrying an index into these tables: 40k attributes would otherwise
+        # mean 40k closures and executable thunks (tens of MB, bench/README.md).
+        self._writes: list[tuple[str, Callable]] = []
+        self._controls: list[tuple[str, Callable, Callable]] = []
+        self._write_cb = L.WriteAccessHandler(self._on_write)
+        self._check_cb = L.PerformCheckHandler(self._on_check)
+        self._control_cb = L.ControlHandler(self._on_control)
         self._nodes: dict[str, int] = {}
         self._missing: set[str] = set()
         fd, self.cfg_path = tempfile.mkstemp(prefix="model-", suffix=".cfg", dir=work_dir)
@@ -142,39 +149,48 @@ class MmsServer:
     # -- handlers ------------------------------------------------------------------------------------
     def on_write(self, ref: str, handler: Callable[[int], int], complex_attribute: bool = False) -> None:
         """handler(mms_value_ptr) -> DataAccessError code; any exception refuses the write."""
-        def callback(_da, value, _conn, _param):
-            try:
-                return handler(value)
-            except Exception:  # a ctypes callback that raises would return 0: never let it
-                log.exception("write handler for %s failed", ref)
-                return L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID
-        cb = L.WriteAccessHandler(callback)
-        self._callbacks.append(cb)
+        self._writes.append((ref, handler))
         install = (self.lib.IedServer_handleWriteAccessForComplexAttribute if complex_attribute
                    else self.lib.IedServer_handleWriteAccess)
-        install(self.server, self.node(ref), cb, None)
+        install(self.server, self.node(ref), self._write_cb, len(self._writes) - 1)
 
     def on_control(self, do_ref: str, check: Callable[[int, int, bool], int],
                    execute: Callable[[int, int, bool], int]) -> None:
         """check(action, ctlVal, test) -> CheckHandlerResult; execute(...) -> ControlHandlerResult."""
-        def check_cb(action, _param, ctl_val, test, _interlock):
-            try:
-                return check(action, ctl_val, test)
-            except Exception:
-                log.exception("check handler for %s failed", do_ref)
-                return L.CONTROL_OBJECT_ACCESS_DENIED
+        self._controls.append((do_ref, check, execute))
+        node, index = self.node(do_ref), len(self._controls) - 1
+        self.lib.IedServer_setPerformCheckHandler(self.server, node, self._check_cb, index)
+        self.lib.IedServer_setControlHandler(self.server, node, self._control_cb, index)
 
-        def control_cb(action, _param, ctl_val, test):
-            try:
-                return execute(action, ctl_val, test)
-            except Exception:
-                log.exception("control handler for %s failed", do_ref)
-                return L.CONTROL_RESULT_FAILED
-        cbs = (L.PerformCheckHandler(check_cb), L.ControlHandler(control_cb))
-        self._callbacks.extend(cbs)
-        node = self.node(do_ref)
-        self.lib.IedServer_setPerformCheckHandler(self.server, node, cbs[0], None)
-        self.lib.IedServer_setControlHandler(self.server, node, cbs[1], None)
+    @property
+    def handler_count(self) -> int:
+        return len(self._writes) + 2 * len(self._controls)
+
+    # Callbacks run on libiec61850's thread.  A ctypes callback that raises returns 0, which
+    # libiec61850 reads as an answer: catch everything.
+    def _on_write(self, _da, value, _conn, index):
+        ref, handler = self._writes[index or 0]
+        try:
+            return handler(value)
+        except Exception:
+            log.exception("write handler for %s failed", ref)
+            return L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID
+
+    def _on_check(self, action, index, ctl_val, test, _interlock):
+        do_ref, check, _ = self._controls[index or 0]
+        try:
+            return check(action, ctl_val, test)
+        except Exception:
+            log.exception("check handler for %s failed", do_ref)
+            return L.CONTROL_OBJECT_ACCESS_DENIED
+
+    def _on_control(self, action, index, ctl_val, test):
+        do_ref, _, execute = self._controls[index or 0]
+        try:
+            return execute(action, ctl_val, test)
+        except Exception:
+            log.exception("control handler for %s failed", do_ref)
+            return L.CONTROL_RESULT_FAILED
 
     def set_add_cause(self, action: int, cause: int) -> None:
         self.lib.ControlAction_setAddCause(action, cause)

@@ -86,6 +86,8 @@ class ScheduleClient:
         }
         results = self.c.read_many([name(self.ld, ln, fc, p) for fc, p in fields.values()])
         out = {k: _plain(r) for k, r in zip(fields, results)}
+        if out["SchdSt"] is None and out["NumEntr"] is None:
+            raise ClientError(f"{self.ld}/{ln} does not exist on this server or cannot be read")
         count = out["NumEntr"] if isinstance(out["NumEntr"], int) and 0 < out["NumEntr"] <= 100 else 0
         prefix, path = ("ValSPG", "setVal") if boolean else ("ValASG", "setMag.f")
         values = self.c.read_many([name(self.ld, ln, "SP", f"{prefix}{i:03d}.{path}") for i in range(1, count + 1)])

@@ -71,6 +71,7 @@ class MmsEndpoint:
         self.pending: dict[tuple, tuple] = {}
         self.states: queue.SimpleQueue = queue.SimpleQueue()
         self.controllers: dict[tuple, Any] = {}  # (der, kind) -> controller address (actor thread only)
+        self.held: dict[tuple, list] = {}        # requests for a controller whose address is not known yet
         self.writer: threading.Thread | None = None
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
         self.stats = {"writes": 0, "operates": 0, "refused": 0}
@@ -218,12 +219,18 @@ class MmsEndpoint:
             self._send(key, writes)
 
     def _send(self, key: tuple, message: Any) -> None:
-        """Straight to the controller once known (one hop); through the tree otherwise."""
+        """Straight to the controller.  Until its address is known (its first state), hold
+        requests: sending some through the tree and later ones straight would let an
+        operate overtake the writes made before it."""
         if not message:
             return
         if isinstance(message, list):
             message = ScheduleWrites(key[0], key[1], message, self.config["name"])
-        self.actor.send(self.controllers.get(key) or self.actor.parent, message)
+        address = self.controllers.get(key)
+        if address is None:
+            self.held.setdefault(key, []).append(message)
+        else:
+            self.actor.send(address, message)
 
     def on_message(self, message: Any, _sender: Any) -> bool:
         if isinstance(message, ControllerState):
@@ -243,9 +250,25 @@ class MmsEndpoint:
         return False
 
     def _track(self, state: ControllerState) -> None:
-        """Remember where each controller is (its latest incarnation)."""
-        if state.address is not None:
-            self.controllers[(state.der, state.kind)] = state.address
+        """Remember where each controller is.  A new incarnation gets every write it has not
+        acknowledged again (a write sent to a controller that then died would be lost), then
+        whatever was held for it."""
+        key = (state.der, state.kind)
+        if state.address is None or self.controllers.get(key) == state.address:
+            return
+        known_before = key in self.controllers
+        self.controllers[key] = state.address
+        if known_before:
+            acked = state.writes_applied.get(self.config["name"], 0)
+            with self.lock:
+                resend = sorted((v[0], k[2], v[1], v[2], v[3]) for k, v in self.pending.items()
+                                if k[:2] == key and v[0] > acked)
+            if resend:
+                log.warning("re-sending %d unacknowledged writes to the new %s/%s", len(resend), *key)
+                self._send(key, [ScheduleWrite(key[0], key[1], name, field, value, index, seq)
+                                 for seq, name, field, index, value in resend])
+        for message in self.held.pop(key, []):
+            self.actor.send(state.address, message)
 
     def _write_states(self) -> None:
         while True:
