@@ -29,8 +29,13 @@ test: $(STAMP) mosquitto
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Long: about 10 minutes.  Figures and their commands: bench/README.md.
 bench: $(STAMP)
-	$(PY) bench/runtime_bench.py --kills 100 --cycles 20
+	$(PY) bench/runtime_bench.py --kills 100 --cycles 20 --json bench/results-runtime.json
+	$(PY) bench/switch_bench.py --ders 1 --entries 60 --json bench/results-switch-1der.json
+	$(PY) bench/switch_bench.py --ders 100 --entries 20 --pause 0.005 --json bench/results-switch-100der.json
+	$(PY) bench/mms_bench.py --ders 1 --ders 3 --ders 10 --json bench/results-mms.json
+	$(PY) bench/memory_bench.py --ders 10
 
 clean:
 	rm -rf $(VENV) state *.egg-info

@@ -84,13 +84,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reply, indent=2))
         return 0 if reply.get("ok") else 1
-    print(f"{'ACTOR':<40} {'ROLE':<10} {'PID':>7} {'STATE':<10} {'RESTARTS':>8} {'UPTIME':>9}  LAST ERROR")
+    print(f"{'ACTOR':<32} {'ROLE':<10} {'PID':>7} {'STATE':<10} {'RESTARTS':>8} {'UPTIME':>9}  "
+          f"{'DETAIL':<34} LAST ERROR")
     for depth, node in walk(reply["tree"]):
         name = "  " * depth + (node["name"])
         uptime = f"{node['uptime_s']:.1f}s" if node.get("uptime_s") is not None else "-"
-        print(f"{name:<40} {node['role']:<10} {node['pid'] or '-':>7} {node['state']:<10} "
-              f"{node['restarts']:>8} {uptime:>9}  {node['last_error']}")
+        print(f"{name:<32} {node['role']:<10} {node['pid'] or '-':>7} {node['state']:<10} "
+              f"{node['restarts']:>8} {uptime:>9}  {short_detail(node):<34} {node['last_error']}")
     return 0
+
+
+def short_detail(node: dict) -> str:
+    """One readable fact per role for the status table (all of it is in --json)."""
+    d = node.get("detail") or {}
+    if node["role"] == "controller" and "output" in d:
+        running = sum(1 for state in d.get("schedules", {}).values() if state in ("RUNNING", "READY"))
+        return f"out {d['output']} from {d.get('source') or '-'}, {running} enabled"
+    if node["role"] in ("wan", "lan"):
+        return d.get("serving") or (f"{d.get('protocol')}: adapter not in this build" if "adapter" in d
+                                    else str(d.get("protocol", "")))
+    return ""
 
 
 def walk(node: dict, depth: int = 0):

@@ -124,10 +124,6 @@ class MmsServer:
             if not locked:
                 lib.IedServer_unlockDataModel(srv)
 
-    def read(self, ref: str, kind: str) -> Any:
-        """The current value of a basic attribute (from the owner's thread)."""
-        return self.decode(self.lib.IedServer_getAttributeValue(self.server, self.node(ref)), kind)
-
     def decode(self, mms_value: int, kind: str) -> Any:
         lib = self.lib
         if kind == "float":

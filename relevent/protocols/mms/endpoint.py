@@ -57,7 +57,7 @@ class MmsEndpoint:
         self.config = config
         self.bridge = ThreadBridge()
         self.server: MmsServer | None = None
-        self.lock = threading.Lock()            # mirrors and pending operates, shared with handlers
+        self.lock = threading.Lock()            # mirrors, pending writes, operate waiters: shared with handlers
         self.mirrors: dict[tuple, Schedule] = {}
         self.applied: dict[tuple, dict] = {}    # per schedule: {"status", "settings"} in the model
         self.applied_output: dict[tuple, tuple] = {}
