@@ -289,3 +289,22 @@ def test_enabled_schedule_survives_a_restart_of_the_whole_site(site):
         assert c.read_bool(f"{LD}/OnOff_GGIO1.SPCSO1.stVal") is True
     finally:
         c.close()
+
+
+def test_fewer_value_slots_after_reload_bound_num_entr(site):
+    # The controller saved 100 slots per schedule; the topology now gives 5.
+    text = site.topology.read_text()
+    site.topology.write_text(text.replace("schedules = 3\n", "schedules = 3\nvalues = 5\n", 1))
+    res = site.cli("reload", str(site.topology))
+    assert res.returncode == 0, res.stderr
+    site.wait_for("mms", lambda n: n["restarts"] == 0 and n["state"] == "running" and n["uptime_s"] < 30)
+    site.wait_running()
+    c = Open61850Client("127.0.0.1", port_of(site))
+    try:
+        ref = fsch("ActPow", "FSCH01")
+        prepare(c, "ActPow", "FSCH01", [1.0, 2.0, 3.0, 4.0, 5.0], start=now_ms() + 60_000)
+        assert c.write_int(f"{ref}.NumEntr.setVal", 6) is None
+        ok, _ = c.operate(f"{ref}.EnaReq", True)
+        assert not ok and c.read_int(f"{ref}.SchdEnaErr.stVal") == 2
+    finally:
+        c.close()

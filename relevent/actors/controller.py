@@ -80,9 +80,13 @@ class ControllerActor(ReleventActor):
         # Restart from the store, never from defaults; an unreadable record raises (StateCorrupt).
         saved = self.store.load(self.store_key)
         if saved is not None:
+            slots = cfg.get("values", 100)
             for sched in self.schedules:
                 if sched.name in saved["schedules"]:
                     sched.load_record(saved["schedules"][sched.name])
+                    # The topology may have changed the number of value slots since.
+                    pad = [False if boolean else 0.0] * slots
+                    sched.settings.values = (sched.settings.values + pad)[:slots]
         now = now_ms()
         for sched in self.schedules:
             if sched.reserve:
