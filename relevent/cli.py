@@ -124,6 +124,21 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return _report(_call(args, {"op": "reload"}))
 
 
+def cmd_forecast(args: argparse.Namespace) -> int:
+    import datetime as _dt
+
+    reply = _call(args, {"op": "forecast", "der": args.der, "kind": args.kind, "hours": args.hours})
+    if not reply.get("ok"):
+        return _report(reply)
+    if args.json:
+        print(json.dumps(reply["events"]))
+        return 0
+    for t, value, source in reply["events"]:
+        when = _dt.datetime.fromtimestamp(t / 1000, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        print(f"{when}Z  {value!s:<12} {source or '-'}")
+    return 0
+
+
 def cmd_fault(args: argparse.Namespace) -> int:
     return _report(_call(args, {"op": "fault", "target": args.target, "kind": args.kind}))
 
@@ -270,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("reload", help="apply the edited topology file to the running site (a diff)")
     s.add_argument("topology")
     s.set_defaults(func=cmd_reload)
+
+    s = sub.add_parser("forecast", help="a controller's output over the next hours, merged by priority")
+    s.add_argument("topology")
+    s.add_argument("der")
+    s.add_argument("kind", choices=["ActPow", "MaxPow", "OnOff"])
+    s.add_argument("--hours", type=float, default=24.0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_forecast)
 
     s = sub.add_parser("fault", help="inject a fault (needs [runtime] allow_fault_injection = true)")
     s.add_argument("topology")

@@ -27,7 +27,7 @@ def test_endpoint_add_and_remove_keep_every_other_pid_and_survive_restart(make_s
     assert others(site.pids(), "mms2") == before
     text = site.topology.read_text()
     assert "# test site" in text, "comments of the file must survive"
-    assert f'name = "mms2"' in text and f"port = {port}" in text
+    assert 'name = "mms2"' in text and f"port = {port}" in text
 
     # The addition is in the file: a restarted site has it.
     assert site.stop() == 0

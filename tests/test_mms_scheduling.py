@@ -3,6 +3,7 @@ real site: libiec61850 server in the endpoint actor, controllers in their own pr
 two independent clients in the test process."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -308,3 +309,24 @@ def test_fewer_value_slots_after_reload_bound_num_entr(site):
         assert not ok and c.read_int(f"{ref}.SchdEnaErr.stVal") == 2
     finally:
         c.close()
+
+
+def test_forecast_of_a_controller_merges_its_schedules(site):
+    c = LibIec61850Client("127.0.0.1", port_of(site))
+    try:
+        t0 = (now_ms() // 1000 + 60) * 1000
+        prepare(c, "ActPow", "FSCH01", [100.0, 200.0], intv=10, prio=20, start=t0)
+        prepare(c, "ActPow", "FSCH02", [900.0], intv=5, prio=30, start=t0 + 5 * S)
+        for n in ("FSCH01", "FSCH02"):
+            assert c.operate(f"{fsch('ActPow', n)}.EnaReq", True)[0]
+    finally:
+        c.close()
+    res = site.cli("forecast", str(site.topology), "der1", "ActPow", "--hours", "1", "--json")
+    assert res.returncode == 0, res.stderr
+
+    events = [[t - t0, v, s] for t, v, s in json.loads(res.stdout)]
+    assert events[0][1:] == [11.0, "Res_FSCH01"]  # in force now
+    assert events[1:] == [[0, 100.0, "FSCH01"], [5000, 900.0, "FSCH02"], [10000, 200.0, "FSCH01"],
+                          [20000, 11.0, "Res_FSCH01"]]
+    res = site.cli("forecast", str(site.topology), "der9", "MaxPow")
+    assert res.returncode == 1 and "no controller der9/MaxPow" in res.stderr

@@ -21,10 +21,11 @@ from typing import Any
 
 from relevent.actors.base import ReleventActor
 from relevent.actors.messages import (
-    ControllerState, OperateResult, ScheduleOperate, ScheduleWrite, ScheduleWrites, SnapshotRequest, Wakeup,
+    ControllerState, ForecastReply, ForecastRequest, OperateResult, ScheduleOperate, ScheduleWrite, ScheduleWrites,
+    SnapshotRequest, Wakeup,
 )
 from relevent.scheduling.calendar import Calendar, OccPer
-from relevent.scheduling.controller import output_of
+from relevent.scheduling.controller import forecast, output_of
 from relevent.scheduling.schedule import LOCKABLE, Schedule, StartTime, settings_snapshot, status_snapshot
 
 log = logging.getLogger("relevent.controller")
@@ -113,6 +114,10 @@ class ControllerActor(ReleventActor):
             self._written()
         elif isinstance(message, ScheduleOperate):
             self._operate(message, sender)
+        elif isinstance(message, ForecastRequest):
+            events = forecast(self.schedules, now_ms(), message.window_ms)
+            self.send(message.reply_to or sender,
+                      ForecastReply(message.request_id, message.der, message.kind, events))
         elif isinstance(message, SnapshotRequest):
             if message.subscriber:
                 self.subscribers[message.subscriber] = message.reply_to

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relevent.actors.messages import ScheduleOperate, ScheduleWrites, SnapshotRequest
+from relevent.actors.messages import ForecastRequest, ScheduleOperate, ScheduleWrites, SnapshotRequest
 from relevent.actors.supervisor import ChildSpec, Supervisor
 
 
@@ -35,7 +35,7 @@ class DerActor(Supervisor):
                 for kind in der["functions"]]
 
     def on_message(self, message: Any, sender: Any) -> None:
-        if isinstance(message, (ScheduleWrites, ScheduleOperate)):
+        if isinstance(message, (ScheduleWrites, ScheduleOperate, ForecastRequest)):
             self.send_to_child(message.kind, message)
         elif isinstance(message, SnapshotRequest):
             self.subscribers[message.subscriber] = message.reply_to

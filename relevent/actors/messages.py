@@ -182,3 +182,22 @@ class SnapshotRequest:
     DERs, which remember it) and each controller sends it its full state."""
     subscriber: str = ""
     reply_to: Any = None
+
+
+@dataclass
+class ForecastRequest:
+    """The output of one controller over the next `window_ms` (default 24 h), answered
+    with ForecastReply to reply_to (an endpoint) or, from the runner, through the site."""
+    der: str
+    kind: str
+    request_id: int
+    window_ms: int = 24 * 3600 * 1000
+    reply_to: Any = None
+
+
+@dataclass(repr=False)
+class ForecastReply(ShortRepr):
+    request_id: int
+    der: str
+    kind: str
+    events: list  # [(ms, value, schedule name or None)], first the value in force now

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relevent.actors.messages import ScheduleOperate, ScheduleWrites, SnapshotRequest
+from relevent.actors.messages import ForecastReply, ForecastRequest, ScheduleOperate, ScheduleWrites, SnapshotRequest
 from relevent.actors.supervisor import ChildSpec, Supervisor
 
 
@@ -34,6 +34,7 @@ class SiteSupervisor(Supervisor):
     def __init__(self) -> None:
         super().__init__()
         self.subscribers: dict[str, Any] = {}  # endpoint name -> address, handed to (re)started DERs
+        self._forecast_origins: dict[int, Any] = {}
 
     def runtime_config(self, spec: ChildSpec) -> dict:
         return {"subscribers": dict(self.subscribers)} if spec.role == "der" else {}
@@ -46,6 +47,16 @@ class SiteSupervisor(Supervisor):
             if isinstance(message, ScheduleOperate) and message.reply_to is None:
                 message.reply_to = sender
             self.send_to_child(message.der, message)
+        elif isinstance(message, ForecastRequest):
+            if message.reply_to is None:  # from the runner, whose address deep actors cannot reach
+                self._forecast_origins[message.request_id] = sender
+                message.reply_to = self.myAddress
+            if not self.send_to_child(message.der, message):
+                self.send(sender, ForecastReply(message.request_id, message.der, message.kind, []))
+        elif isinstance(message, ForecastReply):
+            origin = self._forecast_origins.pop(message.request_id, None)
+            if origin is not None:
+                self.send(origin, message)
         elif isinstance(message, SnapshotRequest):
             self.subscribers[message.subscriber] = message.reply_to
             for der in self.running_children("der"):

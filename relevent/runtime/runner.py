@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from relevent.actors.messages import (
-    Configure, FaultAck, Failed, Hello, InjectFault, Ping, Pong, Ready, Reconfigure, Reconfigured,
-    StatusReply, StatusRequest, FAULT_KINDS,
+    Configure, FaultAck, Failed, ForecastReply, ForecastRequest, Hello, InjectFault, Ping, Pong, Ready, Reconfigure,
+    Reconfigured, StatusReply, StatusRequest, FAULT_KINDS,
 )
 from relevent.actors.site import site_settings
 from relevent.runtime import hardening
@@ -271,6 +271,8 @@ class SiteRunner:
             return self.endpoint_add(request.get("role", ""), request.get("snippet", ""))
         if op == "endpoint_remove":
             return self.endpoint_remove(request.get("name", ""))
+        if op == "forecast":
+            return self.forecast(request.get("der", ""), request.get("kind", ""), float(request.get("hours", 24)))
         if op == "fault":
             return self.fault(request.get("target", ""), request.get("kind", ""))
         if op == "stop":
@@ -340,6 +342,17 @@ class SiteRunner:
         except TopologyError as exc:
             return {"ok": False, "error": "removal rejected, nothing changed", "problems": [str(p) for p in exc.problems]}
         return self._apply(new, text)
+
+    def forecast(self, der: str, kind: str, hours: float) -> dict:
+        ders = {d["name"]: d for d in self.topology.data["der"]}
+        if der not in ders or kind not in ders[der]["functions"]:
+            return {"ok": False, "error": f"no controller {der}/{kind} in this site"}
+        rid = self._next_id()
+        self.asys.tell(self.root, ForecastRequest(der, kind, rid, int(hours * 3600 * 1000)))
+        reply = self._await(ForecastReply, rid)
+        if reply is None or not reply.events:
+            return {"ok": False, "error": f"no forecast from {der}/{kind} (not running?)"}
+        return {"ok": True, "der": der, "kind": kind, "events": reply.events}
 
     def fault(self, target: str, kind: str) -> dict:
         if kind not in FAULT_KINDS:
