@@ -71,7 +71,10 @@ class MmsEndpoint:
         self.pending: dict[tuple, tuple] = {}
         self.states: queue.SimpleQueue = queue.SimpleQueue()
         self.controllers: dict[tuple, Any] = {}  # (der, kind) -> controller address (actor thread only)
-        self.held: dict[tuple, list] = {}        # requests for a controller whose address is not known yet
+        # Per controller, at most one request in flight (thespian does not keep the order of
+        # messages sent in quick succession: an operate could overtake the writes before it).
+        self.outbox: dict[tuple, list] = {}      # (der, kind) -> requests not sent yet
+        self.in_flight: dict[tuple, Any] = {}    # (der, kind) -> request sent, not acknowledged
         self.writer: threading.Thread | None = None
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
         self.stats = {"writes": 0, "operates": 0, "refused": 0}
@@ -219,28 +222,55 @@ class MmsEndpoint:
             self._send(key, writes)
 
     def _send(self, key: tuple, message: Any) -> None:
-        """Straight to the controller.  Until its address is known (its first state), hold
-        requests: sending some through the tree and later ones straight would let an
-        operate overtake the writes made before it."""
+        """Queue a request for its controller; it goes out when the one before it has been
+        acknowledged (writes by a state that includes them, an operate by its result) and
+        the controller's address is known (its first state)."""
         if not message:
             return
         if isinstance(message, list):
             message = ScheduleWrites(key[0], key[1], message, self.config["name"])
+        self.outbox.setdefault(key, []).append(message)
+        self._pump(key)
+
+    def _pump(self, key: tuple) -> None:
         address = self.controllers.get(key)
-        if address is None:
-            self.held.setdefault(key, []).append(message)
-        else:
+        while address is not None and key not in self.in_flight and self.outbox.get(key):
+            message = self.outbox[key].pop(0)
+            if isinstance(message, ScheduleOperate):
+                with self.lock:
+                    abandoned = message.request_id not in self.waiting
+                if abandoned:  # its client already got a negative response: never apply it later
+                    log.warning("dropping operate %s on %s/%s: its client gave up", message.op, *key)
+                    continue
+            self.in_flight[key] = message
             self.actor.send(address, message)
+
+    def _acknowledged(self, key: tuple, state: ControllerState | None = None,
+                      result: OperateResult | None = None) -> None:
+        sent = self.in_flight.get(key)
+        if sent is None:
+            return
+        if isinstance(sent, ScheduleWrites):
+            done = state is not None and state.writes_applied.get(self.config["name"], 0) >= sent.writes[-1].seq
+        else:
+            done = result is not None and result.request_id == sent.request_id
+        if done:
+            del self.in_flight[key]
+            self._pump(key)
 
     def on_message(self, message: Any, _sender: Any) -> bool:
         if isinstance(message, ControllerState):
             self._track(message)
+            self._acknowledged((message.der, message.kind), state=message)
             self.states.put(message)
             return True
         if isinstance(message, OperateResult):
             with self.lock:
                 waiter = self.waiting.get(message.request_id)
             self._track(message.state)
+            key = (message.state.der, message.state.kind)
+            self._acknowledged(key, state=message.state)
+            self._acknowledged(key, result=message)
             if waiter is not None:
                 waiter["result"] = message
                 waiter["event"].set()
@@ -250,9 +280,9 @@ class MmsEndpoint:
         return False
 
     def _track(self, state: ControllerState) -> None:
-        """Remember where each controller is.  A new incarnation gets every write it has not
-        acknowledged again (a write sent to a controller that then died would be lost), then
-        whatever was held for it."""
+        """Remember where each controller is.  A new incarnation gets, in order: every write
+        it has not acknowledged (one sent to a controller that then died would be lost), the
+        request that was in flight, and the queue."""
         key = (state.der, state.kind)
         if state.address is None or self.controllers.get(key) == state.address:
             return
@@ -263,12 +293,16 @@ class MmsEndpoint:
             with self.lock:
                 resend = sorted((v[0], k[2], v[1], v[2], v[3]) for k, v in self.pending.items()
                                 if k[:2] == key and v[0] > acked)
+            queue_ = self.outbox.setdefault(key, [])
+            sent = self.in_flight.pop(key, None)
+            if isinstance(sent, ScheduleOperate):
+                queue_.insert(0, sent)
             if resend:
                 log.warning("re-sending %d unacknowledged writes to the new %s/%s", len(resend), *key)
-                self._send(key, [ScheduleWrite(key[0], key[1], name, field, value, index, seq)
-                                 for seq, name, field, index, value in resend])
-        for message in self.held.pop(key, []):
-            self.actor.send(state.address, message)
+                queue_.insert(0, ScheduleWrites(key[0], key[1], [
+                    ScheduleWrite(key[0], key[1], name, field, value, index, seq)
+                    for seq, name, field, index, value in resend], self.config["name"]))
+        self._pump(key)
 
     def _write_states(self) -> None:
         while True:
