@@ -47,6 +47,7 @@ class ReleventActor(Actor):
         self.lifetime: dict = {}
         self._store: StateStore | None = None
         self._crashing = False
+        self._defer_ready = False
         self.stopping = False
         # Harden as soon as the actor process exists, before any message: a child created
         # just before its parent dies must die too.  The runner exports its pid; actors
@@ -129,7 +130,17 @@ class ReleventActor(Actor):
         self.send(sender, Hello(self.name, os.getpid()))
         self._record_start()
         self.on_configure()
-        self.send(sender, Ready(self.name, os.getpid(), self.detail()))
+        if not self._defer_ready:
+            self.mark_ready()
+
+    def defer_ready(self) -> None:
+        """Called in on_configure by an actor that is not ready when it returns (e.g. an
+        endpoint that must not serve before it has the site's state); it then calls
+        mark_ready().  The supervisor's startup_timeout still applies."""
+        self._defer_ready = True
+
+    def mark_ready(self) -> None:
+        self.send(self.parent, Ready(self.name, os.getpid(), self.detail()))
 
     def _record_start(self) -> None:
         """Keep a lifetime record in the store.  An unreadable record raises StateCorrupt,

@@ -31,7 +31,7 @@ from relevent.actors.messages import (
     ControllerState, OperateResult, ScheduleOperate, ScheduleWrite, ScheduleWrites, SnapshotRequest,
 )
 from relevent.iec61850 import lib as L
-from relevent.iec61850.server import MmsServer
+from relevent.iec61850.server import MmsServer, MmsServerError
 from relevent.protocols.mms.model_map import ScheduleRefs, controller_updates, schedule_updates
 from relevent.runtime.bridge import ThreadBridge
 from relevent.scheduling.schedule import Refusal, Schedule, from_snapshot
@@ -43,6 +43,8 @@ from relevent.scl.site_model import endpoint_scl
 log = logging.getLogger("relevent.mms")
 
 OPERATE_TIMEOUT_MS = 5000
+FIRST_STATES_TIMEOUT = 10.0  # s: serve anyway if a controller has not sent its state by then
+LISTENING = "listening"      # posted by the writer thread once the server listens
 REFUSAL_TO_WRITE_ERROR = {Refusal.ACCESS_DENIED: L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED,
                           Refusal.VALUE_INVALID: L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID}
 
@@ -99,15 +101,27 @@ class MmsEndpoint:
                 names = [f"FSCH{n:02d}" for n in range(1, der["schedules"] + 1)] + ["Res_FSCH01"]
                 for name in names:
                     self._install(ScheduleRefs(ied.name, ld, der["name"], kind, name))
+        # Listen only once every controller's state is in the model: a client must never read
+        # the SCL's placeholders (SchdSt 0) as the state of a schedule.  Ready comes then too.
+        self.awaiting = {(der["name"], kind) for der in ders for kind in der["functions"]}
+        self.actor.defer_ready()
         self.writer = threading.Thread(target=self._write_states, name=f"mms-writer-{cfg['name']}", daemon=True)
         self.writer.start()
-        self.server.start(cfg.get("address", "127.0.0.1"), cfg["port"])
-        log.info("mms endpoint=%s serving ied=%s lds=%s on %s:%s", cfg["name"], ied.name,
-                 ",".join(self.lds.values()), cfg.get("address"), cfg["port"])
         self.actor.send(self.actor.parent, SnapshotRequest(cfg["name"], self.actor.myAddress))
 
+    def _listen(self) -> None:
+        """Writer thread: start the server, then tell the actor thread (which reports Ready)."""
+        cfg = self.config
+        if self.awaiting:
+            log.warning("mms endpoint=%s serving without the state of %s after %g s", cfg["name"],
+                        sorted(self.awaiting), FIRST_STATES_TIMEOUT)
+        self.server.start(cfg.get("address", "127.0.0.1"), cfg["port"])
+        log.info("mms endpoint=%s serving ied=%s lds=%s on %s:%s", cfg["name"], self.server.ied_name,
+                 ",".join(self.lds.values()), cfg.get("address"), cfg["port"])
+        self.bridge.post(LISTENING)
+
     def stop(self) -> None:
-        if self.writer is not None:
+        if self.writer is not None and self.writer.is_alive():
             self.states.put(None)
             self.writer.join(timeout=2)
             self.writer = None
@@ -211,6 +225,11 @@ class MmsEndpoint:
     def on_ready(self, _fds: list[int]) -> None:
         batches: dict[tuple, list] = {}
         for message in self.bridge.drain():
+            if message == LISTENING:
+                self.actor.mark_ready()
+                continue
+            if isinstance(message, MmsServerError):
+                raise message
             key = (message.der, message.kind)
             if isinstance(message, ScheduleWrite):
                 batches.setdefault(key, []).append(message)
@@ -305,12 +324,25 @@ class MmsEndpoint:
         self._pump(key)
 
     def _write_states(self) -> None:
+        deadline = time.monotonic() + FIRST_STATES_TIMEOUT
+        listening = False
         while True:
-            state = self.states.get()
+            if not listening and (not self.awaiting or time.monotonic() >= deadline):
+                try:
+                    self._listen()
+                except MmsServerError as exc:  # e.g. port in use: let the actor crash with it
+                    self.bridge.post(exc)
+                    return
+                listening = True
+            try:
+                state = self.states.get(timeout=None if listening else max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                continue
             if state is None:
                 return
             try:
                 self._apply(state)
+                self.awaiting.discard((state.der, state.kind))
             except Exception:  # one bad state must not stop the writer
                 log.exception("applying state of %s/%s", state.der, state.kind)
 
