@@ -223,8 +223,7 @@ def test_endpoint_kill_rebuilds_the_model_from_the_actors(site):
     c = LibIec61850Client("127.0.0.1", port_of(site))
     ref = fsch("ActPow", "FSCH02")
     start = prepare(c, "ActPow", "FSCH02", [7.0, 8.0], prio=42, start=now_ms() + 60_000)
-    assert c.operate(f"{ref}.EnaReq", True)[0]
-    time.sleep(0.2)  # settings are durable within 100 ms
+    assert c.operate(f"{ref}.EnaReq", True)[0]  # answered after the writes before it were applied
     c.close()
     old = site.node("mms")["pid"]
     os.kill(old, signal.SIGKILL)

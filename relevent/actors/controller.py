@@ -4,7 +4,7 @@ Why one process for a controller and its schedules: an actor process costs ~5 MB
 (bench/README.md); a process per schedule would put a 10-DER site (330 schedules) at
 ~1.8 GB, against a budget of 400 MB.  The schedules are pure state machines
 (relevent/scheduling) that this actor drives: it persists them, wakes at their exact
-boundaries, arbitrates, and publishes the result up the tree (DER -> site -> endpoints).
+boundaries, arbitrates, and sends its state to the subscribed endpoints.
 
 Durability: an enable or disable is saved (fsync) before its result is sent; other
 writes are saved within FLUSH_DELAY.
@@ -154,8 +154,8 @@ class ControllerActor(ReleventActor):
                         outcome.reason)
 
     def _written(self) -> None:
-        # The model already holds what the client wrote: publish only if a status or the
-        # output changed (a value of the running entry, a priority, a NumEntr that ends a run).
+        # A state goes out after every batch: it acknowledges the writes (writes_applied) and
+        # carries what they changed (settings, and status or output if they moved).
         self._after_change(now_ms())
         self._dirty = True
         if not self._flush_armed:
@@ -188,7 +188,7 @@ class ControllerActor(ReleventActor):
         elif payload.what == "boundary" and payload.generation == self._timer_generation:
             now = now_ms()
             if self._timer_at is not None and now < self._timer_at:
-                self._arm_at(self._timer_at, now)  # woke early: never switch before the boundary
+                self._arm_at(self._timer_at)  # woke early: never switch before the boundary
                 return
             self._after_change(now)
 
@@ -202,9 +202,9 @@ class ControllerActor(ReleventActor):
     def _arm(self, now: int) -> None:
         wakeups = [w for w in (s.next_wakeup() for s in self.schedules) if w is not None]
         if wakeups:
-            self._arm_at(min(wakeups), now)
+            self._arm_at(min(wakeups))
 
-    def _arm_at(self, at: int, _now: int) -> None:
+    def _arm_at(self, at: int) -> None:
         self._timer_generation += 1
         self._timer_at = at
         # thespian counts the delay from this call: read the clock now, not when the work began.

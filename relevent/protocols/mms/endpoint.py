@@ -9,8 +9,9 @@ Threads:
   waits for the answer, which comes only once the change is durable; it then writes the
   new state into the model (it holds the lock) and answers.  So a client reads Ready
   right after a positive response, and never gets one for an enable that is not saved.
-* the actor thread forwards posts up the tree and hands answers and states over; it
-  never waits for the model lock (it must stay free to receive an operate's answer).
+* the actor thread sends posts to the controllers, one request in flight per controller,
+  and hands answers and states over; it never waits for the model lock (it must stay
+  free to receive an operate's answer).
 * a writer thread applies published states to the model.  States carry a version, so an
   older state never overwrites a newer one, whichever thread applies it.
 
