@@ -34,7 +34,6 @@ class SiteSupervisor(Supervisor):
     def __init__(self) -> None:
         super().__init__()
         self.subscribers: dict[str, Any] = {}  # endpoint name -> address, handed to (re)started DERs
-        self._forecast_origins: dict[int, Any] = {}
 
     def runtime_config(self, spec: ChildSpec) -> dict:
         return {"subscribers": dict(self.subscribers)} if spec.role == "der" else {}
@@ -48,15 +47,9 @@ class SiteSupervisor(Supervisor):
                 message.reply_to = sender
             self.send_to_child(message.der, message)
         elif isinstance(message, ForecastRequest):
-            if message.reply_to is None:  # from the runner, whose address deep actors cannot reach
-                self._forecast_origins[message.request_id] = sender
-                message.reply_to = self.myAddress
+            message.reply_to = self.reply_via_self(message.request_id, sender, message.reply_to)
             if not self.send_to_child(message.der, message):
-                self.send(sender, ForecastReply(message.request_id, message.der, message.kind, []))
-        elif isinstance(message, ForecastReply):
-            origin = self._forecast_origins.pop(message.request_id, None)
-            if origin is not None:
-                self.send(origin, message)
+                self.send(message.reply_to, ForecastReply(message.request_id, message.der, message.kind, []))
         elif isinstance(message, SnapshotRequest):
             self.subscribers[message.subscriber] = message.reply_to
             for der in self.running_children("der"):

@@ -28,7 +28,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited
 
 from relevent.actors.base import ReleventActor
 from relevent.actors.messages import (
-    Configure, FaultAck, Failed, Hello, InjectFault, Ping, Pong, Ready, Reconfigure, Reconfigured,
+    Configure, FaultAck, Failed, ForecastReply, Hello, InjectFault, Ping, Pong, Ready, Reconfigure, Reconfigured,
     StatusReply, StatusRequest, Wakeup,
 )
 
@@ -78,7 +78,7 @@ class Supervisor(ReleventActor):
         self._status_jobs: dict[int, dict] = {}
         self._next_request = 1
         self._escalated = False
-        self._fault_origins: dict[int, Any] = {}
+        self._reply_origins: dict[int, Any] = {}  # request id -> who asked (see reply_via_self)
 
     # -- to be provided by each supervisor ---------------------------------------------
     def child_specs(self) -> list[ChildSpec]:
@@ -109,8 +109,8 @@ class Supervisor(ReleventActor):
             self._status_part(message)
         elif isinstance(message, InjectFault):
             self._route_fault(message, sender)
-        elif isinstance(message, FaultAck):
-            origin = self._fault_origins.pop(message.request_id, None)
+        elif isinstance(message, (FaultAck, ForecastReply)):
+            origin = self._reply_origins.pop(message.request_id, None)
             if origin is not None:
                 self.send(origin, message)
         elif isinstance(message, Reconfigure):
@@ -327,13 +327,18 @@ class Supervisor(ReleventActor):
         log.info("reconfigured supervisor=%s changes=%s", self.path or self.name, changes)
         self.send(sender, Reconfigured(msg.request_id, changes))
 
+    def reply_via_self(self, request_id: int, sender: Any, reply_to: Any) -> Any:
+        """Where the answer to a request should go.  A request from the runner has no
+        reply_to: an actor deep in the tree cannot reach the runner's external address, so
+        the answer comes here and is relayed to the runner (on_message)."""
+        if reply_to is not None:
+            return reply_to
+        self._reply_origins[request_id] = sender
+        return self.myAddress
+
     # -- fault injection routing -----------------------------------------------------------
     def _route_fault(self, msg: InjectFault, sender: Any) -> None:
-        # Replies travel back through the root: an actor deep in the tree cannot reach the
-        # runner's external address directly.
-        if msg.reply_to is None:
-            self._fault_origins[msg.request_id] = sender
-        reply_to = msg.reply_to or self.myAddress
+        reply_to = self.reply_via_self(msg.request_id, sender, msg.reply_to)
         head, _, rest = msg.target.partition("/")
         child = self._by_name(head)
         if child is None or child.address is None:
