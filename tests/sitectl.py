@@ -28,7 +28,7 @@ def small_topology(state_dir: Path, admin_port: int, ders: int = 1, schedules: i
     0.1/0.4 s so a hang is detected well within a second."""
     funcs = ", ".join(f'"{f}"' for f in functions)
     der_tables = "".join(
-        f'\n[[der]]\nname = "der{i}"\nfunctions = [{funcs}]\nschedules = {schedules}\nlan = "mqtt"\n'
+        f'\n[[der]]\nname = "der{i}"\nfunctions = [{funcs}]\nschedules = {schedules}\nlan = "mqtt"\nrated_power_w = 10000\n'
         for i in range(1, ders + 1))
     return f"""# test site
 [site]

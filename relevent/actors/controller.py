@@ -21,8 +21,8 @@ from typing import Any
 
 from relevent.actors.base import ReleventActor
 from relevent.actors.messages import (
-    ControllerState, ForecastReply, ForecastRequest, OperateResult, ScheduleOperate, ScheduleWrite, ScheduleWrites,
-    SnapshotRequest, Wakeup,
+    ControllerState, ForecastReply, ForecastRequest, OperateResult, OutputChanged, ScheduleOperate, ScheduleWrite,
+    ScheduleWrites, SnapshotRequest, Wakeup,
 )
 from relevent.scheduling.calendar import Calendar, OccPer
 from relevent.scheduling.controller import forecast, output_of
@@ -52,6 +52,7 @@ class ControllerActor(ReleventActor):
         self._dirty = False
         self._flush_armed = False
         self._last_output: tuple | None = None
+        self._der_output: tuple | None = None   # (value, source) last told to the DER
         self._stamp = time.time_ns()   # orders states across restarts of this controller
         self._seq = 0
         self.subscribers: dict[str, Any] = {}  # endpoint name -> address
@@ -236,6 +237,11 @@ class ControllerActor(ReleventActor):
     def _publish(self, now: int, force: bool = True, state: ControllerState | None = None,
                  full: bool = False) -> None:
         state = state or self._state(now, full)
+        if state.output[:2] != self._der_output and self.parent is not None:
+            # The DER turns the outputs of its controllers into the device command.
+            self._der_output = state.output[:2]
+            self.send(self.parent, OutputChanged(self.config["der"], self.config["kind"], state.output[0],
+                                                 state.output[1], state.at))
         if force or state.output != self._last_output or state.schedules or self._writes_applied != self._acked:
             self._acked = dict(self._writes_applied)
             self._last_output = state.output

@@ -1,14 +1,28 @@
-"""A DER (inverter, battery, charger, ...): supervises one controller per control function.
+"""A DER (inverter, battery, charger, ...): supervises one controller per control function
+and turns their outputs into the device command that its LAN endpoint carries out.
 
-It also keeps the endpoints' subscriptions for its controllers (they pass through it in
-SnapshotRequest) and hands them to a controller in its Configure, so that a restarted
-controller sends its first state straight to every endpoint."""
+Subscriptions it keeps, so that restarts re-wire themselves:
+* endpoints subscribed to its controllers (SnapshotRequest): handed to each controller in
+  its Configure, so a restarted controller sends its first state straight to them;
+* the LAN endpoint named by `lan` (CommandSubscribe): it gets every new command, and the
+  current one again whenever it (re)subscribes or this DER restarts.
+Measurements from the device come back here and go on to the subscribed endpoints (MMXU).
+"""
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import replace
 from typing import Any
 
-from relevent.actors.messages import ForecastRequest, ScheduleOperate, ScheduleWrites, SnapshotRequest
+from relevent.actors.messages import (
+    CommandSubscribe, DeviceCommand, ForecastRequest, Measurement, OutputChanged, ScheduleOperate, ScheduleWrites,
+    SnapshotRequest,
+)
 from relevent.actors.supervisor import ChildSpec, Supervisor
+from relevent.devices.command import device_command
+
+log = logging.getLogger("relevent.der")
 
 
 class DerActor(Supervisor):
@@ -17,12 +31,18 @@ class DerActor(Supervisor):
     def __init__(self) -> None:
         super().__init__()
         self.subscribers: dict[str, Any] = {}
+        self.lan_address: Any = None
+        self.outputs: dict[str, tuple] = {}   # kind -> (value, source schedule)
+        self.command: DeviceCommand | None = None
+        self.measurement: Measurement | None = None
+        self._seq = 0
 
     def runtime_config(self, spec: ChildSpec) -> dict:
         return {"subscribers": dict(self.subscribers)}
 
     def on_configure(self) -> None:
         self.subscribers = dict(self.config.get("subscribers", {}))  # kept by the site across our restarts
+        self.lan_address = self.config.get("lan_subscribers", {}).get(self.config.get("lan") or "")
         super().on_configure()
 
     def child_specs(self) -> list[ChildSpec]:
@@ -35,7 +55,18 @@ class DerActor(Supervisor):
                 for kind in der["functions"]]
 
     def on_message(self, message: Any, sender: Any) -> None:
-        if isinstance(message, (ScheduleWrites, ScheduleOperate, ForecastRequest)):
+        if isinstance(message, OutputChanged):
+            self._output_changed(message)
+        elif isinstance(message, Measurement):
+            self.measurement = message
+            for address in self.subscribers.values():
+                self.send(address, message)
+        elif isinstance(message, CommandSubscribe):
+            if message.subscriber == self.config.get("lan"):
+                self.lan_address = message.reply_to
+                if self.command is not None:
+                    self._send_command(self.command, changed=[])
+        elif isinstance(message, (ScheduleWrites, ScheduleOperate, ForecastRequest)):
             self.send_to_child(message.kind, message)
         elif isinstance(message, SnapshotRequest):
             self.subscribers[message.subscriber] = message.reply_to
@@ -44,6 +75,30 @@ class DerActor(Supervisor):
         else:
             super().on_message(message, sender)
 
+    def _output_changed(self, msg: OutputChanged) -> None:
+        self.outputs[msg.kind] = (msg.value, msg.source)
+        if not self.config.get("lan") or any(k not in self.outputs for k in self.config["functions"]):
+            return  # no device, or not every controller has reported since we started
+        cmd = device_command({k: v[0] for k, v in self.outputs.items()}, self.config["rated_power_w"])
+        self._seq += 1
+        self.command = DeviceCommand(self.config["name"], cmd.setpoint_w, cmd.limit_w, cmd.connected,
+                                     dict(self.outputs), [msg.kind], msg.at, self._seq, self.myAddress)
+        log.info("command der=%s setpoint_w=%s limit_w=%s connected=%s cause=%s/%s delay_ms=%d",
+                 self.config["name"], cmd.setpoint_w, cmd.limit_w, cmd.connected, msg.kind, msg.source,
+                 time.time_ns() // 1_000_000 - msg.at)
+        self._send_command(self.command, changed=[msg.kind])
+
+    def _send_command(self, command: DeviceCommand, changed: list) -> None:
+        if self.lan_address is not None:
+            self.send(self.lan_address, replace(command, changed=changed))
+
     def detail(self) -> dict:
-        return {"type": self.config.get("type"), "lan": self.config.get("lan"),
-                "starts": self.lifetime.get("starts")}
+        info: dict = {"type": self.config.get("type"), "lan": self.config.get("lan"),
+                      "starts": self.lifetime.get("starts")}
+        if self.command is not None:
+            info["command"] = {"setpoint_w": self.command.setpoint_w, "limit_w": self.command.limit_w,
+                               "connected": self.command.connected}
+        if self.measurement is not None:
+            m = self.measurement
+            info["measured"] = {"w": m.w, "connected": m.connected, "at": m.at, "quality": m.quality}
+        return info

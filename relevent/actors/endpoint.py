@@ -42,6 +42,10 @@ class EndpointActor(ReleventActor):
         if self.adapter:
             self.adapter.on_ready(ready)
 
+    def on_wakeup(self, payload: Any) -> None:
+        if self.adapter is not None and hasattr(self.adapter, "on_wakeup"):
+            self.adapter.on_wakeup(payload)
+
     def on_stop(self) -> None:
         if self.adapter:
             self.adapter.stop()

@@ -201,3 +201,49 @@ class ForecastReply(ShortRepr):
     der: str
     kind: str
     events: list  # [(ms, value, schedule name or None)], first the value in force now
+
+
+# -- devices (DER -> LAN endpoint -> device, and back) ----------------------------------------
+@dataclass
+class OutputChanged:
+    """A controller tells its DER the output it drives now (value, source schedule)."""
+    der: str
+    kind: str
+    value: Any
+    source: str | None
+    at: int  # ms, when the controller switched
+
+
+@dataclass
+class CommandSubscribe:
+    """A LAN endpoint (re)started: the site and each DER remember it, and each DER served by
+    it answers with its current DeviceCommand (so a restarted endpoint re-applies it)."""
+    subscriber: str
+    reply_to: Any = None
+
+
+@dataclass
+class DeviceCommand:
+    """What a device must do now, in W; see relevent.devices.command.  `changed` lists the
+    control functions whose output changed (empty when the command is only re-sent)."""
+    der: str
+    setpoint_w: float
+    limit_w: float
+    connected: bool
+    outputs: dict         # kind -> (value, source schedule or None)
+    changed: list
+    at: int               # ms, when the change took effect at the controller
+    seq: int
+    der_address: Any = None  # where the endpoint sends this DER's measurements
+
+
+@dataclass
+class Measurement:
+    """A device's measured active power (W, generation positive) and state, from a LAN endpoint."""
+    der: str
+    w: float | None
+    connected: bool | None
+    at: int               # ms, when the endpoint read it
+    quality: str = "good"  # good | invalid | questionable (pivot Validity)
+    source: str = ""       # the endpoint's name
+    detail: str = ""

@@ -1,4 +1,4 @@
-"""The root of a site's tree: WAN endpoints, then DERs, then LAN endpoints.
+"""The root of a site's tree: simulated devices, WAN endpoints, DERs, then LAN endpoints.
 
 Its configuration is the whole normalised topology; `Reconfigure` with an edited topology
 starts, stops or restarts only the children whose slice changed.
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from relevent.actors.messages import ForecastReply, ForecastRequest, ScheduleOperate, ScheduleWrites, SnapshotRequest
+from relevent.actors.messages import (
+    CommandSubscribe, ForecastReply, ForecastRequest, Measurement, ScheduleOperate, ScheduleWrites, SnapshotRequest,
+)
 from relevent.actors.supervisor import ChildSpec, Supervisor
 
 
@@ -17,14 +19,33 @@ def site_settings(data: dict) -> dict:
             "runtime": data["runtime"], "supervision": data["supervision"]}
 
 
+DEVICE_KEYS = ("name", "functions", "address", "profile", "rated_power_w", "points", "registers")
+
+
+def device_slice(der: dict) -> dict:
+    """What a LAN endpoint or simulator needs of a DER: a change elsewhere (schedules,
+    locks, ...) must not restart the endpoint."""
+    return {k: der[k] for k in DEVICE_KEYS if k in der}
+
+
 def site_children(data: dict) -> list[ChildSpec]:
+    # Simulated devices and embedded brokers first: endpoints find them up.
+    specs = [ChildSpec(sim["name"], "simulator", "relevent.actors.simulator.SimulatorActor",
+                       {**sim, "ders": [device_slice(d) for d in data["der"] if d["name"] == sim.get("der")]})
+              for sim in data.get("simulator", [])]
+    specs += [ChildSpec(f"{ep['name']}-broker", "simulator", "relevent.actors.simulator.SimulatorActor",
+                        {"name": f"{ep['name']}-broker", "protocol": "mqtt-broker", "address": ep["host"],
+                         "port": ep["port"]})
+              for ep in data["lan"] if ep.get("embedded_broker")]
     # WAN endpoints serve the site's DERs (the MMS model is built from them).
-    specs = [ChildSpec(ep["name"], "wan", "relevent.actors.endpoint.EndpointActor", {**ep, "ders": data["der"],
+    specs += [ChildSpec(ep["name"], "wan", "relevent.actors.endpoint.EndpointActor", {**ep, "ders": data["der"],
                                                                                        "site": data["site"]["name"]})
              for ep in data["wan"]]
     specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True)
               for der in data["der"]]
-    specs += [ChildSpec(ep["name"], "lan", "relevent.actors.endpoint.EndpointActor", ep) for ep in data["lan"]]
+    specs += [ChildSpec(ep["name"], "lan", "relevent.actors.endpoint.EndpointActor",
+                        {**ep, "ders": [device_slice(d) for d in data["der"] if d["lan"] == ep["name"]]})
+              for ep in data["lan"]]
     return specs
 
 
@@ -34,9 +55,12 @@ class SiteSupervisor(Supervisor):
     def __init__(self) -> None:
         super().__init__()
         self.subscribers: dict[str, Any] = {}  # endpoint name -> address, handed to (re)started DERs
+        self.lan_subscribers: dict[str, Any] = {}  # LAN endpoint name -> address, likewise
 
     def runtime_config(self, spec: ChildSpec) -> dict:
-        return {"subscribers": dict(self.subscribers)} if spec.role == "der" else {}
+        if spec.role != "der":
+            return {}
+        return {"subscribers": dict(self.subscribers), "lan_subscribers": dict(self.lan_subscribers)}
 
     def child_specs(self) -> list[ChildSpec]:
         return site_children(self.config)
@@ -54,6 +78,12 @@ class SiteSupervisor(Supervisor):
             self.subscribers[message.subscriber] = message.reply_to
             for der in self.running_children("der"):
                 self.send(der.address, message)
+        elif isinstance(message, CommandSubscribe):
+            self.lan_subscribers[message.subscriber] = message.reply_to
+            for der in self.running_children("der"):
+                self.send(der.address, message)
+        elif isinstance(message, Measurement):
+            self.send_to_child(message.der, message)
         else:
             super().on_message(message, sender)
 

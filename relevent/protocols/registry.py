@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relevent.topology.schema import Field, port_check, positive
+from relevent.topology.schema import NUMBER, Field, non_negative, port_check, positive
 
 
 @dataclass(frozen=True)
 class ProtocolSpec:
     name: str
-    role: str  # "wan" or "lan"
+    role: str  # "wan", "lan" or "simulator"
     listens: bool
     keys: dict
     adapter: str | None
@@ -49,18 +49,67 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "port": Field((int,), default=1883, check=port_check),
                 "topic_command": Field((str,), default="fledge/south-command"),
                 "topic_schedule": Field((str,), default="fledge/south-schedule"),
+                "topic_measurement": Field((str,), default="fledge/south-measurement",
+                                           doc="pivot GTIM (power) and GTIS (connection) from devices"),
                 "qos": Field((int,), default=1, choices=(0, 1, 2)),
                 "retain": Field((bool,), default=False),
+                "schedule_period": Field(NUMBER, default=5.0, check=positive,
+                                         doc="seconds between PivotSchedule forecasts"),
+                "reconnect_delay": Field(NUMBER, default=1.0, check=positive, doc="seconds between reconnects"),
+                "resend_delay": Field(NUMBER, default=1.0, check=non_negative,
+                                      doc="seconds after a reconnect before the current commands are re-sent"),
+                "embedded_broker": Field((bool,), default=False,
+                                         doc="start a broker (amqtt) on host:port inside the site"),
             },
-            None, "FledgePower pivot commands and forecasts over MQTT"),
+            "relevent.protocols.mqtt.endpoint.MqttEndpoint", "FledgePower pivot commands and forecasts over MQTT"),
         ProtocolSpec(
             "modbus", "lan", False,
             {
                 "host": Field((str,), default="127.0.0.1"),
                 "port": Field((int,), default=502, check=port_check),
-                "timeout": Field((int, float), default=1.0, check=positive),
+                "timeout": Field(NUMBER, default=1.0, check=positive, doc="seconds per request"),
+                "poll_period": Field(NUMBER, default=1.0, check=positive, doc="seconds between measurement reads"),
+                "reversion_s": Field((int,), default=30, check=lambda v: None if 0 <= v <= 65535 else
+                                     "reversion_s must be 0..65535", doc="SunSpec RvrtTms: the device reverts "
+                                     "on its own when the edge stops refreshing (0: never)"),
+                "backoff_max": Field(NUMBER, default=5.0, check=positive, doc="seconds, reconnect backoff cap"),
             },
-            None, "Modbus TCP client, SunSpec devices"),
+            "relevent.protocols.modbus.endpoint.ModbusEndpoint", "Modbus TCP client, SunSpec or plain register devices"),
+        # Simulated devices, started by the site like endpoints (tests, demos, commissioning).
+        ProtocolSpec(
+            "sunspec-inverter", "simulator", True,
+            {
+                "address": Field((str,), default="127.0.0.1", doc="listen address"),
+                "port": Field((int,), default=5020, check=port_check),
+                "unit": Field((int,), default=1, check=lambda v: None if 1 <= v <= 247 else "unit must be 1..247"),
+                "wmax": Field(NUMBER, default=10000.0, check=positive, doc="W (model 121 WMax)"),
+                "available_w": Field(NUMBER, default=-1.0, doc="W the sun gives; negative: wmax"),
+                "ramp_w_per_s": Field(NUMBER, default=0.0, check=non_negative, doc="0: instant"),
+                "models": Field((list,), default=[1, 103, 121, 123, 704], item_types=(int,),
+                                check=lambda v: next((f"model {m} not simulated (use 1, 103, 121, 123, 704)"
+                                                      for m in v if m not in (1, 103, 121, 123, 704)), None)),
+                "write_log": Field((str,), default="", doc="append every register write (JSON lines, ns) here"),
+            },
+            "relevent.simulators.sunspec_inverter.SunSpecInverter", "SunSpec inverter on Modbus TCP"),
+        ProtocolSpec(
+            "mqtt-broker", "simulator", True,
+            {
+                "address": Field((str,), default="127.0.0.1", doc="listen address"),
+                "port": Field((int,), default=1883, check=port_check),
+            },
+            "relevent.simulators.mqtt_broker.MqttBroker", "an embedded MQTT 3.1.1 broker (amqtt)"),
+        ProtocolSpec(
+            "mqtt-device", "simulator", False,
+            {
+                "host": Field((str,), default="127.0.0.1"),
+                "port": Field((int,), default=1883, check=port_check),
+                "der": Field((str,), required=True, doc="the DER this device plays (its pivot labels)"),
+                "rated_power_w": Field(NUMBER, default=5000.0, check=positive),
+                "topic_command": Field((str,), default="fledge/south-command"),
+                "topic_measurement": Field((str,), default="fledge/south-measurement"),
+                "measure_period": Field(NUMBER, default=1.0, check=positive),
+            },
+            "relevent.simulators.mqtt_device.MqttDevice", "a device obeying pivot commands, publishing GTIM"),
     )
 }
 
@@ -68,6 +117,8 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
 def listen_address(endpoint: dict) -> tuple[str, int] | None:
     """(address, port) an endpoint binds, or None if it only connects out."""
     spec = PROTOCOLS.get(endpoint.get("protocol", ""))
+    if endpoint.get("embedded_broker"):
+        return endpoint.get("host", "127.0.0.1"), endpoint["port"]
     if spec is None or not spec.listens:
         return None
     return endpoint.get("address", "127.0.0.1"), endpoint["port"]

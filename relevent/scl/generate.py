@@ -5,6 +5,7 @@ The layout, names, types, FCs and initial values are those of the ReLevENT refer
 an actuator <Kind>_GGIO1, a controller <Kind>_FSCC1, schedules <Kind>_FSCH01..NN and a
 reserve <Kind>_Res_FSCH01.  Per DER: one logical device; the number of schedules and of
 value slots per schedule come from the topology (types are derived where they differ).
+A DER driven over a LAN endpoint also gets an MMXU1 with the device's measured TotW.
 """
 from __future__ import annotations
 
@@ -65,6 +66,24 @@ class _Types:
         return self.lntype(base_id, base_id.replace("_100_", f"_{values}_"),
                            lambda name: not name.startswith(prefix) or int(name[len(prefix):]) <= values)
 
+    def mmxu(self) -> str:
+        """Measurements of a device (total active power), for DERs with a LAN endpoint."""
+        new_id = "relevent_MMXU"
+        if new_id not in self.made:
+            ggio = _find(self.dtt, "LNodeType", id="DERScheduler_GGIO_OnOff")
+            mmxu = etree.Element(Q + "LNodeType", id=new_id, lnClass="MMXU")
+            etree.SubElement(mmxu, Q + "DO", name="Beh", type="ENS_Beh_On")
+            etree.SubElement(mmxu, Q + "DO", name="TotW", type="relevent_MV_W")
+            ggio.addnext(mmxu)
+            # The template's MV says kW; measurements are in W, so this MV has no kW units.
+            mv = copy.deepcopy(_find(self.dtt, "DOType", id="DERScheduler_MV_ValMV"))
+            mv.set("id", "relevent_MV_W")
+            for da in mv.findall(f"{Q}DA[@name='units']"):
+                mv.remove(da)
+            _find(self.dtt, "DOType", id="DERScheduler_MV_ValMV").addnext(mv)
+            self.made[new_id] = "DERScheduler_GGIO_OnOff"
+        return new_id
+
     def fscc(self, base_id: str, schedules: int) -> str:
         if schedules == 10:
             return base_id
@@ -93,6 +112,10 @@ def _logical_device(tpl_ld, der: dict, ld_inst: str, types: _Types):
     # The reference order: every actuator, every controller, then each kind's schedules.
     for prefix in kinds:
         ld.append(copy.deepcopy(_find(tpl_ld, "LN", lnClass="GGIO", prefix=prefix)))
+    if der.get("lan"):
+        # The device's measured power (W), from its LAN endpoint; quality invalid while unreachable.
+        etree.SubElement(ld, Q + "LN", lnClass="MMXU", inst="1", lnType=types.mmxu(), prefix="",
+                         desc="device measurements")
     for prefix in kinds:
         fscc = copy.deepcopy(_find(tpl_ld, "LN", lnClass="FSCC", prefix=prefix))
         fscc.set("lnType", types.fscc(fscc.get("lnType"), n))

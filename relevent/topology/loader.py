@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from relevent.problems import Problem, ProblemsError
+from relevent.protocols.modbus.address import parse_device_address
 from relevent.protocols.registry import PROTOCOLS, listen_address
 from relevent.topology import schema
 from relevent.topology.locate import LineIndex
@@ -139,6 +140,7 @@ class _Validator:
             "wan": self.endpoints(raw.get("wan", []), "wan"),
             "lan": self.endpoints(raw.get("lan", []), "lan"),
             "der": self.ders(raw.get("der", [])),
+            "simulator": self.endpoints(raw.get("simulator", []), "simulator"),
         }
         if "site" not in raw:
             self.problem((), "missing [site] section")
@@ -186,7 +188,7 @@ class _Validator:
 
     def cross_checks(self, data: dict) -> None:
         seen: dict[str, tuple] = {}
-        for section in ("wan", "lan", "der"):
+        for section in ("simulator", "wan", "lan", "der"):
             for i, item in enumerate(data[section]):
                 name, path = item.get("name"), (section, i, "name")
                 if not name:
@@ -205,9 +207,23 @@ class _Validator:
             if der["lan"] and der["lan"] not in lan_names:
                 known = ", ".join(sorted(lan_names)) or "none defined"
                 self.problem(("der", i, "lan"), f"LAN endpoint {der['lan']!r} does not exist (known: {known})")
+            lan = next((e for e in data["lan"] if e["name"] == der["lan"]), None)
+            if lan is not None and lan["protocol"] == "modbus":
+                try:
+                    parse_device_address(der["address"], lan["host"], lan["port"])
+                except ValueError as exc:
+                    self.problem(("der", i, "address"), str(exc))
+                if der["profile"] not in ("sunspec", "registers"):
+                    self.problem(("der", i, "profile"), f"profile {der['profile']!r} on a Modbus endpoint: "
+                                                        "use sunspec or registers")
+                elif der["profile"] == "registers" and "setpoint" not in der["registers"]:
+                    self.problem(("der", i, "registers"), "profile registers needs at least registers.setpoint")
+            if der["lan"] and not der["rated_power_w"] > 0:
+                self.problem(("der", i, "rated_power_w"), "a DER driven over a LAN endpoint needs rated_power_w > 0 "
+                                                          "(the device set-point is bounded by it)")
         ports: dict[int, tuple] = {}
         admin = data["runtime"]["admin_port"]
-        for section in ("wan", "lan"):
+        for section in ("simulator", "wan", "lan"):
             for i, ep in enumerate(data[section]):
                 bound = listen_address(ep)
                 if bound is None:

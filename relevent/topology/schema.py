@@ -114,12 +114,35 @@ DER = {
     "locks": Field((dict,), default={}, check=lambda v: _check_locks(v),
                    doc="per function and schedule, what clients may not do: "
                        "{ActPow = {FSCH01 = [\"DsaReq\", \"StrTm\"]}}"),
+    "points": Field((dict,), default={}, check=lambda v: next(
+        (f"points.{k}: expected a string label" for k, x in v.items() if not isinstance(x, str)), None),
+        doc="pivot labels (Identifier) per control function and measurement (W, Conn); "
+            "default \"<der>.<key>\", e.g. {ActPow = \"TS1\"}"),
+    "registers": Field((dict,), default={}, check=lambda v: _check_registers(v),
+                       doc="plain Modbus register map (profile = \"registers\"): holding register addresses "
+                           "setpoint, connect, power and a scale in W per count, e.g. "
+                           "{setpoint = 100, connect = 101, power = 200, scale = 10}"),
     "ld_inst": Field((str,), default="", check=lambda v: None if not v or (v.isidentifier() and len(v) <= 64)
                      else f"ld_inst {v!r} must be letters, digits and '_' (max 64)",
                      doc="IEC 61850 logical device; default Control (one DER) or <name>Control"),
 }
 
 from relevent.scheduling.schedule import LOCKABLE  # noqa: E402 - one definition of what can be locked
+
+
+REGISTER_KEYS = ("setpoint", "connect", "power", "scale")
+
+
+def _check_registers(v: dict) -> str | None:
+    for key, x in v.items():
+        if key not in REGISTER_KEYS:
+            return f"registers.{key}: unknown (use {', '.join(REGISTER_KEYS)})"
+        if key == "scale":
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0:
+                return "registers.scale: expected a positive number (W per register count)"
+        elif isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= 65535:
+            return f"registers.{key}: expected a register address 0..65535"
+    return None
 
 
 def _check_locks(v: dict) -> str | None:
@@ -136,4 +159,4 @@ def _check_locks(v: dict) -> str | None:
     return None
 
 
-TOP_LEVEL = ("site", "runtime", "supervision", "wan", "lan", "der")
+TOP_LEVEL = ("site", "runtime", "supervision", "wan", "lan", "der", "simulator")

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from relevent.actors.messages import (
-    ControllerState, OperateResult, ScheduleOperate, ScheduleWrite, ScheduleWrites, SnapshotRequest,
+    ControllerState, Measurement, OperateResult, ScheduleOperate, ScheduleWrite, ScheduleWrites, SnapshotRequest,
 )
 from relevent.iec61850 import lib as L
 from relevent.iec61850.server import MmsServer, MmsServerError
-from relevent.protocols.mms.model_map import ScheduleRefs, controller_updates, schedule_updates
+from relevent.protocols.mms.model_map import ScheduleRefs, controller_updates, measurement_updates, schedule_updates
 from relevent.runtime.bridge import ThreadBridge
 from relevent.scheduling.schedule import Refusal, Schedule, from_snapshot
 from relevent.scl.cfg import to_cfg
@@ -279,6 +279,9 @@ class MmsEndpoint:
             self._pump(key)
 
     def on_message(self, message: Any, _sender: Any) -> bool:
+        if isinstance(message, Measurement):
+            self.states.put(message)  # the writer thread puts it in the DER's MMXU1
+            return True
         if isinstance(message, ControllerState):
             self._track(message)
             self._acknowledged((message.der, message.kind), state=message)
@@ -342,10 +345,21 @@ class MmsEndpoint:
             if state is None:
                 return
             try:
+                if isinstance(state, Measurement):
+                    self._apply_measurement(state)
+                    continue
                 self._apply(state)
                 self.awaiting.discard((state.der, state.kind))
             except Exception:  # one bad state must not stop the writer
                 log.exception("applying state of %s/%s", state.der, state.kind)
+
+    def _apply_measurement(self, m: Measurement) -> None:
+        if m.der not in self.lds or self.server is None:
+            return
+        updates = measurement_updates(self.lds[m.der], m.w, m.quality, m.at)
+        updates = [u for u in updates if self.server.has(u[0])]  # a configured SCL may have no MMXU
+        if updates:
+            self.server.update(updates)
 
     def _apply(self, state: ControllerState, locked: bool = False) -> None:
         """Write a state into the model unless a newer one is there.  The version check

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relevent.iec61850.lib import QUALITY_GOOD, QUALITY_INVALID
+from relevent.iec61850.lib import QUALITY_GOOD, QUALITY_INVALID, QUALITY_QUESTIONABLE
 
 
 @dataclass(frozen=True)
@@ -106,3 +106,12 @@ def controller_updates(ied: str, ld: str, kind: str, output: tuple, at: int) -> 
         out += [(f"{ld}/{kind}_GGIO1.AnOut1.q", "quality", QUALITY_GOOD if good else QUALITY_INVALID),
                 (f"{ld}/{kind}_GGIO1.AnOut1.t", "time", at)]
     return out
+
+
+def measurement_updates(ld: str, w: float | None, validity: str, at: int) -> list:
+    """MMXU1.TotW of a DER's device (W); invalid while the device is unreachable."""
+    good = w is not None and validity == "good"
+    quality = QUALITY_GOOD if good else QUALITY_QUESTIONABLE if validity == "questionable" and w is not None \
+        else QUALITY_INVALID
+    out = [(f"{ld}/MMXU1.TotW.mag.f", "float", float(w))] if w is not None else []
+    return out + [(f"{ld}/MMXU1.TotW.q", "quality", quality), (f"{ld}/MMXU1.TotW.t", "time", at)]

@@ -1,0 +1,1 @@
+"""Modbus TCP LAN endpoint: SunSpec and plain register devices."""

@@ -1,0 +1,107 @@
+"""One Modbus device's connection, as an asyncio task of the Modbus endpoint.
+
+Forever: connect, discover, write the current command, then write every new command at
+once, refresh it before the device's reversion timeout, and poll measurements.  Any I/O
+problem closes the connection and retries with exponential backoff; the command is
+re-written after every reconnect (a rebooted device forgot it).  Each device has its own
+task and connection, so a device that hangs only delays itself."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from relevent.protocols.modbus.address import DeviceAddress
+from relevent.protocols.modbus.profiles import PROFILES, DeviceError, Io
+
+log = logging.getLogger("relevent.modbus")
+
+IO_ERRORS = (ModbusException, DeviceError, OSError, asyncio.TimeoutError, ConnectionError)
+
+
+@dataclass
+class DeviceEvent:
+    """Posted to the endpoint actor: a measurement, an applied command or a link change."""
+    der: str
+    what: str            # measured | applied | link
+    at: int              # ms
+    w: float | None = None
+    connected: bool | None = None
+    seq: int = 0
+    up: bool = False
+    text: str = ""
+
+
+class ModbusDevice:
+    def __init__(self, der: dict, where: DeviceAddress, config: dict, post: Callable[[DeviceEvent], None]) -> None:
+        self.der, self.where, self.config, self.post = der, where, config, post
+        self.command: Any = None
+        self._wake = asyncio.Event()
+        self.up = False
+
+    def set_command(self, command: Any) -> None:
+        """Called on the loop thread."""
+        self.command = command
+        self._wake.set()
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            client = AsyncModbusTcpClient(self.where.host, port=self.where.port, timeout=self.config["timeout"],
+                                          retries=0, reconnect_delay=0)
+            try:
+                if not await client.connect():
+                    raise ConnectionError(f"cannot connect to {self.where}")
+                profile = PROFILES[self.der["profile"]](Io(client, self.where.unit), self.der,
+                                                        self.config["reversion_s"])
+                found = await profile.discover()
+                self._link(True, found)
+                delay = 0.1
+                await self._serve(profile)
+            except IO_ERRORS as exc:
+                self._link(False, f"{type(exc).__name__}: {exc}")
+            finally:
+                client.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config["backoff_max"])
+
+    def _link(self, up: bool, text: str) -> None:
+        if up != self.up or up:
+            (log.info if up else log.warning)("device der=%s at=%s link=%s %s", self.der["name"], self.where,
+                                              "up" if up else "down", text)
+        self.up = up
+        self.post(DeviceEvent(self.der["name"], "link", _ms(), up=up, text=text))
+
+    async def _serve(self, profile: Any) -> None:
+        applied = None          # seq written on this connection: none yet, so the current one goes out
+        refresh = self.config["reversion_s"] / 3.0 if self.config["reversion_s"] else 10.0
+        next_write = next_poll = time.monotonic()
+        while True:
+            now = time.monotonic()
+            cmd = self.command
+            if cmd is not None and (cmd.seq != applied or now >= next_write):
+                await profile.apply(cmd)
+                if cmd.seq != applied:
+                    self.post(DeviceEvent(self.der["name"], "applied", _ms(), seq=cmd.seq))
+                applied, next_write = cmd.seq, time.monotonic() + refresh
+            if now >= next_poll:
+                w, conn = await profile.measure()
+                self.post(DeviceEvent(self.der["name"], "measured", _ms(), w=w, connected=conn))
+                next_poll = max(next_poll + self.config["poll_period"], now)
+            wait = min(next_poll, next_write if cmd is not None else next_poll) - time.monotonic()
+            self._wake.clear()
+            if self.command is not None and self.command.seq != applied:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
+            except asyncio.TimeoutError:
+                pass
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000

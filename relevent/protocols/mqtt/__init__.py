@@ -1,0 +1,1 @@
+"""MQTT LAN endpoint: FledgePower pivot commands, forecasts and measurements."""

@@ -1,0 +1,157 @@
+"""MQTT LAN endpoint: the DERs whose `lan` names it, over FledgePower pivot JSON.
+
+* every DeviceCommand from a DER: one PivotCommand per control function whose output
+  changed, on `topic_command` (ReLevENT's `fledge/south-command`);
+* every `schedule_period` s: a PivotSchedule per control function, the controller's 24 h
+  forecast, on `topic_schedule`;
+* `resend_delay` s after every (re)connect: the current output of every function again, so
+  a device that missed commands while the broker was down gets the set-point in force (the
+  delay lets devices that reconnect at the same moment subscribe first);
+* device measurements (GTIM power, GTIS connection) on `topic_measurement` go to the DER;
+  a payload that is not valid pivot is logged with the field at fault and counted.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from typing import Any
+
+from relevent.actors.messages import CommandSubscribe, DeviceCommand, ForecastReply, ForecastRequest, Measurement, Wakeup
+from relevent.protocols.aio import AsyncioThread, Crashed
+from relevent.protocols.mqtt import pivot
+from relevent.protocols.mqtt.link import MqttLink
+
+log = logging.getLogger("relevent.mqtt")
+
+_requests = itertools.count(1 << 30)   # forecast request ids, apart from the runner's
+
+
+class MqttEndpoint:
+    def __init__(self, actor: Any, config: dict) -> None:
+        self.actor, self.config = actor, config
+        self.ders = {d["name"]: d for d in config.get("ders", [])}
+        self.labels = {pivot.label(d, key): (d["name"], key)
+                       for d in self.ders.values() for key in ("W", "Conn")}
+        self.aio: AsyncioThread | None = None
+        self.link: MqttLink | None = None
+        self.commands: dict[str, DeviceCommand] = {}
+        self.der_address: dict[str, Any] = {}
+        self.measured: dict[str, dict] = {}
+        self.published = 0
+        self._connects = 0
+        self.rejected = 0
+        self.last_rejection = ""
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        self.aio = AsyncioThread(f"mqtt-{cfg['name']}")
+        self.link = MqttLink(cfg["name"], cfg["host"], cfg["port"], [(cfg["topic_measurement"], cfg["qos"])],
+                             on_message=lambda topic, payload: self.aio.post(("message", topic, payload)),
+                             on_up=lambda: self.aio.post(("up",)), reconnect_delay=cfg["reconnect_delay"])
+        self.aio.spawn(self.link.run(), "connect")
+        self.actor.send(self.actor.parent, CommandSubscribe(self.actor.name, self.actor.myAddress))
+        self.actor.wakeupAfter(cfg["schedule_period"], Wakeup("forecast"))
+
+    def stop(self) -> None:
+        if self.aio:
+            try:
+                self.aio.spawn(self.link.close(), "close").result(1.0)
+            except Exception:  # noqa: BLE001 - stopping anyway
+                pass
+            self.aio.stop()
+
+    def fds(self) -> list[int]:
+        return [self.aio.fileno()] if self.aio else []
+
+    # -- from the actor -------------------------------------------------------------------------
+    def on_message(self, message: Any, sender: Any) -> bool:
+        if isinstance(message, DeviceCommand):
+            if message.der not in self.ders:
+                return True
+            self.commands[message.der] = message
+            self.der_address[message.der] = message.der_address
+            # A re-sent command (changed == []) re-publishes every function: the device may be new.
+            self._publish_outputs(message, message.changed or list(message.outputs))
+            return True
+        if isinstance(message, ForecastReply):
+            der = self.ders.get(message.der)
+            if der is not None and message.events:
+                self._publish(self.config["topic_schedule"],
+                              pivot.pivot_schedule(message.kind, message.events, pivot.label(der, message.kind)))
+            return True
+        if isinstance(message, Wakeup) and message.what == "resend":
+            if message.generation == self._connects and self.link.up:
+                for cmd in self.commands.values():
+                    self._publish_outputs(cmd, list(cmd.outputs))
+            return True
+        if isinstance(message, Wakeup) and message.what == "forecast":
+            self._request_forecasts()
+            self.actor.wakeupAfter(self.config["schedule_period"], Wakeup("forecast"))
+            return True
+        return False
+
+    def on_wakeup(self, payload: Any) -> bool:
+        return self.on_message(payload, None)
+
+    def _publish_outputs(self, cmd: DeviceCommand, kinds: list) -> None:
+        der = self.ders[cmd.der]
+        now = time.time_ns() // 1_000_000
+        for kind in kinds:
+            if kind in cmd.outputs:
+                value = cmd.outputs[kind][0]
+                self._publish(self.config["topic_command"],
+                              pivot.pivot_command(kind, value, pivot.label(der, kind), cmd.at or now))
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self.published += 1
+        self.aio.call(self.link.publish, topic, payload, self.config["qos"], self.config["retain"])
+
+    def _request_forecasts(self) -> None:
+        if not (self.link and self.link.up):
+            return
+        for name, der in self.ders.items():
+            for kind in der["functions"]:
+                self.actor.send(self.actor.parent, ForecastRequest(name, kind, next(_requests),
+                                                                   reply_to=self.actor.myAddress))
+
+    # -- from the loop thread ----------------------------------------------------------------------
+    def on_ready(self, fds: list[int]) -> None:
+        for event in self.aio.drain():
+            if isinstance(event, Crashed):
+                raise RuntimeError(f"mqtt endpoint {self.config['name']}: {event.what}: {event.error}")
+            if event[0] == "up":
+                self._connects += 1
+                self.actor.wakeupAfter(self.config["resend_delay"], Wakeup("resend", generation=self._connects))
+                self._request_forecasts()
+            elif event[0] == "message":
+                self._measurement(event[1], event[2])
+
+    def _measurement(self, topic: str, payload: bytes) -> None:
+        try:
+            ident, key, value, validity, at = pivot.parse_measurement(payload)
+        except pivot.PivotError as exc:
+            self._reject(f"topic {topic}: {exc}")
+            return
+        target = self.labels.get(ident)
+        if target is None:
+            self._reject(f"topic {topic}: Identifier {ident!r} is no measurement of this endpoint's DERs")
+            return
+        der, key = target
+        state = self.measured.setdefault(der, {"w": None, "connected": None})
+        state["w" if key == "W" else "connected"] = value if key == "W" else bool(value)
+        at = at or time.time_ns() // 1_000_000
+        m = Measurement(der, state["w"], state["connected"], at, validity, self.config["name"])
+        self.actor.send(self.der_address.get(der) or self.actor.parent, m)
+
+    def _reject(self, text: str) -> None:
+        self.rejected += 1
+        self.last_rejection = text
+        log.warning("mqtt endpoint=%s rejected payload: %s", self.config["name"], text)
+
+    def detail(self) -> dict:
+        link = self.link
+        return {"broker": f"{self.config['host']}:{self.config['port']}", "connected": bool(link and link.up),
+                "connects": link.connects if link else 0, "published": self.published, "rejected": self.rejected,
+                "last_rejection": self.last_rejection, "measured": self.measured}

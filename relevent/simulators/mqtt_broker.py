@@ -1,0 +1,58 @@
+"""An embedded MQTT broker (amqtt, MQTT 3.1.1) so the demo runs with no broker installed.
+Production sites use their own broker (Mosquitto); this one is for demos and tests."""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from relevent.protocols.aio import AsyncioThread, Crashed
+
+log = logging.getLogger("relevent.sim.broker")
+
+
+class MqttBroker:
+    def __init__(self, actor: Any, config: dict) -> None:
+        self.actor, self.config = actor, config
+        self.aio: AsyncioThread | None = None
+        self.broker: Any = None
+
+    def start(self) -> None:
+        self.aio = AsyncioThread(f"broker-{self.config['name']}")
+        self.aio.spawn(self._serve(), "serve").result(10.0)  # Ready only once it listens
+        log.info("embedded broker=%s listening %s:%d", self.config["name"], self.config["address"],
+                 self.config["port"])
+
+    async def _serve(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from amqtt.broker import Broker
+            for noisy in ("amqtt", "transitions"):
+                logging.getLogger(noisy).setLevel(logging.ERROR)
+            self.broker = Broker({"listeners": {"default": {"type": "tcp",
+                                                            "bind": f"{self.config['address']}:{self.config['port']}"}},
+                                  "auth": {"allow-anonymous": True}, "topic-check": {"enabled": False}})
+            await self.broker.start()
+
+    def stop(self) -> None:
+        if self.aio:
+            if self.broker is not None:
+                try:
+                    self.aio.spawn(self.broker.shutdown(), "shutdown").result(2.0)
+                except Exception:  # noqa: BLE001 - stopping anyway
+                    pass
+            self.aio.stop()
+
+    def fds(self) -> list[int]:
+        return [self.aio.fileno()] if self.aio else []
+
+    def on_ready(self, fds: list[int]) -> None:
+        for event in self.aio.drain():
+            if isinstance(event, Crashed):
+                raise RuntimeError(f"broker {self.config['name']}: {event.what}: {event.error}")
+
+    def on_message(self, message: Any, sender: Any) -> bool:
+        return False
+
+    def detail(self) -> dict:
+        return {"listen": f"{self.config['address']}:{self.config['port']}", "kind": "amqtt"}

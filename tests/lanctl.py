@@ -1,0 +1,210 @@
+"""Real LAN peers for tests and benchmarks: a Mosquitto broker on loopback, an MQTT
+watcher that timestamps what it receives, and a socket that accepts and never answers."""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from gmqtt import Client
+from gmqtt.mqtt.constants import MQTTv311
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+class Mosquitto:
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.conf = workdir / f"mosquitto-{port}.conf"
+        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.log = workdir / f"mosquitto-{port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Mosquitto":
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=self.log.open("a"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.01)
+        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        self.proc = None
+
+
+class MqttWatcher:
+    """Subscribes (again after every reconnect) and keeps (receive time ns, topic, JSON)."""
+
+    def __init__(self, port: int, topics: list[str]) -> None:
+        self.port, self.topics = port, topics
+        self.messages: list[tuple[int, str, dict]] = []
+        self.lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        self.client = Client(f"watcher-{time.time_ns()}")
+        self.client.set_config({"reconnect_retries": -1, "reconnect_delay": 0.2})
+        self.client.on_connect = lambda c, *a: [c.subscribe(t, qos=1) for t in self.topics]
+        self.client.on_message = self._message
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.client.connect("127.0.0.1", port, version=MQTTv311),
+                                         self.loop).result(5)
+        time.sleep(0.2)
+
+    def _message(self, client, topic, payload, qos, properties) -> int:
+        t = time.time_ns()
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            doc = {"raw": payload.decode(errors="replace")}
+        with self.lock:
+            self.messages.append((t, topic, doc))
+        return 0
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.loop.call_soon_threadsafe(lambda: self.client.publish(topic, payload, qos=1))
+
+    def commands(self, identifier: str) -> list[tuple[int, float]]:
+        """(receive ns, ctlVal) of the PivotCommands for `identifier`."""
+        out = []
+        with self.lock:
+            for t, _topic, doc in self.messages:
+                if doc.get("operation") != "PivotCommand":
+                    continue
+                gtic = doc["parameters"][0]["value"]["GTIC"]
+                if gtic["Identifier"] == identifier:
+                    body = gtic.get("ApcTyp") or gtic.get("SpcTyp")
+                    out.append((t, body["ctlVal"]))
+        return out
+
+    def wait_for(self, predicate, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                found = [m for m in self.messages if predicate(m)]
+            if found:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"no matching MQTT message within {timeout} s; got {len(self.messages)} others")
+
+    def close(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.client.disconnect(), self.loop).result(2)
+        except Exception:  # noqa: BLE001 - the broker may be gone
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(2)
+
+
+class Blackhole:
+    """A TCP port that accepts connections (into the backlog) and never answers: a device
+    that hangs, the worst case for whoever waits on it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def read_write_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def lan_topology(state_dir: Path, admin_port: int, mms_port: int, mqtt_port: int, modbus_port: int,
+                 blackhole_port: int, write_log: Path, reversion_s: int = 30) -> str:
+    """MMS in; pv1 (SunSpec simulator over Modbus), pv2 (a device that never answers, on the
+    same Modbus endpoint) and bat1 (MQTT pivot device simulator) out."""
+    return f"""[site]
+name = "lan{admin_port}"
+state_dir = "{state_dir}"
+
+[runtime]
+admin_port = {admin_port}
+allow_fault_injection = true
+
+[supervision]
+heartbeat_interval = 0.1
+heartbeat_timeout = 0.4
+backoff_initial = 0.05
+
+[[wan]]
+name = "mms"
+protocol = "mms"
+port = {mms_port}
+
+[[der]]
+name = "pv1"
+functions = ["ActPow", "MaxPow", "OnOff"]
+schedules = 2
+lan = "modbus"
+address = 1
+profile = "sunspec"
+rated_power_w = 10000
+reserve = {{ ActPow = 10000.0, MaxPow = 10000.0, OnOff = true }}
+
+[[der]]
+name = "pv2"
+functions = ["ActPow"]
+schedules = 1
+lan = "modbus"
+address = "127.0.0.1:{blackhole_port}/1"
+profile = "sunspec"
+rated_power_w = 10000
+reserve = {{ ActPow = 10000.0 }}
+
+[[der]]
+name = "bat1"
+functions = ["ActPow", "OnOff"]
+schedules = 2
+lan = "mqtt"
+profile = "pivot"
+rated_power_w = 5000
+reserve = {{ ActPow = 0.0, OnOff = true }}
+
+[[lan]]
+name = "modbus"
+protocol = "modbus"
+port = {modbus_port}
+timeout = 0.5
+poll_period = 0.5
+reversion_s = {reversion_s}
+
+[[lan]]
+name = "mqtt"
+protocol = "mqtt"
+port = {mqtt_port}
+reconnect_delay = 0.2
+schedule_period = 1.0
+
+[[simulator]]
+name = "inverter"
+protocol = "sunspec-inverter"
+port = {modbus_port}
+wmax = 10000.0
+write_log = "{write_log}"
+
+[[simulator]]
+name = "battery"
+protocol = "mqtt-device"
+port = {mqtt_port}
+der = "bat1"
+rated_power_w = 5000.0
+measure_period = 0.5
+"""
