@@ -35,15 +35,17 @@ def summary(topo: Topology) -> str:
     sup = d["supervision"]["site"]
     lines.append(f"  supervision {sup['strategy']}, max {sup['max_restarts']} restarts in {sup['period']:g} s, "
                  f"heartbeat {sup['heartbeat_interval']:g}/{sup['heartbeat_timeout']:g} s")
-    for role in ("wan", "lan"):
+    for role, tag in (("wan", "WAN"), ("lan", "LAN"), ("simulator", "SIM")):
         for ep in d[role]:
             where = f" port {ep['port']}" if "port" in ep else ""
             host = ep.get("address") or ep.get("host") or ""
-            lines.append(f"  {role.upper()}  {ep['name']:<16} {ep['protocol']:<8} {host}{where}")
-    actors = 1 + len(d["wan"]) + len(d["lan"])
+            extra = " + embedded broker" if ep.get("embedded_broker") else ""
+            lines.append(f"  {tag}  {ep['name']:<16} {ep['protocol']:<8} {host}{where}{extra}")
+    # Processes: the site, each endpoint, simulator and embedded broker, each DER and controller.
+    actors = 1 + len(d["wan"]) + len(d["lan"]) + len(d["simulator"]) + sum(1 for ep in d["lan"]
+                                                                          if ep.get("embedded_broker"))
     for der in d["der"]:
-        n = len(der["functions"])
-        actors += 1 + n * (der["schedules"] + 2)
+        actors += 1 + len(der["functions"])
         via = f" via {der['lan']}" if der["lan"] else " (no device endpoint)"
         lines.append(f"  DER  {der['name']:<16} {der['type']:<10} {'/'.join(der['functions'])}, "
                      f"{der['schedules']}+1 schedules each{via}")
@@ -100,9 +102,21 @@ def short_detail(node: dict) -> str:
     if node["role"] == "controller" and "output" in d:
         running = sum(1 for state in d.get("schedules", {}).values() if state in ("RUNNING", "READY"))
         return f"out {d['output']} from {d.get('source') or '-'}, {running} enabled"
-    if node["role"] in ("wan", "lan"):
-        return d.get("serving") or (f"{d.get('protocol')}: adapter not in this build" if "adapter" in d
-                                    else str(d.get("protocol", "")))
+    if node["role"] == "der" and "command" in d:
+        c, m = d["command"], d.get("measured") or {}
+        cmd = f"set {c['setpoint_w']:g} W" if c["connected"] else "disconnected"
+        return cmd + (f", measured {m['w']:g} W" if m.get("w") is not None else ", no measurement")
+    if node["role"] == "lan" and "devices" in d:
+        return ", ".join(f"{name} {dev['link']}" for name, dev in d["devices"].items())
+    if node["role"] == "lan" and "broker" in d:
+        return f"broker {d['broker']} {'up' if d['connected'] else 'down'}, {d['published']} sent"
+    if node["role"] == "simulator" and "output_w" in d:
+        return f"{d['listen']} output {d['output_w']:g} W"
+    if node["role"] == "simulator" and "w" in d:
+        return f"{d['der']}: {d['w']:g} W, {d['commands']} commands"
+    if node["role"] in ("wan", "lan", "simulator"):
+        return d.get("serving") or d.get("listen") or (
+            f"{d.get('protocol')}: adapter not in this build" if "adapter" in d else str(d.get("protocol", "")))
     return ""
 
 

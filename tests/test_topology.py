@@ -30,6 +30,7 @@ protocol = "mqtt"
 [[der]]
 name = "pv1"
 lan = "mqtt"
+rated_power_w = 5000
 """
 
 
@@ -88,21 +89,21 @@ def test_supervision_levels_inherit_and_override():
     (lambda t: t.replace('lan = "mqtt"', 'lan = "modbus"'),
      "site.toml:16: der[0].lan: LAN endpoint 'modbus' does not exist (known: mqtt)"),
     (lambda t: t + '\n[[wan]]\nname = "mms2"\nprotocol = "mms"\nport = 10102\n',
-     "site.toml:21: wan[1].port: two endpoints on port 10102: also wan[0] at line 8"),
+     "site.toml:22: wan[1].port: two endpoints on port 10102: also wan[0] at line 8"),
     (lambda t: t.replace('protocol = "mqtt"', 'protocol = "mms"\nport = 1'),
      "site.toml:12: lan[0].protocol: protocol 'mms' is a WAN protocol, not LAN"),
     (lambda t: t.replace('protocol = "mqtt"', 'protocol = "amqp"'),
      "site.toml:12: lan[0].protocol: unknown protocol 'amqp' (known for lan: mqtt, modbus)"),
     (lambda t: t + 'functions = ["ActPow", "Volt"]\n',
-     "site.toml:17: der[0].functions: unknown control function 'Volt' (use ActPow, MaxPow, OnOff)"),
+     "site.toml:18: der[0].functions: unknown control function 'Volt' (use ActPow, MaxPow, OnOff)"),
     (lambda t: t + '[supervision]\nstrategy = "one_for_none"\n',
-     "site.toml:18: supervision.strategy: 'one_for_none' is not one of one_for_one, rest_for_one, one_for_all"),
+     "site.toml:19: supervision.strategy: 'one_for_none' is not one of one_for_one, rest_for_one, one_for_all"),
     (lambda t: t + '[runtime]\nallow_fault_injection = "yes"\n',
-     "site.toml:18: runtime.allow_fault_injection: expected boolean, got str 'yes'"),
+     "site.toml:19: runtime.allow_fault_injection: expected boolean, got str 'yes'"),
     (lambda t: t + '[runtime]\nadmin_port = 10102\n',
      "site.toml:8: wan[0].port: port 10102 is the runtime admin_port"),
     (lambda t: t + '[[site2]]\n',
-     "site.toml:17: site2: unknown section (known: site, runtime, supervision, wan, lan, der)"),
+     "site.toml:18: site2: unknown section (known: site, runtime, supervision, wan, lan, der, simulator)"),
     (lambda t: t.replace('name = "s"\n', ''),
      "site.toml:1: site: missing required key 'name'"),
     (lambda t: t.replace('[[der]]', '[[der]\n'),

@@ -218,7 +218,7 @@ class _Validator:
                                                         "use sunspec or registers")
                 elif der["profile"] == "registers" and "setpoint" not in der["registers"]:
                     self.problem(("der", i, "registers"), "profile registers needs at least registers.setpoint")
-            if der["lan"] and not der["rated_power_w"] > 0:
+            if lan is not None and not der["rated_power_w"] > 0:
                 self.problem(("der", i, "rated_power_w"), "a DER driven over a LAN endpoint needs rated_power_w > 0 "
                                                           "(the device set-point is bounded by it)")
         ports: dict[int, tuple] = {}
