@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,10 +17,27 @@ from relevent.runtime.runner import group_processes
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port *below* the kernel's ephemeral range: a port from that range can be
+    taken, between this call and the server's bind, as the source port of one of the
+    site's own outgoing connections (thespian, MQTT, Modbus), which failed a CI run."""
+    low = _ephemeral_range()[0]
+    while True:
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def small_topology(state_dir: Path, admin_port: int, ders: int = 1, schedules: int = 2,

@@ -158,3 +158,42 @@ def test_topology_checks_for_ders_on_a_lan_name_the_lines():
     assert "lan.toml:7: der[0].profile: profile 'pivot' on a Modbus endpoint" in text
     assert "der[0].rated_power_w: a DER driven over a LAN endpoint needs rated_power_w > 0" in text
     assert "lan.toml:15: simulator[0].models: model 999 not simulated" in text
+
+
+# -- the plain register profile against a real Modbus TCP server ----------------------------------------
+def test_register_profile_writes_setpoint_and_connect_and_reads_power():
+    from pymodbus.client import AsyncModbusTcpClient
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    from relevent.actors.messages import DeviceCommand
+    from relevent.protocols.modbus.profiles import DeviceError, Io, RegistersProfile
+    from sitectl import free_port
+
+    port = free_port()
+    der = {"name": "hp", "rated_power_w": 9000, "registers": {"setpoint": 100, "connect": 101, "power": 102,
+                                                            "scale": 10}}
+
+    async def scenario():
+        regs = [0, 0, (-450) & 0xFFFF]  # the device draws 4.5 kW
+        server = ModbusTcpServer(SimDevice(id=1, simdata=[SimData(100, values=regs, datatype=DataType.REGISTERS)]),
+                                 address=("127.0.0.1", port))
+        await server.serve_forever(background=True)
+        client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0, reconnect_delay=0)
+        try:
+            assert await client.connect()
+            io = Io(client, 1)
+            profile = RegistersProfile(io, der, 30)
+            assert "registers" in await profile.discover()
+            await profile.apply(DeviceCommand("hp", -3000.0, 9000.0, True, {}, [], 0, 1))
+            assert await io.read(100, 2) == [(-300) & 0xFFFF, 1]
+            await profile.apply(DeviceCommand("hp", 0.0, 9000.0, False, {}, [], 0, 2))
+            assert await io.read(100, 2) == [0, 0]
+            assert await profile.measure() == (-4500.0, False)
+            with pytest.raises(DeviceError, match="read 300\\+1: Modbus exception"):
+                await io.read(300, 1)  # nothing mapped there: an exception reply, named
+        finally:
+            client.close()
+            await server.shutdown()
+
+    asyncio.run(scenario())

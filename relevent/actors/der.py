@@ -76,7 +76,11 @@ class DerActor(Supervisor):
             super().on_message(message, sender)
 
     def _output_changed(self, msg: OutputChanged) -> None:
+        previous = self.outputs.get(msg.kind)
         self.outputs[msg.kind] = (msg.value, msg.source)
+        if self.command is not None and previous is not None and previous[0] == msg.value:
+            self.command = replace(self.command, outputs=dict(self.outputs))
+            return  # another schedule, same value (or a restarted controller): the device is right already
         if not self.config.get("lan") or any(k not in self.outputs for k in self.config["functions"]):
             return  # no device, or not every controller has reported since we started
         cmd = device_command({k: v[0] for k, v in self.outputs.items()}, self.config["rated_power_w"])

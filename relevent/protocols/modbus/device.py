@@ -43,6 +43,7 @@ class ModbusDevice:
         self.command: Any = None
         self._wake = asyncio.Event()
         self.up = False
+        self._last_text = ""
 
     def set_command(self, command: Any) -> None:
         """Called on the loop thread."""
@@ -71,10 +72,11 @@ class ModbusDevice:
             delay = min(delay * 2, self.config["backoff_max"])
 
     def _link(self, up: bool, text: str) -> None:
-        if up != self.up or up:
+        # Log every connect, and a failure when it is new (not each retry of the same one).
+        if up or up != self.up or text != self._last_text:
             (log.info if up else log.warning)("device der=%s at=%s link=%s %s", self.der["name"], self.where,
                                               "up" if up else "down", text)
-        self.up = up
+        self.up, self._last_text = up, text
         self.post(DeviceEvent(self.der["name"], "link", _ms(), up=up, text=text))
 
     async def _serve(self, profile: Any) -> None:
