@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from relevent.runtime.control import SiteNotRunning, request
 from relevent.topology import Topology, TopologyError, load_topology
@@ -155,6 +156,31 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
 def cmd_fault(args: argparse.Namespace) -> int:
     return _report(_call(args, {"op": "fault", "target": args.target, "kind": args.kind}))
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from relevent.chaos.plan import Plan
+    from relevent.chaos.runner import ChaosError, ChaosRun, markdown
+
+    topo = _load(args.topology)
+    plan = Plan(count=args.count, timeout=args.timeout, seed=args.seed, settle=args.settle)
+    if args.targets:
+        plan.targets = args.targets.split(",")
+    if args.faults:
+        plan.faults = args.faults.split(",")
+    try:
+        report = ChaosRun(topo, plan).run()
+    except (ChaosError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = markdown(report)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    bad = report["failed"] or report["schedules_changed"] or any(c["wrong"] for c in report["device_commands"].values())
+    return 1 if bad else 0
 
 
 def cmd_scl(args: argparse.Namespace) -> int:
@@ -313,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", help="actor path, e.g. pv1/ActPow/FSCH01")
     s.add_argument("kind", choices=["raise", "exit", "segfault", "hang", "sigterm", "raise-loop"])
     s.set_defaults(func=cmd_fault)
+
+    s = sub.add_parser("chaos", help="start the site, inject faults one by one, measure recovery (needs "
+                                     "allow_fault_injection)")
+    s.add_argument("topology")
+    s.add_argument("--count", type=int, default=100, help="faults per target kind and fault (default 100)")
+    s.add_argument("--targets", help="comma-separated: site,wan,der,controller,lan (default: all)")
+    s.add_argument("--faults", help="comma-separated: kill,sigterm,segfault,hang (default: all)")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds before a fault counts as not recovered")
+    s.add_argument("--settle", type=float, default=0.2, help="seconds between a recovery and the next fault")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--json", help="write the full report here")
+    s.add_argument("--markdown", help="write the table here")
+    s.set_defaults(func=cmd_chaos)
 
     s = sub.add_parser("scl", help="SCL models: export the site's 90-10 model, check an SCL file")
     ssub = s.add_subparsers(dest="action", required=True)

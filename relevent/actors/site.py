@@ -5,10 +5,12 @@ starts, stops or restarts only the children whose slice changed.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from relevent.actors.messages import (
-    CommandSubscribe, ForecastReply, ForecastRequest, Measurement, ScheduleOperate, ScheduleWrites, SnapshotRequest,
+    CommandSubscribe, ForecastReply, ForecastRequest, Measurement, Pong, ScheduleOperate, ScheduleWrites,
+    SnapshotRequest, Wakeup,
 )
 from relevent.actors.supervisor import ChildSpec, Supervisor
 
@@ -86,6 +88,13 @@ class SiteSupervisor(Supervisor):
             self.send_to_child(message.der, message)
         else:
             super().on_message(message, sender)
+
+    def on_wakeup(self, payload: Any) -> None:
+        super().on_wakeup(payload)
+        if isinstance(payload, Wakeup) and payload.what == "tick" and self.parent is not None:
+            # Unasked heartbeat to the runner: the runner must never `tell` a hung actor
+            # (thespian's tell() then blocks for up to 60 s), so it only listens for these.
+            self.send(self.parent, Pong(self.name, 0, os.getpid(), self.detail()))
 
     def detail(self) -> dict:
         return {"site": self.site.get("name"), "starts": self.lifetime.get("starts")}

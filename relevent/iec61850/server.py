@@ -98,7 +98,8 @@ class MmsServer:
 
     def update(self, changes: list[tuple[str, str, Any]], locked: bool = False) -> None:
         """Apply (reference, kind, value) updates atomically for readers and reports.
-        kind: float | int | bool | time (ms, 0 = unset) | quality | string.
+        kind: float | int | bool | time (ms, 0 = unset) | time_exact (also drops a finer
+        fraction than ms) | quality | string.
         ``locked``: called from a handler, which already holds the model lock."""
         lib, srv = self.lib, self.server
         resolved = [(self.node(ref), kind, value) for ref, kind, value in changes]
@@ -114,6 +115,12 @@ class MmsServer:
                     lib.IedServer_updateBooleanAttributeValue(srv, ptr, bool(value))
                 elif kind == "time":
                     lib.IedServer_updateUTCTimeAttributeValue(srv, ptr, int(value))
+                elif kind == "time_exact":
+                    # updateUTCTimeAttributeValue compares in ms and keeps a client's finer
+                    # fraction; this replaces the whole value.
+                    mms = lib.MmsValue_newUtcTimeByMsTime(int(value))
+                    lib.IedServer_updateAttributeValue(srv, ptr, mms)
+                    lib.MmsValue_delete(mms)
                 elif kind == "quality":
                     lib.IedServer_updateQuality(srv, ptr, int(value))
                 elif kind == "string":

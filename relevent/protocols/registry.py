@@ -106,8 +106,10 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "der": Field((str,), required=True, doc="the DER this device plays (its pivot labels)"),
                 "rated_power_w": Field(NUMBER, default=5000.0, check=positive),
                 "topic_command": Field((str,), default="fledge/south-command"),
+                "topic_schedule": Field((str,), default="fledge/south-schedule"),
                 "topic_measurement": Field((str,), default="fledge/south-measurement"),
                 "measure_period": Field(NUMBER, default=1.0, check=positive),
+                "command_log": Field((str,), default="", doc="append every command obeyed (JSON lines, ns) here"),
             },
             "relevent.simulators.mqtt_device.MqttDevice", "a device obeying pivot commands, publishing GTIM"),
     )

@@ -17,11 +17,15 @@ import signal
 import socket
 import time
 from collections import deque
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import thespian.system.systemBase as thespian_system_base
+from thespian.actors import ActorSystemFailure, ActorSystemRequestTimeout
+
 from relevent.actors.messages import (
-    Configure, FaultAck, Failed, ForecastReply, ForecastRequest, Hello, InjectFault, Ping, Pong, Ready, Reconfigure,
+    Configure, FaultAck, Failed, ForecastReply, ForecastRequest, Hello, InjectFault, Pong, Ready, Reconfigure,
     Reconfigured, StatusReply, StatusRequest, FAULT_KINDS,
 )
 from relevent.actors.site import site_settings
@@ -35,6 +39,10 @@ log = logging.getLogger("relevent.runner")
 RESTART_ONLY = {("site", "name"), ("site", "state_dir"), ("runtime", "base"), ("runtime", "admin_port"),
                 ("runtime", "convention_leader")}
 REPLY_TIMEOUT = 5.0
+# thespian's tell() from the runner blocks until the message is taken, for up to 60 s by
+# default: a site supervisor that hangs just after its last heartbeat would stop the
+# runner (and its watchdog) that long.  The root takes messages in microseconds.
+thespian_system_base.MAX_TELL_PERIOD = timedelta(seconds=1)
 
 
 class SiteRunner:
@@ -46,8 +54,10 @@ class SiteRunner:
         self.root_pid: int | None = None
         self.root_ready = False
         self.root_restarts = 0
+        self._next_ping = 0.0
+        self._restarting = False   # _watch_root may wait for the new root: no re-entry
         self.root_started = 0.0
-        self.root_ping_sent: float | None = None
+        self.root_alive_at = 0.0     # monotonic time of the root's last heartbeat
         self.root_failures: deque = deque()
         self.root_error = ""
         self.root_detail: dict = {}
@@ -120,7 +130,6 @@ class SiteRunner:
         self.root = self.asys.createActor("relevent.actors.site.SiteSupervisor")
         self.root_pid, self.root_ready = None, False
         self.root_started = time.time()
-        self.root_ping_sent = None
         self.asys.tell(self.root, Configure(data["site"]["name"], "", "site", data, site_settings(data),
                                             self.root_restarts))
         deadline = time.monotonic() + data["supervision"]["site"]["startup_timeout"]
@@ -160,8 +169,6 @@ class SiteRunner:
             pass
 
     def serve(self) -> int:
-        policy = self.topology.data["supervision"]["site"]
-        next_ping = time.monotonic()
         while not self._stopping:
             for key, _ in self._sel.select(timeout=0.05):
                 if key.data == "accept":
@@ -171,13 +178,25 @@ class SiteRunner:
             if self._stopping:
                 break
             self._handle(self.asys.listen(0.02))
-            now = time.monotonic()
-            if now >= next_ping:
-                next_ping = now + policy["heartbeat_interval"]
-                self._watch_root(now, policy)
+            self._heartbeat()
         return self.exit_code
 
+    def _heartbeat(self) -> None:
+        """Watch the root when due.  Also called while waiting for a reply: a client asking
+        for status over and over must not keep a hung site supervisor from being killed."""
+        now = time.monotonic()
+        if now >= self._next_ping and not self._restarting:
+            policy = self.topology.data["supervision"]["site"]
+            self._next_ping = now + policy["heartbeat_interval"]
+            self._restarting = True
+            try:
+                self._watch_root(now, policy)
+            finally:
+                self._restarting = False
+
     def _watch_root(self, now: float, policy: dict) -> None:
+        """The site supervisor sends a heartbeat (Pong) every heartbeat_interval unasked;
+        none for heartbeat_timeout means hung: kill it and start it again."""
         dead = False
         if self.root_pid and self.root_pid != os.getpid():
             try:
@@ -185,16 +204,31 @@ class SiteRunner:
             except ProcessLookupError:
                 dead = True
                 self.root_error = self.root_error or "site supervisor process exited"
-        if not dead and self.root_ping_sent is not None and now - self.root_ping_sent > policy["heartbeat_timeout"]:
-            self.root_error = f"hung: no heartbeat reply for {now - self.root_ping_sent:.2f} s"
+        silent = now - self.root_alive_at
+        if not dead and self.root_ready and silent > policy["heartbeat_timeout"]:
+            self.root_error = f"hung: no heartbeat for {silent:.2f} s"
             if self.root_pid and self.root_pid != os.getpid():
                 os.kill(self.root_pid, signal.SIGKILL)
             dead = True
         if dead:
             self._restart_root(policy)
-        elif self.root_ping_sent is None:
-            self.root_ping_sent = now
-            self.asys.tell(self.root, Ping(0))
+
+    def _root_answering(self) -> bool:
+        return self.root_ready and time.monotonic() - self.root_alive_at <= \
+            self.topology.data["supervision"]["site"]["heartbeat_timeout"]
+
+    def _tell_root(self, message: Any) -> bool:
+        """Send to the site supervisor without ever blocking long: thespian's tell() to a
+        hung actor waits (MAX_TELL_PERIOD, 60 s by default), which would stop this loop
+        and its watchdog.  So: only to a root with a fresh heartbeat, and bounded."""
+        if not self._root_answering():
+            return False
+        try:
+            self.asys.tell(self.root, message)
+            return True
+        except (ActorSystemRequestTimeout, ActorSystemFailure) as exc:
+            log.warning("site supervisor did not take %s: %s", type(message).__name__, exc)
+            return False
 
     def _restart_root(self, policy: dict) -> None:
         now = time.monotonic()
@@ -218,8 +252,9 @@ class SiteRunner:
             self.root_pid = message.pid
         elif isinstance(message, Ready):
             self.root_pid, self.root_ready = message.pid, True
+            self.root_alive_at = time.monotonic()
         elif isinstance(message, Pong):
-            self.root_ping_sent = None
+            self.root_alive_at = time.monotonic()
             self.root_detail = message.detail
         elif isinstance(message, Failed):
             self.root_error = message.error
@@ -228,10 +263,14 @@ class SiteRunner:
 
     def _await(self, kind: type, request_id: int, timeout: float = REPLY_TIMEOUT) -> Any:
         deadline = time.monotonic() + timeout
+        incarnation = self.root_restarts
         while time.monotonic() < deadline:
-            message = self._handle(self.asys.listen(min(0.1, max(0.0, deadline - time.monotonic()))))
+            message = self._handle(self.asys.listen(min(0.05, max(0.0, deadline - time.monotonic()))))
             if isinstance(message, kind) and message.request_id == request_id:
                 return message
+            self._heartbeat()
+            if self.root_restarts != incarnation or not self._root_answering():
+                return None  # the root that had the request is gone: no answer is coming
         return None
 
     def _next_id(self) -> int:
@@ -282,8 +321,7 @@ class SiteRunner:
 
     def status(self) -> dict:
         rid = self._next_id()
-        self.asys.tell(self.root, StatusRequest(rid))
-        reply = self._await(StatusReply, rid)
+        reply = self._await(StatusReply, rid) if self._tell_root(StatusRequest(rid)) else None
         root = {
             "name": self.topology.name, "path": "", "role": "site", "pid": self.root_pid,
             "state": "running" if reply is not None else "no answer",
@@ -300,10 +338,14 @@ class SiteRunner:
                    if old[section][key] != new.data[section][key]]
         if blocked:
             return {"ok": False, "error": "needs a restart of the site: " + ", ".join(blocked) + " changed"}
+        if not self._root_answering():
+            return {"ok": False, "error": "the site supervisor is not answering; try again"}
         if text_changed is not None:
             write_atomic(self.topology.path, text_changed)
         rid = self._next_id()
-        self.asys.tell(self.root, Reconfigure(new.data, site_settings(new.data), rid))
+        if not self._tell_root(Reconfigure(new.data, site_settings(new.data), rid)):
+            return {"ok": False, "error": "the site supervisor is not answering; the file is written: "
+                                          "`relevent reload` again"}
         self.topology = Topology(self.topology.path, new.text, new.data)
         reply = self._await(Reconfigured, rid)
         if reply is None:
@@ -348,8 +390,8 @@ class SiteRunner:
         if der not in ders or kind not in ders[der]["functions"]:
             return {"ok": False, "error": f"no controller {der}/{kind} in this site"}
         rid = self._next_id()
-        self.asys.tell(self.root, ForecastRequest(der, kind, rid, int(hours * 3600 * 1000)))
-        reply = self._await(ForecastReply, rid)
+        sent = self._tell_root(ForecastRequest(der, kind, rid, int(hours * 3600 * 1000)))
+        reply = self._await(ForecastReply, rid) if sent else None
         if reply is None or not reply.events:
             return {"ok": False, "error": f"no forecast from {der}/{kind} (not running?)"}
         return {"ok": True, "der": der, "kind": kind, "events": reply.events}
@@ -360,7 +402,13 @@ class SiteRunner:
         if not self.topology.data["runtime"]["allow_fault_injection"]:
             return {"ok": False, "error": "fault injection is disabled ([runtime] allow_fault_injection)"}
         rid = self._next_id()
-        self.asys.tell(self.root, InjectFault(target, kind, rid))
+        if target in ("", "/"):
+            # The site supervisor itself: nobody above it in the tree to acknowledge.
+            if not self._tell_root(InjectFault("", kind.removesuffix("-loop"), rid)):
+                return {"ok": False, "error": "the site supervisor is not answering"}
+            return {"ok": True, "message": f"{kind} sent to the site supervisor, pid {self.root_pid}"}
+        if not self._tell_root(InjectFault(target, kind, rid)):
+            return {"ok": False, "error": "the site supervisor is not answering"}
         reply = self._await(FaultAck, rid, 2.0)
         if reply is None:
             return {"ok": False, "error": "no acknowledgement"}

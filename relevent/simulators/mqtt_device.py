@@ -1,12 +1,14 @@
 """A device that obeys FledgePower pivot commands and publishes its measurements (GTIM
 power, GTIS connection), like the Home Assistant devices of the ReLevENT demo.
 
-It keeps the last ActPow, MaxPow and OnOff commanded for its DER's labels, runs at the
-set-point those give (relevent.devices.command, the same rule the DER applies), and
+It keeps the last ActPow, MaxPow and OnOff commanded for its DER's labels (or, for a
+function never commanded since it started, the value in force from a PivotSchedule), runs
+at the set-point those give (relevent.devices.command, the same rule the DER applies), and
 publishes on every change and every `measure_period`."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -27,15 +29,18 @@ class MqttDevice:
         self.w_label, self.conn_label = pivot.label(der, "W"), pivot.label(der, "Conn")
         self.outputs: dict[str, Any] = {}
         self.commands = 0
+        self.synced = 0   # values learnt from a PivotSchedule, not a command
         self.rejected = 0
         self.aio: AsyncioThread | None = None
         self.link: MqttLink | None = None
+        self._log = open(config["command_log"], "a", buffering=1) if config.get("command_log") else None
 
     def start(self) -> None:
         cfg = self.config
         self.aio = AsyncioThread(f"sim-{cfg['name']}")
-        self.link = MqttLink(cfg["name"], cfg["host"], cfg["port"], [(cfg["topic_command"], 1)],
-                             on_message=self._command, on_up=self._publish_state, reconnect_delay=0.5)
+        self.link = MqttLink(cfg["name"], cfg["host"], cfg["port"],
+                             [(cfg["topic_command"], 1), (cfg["topic_schedule"], 0)],
+                             on_message=self._message, on_up=self._publish_state, reconnect_delay=0.5)
         self.aio.spawn(self.link.run(), "connect")
         self.aio.spawn(self._measure_forever(), "measure")
 
@@ -43,8 +48,22 @@ class MqttDevice:
         cmd = device_command(self.outputs, self.config["rated_power_w"])
         return cmd.setpoint_w, cmd.connected
 
-    def _command(self, topic: str, payload: bytes) -> None:
-        """On the loop thread."""
+    def _message(self, topic: str, payload: bytes) -> None:
+        """On the loop thread.  A device that (re)starts after the last command learns the
+        value in force from the next PivotSchedule (its first event is 'now')."""
+        if topic == self.config["topic_schedule"]:
+            try:
+                ident, _cdc, value, _at = pivot.parse_schedule(payload)[0]
+            except pivot.PivotError as exc:
+                self.rejected += 1
+                log.warning("sim=%s rejected schedule: %s", self.config["name"], exc)
+                return
+            kind = self.kinds.get(ident)
+            if kind is not None and kind not in self.outputs:
+                self.outputs[kind] = bool(value) if kind == "OnOff" else value
+                self.synced += 1
+                self._publish_state()
+            return
         try:
             ident, _cdc, value, _at = pivot.parse_command(payload)
         except pivot.PivotError as exc:
@@ -56,6 +75,8 @@ class MqttDevice:
             return  # another device's point
         self.commands += 1
         self.outputs[kind] = bool(value) if kind == "OnOff" else value
+        if self._log:
+            self._log.write(json.dumps({"t_ns": time.time_ns(), "identifier": ident, "value": value}) + "\n")
         self._publish_state()
 
     def _publish_state(self) -> None:
@@ -76,6 +97,8 @@ class MqttDevice:
             except Exception:  # noqa: BLE001 - stopping anyway
                 pass
             self.aio.stop()
+        if self._log:
+            self._log.close()
 
     def fds(self) -> list[int]:
         return [self.aio.fileno()] if self.aio else []
@@ -91,5 +114,5 @@ class MqttDevice:
     def detail(self) -> dict:
         w, on = self.state()
         return {"der": self.config["der"], "connected_to_broker": bool(self.link and self.link.up),
-                "commands": self.commands, "rejected": self.rejected, "w": w, "on": on,
+                "commands": self.commands, "synced": self.synced, "rejected": self.rejected, "w": w, "on": on,
                 "outputs": dict(self.outputs)}

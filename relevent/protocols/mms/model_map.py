@@ -80,10 +80,10 @@ def schedule_updates(refs: ScheduleRefs, old: dict | None, new: dict, at: int, s
     for i, (a, b) in enumerate(zip(old_values, new["values"]), start=1):
         if old is None or a != b and not (a != a and b != b):  # NaN == NaN here
             out.append((refs.attr(f"{prefix}{i:03d}.{slot}"), "bool" if new["boolean"] else "float", b))
-    old_starts = old["starts"] if old else [None] * len(new["starts"])
-    for i, (a, b) in enumerate(zip(old_starts, new["starts"]), start=1):
-        if old is None or a != b:
-            out.append((refs.attr(f"StrTm{i:02d}.setTm"), "time", b[0] or 0))
+    # Start times are written whenever settings changed, equal or not: a client may write
+    # more precision than the schedule keeps (ms), and the model must show what is kept.
+    for i, b in enumerate(new["starts"], start=1):
+        out.append((refs.attr(f"StrTm{i:02d}.setTm"), "time_exact", b[0] or 0))
     return out
 
 

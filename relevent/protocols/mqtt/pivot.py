@@ -61,7 +61,23 @@ def parse_command(payload: bytes) -> tuple[str, str, Any, int]:
     params = doc.get("parameters")
     if not isinstance(params, list) or len(params) != 1 or not isinstance(params[0], dict):
         raise PivotError("parameters: expected one {name, value}")
-    gtic = _obj(_obj(params[0].get("value"), "parameters[0].value").get("GTIC"), "parameters[0].value.GTIC")
+    return _parse_gtic(params[0], "parameters[0]")
+
+
+def parse_schedule(payload: bytes) -> list[tuple[str, str, Any, int]]:
+    """[(identifier, CDC, ctlVal, ms)] of a PivotSchedule, the value in force first."""
+    doc = _json(payload)
+    if doc.get("operation") != "PivotSchedule":
+        raise PivotError(f"operation: expected PivotSchedule, got {doc.get('operation')!r}")
+    params = doc.get("parameters")
+    if not isinstance(params, list) or not params:
+        raise PivotError("parameters: expected a non-empty list")
+    return [_parse_gtic(p, f"parameters[{i}]") for i, p in enumerate(params)]
+
+
+def _parse_gtic(param: Any, where: str) -> tuple[str, str, Any, int]:
+    param = _obj(param, where)
+    gtic = _obj(_obj(param.get("value"), f"{where}.value").get("GTIC"), f"{where}.value.GTIC")
     ident = gtic.get("Identifier")
     if not isinstance(ident, str):
         raise PivotError("GTIC.Identifier: expected a string")

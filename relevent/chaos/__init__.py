@@ -1,0 +1,1 @@
+"""Fault injection against a running site, with figures: `relevent chaos TOPOLOGY`."""

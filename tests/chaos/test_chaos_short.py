@@ -1,0 +1,34 @@
+"""A short chaos run (part of `make test`): every fault on every actor kind, twice, while
+schedules run, against topologies/chaos.toml.  The long run is one command:
+`relevent chaos topologies/chaos.toml --count 100` (bench/chaos/RESULTS.md)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from relevent.chaos.plan import FAULTS, TARGET_KINDS, Plan
+from relevent.chaos.runner import ChaosRun
+from relevent.topology import load_topology
+from sitectl import REPO, free_port
+
+
+@pytest.mark.timeout(600)
+def test_every_fault_on_every_actor_kind_recovers_without_losing_or_changing_anything(tmp_path, monkeypatch):
+    env = {"RELEVENT_STATE_DIR": str(tmp_path / "state"), "RELEVENT_ADMIN_PORT": str(free_port()),
+           "RELEVENT_MMS_PORT": str(free_port()), "RELEVENT_MQTT_PORT": str(free_port()),
+           "RELEVENT_MODBUS_PORT": str(free_port())}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    topo = load_topology(REPO / "topologies" / "chaos.toml", env={**os.environ, **env})
+    lines = []
+    report = ChaosRun(topo, Plan(count=2, timeout=20.0), say=lines.append).run()
+
+    assert report["faults"] == 2 * len(TARGET_KINDS) * len(FAULTS)
+    assert report["failed"] == 0, report["failures"]
+    assert set(report["recovery"]) == {f"{k} {f}" for k in TARGET_KINDS for f in FAULTS}
+    assert report["schedules_changed"] == {}, report["schedules_changed"]
+    for name, device in report["device_commands"].items():
+        assert device["wrong"] == 0, (name, device)
+    # Every fault was really injected: each recovery needed a new process, which takes time.
+    assert all(cell["p50_ms"] > 20 for cell in report["recovery"].values()), report["recovery"]
