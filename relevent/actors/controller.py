@@ -22,10 +22,11 @@ from typing import Any
 from relevent.actors.base import ReleventActor
 from relevent.actors.messages import (
     ControllerState, ForecastReply, ForecastRequest, OperateResult, OutputChanged, ScheduleOperate, ScheduleWrite,
-    ScheduleWrites, SnapshotRequest, Wakeup,
+    ScheduleWrites, SnapshotRequest, WanContact, Wakeup,
 )
 from relevent.scheduling.calendar import Calendar, OccPer
 from relevent.scheduling.controller import forecast, output_of
+from relevent.scheduling.local import LocalSchedule, arm, no_telecom_due, power_up_due
 from relevent.scheduling.schedule import LOCKABLE, Schedule, StartTime, settings_snapshot, status_snapshot
 
 log = logging.getLogger("relevent.controller")
@@ -33,6 +34,7 @@ log = logging.getLogger("relevent.controller")
 FLUSH_DELAY = 0.05            # s; writes other than enable/disable are durable within 100 ms
 RESERVE_START = 1000          # 1970-01-01T00:00:01Z, hourly: the reference model's reserve
 DEFAULT_RESERVE = {"ActPow": 11.0, "MaxPow": 11.0, "OnOff": False}  # the reference model's values
+LOCAL_TICK = 1.0              # s between "no telecom" checks
 
 
 def now_ms() -> int:
@@ -59,6 +61,9 @@ class ControllerActor(ReleventActor):
         self._published: dict[str, tuple] = {}  # schedule -> (status, settings) last sent
         self._writes_applied: dict[str, int] = {}  # endpoint -> last write seq applied
         self._acked: dict[str, int] = {}           # ... as last published
+        self.locals: list[LocalSchedule] = []
+        self._local_state: dict = {}               # power_up_boot, last_contact (persisted)
+        self.last_contact = 0
 
     # -- set-up ----------------------------------------------------------------------------
     @property
@@ -94,9 +99,44 @@ class ControllerActor(ReleventActor):
             if sched.reserve:
                 sched.enable(now, by_site=True)  # always running, whatever was saved
             sched.advance(now)
+        self._setup_local(saved or {}, now)
         self._save()
         self._publish(now, full=True)
         self._arm(now)
+
+    # -- local fallback schedules (relevent/scheduling/local.py) ----------------------------------
+    def _setup_local(self, saved: dict, now: int) -> None:
+        self.locals = [LocalSchedule.from_config(c) for c in self.config.get("local", [])]
+        self._local_state = dict(saved.get("local", {}))
+        boot = self.site.get("boot_ms")  # when the site started (the runner says)
+        # Contact is unknown before the site started: count from the start (or from the last
+        # contact this controller heard, if it restarted since).
+        self.last_contact = max(self._local_state.get("last_contact", 0), boot or now)
+        for local in self.locals:
+            if local.trigger == "power_up" and power_up_due(boot, self._local_state.get("power_up_boot")):
+                self._arm_local(local, now)
+                self._local_state["power_up_boot"] = boot
+        if any(local.trigger == "no_telecom" for local in self.locals):
+            self.wakeupAfter(LOCAL_TICK, Wakeup("local"))
+
+    def _check_no_telecom(self) -> None:
+        now = now_ms()
+        for local in self.locals:
+            if local.trigger == "no_telecom" and no_telecom_due(local, self._schedule(local.schedule),
+                                                               self.last_contact, now):
+                self._arm_local(local, now)
+                self._save()
+                self._publish(now, force=True)
+                self._arm(now)
+
+    def _arm_local(self, local: LocalSchedule, now: int) -> None:
+        sched = self._schedule(local.schedule)
+        outcome = arm(sched, local, now)
+        for other in self.schedules:
+            other.advance(now)
+        log.warning("local schedule controller=%s schedule=%s trigger=%s value=%s duration_s=%d priority=%d "
+                    "ok=%s %s", self.path, sched.name, local.trigger, local.value, local.duration_s, local.priority,
+                    outcome.ok, outcome.reason)
 
     @staticmethod
     def _reserve_defaults(sched: Schedule, value: Any) -> None:
@@ -119,6 +159,9 @@ class ControllerActor(ReleventActor):
             events = forecast(self.schedules, now_ms(), message.window_ms)
             self.send(message.reply_to or sender,
                       ForecastReply(message.request_id, message.der, message.kind, events))
+        elif isinstance(message, WanContact):
+            if message.at > self.last_contact:
+                self.last_contact = self._local_state["last_contact"] = message.at
         elif isinstance(message, SnapshotRequest):
             if message.subscriber:
                 self.subscribers[message.subscriber] = message.reply_to
@@ -182,7 +225,10 @@ class ControllerActor(ReleventActor):
     def on_wakeup(self, payload: Any) -> None:
         if not isinstance(payload, Wakeup):
             return
-        if payload.what == "flush":
+        if payload.what == "local":
+            self._check_no_telecom()
+            self.wakeupAfter(LOCAL_TICK, Wakeup("local"))
+        elif payload.what == "flush":
             self._flush_armed = False
             if self._dirty:
                 self._save()
@@ -214,7 +260,8 @@ class ControllerActor(ReleventActor):
 
     # -- persistence and publication ------------------------------------------------------------
     def _save(self) -> None:
-        self.store.save(self.store_key, {"schedules": {s.name: s.to_record() for s in self.schedules}})
+        self.store.save(self.store_key, {"schedules": {s.name: s.to_record() for s in self.schedules},
+                                         "local": dict(self._local_state)})
         self._dirty = False
 
     def _state(self, now: int, full: bool = False) -> ControllerState:

@@ -17,7 +17,7 @@ from typing import Any
 
 from relevent.actors.messages import (
     CommandSubscribe, DeviceCommand, ForecastRequest, Measurement, OutputChanged, ScheduleOperate, ScheduleWrites,
-    SnapshotRequest,
+    SnapshotRequest, WanContact,
 )
 from relevent.actors.supervisor import ChildSpec, Supervisor
 from relevent.devices.command import device_command
@@ -51,7 +51,8 @@ class DerActor(Supervisor):
                           {"der": der["name"], "kind": kind, "schedules": der["schedules"],
                            "values": der.get("values", 100),
                            **({"reserve": der["reserve"][kind]} if kind in der.get("reserve", {}) else {}),
-                           "locks": der.get("locks", {}).get(kind, {})})
+                           "locks": der.get("locks", {}).get(kind, {}),
+                           "local": [local for local in der.get("local", []) if local["function"] == kind]})
                 for kind in der["functions"]]
 
     def on_message(self, message: Any, sender: Any) -> None:
@@ -61,6 +62,10 @@ class DerActor(Supervisor):
             self.measurement = message
             for address in self.subscribers.values():
                 self.send(address, message)
+        elif isinstance(message, WanContact):
+            for child in self.running_children():
+                if any(local["trigger"] == "no_telecom" for local in child.spec.config.get("local", [])):
+                    self.send(child.address, message)
         elif isinstance(message, CommandSubscribe):
             if message.subscriber == self.config.get("lan"):
                 self.lan_address = message.reply_to

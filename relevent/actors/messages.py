@@ -247,3 +247,11 @@ class Measurement:
     quality: str = "good"  # good | invalid | questionable (pivot Validity)
     source: str = ""       # the endpoint's name
     detail: str = ""
+
+
+@dataclass
+class WanContact:
+    """A WAN endpoint heard from a remote actor (a client connected, wrote or operated) at
+    `at` ms: the site's "no telecom" schedules count from the last one."""
+    at: int
+    source: str = ""

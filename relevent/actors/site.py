@@ -10,7 +10,7 @@ from typing import Any
 
 from relevent.actors.messages import (
     CommandSubscribe, ForecastReply, ForecastRequest, Measurement, Pong, ScheduleOperate, ScheduleWrites,
-    SnapshotRequest, Wakeup,
+    SnapshotRequest, WanContact, Wakeup,
 )
 from relevent.actors.supervisor import ChildSpec, Supervisor
 
@@ -86,6 +86,9 @@ class SiteSupervisor(Supervisor):
                 self.send(der.address, message)
         elif isinstance(message, Measurement):
             self.send_to_child(message.der, message)
+        elif isinstance(message, WanContact):
+            for der in self.running_children("der"):
+                self.send(der.address, message)
         else:
             super().on_message(message, sender)
 

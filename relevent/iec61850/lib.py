@@ -47,6 +47,7 @@ MMS_UTC_TIME = _C.MMS_UTC_TIME
 WriteAccessHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_void_p)
 ControlHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_bool)
 PerformCheckHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_bool, c_bool)
+ConnectionIndicationHandler = CFUNCTYPE(None, c_void_p, c_void_p, c_bool, c_void_p)
 
 
 def library_path() -> str:
@@ -84,6 +85,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "IedServer_setControlHandler": (None, [c_void_p, c_void_p, ControlHandler, c_void_p]),
         "IedServer_setPerformCheckHandler": (None, [c_void_p, c_void_p, PerformCheckHandler, c_void_p]),
         "ControlAction_setAddCause": (None, [c_void_p, c_int]),
+        "IedServer_setConnectionIndicationHandler": (None, [c_void_p, ConnectionIndicationHandler, c_void_p]),
         "MmsValue_getType": (c_int, [c_void_p]),
         "MmsValue_toFloat": (c_float, [c_void_p]),
         "MmsValue_toInt32": (c_int32, [c_void_p]),

@@ -33,6 +33,8 @@ class MmsServer:
         self._write_cb = L.WriteAccessHandler(self._on_write)
         self._check_cb = L.PerformCheckHandler(self._on_check)
         self._control_cb = L.ControlHandler(self._on_control)
+        self._connection_cb = L.ConnectionIndicationHandler(self._on_connection)
+        self._connection_handler: Callable[[bool], None] | None = None
         self._nodes: dict[str, int] = {}
         self._missing: set[str] = set()
         fd, self.cfg_path = tempfile.mkstemp(prefix="model-", suffix=".cfg", dir=work_dir)
@@ -164,6 +166,18 @@ class MmsServer:
         node, index = self.node(do_ref), len(self._controls) - 1
         self.lib.IedServer_setPerformCheckHandler(self.server, node, self._check_cb, index)
         self.lib.IedServer_setControlHandler(self.server, node, self._control_cb, index)
+
+    def on_connection(self, handler: Callable[[bool], None]) -> None:
+        """handler(connected) on every client association opened or closed."""
+        self._connection_handler = handler
+        self.lib.IedServer_setConnectionIndicationHandler(self.server, self._connection_cb, None)
+
+    def _on_connection(self, _server, _conn, connected, _param):
+        if self._connection_handler is not None:
+            try:
+                self._connection_handler(bool(connected))
+            except Exception:
+                log.exception("connection handler failed")
 
     @property
     def handler_count(self) -> int:

@@ -55,6 +55,7 @@ class SiteRunner:
         self.root_ready = False
         self.root_restarts = 0
         self._next_ping = 0.0
+        self.started_ms = time.time_ns() // 1_000_000   # the site's boot: power-up schedules
         self._restarting = False   # _watch_root may wait for the new root: no re-entry
         self.root_started = 0.0
         self.root_alive_at = 0.0     # monotonic time of the root's last heartbeat
@@ -130,7 +131,7 @@ class SiteRunner:
         self.root = self.asys.createActor("relevent.actors.site.SiteSupervisor")
         self.root_pid, self.root_ready = None, False
         self.root_started = time.time()
-        self.asys.tell(self.root, Configure(data["site"]["name"], "", "site", data, site_settings(data),
+        self.asys.tell(self.root, Configure(data["site"]["name"], "", "site", data, self._site_settings(data),
                                             self.root_restarts))
         deadline = time.monotonic() + data["supervision"]["site"]["startup_timeout"]
         while not self.root_ready and time.monotonic() < deadline:
@@ -139,6 +140,10 @@ class SiteRunner:
             raise RuntimeError("site supervisor did not become ready")
         if self.admin_pgid is None and self.root_pid and self.root_pid != os.getpid():
             self.admin_pgid = os.getpgid(self.root_pid)
+
+    def _site_settings(self, data: dict) -> dict:
+        # boot_ms: when this site started; power-up schedules run once per start.
+        return {**site_settings(data), "boot_ms": self.started_ms}
 
     def _open_control_socket(self) -> None:
         path = self.topology.control_socket
@@ -343,7 +348,7 @@ class SiteRunner:
         if text_changed is not None:
             write_atomic(self.topology.path, text_changed)
         rid = self._next_id()
-        if not self._tell_root(Reconfigure(new.data, site_settings(new.data), rid)):
+        if not self._tell_root(Reconfigure(new.data, self._site_settings(new.data), rid)):
             return {"ok": False, "error": "the site supervisor is not answering; the file is written: "
                                           "`relevent reload` again"}
         self.topology = Topology(self.topology.path, new.text, new.data)

@@ -218,6 +218,14 @@ class _Validator:
                                                         "use sunspec or registers")
                 elif der["profile"] == "registers" and "setpoint" not in der["registers"]:
                     self.problem(("der", i, "registers"), "profile registers needs at least registers.setpoint")
+            for j, local in enumerate(der["local"]):
+                if isinstance(local, dict) and local.get("function") not in der["functions"]:
+                    self.problem(("der", i, "local"), f"local[{j}].function: {local.get('function')!r} is not one "
+                                                      f"of this DER's functions")
+                elif isinstance(local, dict) and str(local.get("schedule", ""))[4:].isdigit() and \
+                        int(local["schedule"][4:]) > der["schedules"]:
+                    self.problem(("der", i, "local"), f"local[{j}].schedule: {local['schedule']} but the DER has "
+                                                      f"{der['schedules']} schedules per function")
             if lan is not None and not der["rated_power_w"] > 0:
                 self.problem(("der", i, "rated_power_w"), "a DER driven over a LAN endpoint needs rated_power_w > 0 "
                                                           "(the device set-point is bounded by it)")

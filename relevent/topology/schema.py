@@ -122,6 +122,9 @@ DER = {
                        doc="plain Modbus register map (profile = \"registers\"): holding register addresses "
                            "setpoint, connect, power and a scale in W per count, e.g. "
                            "{setpoint = 100, connect = 101, power = 200, scale = 10}"),
+    "local": Field((list,), default=[], check=lambda v: _check_local(v),
+                   doc="local fallback schedules (docs/scheduling.md): [{trigger = \"no_telecom\" | "
+                       "\"power_up\", function, schedule = \"FSCHnn\", value, duration_s, priority, after_s}]"),
     "ld_inst": Field((str,), default="", check=lambda v: None if not v or (v.isidentifier() and len(v) <= 64)
                      else f"ld_inst {v!r} must be letters, digits and '_' (max 64)",
                      doc="IEC 61850 logical device; default Control (one DER) or <name>Control"),
@@ -142,6 +145,43 @@ def _check_registers(v: dict) -> str | None:
                 return "registers.scale: expected a positive number (W per register count)"
         elif isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= 65535:
             return f"registers.{key}: expected a register address 0..65535"
+    return None
+
+
+LOCAL_KEYS = {"trigger": (str,), "function": (str,), "schedule": (str,), "value": (int, float, bool),
+              "duration_s": (int,), "priority": (int,), "after_s": (int, float)}
+
+
+def _check_local(v: list) -> str | None:
+    seen = set()
+    for i, item in enumerate(v):
+        where = f"local[{i}]"
+        if not isinstance(item, dict):
+            return f"{where}: expected a table"
+        for key in item:
+            if key not in LOCAL_KEYS:
+                return f"{where}.{key}: unknown (use {', '.join(LOCAL_KEYS)})"
+        for key, types in LOCAL_KEYS.items():
+            if key == "after_s" and item.get("trigger") != "no_telecom":
+                continue
+            if key not in item:
+                return f"{where}: missing {key}"
+            if not isinstance(item[key], types) or (isinstance(item[key], bool) and bool not in types):
+                return f"{where}.{key}: wrong type {type(item[key]).__name__}"
+        if item["trigger"] not in ("power_up", "no_telecom"):
+            return f"{where}.trigger: {item['trigger']!r} is not power_up or no_telecom"
+        if item["function"] not in KINDS:
+            return f"{where}.function: {item['function']!r} is not one of {', '.join(KINDS)}"
+        if not (item["schedule"].startswith("FSCH") and item["schedule"][4:].isdigit()):
+            return f"{where}.schedule: {item['schedule']!r} is not FSCHnn (the reserve cannot be used)"
+        if item["duration_s"] <= 0 or not 0 <= item["priority"] <= 255:
+            return f"{where}: duration_s must be > 0 and priority 0..255"
+        if item["trigger"] == "no_telecom" and item["after_s"] <= 0:
+            return f"{where}.after_s: must be > 0"
+        key = (item["function"], item["schedule"])
+        if key in seen:
+            return f"{where}: {item['function']} {item['schedule']} is already a local schedule"
+        seen.add(key)
     return None
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from relevent.actors.messages import (
     ControllerState, Measurement, OperateResult, ScheduleOperate, ScheduleWrite, ScheduleWrites, SnapshotRequest,
+    WanContact, Wakeup,
 )
 from relevent.iec61850 import lib as L
 from relevent.iec61850.server import MmsServer, MmsServerError
@@ -44,6 +45,7 @@ from relevent.scl.site_model import endpoint_scl
 log = logging.getLogger("relevent.mms")
 
 OPERATE_TIMEOUT_MS = 5000
+CONTACT_TICK = 1.0           # s between WanContact reports while clients are connected
 FIRST_STATES_TIMEOUT = 10.0  # s: serve anyway if a controller has not sent its state by then
 LISTENING = "listening"      # posted by the writer thread once the server listens
 REFUSAL_TO_WRITE_ERROR = {Refusal.ACCESS_DENIED: L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED,
@@ -81,6 +83,11 @@ class MmsEndpoint:
         self.writer: threading.Thread | None = None
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
         self.stats = {"writes": 0, "operates": 0, "refused": 0}
+        # WAN contact, for the site's "no telecom" schedules: clients connected now, and the
+        # last request (set on libiec61850's thread; read by the actor's 1 s contact tick).
+        self.clients = 0
+        self.last_request = 0
+        self._contact_sent = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,6 +116,24 @@ class MmsEndpoint:
         self.writer = threading.Thread(target=self._write_states, name=f"mms-writer-{cfg['name']}", daemon=True)
         self.writer.start()
         self.actor.send(self.actor.parent, SnapshotRequest(cfg["name"], self.actor.myAddress))
+        self.server.on_connection(self._connection)
+        self.actor.wakeupAfter(CONTACT_TICK, Wakeup("contact"))
+
+    def _connection(self, connected: bool) -> None:
+        """libiec61850's thread: a client association opened or closed."""
+        with self.lock:
+            self.clients = max(0, self.clients + (1 if connected else -1))
+        self.last_request = now_ms()
+        log.info("mms endpoint=%s client %s (clients: %d)", self.config["name"],
+                 "connected" if connected else "disconnected", self.clients)
+
+    def on_wakeup(self, payload: Any) -> None:
+        if isinstance(payload, Wakeup) and payload.what == "contact":
+            contact = now_ms() if self.clients > 0 else self.last_request
+            if contact > self._contact_sent:
+                self._contact_sent = contact
+                self.actor.send(self.actor.parent, WanContact(contact, self.config["name"]))
+            self.actor.wakeupAfter(CONTACT_TICK, Wakeup("contact"))
 
     def _listen(self) -> None:
         """Writer thread: start the server, then tell the actor thread (which reports Ready)."""
@@ -185,6 +210,7 @@ class MmsEndpoint:
                 self.stats["refused"] += 1
                 return REFUSAL_TO_WRITE_ERROR[outcome.refusal]
             self.stats["writes"] += 1
+            self.last_request = now_ms()
             self.bridge.post(ScheduleWrite(refs.der, refs.kind, refs.name, field, decoded, index, seq))
             return L.DATA_ACCESS_ERROR_SUCCESS
         return handle
@@ -194,6 +220,7 @@ class MmsEndpoint:
             if test or not self.server.decode(ctl_val, "bool"):
                 return L.CONTROL_ACCEPTED  # accepted, no effect
             request_id = next(self.request_ids)
+            self.last_request = now_ms()
             waiter = {"event": threading.Event(), "result": None}
             with self.lock:
                 self.waiting[request_id] = waiter
