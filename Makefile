@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast bench mosquitto clean
+.PHONY: demo test test-fast bench chaos mosquitto clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ bench: $(STAMP)
 	$(PY) bench/mms_bench.py --ders 1 --ders 3 --ders 10 --json bench/results-mms.json
 	$(PY) bench/memory_bench.py --ders 10
 	$(PY) bench/lan_bench.py --entries 60 --json bench/results-lan.json
+
+# Long fault-injection run and power loss: about an hour; figures in bench/chaos/RESULTS.md.
+chaos: $(STAMP)
+	RELEVENT_STATE_DIR=$$(mktemp -d) $(VENV)/bin/relevent chaos topologies/chaos.toml --count 100 \
+	    --json bench/chaos/results-chaos.json --markdown bench/chaos/results-chaos.md
+	$(PY) bench/power_loss_bench.py --store-cycles 1000 --site-cycles 100 --json bench/chaos/results-power-loss.json
 
 clean:
 	rm -rf $(VENV) state *.egg-info

@@ -41,6 +41,7 @@ def _kill_site(site: Site) -> None:
 
 def power_loss_cycles(workdir: Path, cycles: int, seed: int = 5, say=lambda text: None) -> dict:
     rng = random.Random(seed)
+    workdir.mkdir(parents=True, exist_ok=True)
     state = workdir / "state"
     topo = workdir / "power.toml"
     topo.write_text(small_topology(state, free_port(), schedules=SCHEDULES, functions=("ActPow",)))
