@@ -127,6 +127,12 @@ class Site:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+        if self.admin_pgid is None:
+            # A start that failed never learnt the admin's group: the pid file may know it.
+            try:
+                self.admin_pgid = json.loads((self.state_dir / "relevent.pid").read_text())["admin_pgid"]
+            except (OSError, ValueError, KeyError):
+                pass
         if self.admin_pgid and self.leftovers():
             try:
                 os.killpg(self.admin_pgid, signal.SIGKILL)

@@ -32,6 +32,13 @@ TICK = 0.05   # s, output and reversion update period
 SF = {"W_SF": 0, "WMax_SF": 0, "WMaxLimPct_SF": -2, "WSet_SF": 0, "WSetPct_SF": -2, "A_SF": -2, "V_SF": -1,
       "Hz_SF": -2, "VA_SF": 0, "VAr_SF": 0, "PF_SF": -2, "WH_SF": 0}
 ST_OFF, ST_MPPT, ST_THROTTLED, ST_STANDBY = 1, 4, 5, 8
+# A write to any of these points refreshes that control's reversion timer.
+REFRESHES = {
+    "123.WMaxLimPct": {"123.WMaxLimPct", "123.WMaxLimPct_RvrtTms", "123.WMaxLim_Ena"},
+    "123.Conn": {"123.Conn", "123.Conn_RvrtTms"},
+    "704.WMaxLimPct": {"704.WMaxLimPct", "704.WMaxLimPctEna", "704.WMaxLimPctRvrtTms"},
+    "704.WSet": {"704.WSet", "704.WSetEna", "704.WSetRvrtTms"},
+}
 
 
 class SunSpecImage:
@@ -136,8 +143,9 @@ class SunSpecImage:
                 self.reverted += 1
                 log.warning("reversion control=%s after %d s without refresh", control, timeout)
 
-    def tick(self, dt: float) -> None:
-        self.revert(time.monotonic())
+    def tick(self, dt: float, now: float) -> None:
+        """Advance `dt` seconds to monotonic time `now`: reversions, then the output ramp."""
+        self.revert(now)
         target = self.target()
         step = self.ramp * dt if self.ramp > 0 else abs(target - self.output)
         self.output += max(-step, min(step, target - self.output))
@@ -177,11 +185,9 @@ class SunSpecInverter:
         names = self.image.touched(address, count)
         self.image.regs[lo:hi] = [int(v) for v in values]
         now = time.monotonic()
-        for n in names:
-            base = n.replace("_Ena", "").replace("_RvrtTms", "").replace("Ena", "")
-            for control in ("123.WMaxLimPct", "123.Conn", "704.WMaxLimPct", "704.WSet"):
-                if base.startswith(control):
-                    self.image.refreshed[control] = now
+        for control, points in REFRESHES.items():
+            if points & set(names):
+                self.image.refreshed[control] = now
         self.writes += 1
         if self._log:
             self._log.write(json.dumps({"t_ns": time.time_ns(), "address": address, "values": list(values),
@@ -202,7 +208,7 @@ class SunSpecInverter:
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
-            image.tick(now - last)
+            image.tick(now - last, now)
             last = now
 
     def stop(self) -> None:
