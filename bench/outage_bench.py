@@ -21,7 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from lanctl import Blackhole, Mosquitto, MqttWatcher, lan_topology, read_write_log  # noqa: E402
+from lanctl import (  # noqa: E402
+    Blackhole, Mosquitto, MqttWatcher, lan_topology, read_write_log, without_inverter_simulator,
+)
 from relevent.protocols.mms.client import ScheduleClient, Target  # noqa: E402
 from relevent.simulators.sunspec_inverter import SunSpecInverter  # noqa: E402
 from sitectl import Site, free_port  # noqa: E402
@@ -52,7 +54,7 @@ def main() -> int:
         hole = Blackhole()
         log = tmp / "writes.jsonl"
         text = lan_topology(tmp / "state", ports["admin"], ports["mms"], ports["mqtt"], ports["modbus"], hole.port, log)
-        text = text[:text.index('[[simulator]]\nname = "inverter"')] + text[text.index('[[simulator]]\nname = "battery"'):]
+        text = without_inverter_simulator(text)
         (tmp / "site.toml").write_text(text)
         inverter = external_inverter(ports["modbus"], log)
         site = Site(tmp / "site.toml", tmp / "state").start()

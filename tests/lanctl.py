@@ -208,3 +208,10 @@ der = "bat1"
 rated_power_w = 5000.0
 measure_period = 0.5
 """
+
+
+def without_inverter_simulator(topology: str) -> str:
+    """lan_topology() with the inverter simulator left out: the caller runs it outside the
+    site, so that it outlives the site or goes down on its own."""
+    start = topology.index('[[simulator]]\nname = "inverter"')
+    return topology[:start] + topology[topology.index('[[simulator]]\nname = "battery"'):]

@@ -88,7 +88,7 @@ def poll(fn, timeout: float = 10.0, every: float = 0.05):
 
 def test_a_schedule_reaches_the_inverter_registers_and_the_mqtt_topic_in_its_second(lan):
     mms, watcher, log = lan["mms"], lan["watcher"], lan["log"]
-    start = (now_ms() // 1000 + 3) * 1000
+    start = (now_ms() // 1000 + 4) * 1000
     schedule(mms, "pv1", "ActPow", [4000, 6000], 2, start)
     schedule(mms, "bat1", "ActPow", [-1000, 2000], 2, start)
     wait_until(start + 3000)
@@ -124,6 +124,7 @@ def test_a_schedule_reaches_the_inverter_registers_and_the_mqtt_topic_in_its_sec
     assert poll(lambda: mms.read_float("DER_Scheduler_pv1Control/MMXU1.TotW.mag.f") == pytest.approx(6000)), \
         mms.read_float("DER_Scheduler_pv1Control/MMXU1.TotW.mag.f")
     assert poll(lambda: mms.read_float("DER_Scheduler_bat1Control/MMXU1.TotW.mag.f") == pytest.approx(2000))
+    assert lan["site"].node("pv1")["detail"]["measured"]["state"] == "St 5 (throttled)"  # 6 of 10 kW
     measured = lan["site"].node("bat1")["detail"]["measured"]
     assert measured["w"] == 2000.0 and measured["connected"] is True
     assert lan["site"].node("pv1")["detail"]["command"] == {"setpoint_w": 6000.0, "limit_w": 10000.0,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lanctl import Blackhole, Mosquitto, lan_topology
+from lanctl import Blackhole, Mosquitto, lan_topology, without_inverter_simulator
 from mmsclients import LibIec61850Client
 from relevent.simulators.sunspec_inverter import SunSpecImage, SunSpecInverter
 from sitectl import Site, free_port
@@ -35,7 +35,7 @@ def test_inverter_reverts_on_its_own_when_the_site_is_gone(tmp_path):
     hole = Blackhole()
     text = lan_topology(tmp_path / "state", ports["admin"], ports["mms"], ports["mqtt"], ports["modbus"], hole.port,
                         tmp_path / "unused.jsonl", reversion_s=2)
-    text = text[:text.index('[[simulator]]\nname = "inverter"')] + text[text.index('[[simulator]]\nname = "battery"'):]
+    text = without_inverter_simulator(text)
     (tmp_path / "site.toml").write_text(text)
     sim = SunSpecInverter(None, {"name": "inv", "address": "127.0.0.1", "port": ports["modbus"], "unit": 1,
                                  "wmax": 10000.0, "available_w": -1.0, "ramp_w_per_s": 0.0,

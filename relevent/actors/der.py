@@ -109,5 +109,6 @@ class DerActor(Supervisor):
                                "connected": self.command.connected}
         if self.measurement is not None:
             m = self.measurement
-            info["measured"] = {"w": m.w, "connected": m.connected, "at": m.at, "quality": m.quality}
+            info["measured"] = {"w": m.w, "connected": m.connected, "at": m.at, "quality": m.quality,
+                                "state": m.detail}
         return info

@@ -27,8 +27,10 @@ from typing import Callable
 from relevent.chaos.plan import Plan, fault_sequence
 from relevent.devices import sunspec
 from relevent.protocols.mms.client import ScheduleClient, Target
+from relevent.protocols.modbus.address import parse_device_address
 from relevent.runtime.control import SiteNotRunning, request
 from relevent.scl.generate import default_ld_inst
+from relevent.simulators.sunspec_inverter import SF as SIMULATOR_SF
 from relevent.topology import Topology
 
 log = logging.getLogger("relevent.chaos")
@@ -238,7 +240,8 @@ class ChaosRun:
             if sim["protocol"] == "sunspec-inverter":
                 der = self._der_of_inverter(sim)
                 target = self._model_address(sim["models"], 123) + sunspec.layout(123)["WMaxLimPct"].offset
-                expected = round(self.expected.get(der["name"], 0) / sim["wmax"] * 100 / 0.01) if der else None
+                step = 10.0 ** SIMULATOR_SF["WMaxLimPct_SF"]
+                expected = round(self.expected.get(der["name"], 0) / sim["wmax"] * 100 / step) if der else None
                 values = [w["values"][target - w["address"]] for w in lines
                           if w["address"] <= target < w["address"] + len(w["values"])]
             else:
@@ -257,7 +260,6 @@ class ChaosRun:
         return self.data["wan"][0].get("ied_name", "DER_Scheduler_") + default_ld_inst(der, len(self.data["der"]))
 
     def _der_of_inverter(self, sim: dict) -> dict | None:
-        from relevent.protocols.modbus.address import parse_device_address
         for der in self.data["der"]:
             lan = next((e for e in self.data["lan"] if e["name"] == der["lan"]), None)
             if lan is None or lan["protocol"] != "modbus":
@@ -355,6 +357,7 @@ def markdown(report: dict) -> str:
     lines.append(f"Faults: {report['faults']}, failed: {report['failed']}, run time {report['seconds']} s. "
                  f"Schedules changed: {len(report['schedules_changed'])}.")
     for name, c in report["device_commands"].items():
-        lines.append(f"Device {name}: {c['commands']} commands after set-up, {c['wrong']} wrong "
-                     f"(expected value {c['expected']}).")
+        per_fault = c["commands"] / max(1, report["faults"])
+        lines.append(f"Device {name}: {c['commands']} commands after set-up ({per_fault:.2f} per fault), "
+                     f"{c['wrong']} wrong (expected value {c['expected']}).")
     return "\n".join(lines)

@@ -74,7 +74,8 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                                      "on its own when the edge stops refreshing (0: never)"),
                 "backoff_max": Field(NUMBER, default=5.0, check=positive, doc="seconds, reconnect backoff cap"),
             },
-            "relevent.protocols.modbus.endpoint.ModbusEndpoint", "Modbus TCP client, SunSpec or plain register devices"),
+            "relevent.protocols.modbus.endpoint.ModbusEndpoint",
+            "Modbus TCP client, SunSpec or plain register devices"),
         # Simulated devices, started by the site like endpoints (tests, demos, commissioning).
         ProtocolSpec(
             "sunspec-inverter", "simulator", True,

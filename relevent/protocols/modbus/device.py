@@ -93,7 +93,7 @@ class ModbusDevice:
                 applied, next_write = cmd.seq, time.monotonic() + refresh
             if now >= next_poll:
                 w, conn = await profile.measure()
-                self.post(DeviceEvent(self.der["name"], "measured", _ms(), w=w, connected=conn))
+                self.post(DeviceEvent(self.der["name"], "measured", _ms(), w=w, connected=conn, text=profile.state))
                 next_poll = max(next_poll + self.config["poll_period"], now)
             wait = min(next_poll, next_write if cmd is not None else next_poll) - time.monotonic()
             self._wake.clear()

@@ -63,8 +63,8 @@ class ModbusEndpoint:
         elif ev.what == "applied":
             state["applied_seq"] = ev.seq
         elif ev.what == "measured":
-            state["w"], state["connected"] = ev.w, ev.connected
-            self._send(Measurement(ev.der, ev.w, ev.connected, ev.at, "good", self.config["name"]))
+            state["w"], state["connected"], state["state"] = ev.w, ev.connected, ev.text
+            self._send(Measurement(ev.der, ev.w, ev.connected, ev.at, "good", self.config["name"], ev.text))
 
     def _send(self, m: Measurement) -> None:
         # Straight to the DER once a command told us where it is; through the site before.

@@ -50,8 +50,14 @@ def _block(mid: int, base: int, values: dict[str, int]) -> tuple[int, list[int]]
     return base + points[0].offset, regs
 
 
+# SunSpec model 103 St (operating state).
+OPERATING_STATES = {1: "off", 2: "sleeping", 3: "starting", 4: "MPPT", 5: "throttled", 6: "shutting down",
+                    7: "fault", 8: "standby"}
+
+
 class SunSpecProfile:
     name = "sunspec"
+    state = ""
 
     def __init__(self, io: Io, der: dict, reversion_s: int) -> None:
         self.io, self.der, self.reversion_s = io, der, reversion_s
@@ -101,14 +107,21 @@ class SunSpecProfile:
             await self.io.write(address, regs)
 
     async def measure(self) -> tuple[float | None, bool | None]:
+        """W (one read from W to St, so the operating state comes with it) and Conn."""
         w = None
         if 103 in self.models:
-            w = await self._get(103, "W") * 10.0 ** self.sf.get("W_SF", 0)
+            points = sunspec.layout(103)
+            first, last = points["W"], points["St"]
+            regs = await self.io.read(self.models[103] + first.offset, last.offset + last.size - first.offset)
+            w = sunspec.decode(first, regs) * 10.0 ** self.sf.get("W_SF", 0)
+            st = sunspec.decode(last, regs[last.offset - first.offset:])
+            self.state = f"St {st} ({OPERATING_STATES.get(st, 'vendor')})"
         return w, await self._get(123, "Conn") == 1
 
 
 class RegistersProfile:
     name = "registers"
+    state = ""
 
     def __init__(self, io: Io, der: dict, reversion_s: int) -> None:
         self.io, self.map = io, der["registers"]

@@ -17,7 +17,9 @@ import logging
 import time
 from typing import Any
 
-from relevent.actors.messages import CommandSubscribe, DeviceCommand, ForecastReply, ForecastRequest, Measurement, Wakeup
+from relevent.actors.messages import (
+    CommandSubscribe, DeviceCommand, ForecastReply, ForecastRequest, Measurement, Wakeup,
+)
 from relevent.protocols.aio import AsyncioThread, Crashed
 from relevent.protocols.mqtt import pivot
 from relevent.protocols.mqtt.link import MqttLink
