@@ -217,7 +217,9 @@ class ChaosRun:
                 for kind in der["functions"]:
                     for n in [str(i) for i in range(1, der["schedules"] + 1)] + ["res"]:
                         s = client.show(kind, n)
-                        out[s["schedule"]] = {k: v for k, v in s.items() if k not in VOLATILE}
+                        # A periodic reserve's run times move on by themselves each period.
+                        volatile = VOLATILE + (("ActStrTm", "NxtStrTm") if n == "res" else ())
+                        out[s["schedule"]] = {k: v for k, v in s.items() if k not in volatile}
             finally:
                 client.close()
         return out

@@ -202,7 +202,7 @@ class _Validator:
                                        f"{self.index.line_of(other)})")
                 else:
                     seen[name] = path
-        lan_names = {e["name"] for e in data["lan"]}
+        lan_names = {e["name"] for e in data["lan"] if isinstance(e.get("name"), str)}  # bad names: reported
         for i, der in enumerate(data["der"]):
             if der["lan"] and der["lan"] not in lan_names:
                 known = ", ".join(sorted(lan_names)) or "none defined"
