@@ -38,11 +38,13 @@ bench: $(STAMP)
 	$(PY) bench/memory_bench.py --ders 10
 	$(PY) bench/lan_bench.py --entries 60 --json bench/results-lan.json
 
-# Long fault-injection run and power loss: about an hour; figures in bench/chaos/RESULTS.md.
-chaos: $(STAMP)
+# Long fault-injection run, outages and power loss: about two hours; figures in
+# bench/chaos/RESULTS.md.
+chaos: $(STAMP) mosquitto
 	RELEVENT_STATE_DIR=$$(mktemp -d) $(VENV)/bin/relevent chaos topologies/chaos.toml --count 100 \
 	    --json bench/chaos/results-chaos.json --markdown bench/chaos/results-chaos.md
-	$(PY) bench/power_loss_bench.py --store-cycles 1000 --site-cycles 100 --json bench/chaos/results-power-loss.json
+	$(PY) bench/outage_bench.py --outage 60 --json bench/chaos/results-outages.json
+	$(PY) bench/power_loss_bench.py --store-cycles 1000 --site-cycles 1000 --json bench/chaos/results-power-loss.json
 
 clean:
 	rm -rf $(VENV) state *.egg-info
