@@ -49,7 +49,8 @@ def power_loss_cycles(workdir: Path, cycles: int, seed: int = 5, say=lambda text
     site = Site(topo, state)
     stats = {"cycles": 0, "answered": 0, "lost": 0, "failed_starts": 0, "in_flight_either_way": 0}
     expected: dict[int, str] = {}  # schedule -> last answered op
-    for cycle in range(cycles):
+    for cycle in range(cycles + 1):  # the extra round only checks the last kill
+        last = cycle == cycles
         try:
             site.start(timeout=60)
         except Exception as exc:  # noqa: BLE001 - a state the site cannot start from is the failure
@@ -64,6 +65,10 @@ def power_loss_cycles(workdir: Path, cycles: int, seed: int = 5, say=lambda text
             if (op == "enable" and st not in READY_OR_RUNNING) or (op == "disable" and st != NOT_READY):
                 stats["lost"] += 1
                 say(f"cycle {cycle}: FSCH{n:02d} last answered {op}, shows SchdSt {st}")
+        if last:
+            client.close()
+            site.stop()
+            break
         stats["cycles"] += 1
         killer = threading.Timer(rng.uniform(0.05, 1.0), _kill_site, args=(site,))
         killer.start()
