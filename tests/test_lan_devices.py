@@ -25,9 +25,17 @@ def lan(tmp_path):
     hole = Blackhole()
     state, topo, log = tmp_path / "state", tmp_path / "lan.toml", tmp_path / "writes.jsonl"
     topo.write_text(lan_topology(state, ports["admin"], ports["mms"], ports["mqtt"], ports["modbus"], hole.port, log))
-    site = Site(topo, state).start()
-    watcher = MqttWatcher(ports["mqtt"], ["fledge/#"])
-    mms = LibIec61850Client("127.0.0.1", ports["mms"])
+    site = Site(topo, state)
+    try:
+        site.start()
+        watcher = MqttWatcher(ports["mqtt"], ["fledge/#"])
+        mms = LibIec61850Client("127.0.0.1", ports["mms"])
+    except BaseException:
+        # A failed set-up never reaches the teardown below: leave no site running.
+        site.kill_everything()
+        broker.stop()
+        hole.close()
+        raise
     env = {"site": site, "broker": broker, "watcher": watcher, "mms": mms, "log": log, "ports": ports}
     yield env
     mms.close()
