@@ -62,6 +62,23 @@ class AsyncioThread:
     def drain(self) -> list[Any]:
         return self.bridge.drain()
 
+    def events(self, owner: str) -> list[Any]:
+        """What the loop posted; a Crashed event raises instead, so the actor crashes and
+        its supervisor restarts it."""
+        out = []
+        for event in self.drain():
+            if isinstance(event, Crashed):
+                raise RuntimeError(f"{owner}: {event.what}: {event.error}")
+            out.append(event)
+        return out
+
+    def run_quietly(self, coro: Coroutine, timeout: float) -> None:
+        """Run a closing coroutine and wait for it; a failure does not matter when stopping."""
+        try:
+            asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        except Exception:  # noqa: BLE001 - stopping anyway
+            pass
+
     def stop(self, timeout: float = 2.0) -> None:
         async def cancel_all() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

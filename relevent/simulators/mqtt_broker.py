@@ -6,7 +6,7 @@ import logging
 import warnings
 from typing import Any
 
-from relevent.protocols.aio import AsyncioThread, Crashed
+from relevent.protocols.aio import AsyncioThread
 
 log = logging.getLogger("relevent.sim.broker")
 
@@ -37,19 +37,14 @@ class MqttBroker:
     def stop(self) -> None:
         if self.aio:
             if self.broker is not None:
-                try:
-                    self.aio.spawn(self.broker.shutdown(), "shutdown").result(2.0)
-                except Exception:  # noqa: BLE001 - stopping anyway
-                    pass
+                self.aio.run_quietly(self.broker.shutdown(), 2.0)
             self.aio.stop()
 
     def fds(self) -> list[int]:
         return [self.aio.fileno()] if self.aio else []
 
     def on_ready(self, fds: list[int]) -> None:
-        for event in self.aio.drain():
-            if isinstance(event, Crashed):
-                raise RuntimeError(f"broker {self.config['name']}: {event.what}: {event.error}")
+        self.aio.events(f"broker {self.config['name']}")
 
     def on_message(self, message: Any, sender: Any) -> bool:
         return False

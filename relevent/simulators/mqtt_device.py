@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from relevent.devices.command import device_command
-from relevent.protocols.aio import AsyncioThread, Crashed
+from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.mqtt import pivot
 from relevent.protocols.mqtt.link import MqttLink
 
@@ -92,10 +92,7 @@ class MqttDevice:
 
     def stop(self) -> None:
         if self.aio:
-            try:
-                self.aio.spawn(self.link.close(), "close").result(1.0)
-            except Exception:  # noqa: BLE001 - stopping anyway
-                pass
+            self.aio.run_quietly(self.link.close(), 1.0)
             self.aio.stop()
         if self._log:
             self._log.close()
@@ -104,9 +101,7 @@ class MqttDevice:
         return [self.aio.fileno()] if self.aio else []
 
     def on_ready(self, fds: list[int]) -> None:
-        for event in self.aio.drain():
-            if isinstance(event, Crashed):
-                raise RuntimeError(f"simulator {self.config['name']}: {event.what}: {event.error}")
+        self.aio.events(f"simulator {self.config['name']}")
 
     def on_message(self, message: Any, sender: Any) -> bool:
         return False

@@ -23,7 +23,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from relevent.devices import sunspec
-from relevent.protocols.aio import AsyncioThread, Crashed
+from relevent.protocols.aio import AsyncioThread
 
 log = logging.getLogger("relevent.sim.sunspec")
 
@@ -214,10 +214,7 @@ class SunSpecInverter:
     def stop(self) -> None:
         if self.aio:
             if self._server is not None:
-                try:
-                    asyncio.run_coroutine_threadsafe(self._server.shutdown(), self.aio.loop).result(2)
-                except Exception:  # noqa: BLE001 - stopping anyway
-                    pass
+                self.aio.run_quietly(self._server.shutdown(), 2.0)
             self.aio.stop()
         if self._log:
             self._log.close()
@@ -226,9 +223,7 @@ class SunSpecInverter:
         return [self.aio.fileno()] if self.aio else []
 
     def on_ready(self, fds: list[int]) -> None:
-        for event in self.aio.drain():
-            if isinstance(event, Crashed):
-                raise RuntimeError(f"simulator {self.config['name']}: {event.what}: {event.error}")
+        self.aio.events(f"simulator {self.config['name']}")
 
     def on_message(self, message: Any, sender: Any) -> bool:
         return False

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from relevent.actors.messages import CommandSubscribe, DeviceCommand, Measurement
-from relevent.protocols.aio import AsyncioThread, Crashed
+from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.modbus.address import parse_device_address
 from relevent.protocols.modbus.device import DeviceEvent, ModbusDevice
 
@@ -48,9 +48,7 @@ class ModbusEndpoint:
         return False
 
     def on_ready(self, fds: list[int]) -> None:
-        for event in self.aio.drain():
-            if isinstance(event, Crashed):
-                raise RuntimeError(f"modbus endpoint {self.config['name']}: {event.what}: {event.error}")
+        for event in self.aio.events(f"modbus endpoint {self.config['name']}"):
             self._event(event)
 
     def _event(self, ev: DeviceEvent) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from relevent.actors.messages import (
     CommandSubscribe, DeviceCommand, ForecastReply, ForecastRequest, Measurement, Wakeup,
 )
-from relevent.protocols.aio import AsyncioThread, Crashed
+from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.mqtt import pivot
 from relevent.protocols.mqtt.link import MqttLink
 
@@ -58,10 +58,7 @@ class MqttEndpoint:
 
     def stop(self) -> None:
         if self.aio:
-            try:
-                self.aio.spawn(self.link.close(), "close").result(1.0)
-            except Exception:  # noqa: BLE001 - stopping anyway
-                pass
+            self.aio.run_quietly(self.link.close(), 1.0)
             self.aio.stop()
 
     def fds(self) -> list[int]:
@@ -120,9 +117,7 @@ class MqttEndpoint:
 
     # -- from the loop thread ----------------------------------------------------------------------
     def on_ready(self, fds: list[int]) -> None:
-        for event in self.aio.drain():
-            if isinstance(event, Crashed):
-                raise RuntimeError(f"mqtt endpoint {self.config['name']}: {event.what}: {event.error}")
+        for event in self.aio.events(f"mqtt endpoint {self.config['name']}"):
             if event[0] == "up":
                 self._connects += 1
                 self.actor.wakeupAfter(self.config["resend_delay"], Wakeup("resend", generation=self._connects))
