@@ -41,7 +41,8 @@ def free_port() -> int:
 
 
 def small_topology(state_dir: Path, admin_port: int, ders: int = 1, schedules: int = 2,
-                   functions: tuple = ("ActPow", "OnOff"), extra: str = "", supervision: str = "") -> str:
+                   functions: tuple = ("ActPow", "OnOff"), extra: str = "", supervision: str = "",
+                   runtime: str = "") -> str:
     """A site with one MMS endpoint, `ders` DERs and one MQTT LAN endpoint; heartbeat
     0.1/0.4 s so a hang is detected well within a second."""
     funcs = ", ".join(f'"{f}"' for f in functions)
@@ -56,7 +57,7 @@ state_dir = "{state_dir}"
 [runtime]
 admin_port = {admin_port}
 allow_fault_injection = true
-
+{runtime}
 [supervision]
 heartbeat_interval = 0.1
 heartbeat_timeout = 0.4

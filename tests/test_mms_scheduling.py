@@ -218,6 +218,73 @@ def test_priority_write_switches_the_output_at_once(site):
         c.close()
 
 
+# -- announced switches (ControllerState.then) -------------------------------------------------------------
+@pytest.fixture
+def patient_site(make_site):
+    """DERs wait 10 s before they take a silent controller for hung."""
+    return make_site(schedules=3, functions=("ActPow",), supervision="[supervision.der]\nheartbeat_timeout = 10.0\n")
+
+
+def run_four_entries(c) -> int:
+    """ActPow FSCH01 enabled with 1.0, 2.0, 3.0, 4.0 in 1 s entries from the returned start."""
+    t0 = (now_ms() // 1000 + 2) * 1000
+    prepare(c, "ActPow", "FSCH01", [1.0, 2.0, 3.0, 4.0], prio=20, start=t0)
+    assert c.operate(f"{fsch('ActPow', 'FSCH01')}.EnaReq", True)[0]
+    return t0
+
+
+def test_switch_is_shown_on_time_while_its_controller_is_frozen(patient_site):
+    # The controller announced its next state with the last one; the endpoint shows it at the
+    # boundary by itself, so the switch does not wait for the controller's process.
+    site = patient_site
+    c = LibIec61850Client("127.0.0.1", port_of(site))
+    pid = site.node("der1/ActPow")["pid"]
+    try:
+        t0 = run_four_entries(c)
+        wait_until(t0 + 1 * S - 300)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 1.0
+            wait_until(t0 + 1 * S + 300)
+            assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 2.0
+            assert c.read_int(f"{fsch('ActPow', 'FSCH01')}.SchdEntr.stVal") == 2
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_until(t0 + 2 * S + 500)  # the thawed controller confirms and goes on
+        assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 3.0
+        assert c.read_int(f"{fsch('ActPow', 'FSCH01')}.SchdEntr.stVal") == 3
+        assert site.node("der1/ActPow")["pid"] == pid, "the controller was never restarted"
+        assert site.node("mms")["detail"]["switched_on_time"] >= 2
+    finally:
+        c.close()
+
+
+def test_a_write_before_a_boundary_overrides_the_announced_switch(patient_site):
+    # The controller is frozen across the boundary, so its answer to the write comes late:
+    # the endpoint must drop what was announced before the write rather than show it.
+    site = patient_site
+    c = LibIec61850Client("127.0.0.1", port_of(site))
+    pid = site.node("der1/ActPow")["pid"]
+    try:
+        t0 = run_four_entries(c)
+        wait_until(t0 + 2 * S - 300)  # entry 3 (3.0) is announced by now
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert c.write_float(f"{fsch('ActPow', 'FSCH01')}.ValASG003.setMag.f", 99.0) is None
+            frozen = []  # what clients see while only the endpoint could switch
+            while now_ms() < t0 + 2 * S + 300:
+                frozen.append(c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f"))
+                time.sleep(0.005)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert set(frozen) == {2.0}, "the announced value, overtaken by the write, was shown"
+        wait_until(t0 + 2 * S + 800)
+        assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 99.0
+        assert c.read_float(f"{fsch('ActPow', 'FSCH01')}.ValMV.mag.f") == 99.0
+    finally:
+        c.close()
+
+
 # -- isolation and persistence --------------------------------------------------------------------------
 def test_endpoint_kill_rebuilds_the_model_from_the_actors(site):
     c = LibIec61850Client("127.0.0.1", port_of(site))

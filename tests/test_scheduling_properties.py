@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relevent.scheduling.calendar import Calendar, OccPer
-from relevent.scheduling.controller import forecast, output_of
-from relevent.scheduling.schedule import Schedule, StartTime
+from relevent.scheduling.controller import forecast, next_change, output_of
+from relevent.scheduling.schedule import Schedule, StartTime, status_snapshot
 
 NOW = 1_800_000_000_000
 S = 1000
@@ -92,3 +92,47 @@ def test_advancing_at_arbitrary_times_matches_the_reference(specs, with_reserve,
             s.advance(t)
         out = output_of(schedules)
         assert (out.value, out.source) == reference(specs, with_reserve, t), f"at +{t - NOW} ms"
+
+
+def statuses(schedules: list[Schedule]) -> list:
+    return [(status_snapshot(s), list(s.settings.starts)) for s in schedules]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(schedule_spec, min_size=1, max_size=5), st.booleans(), st.integers(0, HORIZON))
+def test_next_change_is_the_first_instant_anything_changes(specs, with_reserve, offset):
+    # What the controller announces to its endpoints ahead of a boundary (ControllerState.then):
+    # checked against advancing real schedules every millisecond up to that instant.
+    schedules = build(specs, with_reserve)
+    now = NOW + offset
+    for s in schedules:
+        s.advance(now)
+    before = statuses(schedules)
+    nxt = next_change(schedules, now)
+    assert statuses(schedules) == before, "next_change must not touch the schedules"
+    if nxt is None:
+        # Nothing due: the only possible wake-up is the reserve's hourly boundary, beyond reach.
+        assert all(s.next_wakeup() is None or s.reserve for s in schedules)
+        return
+    at, sims = nxt
+    assert at > now and at % S == 0
+    brute = build(specs, with_reserve)
+    for s in brute:
+        s.advance(now)
+    # Nothing changes before `at` ... (every boundary these schedules can have is on a whole
+    # second: checking each whole second, and the last ms before `at`, is exhaustive)
+    for t in [t for t in range(now // S * S + S, at, S)] + [at - 1]:
+        assert not any([s.advance(t) for s in brute]), f"a change at +{t - now} ms, announced at +{at - now}"
+    changed = [s.advance(at) for s in brute]
+    assert any(changed), "... and something does at `at`"
+    assert statuses(sims) == statuses(brute)
+    assert output_of(sims) == output_of(brute)
+
+
+def test_fork_shares_nothing_that_advance_changes():
+    s = build([{"prio": 1, "intv": 1, "values": [1.0, 2.0], "starts": [NOW + S]}], False)[0]
+    twin = s.fork()
+    twin.advance(NOW + S)
+    twin.advance(NOW + 3 * S)  # ran and ended: its start time is used up
+    assert twin.settings.starts[0].tm is None and s.settings.starts[0].tm == NOW + S
+    assert s.status.state != twin.status.state

@@ -50,7 +50,8 @@ def test_shipped_topologies_are_valid(path):
 def test_defaults_are_filled_in():
     data = parse_topology(GOOD, env={}).data
     assert data["runtime"] == {"base": "multiprocTCPBase", "admin_port": 19500, "convention_leader": "",
-                               "allow_fault_injection": False, "log_level": "INFO"}
+                               "allow_fault_injection": False, "log_level": "INFO",
+                               "controller_isolation": "process"}
     assert data["der"][0]["functions"] == ["ActPow", "MaxPow", "OnOff"]
     assert data["der"][0]["schedules"] == 10
     assert data["wan"][0]["address"] == "127.0.0.1"
@@ -79,7 +80,7 @@ def test_supervision_levels_inherit_and_override():
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda t: t.replace('port = 10102', 'port = 10102\nprot = 1'),
-     "site.toml:9: wan[0].prot: unknown key (known: address, ied_name, name, port, protocol, scl)"),
+     "site.toml:9: wan[0].prot: unknown key (known: address, ied_name, name, port, protocol, scl, switch_nice)"),
     (lambda t: t.replace('port = 10102', 'port = "x"'),
      "site.toml:8: wan[0].port: expected integer, got str 'x'"),
     (lambda t: t.replace('port = 10102', 'port = 70000'),

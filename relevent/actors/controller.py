@@ -25,7 +25,7 @@ from relevent.actors.messages import (
     ScheduleWrites, SnapshotRequest, WanContact, Wakeup,
 )
 from relevent.scheduling.calendar import Calendar, OccPer
-from relevent.scheduling.controller import forecast, output_of
+from relevent.scheduling.controller import forecast, next_change, output_of
 from relevent.scheduling.local import LocalSchedule, arm, no_telecom_due, power_up_due
 from relevent.scheduling.schedule import LOCKABLE, Schedule, StartTime, settings_snapshot, status_snapshot
 
@@ -61,6 +61,7 @@ class ControllerActor(ReleventActor):
         self._published: dict[str, tuple] = {}  # schedule -> (status, settings) last sent
         self._writes_applied: dict[str, int] = {}  # endpoint -> last write seq applied
         self._acked: dict[str, int] = {}           # ... as last published
+        self._predicted: dict[str, bool] = {}      # schedules in the last `then` -> with settings
         self.locals: list[LocalSchedule] = []
         self._local_state: dict = {}               # power_up_boot, last_contact (persisted)
         self.last_contact = 0
@@ -269,17 +270,45 @@ class ControllerActor(ReleventActor):
         last state, with their settings only when those changed too."""
         out = output_of(self.schedules)
         changed = {}
+        # What the last prediction showed early is sent again as it really is, so an
+        # endpoint that applied a prediction which was then overtaken is put right.
+        predicted, self._predicted = self._predicted, {}
         for s in self.schedules:
             status, settings = status_snapshot(s), settings_snapshot(s)
             last = self._published.get(s.name)
-            if full or last is None or last[1] != settings:
+            if full or last is None or last[1] != settings or predicted.get(s.name):
                 changed[s.name] = {"status": status, "settings": settings}
-            elif last[0] != status:
+            elif last[0] != status or s.name in predicted:
                 changed[s.name] = {"status": status, "settings": None}
             self._published[s.name] = (status, settings)
         self._seq += 1
-        return ControllerState(self.config["der"], self.config["kind"], changed, (out.value, out.source, out.start),
-                               now, (self._stamp, self._seq), self.myAddress, full, dict(self._writes_applied))
+        state = ControllerState(self.config["der"], self.config["kind"], changed, (out.value, out.source, out.start),
+                                now, (self._stamp, self._seq), self.myAddress, full, dict(self._writes_applied))
+        if self.subscribers:
+            state.then = self._next_state(state)
+        return state
+
+    def _next_state(self, state: ControllerState) -> ControllerState | None:
+        """The state this controller will publish at its next boundary if nothing happens
+        before.  Endpoints put it in their model at that instant themselves, so a switch
+        shown over MMS does not wait for this process to wake up and for its message to
+        cross (and 100 DERs switching on the same second do not queue in one endpoint);
+        the state sent at the boundary confirms it, or corrects it if the prediction was
+        overtaken.  Its version sorts between this state's and the next one's."""
+        nxt = next_change(self.schedules, state.at)
+        if nxt is None:
+            return None
+        at, sims = nxt
+        changed = {}
+        for sched, sim in zip(self.schedules, sims):
+            status = status_snapshot(sim)
+            if status != self._published[sched.name][0]:
+                settings = settings_snapshot(sim) if sim.settings.starts != sched.settings.starts else None
+                changed[sched.name] = {"status": status, "settings": settings}
+                self._predicted[sched.name] = settings is not None
+        out = output_of(sims)
+        return ControllerState(state.der, state.kind, changed, (out.value, out.source, out.start), at,
+                               (*state.version, 1), state.address, False, state.writes_applied)
 
     def _publish(self, now: int, force: bool = True, state: ControllerState | None = None,
                  full: bool = False) -> None:

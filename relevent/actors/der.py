@@ -40,6 +40,9 @@ class DerActor(Supervisor):
     def runtime_config(self, spec: ChildSpec) -> dict:
         return {"subscribers": dict(self.subscribers)}
 
+    def hosts(self, spec: ChildSpec) -> bool:
+        return spec.role == "controller" and self.site["runtime"].get("controller_isolation") == "der"
+
     def on_configure(self) -> None:
         self.subscribers = dict(self.config.get("subscribers", {}))  # kept by the site across our restarts
         self.lan_address = self.config.get("lan_subscribers", {}).get(self.config.get("lan") or "")

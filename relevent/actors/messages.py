@@ -174,6 +174,9 @@ class ControllerState(ShortRepr):
     address: Any = None      # the controller: endpoints send requests straight to it
     full: bool = True        # every schedule with its settings (after a subscription, with an answer)
     writes_applied: dict = field(default_factory=dict)  # endpoint name -> last write seq included
+    # The state due at the controller's next boundary if nothing changes before (version
+    # (stamp, seq, 1)); endpoints apply it on time themselves.  See ControllerActor._next_state.
+    then: "ControllerState | None" = None
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import Any
 from thespian.actors import ActorExitRequest, ChildActorExited
 
 from relevent.actors.base import ReleventActor
+from relevent.actors.hosted import Host
 from relevent.actors.messages import (
     Configure, FaultAck, Failed, ForecastReply, Hello, InjectFault, Ping, Pong, Ready, Reconfigure, Reconfigured,
     StatusReply, StatusRequest, Wakeup,
@@ -67,11 +68,12 @@ class Child:
     detail: dict = field(default_factory=dict)
 
 
-class Supervisor(ReleventActor):
+class Supervisor(Host, ReleventActor):
     level = "site"  # which [supervision.<level>] table applies
 
     def __init__(self) -> None:
         super().__init__()
+        self.init_host()
         self.children: list[Child] = []
         self._failures: deque = deque()      # monotonic times of failures, for intensity
         self._ping_seq = 0
@@ -87,6 +89,26 @@ class Supervisor(ReleventActor):
     def runtime_config(self, spec: ChildSpec) -> dict:
         """What a child needs at (re)start besides its topology slice; not part of the diff."""
         return {}
+
+    def hosts(self, spec: ChildSpec) -> bool:
+        """Whether this child runs in this process (relevent/actors/hosted.py) rather than its own."""
+        return False
+
+    # -- hosted children: thespian's entry points, routed ----------------------------------
+    def send(self, target: Any, message: Any) -> None:
+        if self.is_hosted(target):
+            self.deliver_local(target, message)
+        else:
+            super().send(target, message)
+
+    def receiveMessage(self, message: Any, sender: Any):  # noqa: N802 - thespian API
+        result = None if self.hosted_wakeup(message) else super().receiveMessage(message, sender)
+        self.drain(lambda m, s: ReleventActor.receiveMessage(self, m, s))
+        return result
+
+    def on_stop(self) -> None:
+        self.stop_hosted()
+        super().on_stop()
 
     # -- settings ----------------------------------------------------------------------
     @property
@@ -155,7 +177,10 @@ class Supervisor(ReleventActor):
     # -- starting and stopping children ----------------------------------------------------
     def _start(self, child: Child) -> None:
         child.generation += 1
-        child.address = self.createActor(child.spec.actor)
+        if self.hosts(child.spec):
+            child.address = self.host_actor(child.spec.actor, child.spec.name, child.generation)
+        else:
+            child.address = self.createActor(child.spec.actor)
         child.pid = None
         child.state = "starting"
         child.started_wall = time.time()
@@ -274,7 +299,9 @@ class Supervisor(ReleventActor):
         log.error("kill child=%s pid=%s reason=%s", child.spec.name, child.pid, reason)
         child.reason = child.last_error = reason
         child.state = "killing"
-        if child.pid:
+        if self.is_hosted(child.address):
+            self.send(child.address, ActorExitRequest())  # it shares our process: never kill -9 it
+        elif child.pid:
             try:
                 os.kill(child.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -365,6 +392,7 @@ class Supervisor(ReleventActor):
             "path": prefix + child.spec.name,
             "role": child.spec.role,
             "pid": child.pid,
+            "hosted": self.hosts(child.spec),
             "state": child.state,
             "restarts": child.restarts,
             "uptime_s": round(time.time() - child.started_wall, 3) if alive else None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relevent.topology.schema import NUMBER, Field, non_negative, port_check, positive
+from relevent.topology.schema import NUMBER, Field, nice_check, non_negative, port_check, positive
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "port": Field((int,), default=102, check=port_check),
                 "scl": Field((str,), default="", doc="SCL file to serve; empty: generate from the DERs"),
                 "ied_name": Field((str,), default="DER_Scheduler_"),
+                "switch_nice": Field((int,), default=-20, check=nice_check,
+                                     doc="priority (nice, -20..19) of the thread that shows announced switches "
+                                         "on time, and of the whole endpoint while it does; 0 or more: none"),
             },
             "relevent.protocols.mms.endpoint.MmsEndpoint", "IEC 61850 MMS server with the 90-10 scheduling model"),
         ProtocolSpec(

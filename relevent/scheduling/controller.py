@@ -1,11 +1,11 @@
 """The controller (FSCC): arbitration among its schedules and the forecast of its output.
 
-Pure, like the schedules it reads: the controller actor calls `output(now)` after any
-change and `forecast(now)` when a protocol endpoint asks.
+Pure, like the schedules it reads: the controller actor calls `output_of` after any
+change, `next_change` to tell endpoints its next switch ahead of time, and `forecast` when
+a protocol endpoint asks.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -45,7 +45,7 @@ def output_of(schedules: list[Schedule]) -> Output:
 def forecast(schedules: list[Schedule], now: int, window_ms: int = DAY_MS) -> list[tuple[int, Any, str | None]]:
     """(time, value, source) at `now` and at every change until now + window, merging the
     enabled schedules by the arbitration rule.  Works on copies: the schedules are untouched."""
-    sims = [copy.deepcopy(s) for s in schedules]
+    sims = [s.fork() for s in schedules]
     end = now + window_ms
     events: list[tuple[int, Any, str | None]] = []
     t = now
@@ -58,3 +58,22 @@ def forecast(schedules: list[Schedule], now: int, window_ms: int = DAY_MS) -> li
         wakeups = [w for w in (sim.next_wakeup() for sim in sims) if w is not None and w > t]
         t = min(wakeups) if wakeups else None
     return events
+
+
+def next_change(schedules: list[Schedule], now: int, max_steps: int = 16) -> tuple[int, list[Schedule]] | None:
+    """The first instant after `now` (the schedules advanced to it) at which some status
+    changes if nothing is written or operated before, with the schedules as they will be
+    then (copies).  None when nothing is due within `max_steps` wake-ups."""
+    sims = [s.fork() for s in schedules]
+    t = now
+    for _ in range(max_steps):
+        wakeups = [w for w in (sim.next_wakeup() for sim in sims) if w is not None and w > t]
+        if not wakeups:
+            return None
+        t = min(wakeups)
+        changed = False
+        for sim in sims:
+            changed |= sim.advance(t)
+        if changed:
+            return t, sims
+    return None

@@ -293,6 +293,15 @@ class Schedule:
             return st.next_start
         return None
 
+    def fork(self) -> "Schedule":
+        """A copy to simulate time on (forecasts, the next state): `advance` changes the
+        status and erases used start times, nothing else, so only those are copied."""
+        twin = Schedule.__new__(Schedule)
+        twin.__dict__.update(self.__dict__)
+        twin.status = replace(self.status)
+        twin.settings = replace(self.settings, starts=list(self.settings.starts))
+        return twin
+
     # -- persistence ----------------------------------------------------------------------------
     def to_record(self) -> dict:
         s, st = self.settings, self.status

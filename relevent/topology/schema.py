@@ -37,6 +37,10 @@ def positive(v: Any) -> str | None:
     return None if v > 0 else f"must be > 0, got {v}"
 
 
+def nice_check(v: Any) -> str | None:
+    return None if -20 <= v <= 19 else f"must be a nice value from -20 to 19, got {v}"
+
+
 def non_negative(v: Any) -> str | None:
     return None if v >= 0 else f"must be >= 0, got {v}"
 
@@ -65,6 +69,10 @@ RUNTIME = {
     "allow_fault_injection": Field((bool,), default=False,
                                    doc="accept `relevent fault` (chaos tests); never in production"),
     "log_level": Field((str,), default="INFO", choices=LOG_LEVELS),
+    "controller_isolation": Field((str,), default="process", choices=("process", "der"),
+                                  doc="process: every controller in its own process; der: a DER's "
+                                      "controllers in the DER's process (~7 MiB less each; a crash "
+                                      "in C or a hang takes the DER's other controllers along)"),
 }
 
 SUPERVISION = {

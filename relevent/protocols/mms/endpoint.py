@@ -14,17 +14,27 @@ Threads:
   free to receive an operate's answer).
 * a writer thread applies published states to the model.  States carry a version, so an
   older state never overwrites a newer one, whichever thread applies it.
+* a switcher thread applies, at its instant, the state each controller announced for its
+  next boundary (`ControllerState.then`): the switch is in the model on time even when
+  a hundred controllers switch in the same second and their states queue here.  It is
+  dropped if anything newer arrives first or a client writes to that controller; the
+  controller's own state at the boundary confirms it (or corrects it).
 
 After a restart the endpoint asks every controller for its state (SnapshotRequest): the
 model is rebuilt from the actors, never from the SCL defaults.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
+import os
 import queue
+import sys
 import threading
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +57,8 @@ log = logging.getLogger("relevent.mms")
 OPERATE_TIMEOUT_MS = 5000
 CONTACT_TICK = 1.0           # s between WanContact reports while clients are connected
 FIRST_STATES_TIMEOUT = 10.0  # s: serve anyway if a controller has not sent its state by then
+SWITCH_INTERVAL = 0.0005     # s, this process's GIL switch interval
+SWITCH_NICE = -20            # priority of a switch (see SwitchPriority)
 LISTENING = "listening"      # posted by the writer thread once the server listens
 REFUSAL_TO_WRITE_ERROR = {Refusal.ACCESS_DENIED: L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED,
                           Refusal.VALUE_INVALID: L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID}
@@ -76,13 +88,26 @@ class MmsEndpoint:
         self.pending: dict[tuple, tuple] = {}
         self.states: queue.SimpleQueue = queue.SimpleQueue()
         self.controllers: dict[tuple, Any] = {}  # (der, kind) -> controller address (actor thread only)
+        self.incarnations: dict[tuple, int] = {}  # (der, kind) -> its stamp (ControllerState.version[0])
         # Per controller, at most one request in flight (thespian does not keep the order of
         # messages sent in quick succession: an operate could overtake the writes before it).
         self.outbox: dict[tuple, list] = {}      # (der, kind) -> requests not sent yet
         self.in_flight: dict[tuple, Any] = {}    # (der, kind) -> request sent, not acknowledged
         self.writer: threading.Thread | None = None
+        # Announced next states, under the model lock: (der, kind) -> its _Plan; and their
+        # instants for the switcher thread: heap of (at ms, n, key, plan).
+        self.staged: dict[tuple, _Plan] = {}
+        self.switches: list = []
+        self.switch_cv = threading.Condition()
+        # Held by the switcher while it applies (inside the model lock); the actor thread
+        # passes through it before handling a message, so it does not take the GIL back
+        # after every libiec61850 call of a switch.  Never held while waiting for anything.
+        self.switch_gate = threading.Lock()
+        self.switch_seq = itertools.count()
+        self.switcher: threading.Thread | None = None
+        self._stopping = False
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
-        self.stats = {"writes": 0, "operates": 0, "refused": 0}
+        self.stats = {"writes": 0, "operates": 0, "refused": 0, "switched_on_time": 0}
         # WAN contact, for the site's "no telecom" schedules: clients connected now, and the
         # last request (set on libiec61850's thread; read by the actor's 1 s contact tick).
         self.clients = 0
@@ -100,6 +125,9 @@ class MmsEndpoint:
         model = parse_scl(scl_path)
         ied = model.ied()
         self.server = MmsServer(to_cfg(model, ied.name), ied.name, str(work))
+        # Every libiec61850 call releases the GIL; with the default 5 ms switch interval a
+        # thread getting it back waits behind a busy actor thread (iec61850-binding.md).
+        sys.setswitchinterval(SWITCH_INTERVAL)
         for der in ders:
             ld = default_ld_inst(der, len(ders))
             if ied.ld(ld) is None:
@@ -115,6 +143,9 @@ class MmsEndpoint:
         self.actor.defer_ready()
         self.writer = threading.Thread(target=self._write_states, name=f"mms-writer-{cfg['name']}", daemon=True)
         self.writer.start()
+        self.switcher = threading.Thread(target=self._switch_on_time, name=f"mms-switcher-{cfg['name']}",
+                                         daemon=True)
+        self.switcher.start()
         self.actor.send(self.actor.parent, SnapshotRequest(cfg["name"], self.actor.myAddress))
         self.server.on_connection(self._connection)
         self.actor.wakeupAfter(CONTACT_TICK, Wakeup("contact"))
@@ -147,6 +178,12 @@ class MmsEndpoint:
         self.bridge.post(LISTENING)
 
     def stop(self) -> None:
+        with self.switch_cv:
+            self._stopping = True
+            self.switch_cv.notify()
+        if self.switcher is not None and self.switcher.is_alive():
+            self.switcher.join(timeout=2)
+            self.switcher = None
         if self.writer is not None and self.writer.is_alive():
             self.states.put(None)
             self.writer.join(timeout=2)
@@ -206,6 +243,7 @@ class MmsEndpoint:
                 if outcome.ok:
                     seq = next(self.write_seqs)
                     self.pending[refs.key + (model_ref,)] = (seq, field, index, decoded)
+                    self.staged.pop((refs.der, refs.kind), None)  # the write may change the next switch
             if not outcome.ok:
                 self.stats["refused"] += 1
                 return REFUSAL_TO_WRITE_ERROR[outcome.refusal]
@@ -224,6 +262,7 @@ class MmsEndpoint:
             waiter = {"event": threading.Event(), "result": None}
             with self.lock:
                 self.waiting[request_id] = waiter
+                self.staged.pop((refs.der, refs.kind), None)
             self.bridge.post(ScheduleOperate(refs.der, refs.kind, refs.name, op, request_id))
             answered = waiter["event"].wait(OPERATE_TIMEOUT_MS / 1000)
             with self.lock:
@@ -306,6 +345,8 @@ class MmsEndpoint:
             self._pump(key)
 
     def on_message(self, message: Any, _sender: Any) -> bool:
+        with self.switch_gate:
+            pass  # a switch is being applied: let it finish first
         if isinstance(message, Measurement):
             self.states.put(message)  # the writer thread puts it in the DER's MMXU1
             return True
@@ -334,10 +375,14 @@ class MmsEndpoint:
         it has not acknowledged (one sent to a controller that then died would be lost), the
         request that was in flight, and the queue."""
         key = (state.der, state.kind)
-        if state.address is None or self.controllers.get(key) == state.address:
+        # An incarnation is its address and its stamp: controllers hosted in their DER's
+        # process (controller_isolation = "der") keep the DER's address across restarts.
+        if state.address is None or self.incarnations.get(key) == state.version[0] \
+                and self.controllers.get(key) == state.address:
             return
         known_before = key in self.controllers
         self.controllers[key] = state.address
+        self.incarnations[key] = state.version[0]
         if known_before:
             acked = state.writes_applied.get(self.config["name"], 0)
             with self.lock:
@@ -400,17 +445,30 @@ class MmsEndpoint:
                 self._apply_locked(state)
 
     def _apply_locked(self, state: ControllerState) -> None:
+        updates = self._updates_locked(state)
+        if updates:
+            self.server.update(updates, locked=True)
+
+    def _updates_locked(self, state: ControllerState) -> list:
+        """Model lock held: take `state` as applied and return the model updates it needs
+        (the controller's output first)."""
+        plan = self._plan_locked(state)
+        if plan is None:
+            return []
+        self._commit_locked(plan)
+        return plan.outputs + plan.rest
+
+    def _plan_locked(self, state: ControllerState) -> "_Plan | None":
+        """Model lock held: the updates that bring the model from what is applied to
+        `state` (None if something as new is applied), without recording anything."""
         key = (state.der, state.kind)
         if self.applied_version.get(key, (0, 0)) >= state.version:
-            return
-        self.applied_version[key] = state.version
+            return None
         ld, ied = self.lds[state.der], self.server.ied_name
         acked = state.writes_applied.get(self.config["name"], 0)
         with self.lock:
-            for k in [k for k, v in self.pending.items() if k[:2] == key and v[0] <= acked]:
-                del self.pending[k]
-            unacked = {k: v for k, v in self.pending.items() if k[:2] == key}
-        updates: list = []
+            unacked = {k: v for k, v in self.pending.items() if k[:2] == key and v[0] > acked}
+        plan = _Plan(state, acked)
         for name, change in state.schedules.items():
             refs = ScheduleRefs(ied, ld, state.der, state.kind, name)
             if not self.server.has(refs.ln_ref):
@@ -421,25 +479,138 @@ class MmsEndpoint:
                 log.warning("partial state for %s/%s/%s before any full state", state.der, state.kind, name)
                 continue
             old = None if prev is None else {**prev["settings"], **prev["status"]}
-            updates += schedule_updates(refs, old, {**settings, **change["status"]}, state.at,
-                                        settings_changed=change["settings"] is not None)
-            self.applied[refs.key] = {"status": change["status"], "settings": settings}
+            plan.rest += schedule_updates(refs, old, {**settings, **change["status"]}, state.at,
+                                          settings_changed=change["settings"] is not None)
+            plan.applied[refs.key] = {"status": change["status"], "settings": settings}
             if change["settings"] is not None:
                 mirror = from_snapshot(name, change["status"], settings)
-                with self.lock:
-                    for k, (_seq, field, index, value) in unacked.items():  # writes it does not include yet
-                        if k[2] == name:
-                            _write_mirror(mirror, field, index, value, None)
-                    self.mirrors[refs.key] = mirror
+                for k, (_seq, written_field, index, value) in unacked.items():  # writes it does not include yet
+                    if k[2] == name:
+                        _write_mirror(mirror, written_field, index, value, None)
+                plan.mirrors[refs.key] = mirror
         if self.applied_output.get(key) != state.output:
-            updates += controller_updates(ied, ld, state.kind, state.output, state.at)
-            self.applied_output[key] = state.output
+            plan.outputs = [u for u in controller_updates(ied, ld, state.kind, state.output, state.at)
+                            if self.server.has(u[0])]
         # A model type may have fewer StrTm than the core (the reserve has StrTm01 only); what
         # clients wrote after this state was made stays as they wrote it.
         written = {k[3] for k in unacked}
-        updates = [u for u in updates if self.server.has(u[0]) and u[0] not in written]
-        if updates:
-            self.server.update(updates, locked=True)
+        plan.rest = [u for u in plan.rest if self.server.has(u[0]) and u[0] not in written]
+        return plan
+
+    def _commit_locked(self, plan: "_Plan") -> None:
+        """Model lock held: record `plan` as applied (its updates are, or are about to be)."""
+        state = plan.state
+        key = (state.der, state.kind)
+        self.applied_version[key] = state.version
+        self.applied.update(plan.applied)
+        self.applied_output[key] = state.output
+        with self.lock:
+            for k in [k for k, v in self.pending.items() if k[:2] == key and v[0] <= plan.acked]:
+                del self.pending[k]
+            self.mirrors.update(plan.mirrors)
+        self._stage(key, state.then)
+
+    # -- switcher thread -------------------------------------------------------------------------
+    def _stage(self, key: tuple, then: ControllerState | None) -> None:
+        """Model lock held: `then` replaces whatever was announced for this controller.
+        Its updates are computed now, so the switch itself only writes them."""
+        plan = None if then is None else self._plan_locked(then)
+        if plan is None:
+            self.staged.pop(key, None)
+            return
+        self.staged[key] = plan
+        with self.switch_cv:
+            heapq.heappush(self.switches, (then.at, next(self.switch_seq), key, plan))
+            self.switch_cv.notify()
+
+    def _switch_on_time(self) -> None:
+        """Apply announced states at their instant, never before it."""
+        priority = SwitchPriority(self.config.get("switch_nice", SWITCH_NICE))
+        while True:
+            with self.switch_cv:
+                while True:
+                    if self._stopping:
+                        return
+                    now = time.time_ns() / 1e6
+                    if self.switches and self.switches[0][0] <= now:
+                        break
+                    self.switch_cv.wait(None if not self.switches else (self.switches[0][0] - now) / 1000)
+                due = []
+                while self.switches and self.switches[0][0] <= now:
+                    due.append(heapq.heappop(self.switches))
+            if self.server is None:
+                continue
+            try:
+                with priority.boost(), self.server.model_lock(), self.switch_gate:
+                    # Every due switch's outputs first (they are what a switch is), then
+                    # the schedules' status; all computed when the states were staged.
+                    due = [plan for _at, _n, key, plan in due if self.staged.get(key) is plan]
+                    self.server.update([u for plan in due for u in plan.outputs], locked=True)
+                    outputs_at = time.time_ns() / 1e6
+                    rest = [u for plan in due for u in plan.rest]
+                    self.server.update(rest, locked=True)
+                    for plan in due:
+                        self._commit_locked(plan)
+                    self.stats["switched_on_time"] += len(due)
+                if due:
+                    at = due[0].state.at
+                    self.stats["last_switch"] = {"at": at, "controllers": len(due),
+                                                 "outputs_ms": round(outputs_at - at, 1),
+                                                 "done_ms": round(time.time_ns() / 1e6 - at, 1)}
+                    log.debug("mms switch %s", self.stats["last_switch"])
+            except Exception:  # the controller's own state follows: never stop this thread
+                log.exception("mms endpoint=%s applying announced states", self.config["name"])
+
+
+@dataclass
+class _Plan:
+    """A state's model updates, computed against the model as it was, and what to record
+    once they are applied."""
+    state: ControllerState
+    acked: int                                   # this endpoint's writes the state includes
+    outputs: list = field(default_factory=list)  # the controller's output (FSCC, GGIO)
+    rest: list = field(default_factory=list)     # its schedules
+    applied: dict = field(default_factory=dict)  # schedule key -> {"status", "settings"}
+    mirrors: dict = field(default_factory=dict)  # schedule key -> Schedule
+
+
+class SwitchPriority:
+    """The switcher thread runs at `nice`, and so does every thread of this process while
+    a switch is applied (a few ms per boundary).  At a boundary every controller and DER
+    process of the site wakes at once: at the default priority the switch would get a
+    slice of a core among hundreds, and it needs the GIL, which the actor thread may hold.
+    Only for the switch: a whole endpoint at high priority starved the site supervisor's
+    heartbeats under load (100 DERs, 2 cores).  Needs CAP_SYS_NICE (root, or LimitNICE= in
+    a systemd unit); without it the switches still happen, later under load."""
+
+    def __init__(self, nice: int) -> None:
+        self.nice = nice
+        self.base = os.getpriority(os.PRIO_PROCESS, 0)
+        self.allowed = nice < self.base and self._set(threading.get_native_id(), nice)
+
+    def _set(self, tid: int, nice: int) -> bool:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+            return True
+        except OSError as exc:  # no CAP_SYS_NICE, or the thread is gone
+            if tid == threading.get_native_id():
+                log.warning("mms switcher at normal priority (cannot set nice %d: %s)", nice, exc)
+            return False
+
+    @contextmanager
+    def boost(self):
+        if not self.allowed:
+            yield
+            return
+        me = threading.get_native_id()
+        others = [int(t) for t in os.listdir("/proc/self/task") if int(t) != me]
+        for tid in others:
+            self._set(tid, self.nice)
+        try:
+            yield
+        finally:
+            for tid in others:
+                self._set(tid, self.base)
 
 
 def _write_mirror(mirror: Schedule, field: str, index: int, value: Any, now: int | None):
