@@ -35,7 +35,8 @@ bench: $(STAMP)
 	$(PY) bench/switch_bench.py --ders 1 --entries 60 --json bench/results-switch-1der.json
 	$(PY) bench/switch_bench.py --ders 100 --entries 20 --pause 0.005 --json bench/results-switch-100der.json
 	$(PY) bench/mms_bench.py --ders 1 --ders 3 --ders 10 --json bench/results-mms.json
-	$(PY) bench/memory_bench.py --ders 10
+	$(PY) bench/memory_bench.py --ders 10 --isolation process
+	$(PY) bench/memory_bench.py --ders 10 --isolation der
 	$(PY) bench/lan_bench.py --entries 60 --json bench/results-lan.json
 
 # Long fault-injection run, outages and power loss: about two hours; figures in

@@ -42,7 +42,8 @@ def summary(ms: list[float]) -> dict:
             "max_ms": round(max(ms), 2), "mean_ms": round(statistics.mean(ms), 2)}
 
 
-def topology(state: Path, ders: int, mms_port: int, heartbeat: float = 1.0) -> str:
+def topology(state: Path, ders: int, mms_port: int, heartbeat: float = 1.0, isolation: str = "process",
+             nice: int | None = None) -> str:
     der_tables = "".join(f'\n[[der]]\nname = "d{i:03d}"\nfunctions = ["ActPow"]\nschedules = 1\n'
                          for i in range(ders))
     return f"""[site]
@@ -50,6 +51,7 @@ name = "switchbench"
 state_dir = "{state}"
 [runtime]
 admin_port = {free_port()}
+{"" if isolation == "process" else f'controller_isolation = "{isolation}"'}
 [supervision]
 heartbeat_interval = {heartbeat}
 heartbeat_timeout = {max(5.0, heartbeat * 3)}
@@ -58,6 +60,7 @@ startup_timeout = 60.0
 name = "mms"
 protocol = "mms"
 port = {mms_port}
+{"" if nice is None else f"switch_nice = {nice}"}
 {der_tables}"""
 
 
@@ -67,16 +70,21 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=60)
     ap.add_argument("--heartbeat", type=float, default=1.0, help="supervision heartbeat interval, s")
     ap.add_argument("--pause", type=float, default=0.001, help="observer pause between sweeps, s")
-    ap.add_argument("--observer-nice", type=int, default=-20,
-                    help="the observer's priority once the site runs: a client on another host is not "
-                         "starved by the site's load, one on these 2 cores is unless it has priority")
+    ap.add_argument("--observer-nice", type=int, default=0,
+                    help="the observer's priority while it observes (a client on another host is not "
+                         "starved by the site's load; at -20, on these 2 cores, it starved the site's "
+                         "heartbeats: DERs were killed as hung)")
+    ap.add_argument("--switch-nice", type=int, help="the MMS endpoint's switch_nice (default: its default, -20)")
+    ap.add_argument("--isolation", choices=("process", "der"), default="process",
+                    help="[runtime] controller_isolation")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep-log", type=Path, help="copy the site's relevent.log here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         port = free_port()
-        (tmp / "site.toml").write_text(topology(tmp / "state", args.ders, port, args.heartbeat))
+        (tmp / "site.toml").write_text(topology(tmp / "state", args.ders, port, args.heartbeat, args.isolation,
+                                                args.switch_nice))
         site = Site(tmp / "site.toml", tmp / "state").start(timeout=600)
         try:
             result = run(site, port, args)
@@ -85,6 +93,8 @@ def main() -> None:
             site.kill_everything()
             if args.keep_log:
                 shutil.copy(tmp / "state" / "relevent.log", args.keep_log)
+                if (tmp / "state" / "thespian.log").exists():
+                    shutil.copy(tmp / "state" / "thespian.log", args.keep_log.with_suffix(".thespian.log"))
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -104,7 +114,7 @@ def run(site: Site, port: int, args) -> dict:
             start = time.perf_counter()
             assert not any(c.write_many(names, data))
             writes.append((time.perf_counter() - start) * 1000)
-        t0 = (int(time.time()) + 3 + args.ders // 20) * 1000
+        t0 = (int(time.time()) + 3 + args.ders // 5) * 1000  # lead: ~0.2 s per DER to set up
         start_time = TimestampData(datetime.fromtimestamp(t0 / 1000, tz=timezone.utc))
         for ld in lds:
             ref = f"DER_Scheduler_{ld}/ActPow_FSCH01"
@@ -135,14 +145,19 @@ def run(site: Site, port: int, args) -> dict:
                 if 0 <= k < args.entries and (i, k) not in seen:
                     seen[(i, k)] = s1
         lateness = [seen[(i, k)] - (t0 + k * 1000) for (i, k) in seen]
+        per_entry = [round(max([seen[(i, k)] - (t0 + k * 1000) for i in range(args.ders) if (i, k) in seen],
+                               default=float("nan")), 1) for k in range(args.entries)]
         missing = args.ders * args.entries - len(seen)
         early = [x for x in lateness if x < 0]
     finally:
         c.close()
-    return {"ders": args.ders, "observer_pause_ms": args.pause * 1000, "observer_nice": args.observer_nice, "heartbeat_s": args.heartbeat, "entries_per_der": args.entries, "switches_seen": len(seen), "missed": missing,
+    return {"ders": args.ders, "observer_pause_ms": args.pause * 1000, "observer_nice": args.observer_nice,
+            "controller_isolation": args.isolation, "switch_nice": args.switch_nice, "heartbeat_s": args.heartbeat, "entries_per_der": args.entries, "switches_seen": len(seen), "missed": missing,
             "early": len(early), "lateness": summary(lateness), "observer_sweep": summary(sweeps),
             "write_rtt": summary(writes), "operate_rtt": summary(operates),
-            "actors": sum(1 for _ in walk(site.tree()))}
+            "latest_switch_per_entry_ms": per_entry,
+            "actors": sum(1 for _ in walk(site.tree())),
+            "endpoint_switches": site.node("mms")["detail"].get("switches", [])}
 
 
 if __name__ == "__main__":

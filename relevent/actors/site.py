@@ -87,8 +87,11 @@ class SiteSupervisor(Supervisor):
         elif isinstance(message, Measurement):
             self.send_to_child(message.der, message)
         elif isinstance(message, WanContact):
+            # Only DERs with a "no telecom" schedule need it: a copy to every DER each second
+            # filled thespian's 20 transmit slots at 100 DERs and delayed the heartbeats.
             for der in self.running_children("der"):
-                self.send(der.address, message)
+                if any(local["trigger"] == "no_telecom" for local in der.spec.config.get("local", [])):
+                    self.send(der.address, message)
         else:
             super().on_message(message, sender)
 

@@ -25,6 +25,7 @@ model is rebuilt from the actors, never from the SCL defaults.
 """
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import logging
@@ -58,7 +59,9 @@ OPERATE_TIMEOUT_MS = 5000
 CONTACT_TICK = 1.0           # s between WanContact reports while clients are connected
 FIRST_STATES_TIMEOUT = 10.0  # s: serve anyway if a controller has not sent its state by then
 SWITCH_INTERVAL = 0.0005     # s, this process's GIL switch interval
-SWITCH_NICE = -20            # priority of a switch (see SwitchPriority)
+SWITCH_NICE = -20            # priority around a switch (see SwitchPriority)
+BOOST_LEAD_MS = 50           # how long before a switch the priority goes up
+SWITCHES_KEPT = 32           # recent switches shown in the status (timing)
 LISTENING = "listening"      # posted by the writer thread once the server listens
 REFUSAL_TO_WRITE_ERROR = {Refusal.ACCESS_DENIED: L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED,
                           Refusal.VALUE_INVALID: L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID}
@@ -137,6 +140,11 @@ class MmsEndpoint:
                 names = [f"FSCH{n:02d}" for n in range(1, der["schedules"] + 1)] + ["Res_FSCH01"]
                 for name in names:
                     self._install(ScheduleRefs(ied.name, ld, der["name"], kind, name))
+        # The model's bookkeeping (mirrors, ~100 handlers per schedule) lives as long as the
+        # endpoint: out of the collector's sight, a full collection does not stop every thread
+        # (a switch included) for 100-300 ms on a 100-DER model.
+        gc.collect()
+        gc.freeze()
         # Listen only once every controller's state is in the model: a client must never read
         # the SCL's placeholders (SchdSt 0) as the state of a schedule.  Ready comes then too.
         self.awaiting = {(der["name"], kind) for der in ders for kind in der["functions"]}
@@ -524,7 +532,8 @@ class MmsEndpoint:
             self.switch_cv.notify()
 
     def _switch_on_time(self) -> None:
-        """Apply announced states at their instant, never before it."""
+        """Apply announced states at their instant, never before it, with this process's
+        threads at high priority from BOOST_LEAD_MS before the instant until it is done."""
         priority = SwitchPriority(self.config.get("switch_nice", SWITCH_NICE))
         while True:
             with self.switch_cv:
@@ -532,34 +541,44 @@ class MmsEndpoint:
                     if self._stopping:
                         return
                     now = time.time_ns() / 1e6
-                    if self.switches and self.switches[0][0] <= now:
+                    if self.switches and self.switches[0][0] - BOOST_LEAD_MS <= now:
                         break
-                    self.switch_cv.wait(None if not self.switches else (self.switches[0][0] - now) / 1000)
-                due = []
-                while self.switches and self.switches[0][0] <= now:
-                    due.append(heapq.heappop(self.switches))
-            if self.server is None:
-                continue
-            try:
-                with priority.boost(), self.server.model_lock(), self.switch_gate:
-                    # Every due switch's outputs first (they are what a switch is), then
-                    # the schedules' status; all computed when the states were staged.
-                    due = [plan for _at, _n, key, plan in due if self.staged.get(key) is plan]
-                    self.server.update([u for plan in due for u in plan.outputs], locked=True)
-                    outputs_at = time.time_ns() / 1e6
-                    rest = [u for plan in due for u in plan.rest]
-                    self.server.update(rest, locked=True)
-                    for plan in due:
-                        self._commit_locked(plan)
-                    self.stats["switched_on_time"] += len(due)
-                if due:
-                    at = due[0].state.at
-                    self.stats["last_switch"] = {"at": at, "controllers": len(due),
-                                                 "outputs_ms": round(outputs_at - at, 1),
-                                                 "done_ms": round(time.time_ns() / 1e6 - at, 1)}
-                    log.debug("mms switch %s", self.stats["last_switch"])
-            except Exception:  # the controller's own state follows: never stop this thread
-                log.exception("mms endpoint=%s applying announced states", self.config["name"])
+                    self.switch_cv.wait(None if not self.switches
+                                        else (self.switches[0][0] - BOOST_LEAD_MS - now) / 1000)
+                first = self.switches[0][0]
+            with priority.boost():
+                delay = (first - time.time_ns() / 1e6) / 1000
+                if delay > 0:
+                    time.sleep(delay)
+                with self.switch_cv:
+                    now = time.time_ns() / 1e6
+                    due = []
+                    while self.switches and self.switches[0][0] <= now:
+                        due.append(heapq.heappop(self.switches))
+                if due and self.server is not None:
+                    self._switch(due)
+
+    def _switch(self, due: list) -> None:
+        try:
+            with self.server.model_lock(), self.switch_gate:
+                # Every due switch's outputs first (they are what a switch is), then the
+                # schedules' status; all computed when the states were staged.
+                plans = [plan for _at, _n, key, plan in due if self.staged.get(key) is plan]
+                self.server.update([u for plan in plans for u in plan.outputs], locked=True)
+                outputs_at = time.time_ns() / 1e6
+                self.server.update([u for plan in plans for u in plan.rest], locked=True)
+                for plan in plans:
+                    self._commit_locked(plan)
+                self.stats["switched_on_time"] += len(plans)
+        except Exception:  # the controller's own state follows: never stop this thread
+            log.exception("mms endpoint=%s applying announced states", self.config["name"])
+            return
+        if plans:
+            at = plans[0].state.at
+            switch = {"at": at, "controllers": len(plans), "outputs_ms": round(outputs_at - at, 1),
+                      "done_ms": round(time.time_ns() / 1e6 - at, 1)}
+            self.stats["switches"] = (self.stats.get("switches", []) + [switch])[-SWITCHES_KEPT:]
+            log.debug("mms switch %s", switch)
 
 
 @dataclass
@@ -575,13 +594,15 @@ class _Plan:
 
 
 class SwitchPriority:
-    """The switcher thread runs at `nice`, and so does every thread of this process while
-    a switch is applied (a few ms per boundary).  At a boundary every controller and DER
-    process of the site wakes at once: at the default priority the switch would get a
-    slice of a core among hundreds, and it needs the GIL, which the actor thread may hold.
-    Only for the switch: a whole endpoint at high priority starved the site supervisor's
-    heartbeats under load (100 DERs, 2 cores).  Needs CAP_SYS_NICE (root, or LimitNICE= in
-    a systemd unit); without it the switches still happen, later under load."""
+    """The switcher thread runs at `nice`, and so does every thread of this process from
+    BOOST_LEAD_MS before a switch until it is applied.  At a boundary every controller and
+    DER process of the site wakes at once: at the default priority the switch gets a slice
+    of a core among hundreds, and it needs the GIL, which another thread of this process
+    may hold while the kernel runs other processes (a priority inversion through the GIL,
+    measured at up to 0.8 s): the lead lets those threads run and let go of it first.
+    Never for good: the whole endpoint at nice -20 starved the site's DERs of CPU while a
+    client set up 100 schedules (they were killed as hung).  Needs CAP_SYS_NICE (root, or
+    LimitNICE= in a systemd unit); without it the switches still happen, later under load."""
 
     def __init__(self, nice: int) -> None:
         self.nice = nice
@@ -594,7 +615,7 @@ class SwitchPriority:
             return True
         except OSError as exc:  # no CAP_SYS_NICE, or the thread is gone
             if tid == threading.get_native_id():
-                log.warning("mms switcher at normal priority (cannot set nice %d: %s)", nice, exc)
+                log.warning("mms switches at normal priority (cannot set nice %d: %s)", nice, exc)
             return False
 
     @contextmanager
