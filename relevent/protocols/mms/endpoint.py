@@ -545,13 +545,12 @@ class MmsEndpoint:
                         break
                     self.switch_cv.wait(None if not self.switches
                                         else (self.switches[0][0] - BOOST_LEAD_MS - now) / 1000)
-                first = self.switches[0][0]
             with priority.boost():
-                delay = (first - time.time_ns() / 1e6) / 1000
-                if delay > 0:
-                    time.sleep(delay)
-                with self.switch_cv:
-                    now = time.time_ns() / 1e6
+                with self.switch_cv:  # until the first instant, which a newer announcement may bring forward
+                    while not self._stopping and self.switches[0][0] > (now := time.time_ns() / 1e6):
+                        self.switch_cv.wait((self.switches[0][0] - now) / 1000)
+                    if self._stopping:
+                        return
                     due = []
                     while self.switches and self.switches[0][0] <= now:
                         due.append(heapq.heappop(self.switches))
