@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/switch_bench.py --ders 1 --entries 60 --json bench/results-switch-1der.json
 	$(PY) bench/switch_bench.py --ders 100 --entries 20 --pause 0.005 --json bench/results-switch-100der.json
 	$(PY) bench/mms_bench.py --ders 1 --ders 3 --ders 10 --json bench/results-mms.json
+	$(PY) bench/gc_bench.py --ders 100 --functions ActPow --schedules 1
 	$(PY) bench/memory_bench.py --ders 10 --isolation process
 	$(PY) bench/memory_bench.py --ders 10 --isolation der
 	$(PY) bench/lan_bench.py --entries 60 --json bench/results-lan.json

@@ -25,6 +25,22 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def wait_until(t_ms: int) -> None:
+    """Sleep until the wall clock reads `t_ms` (ms since the epoch)."""
+    delay = (t_ms - now_ms()) / 1000
+    if delay > 0:
+        time.sleep(delay)
+
+
+def mms_port(site: "Site", endpoint: str = "mms") -> int:
+    from relevent.topology import load_topology
+    return next(ep["port"] for ep in load_topology(site.topology).data["wan"] if ep["name"] == endpoint)
+
+
 def free_port() -> int:
     """A free port *below* the kernel's ephemeral range: a port from that range can be
     taken, between this call and the server's bind, as the source port of one of the

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 from mmsclients import LibIec61850Client
-from relevent.topology import load_topology
-from sitectl import walk
+from sitectl import mms_port as port_of, now_ms, wait_until, walk
 
 LD = "DER_Scheduler_Control"
 S = 1000
@@ -22,23 +20,9 @@ def fsch(kind: str, n: str) -> str:
     return f"{LD}/{kind}_{n}"
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def wait_until(t_ms: int) -> None:
-    delay = (t_ms - now_ms()) / 1000
-    if delay > 0:
-        time.sleep(delay)
-
-
 @pytest.fixture
 def site(make_site):
     return make_site(schedules=3, functions=("ActPow", "MaxPow", "OnOff"), runtime='controller_isolation = "der"\n')
-
-
-def port_of(site) -> int:
-    return next(ep["port"] for ep in load_topology(site.topology).data["wan"] if ep["name"] == "mms")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import sunspec2.modbus.client as ssclient
 
 from lanctl import Blackhole, Mosquitto, MqttWatcher, lan_topology, read_write_log
 from mmsclients import LibIec61850Client
-from sitectl import Site, free_port
+from sitectl import Site, free_port, now_ms, wait_until
 
 WMAXLIMPCT_SF = -2          # the simulator's scale factor: 0.01 %
 
@@ -49,10 +49,6 @@ def lan(tmp_path):
         hole.close()
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def schedule(mms, der: str, kind: str, values: list, intv: int, start: int, prio: int = 30) -> None:
     ref = f"DER_Scheduler_{der}Control/{kind}_FSCH01"
     assert mms.write_int(f"{ref}.NumEntr.setVal", len(values)) is None
@@ -62,12 +58,6 @@ def schedule(mms, der: str, kind: str, values: list, intv: int, start: int, prio
         assert mms.write_float(f"{ref}.ValASG{i:03d}.setMag.f", float(v)) is None
     assert mms.write_time(f"{ref}.StrTm01.setTm", start) is None
     assert mms.operate(f"{ref}.EnaReq", True) == (True, 0)
-
-
-def wait_until(t_ms: int) -> None:
-    delay = (t_ms - now_ms()) / 1000
-    if delay > 0:
-        time.sleep(delay)
 
 
 def sunspec_device(port: int):

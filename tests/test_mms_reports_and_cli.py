@@ -13,8 +13,9 @@ import open61850.mms as mms
 from open61850.data import FloatData, IntData, TimestampData
 from open61850.mms import rcb
 
-from sitectl import REPO, Site, free_port
-from test_mms_scheduling import LD, now_ms, port_of
+from sitectl import REPO, Site, free_port, now_ms
+from sitectl import mms_port as port_of
+from test_mms_scheduling import LD
 
 TEMPLATE = REPO / "relevent" / "scl" / "templates" / "der-scheduler.cid"
 REPORTING = """

@@ -8,11 +8,12 @@ import math
 import os
 import signal
 import time
+from contextlib import contextmanager
 
 import pytest
 
 from mmsclients import CLIENTS, LibIec61850Client, Open61850Client
-from relevent.topology import load_topology
+from sitectl import mms_port as port_of, now_ms, wait_until
 
 LD = "DER_Scheduler_Control"
 S = 1000
@@ -27,19 +28,11 @@ def site(make_site):
     return make_site(schedules=3, functions=("ActPow", "MaxPow", "OnOff"))
 
 
-def port_of(site) -> int:
-    return next(ep["port"] for ep in load_topology(site.topology).data["wan"] if ep["name"] == "mms")
-
-
 @pytest.fixture(params=CLIENTS, ids=lambda c: c.name)
 def client(request, site):
     c = request.param("127.0.0.1", port_of(site))
     yield c
     c.close()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def prepare(c, kind: str, n: str, values: list, intv: int = 1, prio: int = 20, start: int | None = None) -> int:
@@ -55,12 +48,6 @@ def prepare(c, kind: str, n: str, values: list, intv: int = 1, prio: int = 20, s
     start = start or now_ms() + 1500
     assert c.write_time(f"{ref}.StrTm01.setTm", start) is None
     return start
-
-
-def wait_until(t_ms: int) -> None:
-    delay = (t_ms - now_ms()) / 1000
-    if delay > 0:
-        time.sleep(delay)
 
 
 # -- 1. model and initial state -----------------------------------------------------------------
@@ -225,6 +212,16 @@ def patient_site(make_site):
     return make_site(schedules=3, functions=("ActPow",), supervision="[supervision.der]\nheartbeat_timeout = 10.0\n")
 
 
+@contextmanager
+def frozen(pid: int):
+    """The process stopped (SIGSTOP) for the duration: it neither wakes nor answers."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def run_four_entries(c) -> int:
     """ActPow FSCH01 enabled with 1.0, 2.0, 3.0, 4.0 in 1 s entries from the returned start."""
     t0 = (now_ms() // 1000 + 2) * 1000
@@ -242,14 +239,11 @@ def test_switch_is_shown_on_time_while_its_controller_is_frozen(patient_site):
     try:
         t0 = run_four_entries(c)
         wait_until(t0 + 1 * S - 300)
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(pid):
             assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 1.0
             wait_until(t0 + 1 * S + 300)
             assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 2.0
             assert c.read_int(f"{fsch('ActPow', 'FSCH01')}.SchdEntr.stVal") == 2
-        finally:
-            os.kill(pid, signal.SIGCONT)
         wait_until(t0 + 2 * S + 500)  # the thawed controller confirms and goes on
         assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 3.0
         assert c.read_int(f"{fsch('ActPow', 'FSCH01')}.SchdEntr.stVal") == 3
@@ -268,16 +262,13 @@ def test_a_write_before_a_boundary_overrides_the_announced_switch(patient_site):
     try:
         t0 = run_four_entries(c)
         wait_until(t0 + 2 * S - 300)  # entry 3 (3.0) is announced by now
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(pid):
             assert c.write_float(f"{fsch('ActPow', 'FSCH01')}.ValASG003.setMag.f", 99.0) is None
-            frozen = []  # what clients see while only the endpoint could switch
+            shown = []  # what clients see while only the endpoint could switch
             while now_ms() < t0 + 2 * S + 300:
-                frozen.append(c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f"))
+                shown.append(c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f"))
                 time.sleep(0.005)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        assert set(frozen) == {2.0}, "the announced value, overtaken by the write, was shown"
+        assert set(shown) == {2.0}, "the announced value, overtaken by the write, was shown"
         wait_until(t0 + 2 * S + 800)
         assert c.read_float(f"{LD}/ActPow_GGIO1.AnOut1.mxVal.f") == 99.0
         assert c.read_float(f"{fsch('ActPow', 'FSCH01')}.ValMV.mag.f") == 99.0

@@ -103,7 +103,7 @@ class Supervisor(Host, ReleventActor):
 
     def receiveMessage(self, message: Any, sender: Any):  # noqa: N802 - thespian API
         result = None if self.hosted_wakeup(message) else super().receiveMessage(message, sender)
-        self.drain(lambda m, s: ReleventActor.receiveMessage(self, m, s))
+        self.drain(super().receiveMessage)
         return result
 
     def on_stop(self) -> None:
