@@ -14,11 +14,13 @@ Threads:
   free to receive an operate's answer).
 * a writer thread applies published states to the model.  States carry a version, so an
   older state never overwrites a newer one, whichever thread applies it.
-* a switcher thread applies, at its instant, the state each controller announced for its
-  next boundary (`ControllerState.then`): the switch is in the model on time even when
-  a hundred controllers switch in the same second and their states queue here.  It is
-  dropped if anything newer arrives first or a client writes to that controller; the
-  controller's own state at the boundary confirms it (or corrects it).
+* a switcher thread in C (relevent/iec61850/switcher.c) writes, at its instant, the
+  state each controller announced for its next boundary (`ControllerState.then`), its
+  model updates computed here beforehand: the switch is in the model on time even when a
+  hundred controllers switch in the same second, their states queue here, and every
+  Python thread waits for a core.  It is dropped if anything newer arrives first or a
+  client writes to that controller; the controller's own state at the boundary confirms
+  it (or corrects it).  A follower thread then records what it applied.
 
 After a restart the endpoint asks every controller for its state (SnapshotRequest): the
 model is rebuilt from the actors, never from the SCL defaults.
@@ -26,15 +28,12 @@ model is rebuilt from the actors, never from the SCL defaults.
 from __future__ import annotations
 
 import gc
-import heapq
 import itertools
 import logging
-import os
 import queue
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from relevent.actors.messages import (
 )
 from relevent.iec61850 import lib as L
 from relevent.iec61850.server import MmsServer, MmsServerError
+from relevent.iec61850.switcher import Switcher
 from relevent.protocols.mms.model_map import ScheduleRefs, controller_updates, measurement_updates, schedule_updates
 from relevent.runtime.bridge import ThreadBridge
 from relevent.scheduling.schedule import Refusal, Schedule, from_snapshot
@@ -59,7 +59,7 @@ OPERATE_TIMEOUT_MS = 5000
 CONTACT_TICK = 1.0           # s between WanContact reports while clients are connected
 FIRST_STATES_TIMEOUT = 10.0  # s: serve anyway if a controller has not sent its state by then
 SWITCH_INTERVAL = 0.0005     # s, this process's GIL switch interval
-SWITCH_NICE = -20            # priority around a switch (see SwitchPriority)
+SWITCH_NICE = -20            # priority around a switch (see switcher.c)
 BOOST_LEAD_MS = 50           # how long before a switch the priority goes up
 SWITCHES_KEPT = 32           # recent switches shown in the status (timing)
 LISTENING = "listening"      # posted by the writer thread once the server listens
@@ -97,18 +97,12 @@ class MmsEndpoint:
         self.outbox: dict[tuple, list] = {}      # (der, kind) -> requests not sent yet
         self.in_flight: dict[tuple, Any] = {}    # (der, kind) -> request sent, not acknowledged
         self.writer: threading.Thread | None = None
-        # Announced next states, under the model lock: (der, kind) -> its _Plan; and their
-        # instants for the switcher thread: heap of (at ms, n, key, plan).
+        # Announced next states, under the model lock: (der, kind) -> its _Plan, each armed
+        # in the C switcher under a number of its own.
         self.staged: dict[tuple, _Plan] = {}
-        self.switches: list = []
-        self.switch_cv = threading.Condition()
-        # Held by the switcher while it applies (inside the model lock); the actor thread
-        # passes through it before handling a message, so it does not take the GIL back
-        # after every libiec61850 call of a switch.  Never held while waiting for anything.
-        self.switch_gate = threading.Lock()
-        self.switch_seq = itertools.count()
-        self.switcher: threading.Thread | None = None
-        self._stopping = False
+        self.switcher: Switcher | None = None
+        self.switch_ids: dict[tuple, int] = {}
+        self.switch_keys: dict[int, tuple] = {}
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
         self.stats = {"writes": 0, "operates": 0, "refused": 0, "switched_on_time": 0}
         # WAN contact, for the site's "no telecom" schedules: clients connected now, and the
@@ -140,6 +134,8 @@ class MmsEndpoint:
                 names = [f"FSCH{n:02d}" for n in range(1, der["schedules"] + 1)] + ["Res_FSCH01"]
                 for name in names:
                     self._install(ScheduleRefs(ied.name, ld, der["name"], kind, name))
+        self.switcher = Switcher(self.server, cfg.get("switch_nice", SWITCH_NICE), BOOST_LEAD_MS,
+                                 self._switched, name=f"mms-switcher-{cfg['name']}")
         # The model's bookkeeping (mirrors, ~100 handlers per schedule) lives as long as the
         # endpoint: out of the collector's sight, a full collection does not stop every thread
         # (a switch included) for 57-83 ms on a 100- or 10-DER model (bench/gc_bench.py).
@@ -151,9 +147,6 @@ class MmsEndpoint:
         self.actor.defer_ready()
         self.writer = threading.Thread(target=self._write_states, name=f"mms-writer-{cfg['name']}", daemon=True)
         self.writer.start()
-        self.switcher = threading.Thread(target=self._switch_on_time, name=f"mms-switcher-{cfg['name']}",
-                                         daemon=True)
-        self.switcher.start()
         self.actor.send(self.actor.parent, SnapshotRequest(cfg["name"], self.actor.myAddress))
         self.server.on_connection(self._connection)
         self.actor.wakeupAfter(CONTACT_TICK, Wakeup("contact"))
@@ -186,12 +179,8 @@ class MmsEndpoint:
         self.bridge.post(LISTENING)
 
     def stop(self) -> None:
-        with self.switch_cv:
-            self._stopping = True
-            self.switch_cv.notify()
-        if self.switcher is not None and self.switcher.is_alive():
-            self.switcher.join(timeout=2)
-            self.switcher = None
+        if self.switcher is not None:
+            self.switcher.close()
         if self.writer is not None and self.writer.is_alive():
             self.states.put(None)
             self.writer.join(timeout=2)
@@ -205,7 +194,8 @@ class MmsEndpoint:
         return [self.bridge.fileno()]
 
     def detail(self) -> dict:
-        return {"serving": f"{self.config.get('address')}:{self.config['port']}", **self.stats}
+        return {"serving": f"{self.config.get('address')}:{self.config['port']}",
+                "switch_priority": self.switcher is not None and self.switcher.boosts, **self.stats}
 
     # -- handler installation ---------------------------------------------------------------------
     def _install(self, refs: ScheduleRefs) -> None:
@@ -251,10 +241,10 @@ class MmsEndpoint:
                 if outcome.ok:
                     seq = next(self.write_seqs)
                     self.pending[refs.key + (model_ref,)] = (seq, field, index, decoded)
-                    self.staged.pop((refs.der, refs.kind), None)  # the write may change the next switch
             if not outcome.ok:
                 self.stats["refused"] += 1
                 return REFUSAL_TO_WRITE_ERROR[outcome.refusal]
+            self._unstage_locked((refs.der, refs.kind))  # the write may change the next switch
             self.stats["writes"] += 1
             self.last_request = now_ms()
             self.bridge.post(ScheduleWrite(refs.der, refs.kind, refs.name, field, decoded, index, seq))
@@ -270,7 +260,7 @@ class MmsEndpoint:
             waiter = {"event": threading.Event(), "result": None}
             with self.lock:
                 self.waiting[request_id] = waiter
-                self.staged.pop((refs.der, refs.kind), None)
+            self._unstage_locked((refs.der, refs.kind))
             self.bridge.post(ScheduleOperate(refs.der, refs.kind, refs.name, op, request_id))
             answered = waiter["event"].wait(OPERATE_TIMEOUT_MS / 1000)
             with self.lock:
@@ -353,8 +343,6 @@ class MmsEndpoint:
             self._pump(key)
 
     def on_message(self, message: Any, _sender: Any) -> bool:
-        with self.switch_gate:
-            pass  # a switch is being applied: let it finish first
         if isinstance(message, Measurement):
             self.states.put(message)  # the writer thread puts it in the DER's MMXU1
             return True
@@ -460,6 +448,7 @@ class MmsEndpoint:
     def _updates_locked(self, state: ControllerState) -> list:
         """Model lock held: take `state` as applied and return the model updates it needs
         (the controller's output first)."""
+        self._settle_locked()
         plan = self._plan_locked(state)
         if plan is None:
             return []
@@ -518,64 +507,61 @@ class MmsEndpoint:
             self.mirrors.update(plan.mirrors)
         self._stage(key, state.then)
 
-    # -- switcher thread -------------------------------------------------------------------------
+    # -- switches ---------------------------------------------------------------------------------
     def _stage(self, key: tuple, then: ControllerState | None) -> None:
         """Model lock held: `then` replaces whatever was announced for this controller.
-        Its updates are computed now, so the switch itself only writes them."""
+        Its updates are computed now and armed in the switcher, which only writes them."""
         plan = None if then is None else self._plan_locked(then)
         if plan is None:
-            self.staged.pop(key, None)
+            if self.staged.pop(key, None) is not None:
+                self.switcher.cancel(self.switch_ids[key])
             return
         self.staged[key] = plan
-        with self.switch_cv:
-            heapq.heappush(self.switches, (then.at, next(self.switch_seq), key, plan))
-            self.switch_cv.notify()
+        if key not in self.switch_ids:
+            self.switch_ids[key] = len(self.switch_ids)
+            self.switch_keys[self.switch_ids[key]] = key
+        self.switcher.arm(self.switch_ids[key], then.at, plan.outputs, plan.rest)
 
-    def _switch_on_time(self) -> None:
-        """Apply announced states at their instant, never before it, with this process's
-        threads at high priority from BOOST_LEAD_MS before the instant until it is done."""
-        priority = SwitchPriority(self.config.get("switch_nice", SWITCH_NICE))
-        while True:
-            with self.switch_cv:
-                while True:
-                    if self._stopping:
-                        return
-                    now = time.time_ns() / 1e6
-                    if self.switches and self.switches[0][0] - BOOST_LEAD_MS <= now:
-                        break
-                    self.switch_cv.wait(None if not self.switches
-                                        else (self.switches[0][0] - BOOST_LEAD_MS - now) / 1000)
-            with priority.boost():
-                with self.switch_cv:  # until the first instant, which a newer announcement may bring forward
-                    while not self._stopping and self.switches[0][0] > (now := time.time_ns() / 1e6):
-                        self.switch_cv.wait((self.switches[0][0] - now) / 1000)
-                    if self._stopping:
-                        return
-                    due = []
-                    while self.switches and self.switches[0][0] <= now:
-                        due.append(heapq.heappop(self.switches))
-                if due and self.server is not None:
-                    self._switch(due)
+    def _unstage_locked(self, key: tuple) -> None:
+        """Model lock held: drop the switch announced for this controller (if it has not
+        happened yet: one that has is recorded first)."""
+        self._settle_locked()
+        if self.staged.pop(key, None) is not None:
+            self.switcher.cancel(self.switch_ids[key])
 
-    def _switch(self, due: list) -> None:
-        try:
-            with self.server.model_lock(), self.switch_gate:
-                # Every due switch's outputs first (they are what a switch is), then the
-                # schedules' status; all computed when the states were staged.
-                plans = [plan for _at, _n, key, plan in due if self.staged.get(key) is plan]
-                self.server.update([u for plan in plans for u in plan.outputs], locked=True)
-                outputs_at = time.time_ns() / 1e6
-                self.server.update([u for plan in plans for u in plan.rest], locked=True)
-                for plan in plans:
-                    self._commit_locked(plan)
-                self.stats["switched_on_time"] += len(plans)
-        except Exception:  # the controller's own state follows: never stop this thread
-            log.exception("mms endpoint=%s applying announced states", self.config["name"])
+    def _switched(self) -> None:
+        """The follower thread, after the switcher applied some switches."""
+        server = self.server
+        if server is not None:
+            with server.model_lock():
+                self._settle_locked()
+
+    def _settle_locked(self) -> None:
+        """Model lock held: record the switches the switcher applied.  Called before
+        anything else reads or changes what is applied or staged, so both stay true."""
+        if self.switcher is None:
             return
-        if plans:
-            at = plans[0].state.at
-            switch = {"at": at, "controllers": len(plans), "outputs_ms": round(outputs_at - at, 1),
-                      "done_ms": round(time.time_ns() / 1e6 - at, 1)}
+        batches: dict[int, Any] = {}
+        for done in self.switcher.collect():
+            key = self.switch_keys[done.key]
+            plan = self.staged.pop(key, None)
+            if plan is None or plan.state.at != done.at_ms:  # cannot happen: arm/cancel settle first
+                log.error("mms endpoint=%s switch of %s/%s at %d applied but not staged",
+                          self.config["name"], *key, done.at_ms)
+                continue
+            self._commit_locked(plan)  # stages the state announced after it
+            self.stats["switched_on_time"] += 1
+            batches.setdefault(done.outputs_ns, done)
+        if self.switcher.lost:
+            log.error("mms endpoint=%s %d applied switches not recorded (collected too late)",
+                      self.config["name"], self.switcher.lost)
+            self.switcher.lost = 0
+        for done in batches.values():
+            at_ns = done.at_ms * 1_000_000
+            switch = {"at": done.at_ms, "controllers": done.batch,
+                      **{f"{name}_ms": round((ns - at_ns) / 1e6, 2) for name, ns in (
+                          ("woke", done.woke_ns), ("locked", done.locked_ns), ("outputs", done.outputs_ns),
+                          ("done", done.done_ns))}}
             self.stats["switches"] = (self.stats.get("switches", []) + [switch])[-SWITCHES_KEPT:]
             log.debug("mms switch %s", switch)
 
@@ -590,47 +576,6 @@ class _Plan:
     rest: list = field(default_factory=list)     # its schedules
     applied: dict = field(default_factory=dict)  # schedule key -> {"status", "settings"}
     mirrors: dict = field(default_factory=dict)  # schedule key -> Schedule
-
-
-class SwitchPriority:
-    """The switcher thread runs at `nice`, and so does every thread of this process from
-    BOOST_LEAD_MS before a switch until it is applied.  At a boundary every controller and
-    DER process of the site wakes at once: at the default priority the switch gets a slice
-    of a core among hundreds, and it needs the GIL, which another thread of this process
-    may hold while the kernel runs other processes (a priority inversion through the GIL,
-    measured at up to 0.8 s): the lead lets those threads run and let go of it first.
-    Never for good: the whole endpoint at nice -20 starved the site's DERs of CPU while a
-    client set up 100 schedules (they were killed as hung).  Needs CAP_SYS_NICE (root, or
-    LimitNICE= in a systemd unit); without it the switches still happen, later under load."""
-
-    def __init__(self, nice: int) -> None:
-        self.nice = nice
-        self.base = os.getpriority(os.PRIO_PROCESS, 0)
-        self.allowed = nice < self.base and self._set(threading.get_native_id(), nice)
-
-    def _set(self, tid: int, nice: int) -> bool:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-            return True
-        except OSError as exc:  # no CAP_SYS_NICE, or the thread is gone
-            if tid == threading.get_native_id():
-                log.warning("mms switches at normal priority (cannot set nice %d: %s)", nice, exc)
-            return False
-
-    @contextmanager
-    def boost(self):
-        if not self.allowed:
-            yield
-            return
-        me = threading.get_native_id()
-        others = [int(t) for t in os.listdir("/proc/self/task") if int(t) != me]
-        for tid in others:
-            self._set(tid, self.nice)
-        try:
-            yield
-        finally:
-            for tid in others:
-                self._set(tid, self.base)
 
 
 def _write_mirror(mirror: Schedule, field: str, index: int, value: Any, now: int | None):

@@ -1,0 +1,173 @@
+"""Prepared model updates written at their instant by a thread outside Python (switcher.c).
+
+The MMS endpoint arms, per controller, the updates of the state its controller announced for
+its next boundary; the C thread writes them at that instant without needing the GIL, and
+reports what it applied through `collect()`, which the endpoint uses to record them.
+`arm` and `cancel` must be called with the server's data model lock held.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import logging
+import os
+import threading
+from ctypes import POINTER, Structure, c_char_p, c_double, c_int, c_int64, c_void_p
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from relevent.iec61850.server import MmsServer
+
+log = logging.getLogger("relevent.mms")
+
+KINDS = {"float": 0, "int": 1, "bool": 2, "time": 3, "time_exact": 4, "quality": 5, "string": 6}
+COLLECT_MAX = 1024
+
+
+class _Functions(Structure):
+    _fields_ = [(name, c_void_p) for name in (
+        "lock", "unlock", "update_float", "update_int32", "update_bool", "update_utc_time",
+        "update_quality", "update_value", "new_utc_time", "delete_value", "update_string")]
+
+
+class _Applied(Structure):
+    _fields_ = [("key", c_int64), ("at_ms", c_int64), ("woke_ns", c_int64), ("locked_ns", c_int64),
+                ("outputs_ns", c_int64), ("done_ns", c_int64), ("batch", c_int64)]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A switch the C thread wrote: its key, instant (ms) and when it woke, had the model
+    lock, had written the outputs and everything (ns since the epoch)."""
+    key: int
+    at_ms: int
+    woke_ns: int
+    locked_ns: int
+    outputs_ns: int
+    done_ns: int
+    batch: int
+
+
+def library_path() -> str:
+    here = os.path.dirname(__file__)
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(here, "_switcher" + suffix)
+        if os.path.exists(path):
+            return path
+    raise OSError(f"the switcher library is not built in {here}: reinstall relevent (pip install -e .)")
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def _load() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        lib = ctypes.CDLL(library_path())
+        lib.sw_create.restype = c_void_p
+        lib.sw_create.argtypes = [c_void_p, POINTER(_Functions), c_int, c_int, c_int, POINTER(c_int)]
+        lib.sw_arm.restype = c_int
+        lib.sw_arm.argtypes = [c_void_p, c_int64, c_int64, c_int, c_int, POINTER(c_int), POINTER(c_void_p),
+                               POINTER(c_double), POINTER(c_int64), POINTER(c_char_p)]
+        lib.sw_cancel.restype = c_int
+        lib.sw_cancel.argtypes = [c_void_p, c_int64]
+        lib.sw_collect.restype = c_int
+        lib.sw_collect.argtypes = [c_void_p, POINTER(_Applied), c_int, POINTER(c_int64)]
+        lib.sw_destroy.restype = None
+        lib.sw_destroy.argtypes = [c_void_p]
+        _lib = lib
+    return _lib
+
+
+class Switcher:
+    def __init__(self, server: MmsServer, nice: int, lead_ms: int, on_applied: Callable[[], None],
+                 name: str = "switcher") -> None:
+        """The C thread runs at `nice` and raises every thread of the process to it from
+        `lead_ms` before a switch.  After it applied some, a Python thread calls
+        `on_applied()` (which should take the model lock and `collect()`)."""
+        self.lib = _load()
+        self.server = server
+        iec = server.lib
+        addr = lambda fn: ctypes.cast(fn, c_void_p).value  # noqa: E731
+        self._functions = _Functions(  # kept alive as long as the thread
+            addr(iec.IedServer_lockDataModel), addr(iec.IedServer_unlockDataModel),
+            addr(iec.IedServer_updateFloatAttributeValue), addr(iec.IedServer_updateInt32AttributeValue),
+            addr(iec.IedServer_updateBooleanAttributeValue), addr(iec.IedServer_updateUTCTimeAttributeValue),
+            addr(iec.IedServer_updateQuality), addr(iec.IedServer_updateAttributeValue),
+            addr(iec.MmsValue_newUtcTimeByMsTime), addr(iec.MmsValue_delete),
+            addr(iec.IedServer_updateVisibleStringAttributeValue))
+        allowed = c_int(0)
+        self.events = os.eventfd(0, os.EFD_CLOEXEC)
+        self.handle = self.lib.sw_create(server.server, ctypes.byref(self._functions), nice, lead_ms,
+                                         self.events, ctypes.byref(allowed))
+        if not self.handle:
+            os.close(self.events)
+            raise OSError("cannot start the switcher thread")
+        self.boosts = bool(allowed.value)
+        if not self.boosts and nice < os.getpriority(os.PRIO_PROCESS, 0):
+            log.warning("mms switches at normal priority (cannot set nice %d: needs CAP_SYS_NICE)", nice)
+        self._buffer = (_Applied * COLLECT_MAX)()
+        self.lost = 0
+        self._closed = False
+        self._on_applied = on_applied
+        self._follower = threading.Thread(target=self._follow, name=f"{name}-follower", daemon=True)
+        self._follower.start()
+
+    def _follow(self) -> None:
+        while True:
+            os.eventfd_read(self.events)  # blocks without the GIL
+            if self._closed:
+                return
+            try:
+                self._on_applied()
+            except Exception:  # the switches go on; the next call catches up
+                log.exception("switcher: recording applied switches")
+
+    def arm(self, key: int, at_ms: int, outputs: list[tuple[str, str, Any]],
+            rest: list[tuple[str, str, Any]]) -> None:
+        """Model lock held: write `outputs` then `rest` at `at_ms`, instead of whatever was
+        armed under `key`.  (reference, kind, value) as for MmsServer.update."""
+        updates = outputs + rest
+        n = len(updates)
+        kinds, attrs = (c_int * n)(), (c_void_p * n)()
+        numbers, integers, texts = (c_double * n)(), (c_int64 * n)(), (c_char_p * n)()
+        for i, (ref, kind, value) in enumerate(updates):
+            kinds[i] = KINDS[kind]
+            attrs[i] = self.server.node(ref)
+            if kind == "float":
+                numbers[i] = float(value)
+            elif kind == "string":
+                texts[i] = str(value).encode()
+            else:
+                integers[i] = int(value)
+        if self.lib.sw_arm(self.handle, key, int(at_ms), n, len(outputs), kinds, attrs, numbers, integers,
+                           texts) != 0:
+            raise MemoryError("switcher: cannot arm a switch")
+
+    def cancel(self, key: int) -> bool:
+        """Model lock held: True if a switch was armed under `key` (it will not happen)."""
+        return bool(self.lib.sw_cancel(self.handle, key))
+
+    def collect(self) -> list[Applied]:
+        """The switches applied since the last call, oldest first."""
+        out: list[Applied] = []
+        lost = c_int64(0)
+        while True:
+            n = self.lib.sw_collect(self.handle, self._buffer, COLLECT_MAX, ctypes.byref(lost))
+            self.lost += lost.value
+            out += [Applied(a.key, a.at_ms, a.woke_ns, a.locked_ns, a.outputs_ns, a.done_ns, a.batch)
+                    for a in self._buffer[:n]]
+            if n < COLLECT_MAX:
+                return out
+
+    def close(self) -> None:
+        """Stop the thread (not with the model lock held: it may be waiting for it)."""
+        if self.handle:
+            self.lib.sw_destroy(self.handle)
+            self.handle = None
+            self._closed = True
+            os.eventfd_write(self.events, 1)
+            if self._follower is not threading.current_thread():
+                self._follower.join(timeout=2)
+            if not self._follower.is_alive():
+                os.close(self.events)
