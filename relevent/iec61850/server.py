@@ -45,6 +45,11 @@ class MmsServer:
             raise MmsServerError(f"libiec61850 rejected the generated model {self.cfg_path}")
         self.server = self.lib.IedServer_create(self.model)
         self.running = False
+        # Priority ceiling: a thread of ours holding the data model lock runs at this nice
+        # (None: as it is), so libiec61850's thread serving a client at that priority does
+        # not wait for it while the kernel runs other processes (set by the owner).
+        self.lock_nice: int | None = None
+        self._base_nice = os.getpriority(os.PRIO_PROCESS, 0)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, address: str, port: int) -> None:
@@ -92,11 +97,21 @@ class MmsServer:
     @contextmanager
     def model_lock(self):
         """Hold libiec61850's data model lock (never from inside a handler: it holds it)."""
-        self.lib.IedServer_lockDataModel(self.server)
+        self._lock()
         try:
             yield
         finally:
-            self.lib.IedServer_unlockDataModel(self.server)
+            self._unlock()
+
+    def _lock(self) -> None:
+        if self.lock_nice is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, self.lock_nice)  # 0: this thread (Linux)
+        self.lib.IedServer_lockDataModel(self.server)
+
+    def _unlock(self) -> None:
+        self.lib.IedServer_unlockDataModel(self.server)
+        if self.lock_nice is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, self._base_nice)
 
     def update(self, changes: list[tuple[str, str, Any]], locked: bool = False) -> None:
         """Apply (reference, kind, value) updates atomically for readers and reports.
@@ -106,7 +121,7 @@ class MmsServer:
         lib, srv = self.lib, self.server
         resolved = [(self.node(ref), kind, value) for ref, kind, value in changes]
         if not locked:
-            lib.IedServer_lockDataModel(srv)
+            self._lock()
         try:
             for ptr, kind, value in resolved:
                 if kind == "float":
@@ -131,7 +146,7 @@ class MmsServer:
                     raise ValueError(f"unknown update kind {kind!r}")
         finally:
             if not locked:
-                lib.IedServer_unlockDataModel(srv)
+                self._unlock()
 
     def decode(self, mms_value: int, kind: str) -> Any:
         lib = self.lib

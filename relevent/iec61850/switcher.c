@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -65,6 +66,8 @@ typedef struct {
     int64_t batch;   /* switches applied together */
 } applied_switch;
 
+#define BOOSTED_MAX 256   /* threads of this process raised for a switch */
+
 typedef struct {
     void *server;
     iec_functions f;
@@ -80,6 +83,8 @@ typedef struct {
     applied_switch *applied;
     int n_applied, cap_applied;
     int64_t lost;    /* applied records dropped because nobody collected them */
+    struct { pid_t tid; int nice; } boosted[BOOSTED_MAX];  /* switcher thread only */
+    int n_boosted;
 } switcher;
 
 #define APPLIED_MAX 4096
@@ -95,16 +100,33 @@ static void free_updates(update *u, int n) {
     free(u);
 }
 
-/* Every thread of this process to `nice` (the switch is near) or back to base. */
-static void renice_all(int nice) {
+/* Every other thread of this process to `nice` (the switch is near), remembering each one's
+ * own priority (libiec61850's server thread may have one of its own), or back to it. */
+static void boost_all(switcher *s) {
     DIR *dir = opendir("/proc/self/task");
     if (!dir) return;
+    pid_t me = (pid_t)syscall(SYS_gettid);
     struct dirent *e;
-    while ((e = readdir(dir)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        setpriority(PRIO_PROCESS, (id_t)atoi(e->d_name), nice);
+    s->n_boosted = 0;
+    while ((e = readdir(dir)) != NULL && s->n_boosted < BOOSTED_MAX) {
+        pid_t tid = (pid_t)atoi(e->d_name);
+        if (e->d_name[0] == '.' || tid == me) continue;
+        errno = 0;
+        int own = getpriority(PRIO_PROCESS, (id_t)tid);
+        if (errno != 0 || own <= s->nice) continue;  /* gone, or already as high */
+        if (setpriority(PRIO_PROCESS, (id_t)tid, s->nice) == 0) {
+            s->boosted[s->n_boosted].tid = tid;
+            s->boosted[s->n_boosted].nice = own;
+            s->n_boosted++;
+        }
     }
     closedir(dir);
+}
+
+static void unboost_all(switcher *s) {
+    for (int i = 0; i < s->n_boosted; i++)
+        setpriority(PRIO_PROCESS, (id_t)s->boosted[i].tid, s->boosted[i].nice);
+    s->n_boosted = 0;
 }
 
 static void apply(switcher *s, const update *u) {
@@ -183,11 +205,6 @@ static int switch_due(switcher *s, int64_t woke_ns) {  /* mu not held; returns h
     return n_due;
 }
 
-static void unboost(switcher *s) {  /* mu not held */
-    renice_all(s->base_nice);
-    setpriority(PRIO_PROCESS, 0, s->nice);  /* this thread stays high: it is idle but for switches */
-}
-
 static void *run(void *arg) {
     switcher *s = arg;
     bool boosted = false;
@@ -199,7 +216,7 @@ static void *run(void *arg) {
         int64_t now = now_ns(), at_ns = at_ms * 1000000, boost_ns = at_ns - (int64_t)s->lead_ms * 1000000;
         if (boosted && (!armed || now < boost_ns)) {  /* cancelled, or moved later */
             pthread_mutex_unlock(&s->mu);
-            unboost(s);
+            unboost_all(s);
             pthread_mutex_lock(&s->mu);
             boosted = false;
             continue;
@@ -210,7 +227,7 @@ static void *run(void *arg) {
             wait_until_ns(s, boost_ns);  /* then re-read: an arm or cancel may change the instant */
         } else if (s->can_boost && !boosted) {
             pthread_mutex_unlock(&s->mu);
-            renice_all(s->nice);
+            boost_all(s);
             pthread_mutex_lock(&s->mu);
             boosted = true;
         } else if (now < at_ns) {
@@ -222,13 +239,13 @@ static void *run(void *arg) {
                 ssize_t ignored = write(s->notify_fd, &one, sizeof one);
                 (void)ignored;  /* an eventfd write fails only on overflow: already signalled */
             }
-            if (boosted) unboost(s);
+            if (boosted) unboost_all(s);
             boosted = false;
             pthread_mutex_lock(&s->mu);
         }
     }
     pthread_mutex_unlock(&s->mu);
-    if (boosted) unboost(s);
+    if (boosted) unboost_all(s);
     return NULL;
 }
 

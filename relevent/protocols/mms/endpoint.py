@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import os
 import logging
 import queue
 import sys
@@ -60,6 +61,9 @@ CONTACT_TICK = 1.0           # s between WanContact reports while clients are co
 FIRST_STATES_TIMEOUT = 10.0  # s: serve anyway if a controller has not sent its state by then
 SWITCH_INTERVAL = 0.0005     # s, this process's GIL switch interval
 SWITCH_NICE = -20            # priority around a switch (see switcher.c)
+SERVE_NICE = -10             # libiec61850's server thread, always (see _serve_at_priority)
+READER_WINDOW = 0.0002       # s the writer and follower leave the model lock free between turns
+SETTLE_BATCH = 10            # applied switches recorded per turn of the model lock
 BOOST_LEAD_MS = 50           # how long before a switch the priority goes up
 SWITCHES_KEPT = 32           # recent switches shown in the status (timing)
 LISTENING = "listening"      # posted by the writer thread once the server listens
@@ -103,6 +107,7 @@ class MmsEndpoint:
         self.switcher: Switcher | None = None
         self.switch_ids: dict[tuple, int] = {}
         self.switch_keys: dict[int, tuple] = {}
+        self.unsettled: dict[tuple, Any] = {}    # applied by the switcher, not recorded yet
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
         self.stats = {"writes": 0, "operates": 0, "refused": 0, "switched_on_time": 0}
         # WAN contact, for the site's "no telecom" schedules: clients connected now, and the
@@ -173,10 +178,26 @@ class MmsEndpoint:
         if self.awaiting:
             log.warning("mms endpoint=%s serving without the state of %s after %g s", cfg["name"],
                         sorted(self.awaiting), FIRST_STATES_TIMEOUT)
+        threads_before = set(os.listdir("/proc/self/task"))
         self.server.start(cfg.get("address", "127.0.0.1"), cfg["port"])
+        self._serve_at_priority(set(os.listdir("/proc/self/task")) - threads_before)
         log.info("mms endpoint=%s serving ied=%s lds=%s on %s:%s", cfg["name"], self.server.ied_name,
                  ",".join(self.lds.values()), cfg.get("address"), cfg["port"])
         self.bridge.post(LISTENING)
+
+    def _serve_at_priority(self, tids: set[str]) -> None:
+        """libiec61850's server thread (started just now, its connections' threads inherit
+        from it) runs at nice `serve_nice`: reads are answered from C, without the GIL, and a
+        client reading a switch must not wait behind every process waking at a boundary."""
+        nice = self.config.get("serve_nice", SERVE_NICE)
+        for tid in tids:
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+            except OSError as exc:  # no CAP_SYS_NICE: served at normal priority
+                log.warning("mms endpoint=%s serving at normal priority (cannot set nice %d: %s)",
+                            self.config["name"], nice, exc)
+                return
+        self.server.lock_nice = nice  # and our threads while they hold the model lock
 
     def stop(self) -> None:
         if self.switcher is not None:
@@ -418,6 +439,8 @@ class MmsEndpoint:
                     continue
                 self._apply(state)
                 self.awaiting.discard((state.der, state.kind))
+                if listening and not self.states.empty():
+                    time.sleep(READER_WINDOW)
             except Exception:  # one bad state must not stop the writer
                 log.exception("applying state of %s/%s", state.der, state.kind)
 
@@ -448,7 +471,7 @@ class MmsEndpoint:
     def _updates_locked(self, state: ControllerState) -> list:
         """Model lock held: take `state` as applied and return the model updates it needs
         (the controller's output first)."""
-        self._settle_locked()
+        self._settle_locked(key=(state.der, state.kind))
         plan = self._plan_locked(state)
         if plan is None:
             return []
@@ -525,32 +548,47 @@ class MmsEndpoint:
     def _unstage_locked(self, key: tuple) -> None:
         """Model lock held: drop the switch announced for this controller (if it has not
         happened yet: one that has is recorded first)."""
-        self._settle_locked()
+        self._settle_locked(key=key)
         if self.staged.pop(key, None) is not None:
             self.switcher.cancel(self.switch_ids[key])
 
     def _switched(self) -> None:
-        """The follower thread, after the switcher applied some switches."""
-        server = self.server
-        if server is not None:
-            with server.model_lock():
-                self._settle_locked()
+        """The follower thread, after the switcher applied some switches: records them a
+        few at a time, so a client's read (which needs the model lock too) waits for a few
+        of them at most, not for a hundred (measured: up to 112 ms at 100 DERs)."""
+        more = True
+        while more and self.server is not None:
+            with self.server.model_lock():
+                more = self._settle_locked(limit=SETTLE_BATCH)
+            if more:
+                time.sleep(READER_WINDOW)
 
-    def _settle_locked(self) -> None:
-        """Model lock held: record the switches the switcher applied.  Called before
-        anything else reads or changes what is applied or staged, so both stay true."""
+    def _settle_locked(self, key: tuple | None = None, limit: int | None = None) -> bool:
+        """Model lock held: record switches the switcher applied: this controller's (`key`),
+        or up to `limit` of any.  Called before anything reads or changes what is applied or
+        staged for a controller, so both stay true.  Returns whether some are left."""
         if self.switcher is None:
-            return
-        batches: dict[int, Any] = {}
-        for done in self.switcher.collect():
-            key = self.switch_keys[done.key]
-            plan = self.staged.pop(key, None)
+            return False
+        self._collect_locked()
+        todo = ([key] if key in self.unsettled else []) if key is not None \
+            else list(itertools.islice(self.unsettled, limit))
+        for k in todo:
+            done = self.unsettled.pop(k)
+            plan = self.staged.pop(k, None)
             if plan is None or plan.state.at != done.at_ms:  # cannot happen: arm/cancel settle first
                 log.error("mms endpoint=%s switch of %s/%s at %d applied but not staged",
-                          self.config["name"], *key, done.at_ms)
+                          self.config["name"], *k, done.at_ms)
                 continue
             self._commit_locked(plan)  # stages the state announced after it
             self.stats["switched_on_time"] += 1
+        return bool(self.unsettled)
+
+    def _collect_locked(self) -> None:
+        """Model lock held: take the switcher's reports (at most one per controller: it is
+        armed again only once its last switch is recorded)."""
+        batches: dict[int, Any] = {}
+        for done in self.switcher.collect():
+            self.unsettled[self.switch_keys[done.key]] = done
             batches.setdefault(done.outputs_ns, done)
         if self.switcher.lost:
             log.error("mms endpoint=%s %d applied switches not recorded (collected too late)",
