@@ -5,9 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast bench chaos mosquitto clean
+.PHONY: demo test test-fast bench chaos mosquitto compiler clean
 
-$(STAMP): pyproject.toml relevent/iec61850/switcher.c
+$(STAMP): pyproject.toml relevent/iec61850/switcher.c | compiler
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml relevent/iec61850/switcher.c
 
 demo: $(STAMP)
 	$(VENV)/bin/relevent run topologies/demo.toml
+
+# The MMS switcher thread is one C file built at install (relevent/iec61850/switcher.c).
+compiler:
+	@command -v cc >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gcc libc6-dev >/dev/null; }
 
 # Mosquitto is the real MQTT broker the LAN tests talk to (Debian package).
 mosquitto:
@@ -32,8 +37,9 @@ test-fast: $(STAMP)
 # Long: about 10 minutes.  Figures and their commands: bench/README.md.
 bench: $(STAMP)
 	$(PY) bench/runtime_bench.py --kills 100 --cycles 20 --json bench/results-runtime.json
-	$(PY) bench/switch_bench.py --ders 1 --entries 60 --json bench/results-switch-1der.json
-	$(PY) bench/switch_bench.py --ders 100 --entries 20 --pause 0.005 --json bench/results-switch-100der.json
+	$(PY) bench/switch_bench.py --ders 1 --entries 60 --json bench/results-switch-1der-c.json
+	$(PY) bench/switch_bench.py --ders 100 --entries 20 --pause 0.005 --isolation der --json bench/results-switch-100der-der.json
+	$(PY) bench/switch_bench.py --ders 100 --entries 20 --pause 0.005 --json bench/results-switch-100der-process.json
 	$(PY) bench/mms_bench.py --ders 1 --ders 3 --ders 10 --json bench/results-mms.json
 	$(PY) bench/gc_bench.py --ders 100 --functions ActPow --schedules 1
 	$(PY) bench/memory_bench.py --ders 10 --isolation process
@@ -49,4 +55,4 @@ chaos: $(STAMP) mosquitto
 	$(PY) bench/power_loss_bench.py --store-cycles 1000 --site-cycles 1000 --json bench/chaos/results-power-loss.json
 
 clean:
-	rm -rf $(VENV) state *.egg-info
+	rm -rf $(VENV) state *.egg-info relevent/iec61850/_switcher*.so

@@ -276,6 +276,31 @@ def test_a_write_before_a_boundary_overrides_the_announced_switch(patient_site):
         c.close()
 
 
+def thread_nices(pid: int) -> list[int]:
+    nices = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = open(f"/proc/{pid}/task/{tid}/stat").read()
+        except OSError:  # the thread ended
+            continue
+        nices.append(int(stat.rpartition(")")[2].split()[16]))  # field 19: nice
+    return nices
+
+
+def test_switcher_and_server_threads_run_at_their_priorities(site):
+    # switch_nice (-20) for the C switcher thread, serve_nice (-10) for libiec61850's server
+    # thread, the rest as started (0); the tests run as root, so both are allowed.
+    node = site.node("mms")
+    assert node["detail"]["switch_priority"] is True
+    deadline = time.monotonic() + 5
+    while True:  # a boost in progress raises every thread for a moment: look again
+        nices = thread_nices(node["pid"])
+        if nices.count(-20) == 1 and -10 in nices and 0 in nices or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert nices.count(-20) == 1 and -10 in nices and 0 in nices, nices
+
+
 # -- isolation and persistence --------------------------------------------------------------------------
 def test_endpoint_kill_rebuilds_the_model_from_the_actors(site):
     c = LibIec61850Client("127.0.0.1", port_of(site))

@@ -80,7 +80,7 @@ def test_supervision_levels_inherit_and_override():
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda t: t.replace('port = 10102', 'port = 10102\nprot = 1'),
-     "site.toml:9: wan[0].prot: unknown key (known: address, ied_name, name, port, protocol, scl, switch_nice)"),
+     "site.toml:9: wan[0].prot: unknown key (known: address, ied_name, name, port, protocol, scl, serve_nice, switch_nice)"),
     (lambda t: t.replace('port = 10102', 'port = "x"'),
      "site.toml:8: wan[0].port: expected integer, got str 'x'"),
     (lambda t: t.replace('port = 10102', 'port = 70000'),

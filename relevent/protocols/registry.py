@@ -33,8 +33,12 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "scl": Field((str,), default="", doc="SCL file to serve; empty: generate from the DERs"),
                 "ied_name": Field((str,), default="DER_Scheduler_"),
                 "switch_nice": Field((int,), default=-20, check=nice_check,
-                                     doc="priority (nice, -20..19) of the endpoint's threads from 50 ms before "
-                                         "an announced switch until it is shown; 0: none"),
+                                     doc="priority (nice, -20..19) of the switcher thread, and of every thread "
+                                         "of the endpoint from 50 ms before an announced switch until it is "
+                                         "written; 0: none"),
+                "serve_nice": Field((int,), default=-10, check=nice_check,
+                                    doc="priority (nice) of libiec61850's server thread, and of the endpoint's "
+                                        "threads while they hold the data model lock; 0: none"),
             },
             "relevent.protocols.mms.endpoint.MmsEndpoint", "IEC 61850 MMS server with the 90-10 scheduling model"),
         ProtocolSpec(

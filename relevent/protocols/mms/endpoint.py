@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import gc
 import itertools
-import os
 import logging
+import os
 import queue
 import sys
 import threading
