@@ -13,7 +13,10 @@ Threads:
   and hands answers and states over; it never waits for the model lock (it must stay
   free to receive an operate's answer).
 * a writer thread applies published states to the model.  States carry a version, so an
-  older state never overwrites a newer one, whichever thread applies it.
+  older state never overwrites a newer one, whichever thread applies it.  It also collects
+  garbage, between switches: automatic collection is off in this process.
+* libiec61850's server thread answers reads without the GIL, at nice `serve_nice`; our
+  threads run at that priority while one of them holds the model lock (docs/mms.md).
 * a switcher thread in C (relevent/iec61850/switcher.c) writes, at its instant, the
   state each controller announced for its next boundary (`ControllerState.then`), its
   model updates computed here beforehand: the switch is in the model on time even when a
@@ -64,6 +67,11 @@ SWITCH_NICE = -20            # priority around a switch (see switcher.c)
 SERVE_NICE = -10             # libiec61850's server thread, always (see _serve_at_priority)
 READER_WINDOW = 0.0002       # s the writer and follower leave the model lock free between turns
 SETTLE_BATCH = 10            # applied switches recorded per turn of the model lock
+GC_EVERY = 1.0               # s between the endpoint's own garbage collections (generation 1)
+GC_FULL_EVERY = 60.0         # s between full ones
+GC_CLEAR_MS = 200            # ... never this close to a switch
+GC_AT_LATEST = 10.0          # s: collect anyway if it is never quiet that long
+GC_TICK = 0.2                # s: the writer looks at least this often
 BOOST_LEAD_MS = 50           # how long before a switch the priority goes up
 SWITCHES_KEPT = 32           # recent switches shown in the status (timing)
 LISTENING = "listening"      # posted by the writer thread once the server listens
@@ -108,8 +116,10 @@ class MmsEndpoint:
         self.switch_ids: dict[tuple, int] = {}
         self.switch_keys: dict[int, tuple] = {}
         self.unsettled: dict[tuple, Any] = {}    # applied by the switcher, not recorded yet
+        self.last_switch_ms = 0
+        self._gc_last = self._gc_full = 0.0
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
-        self.stats = {"writes": 0, "operates": 0, "refused": 0, "switched_on_time": 0}
+        self.stats = {"writes": 0, "operates": 0, "refused": 0, "switched_on_time": 0, "gc_collections": 0}
         # WAN contact, for the site's "no telecom" schedules: clients connected now, and the
         # last request (set on libiec61850's thread; read by the actor's 1 s contact tick).
         self.clients = 0
@@ -146,6 +156,11 @@ class MmsEndpoint:
         # (a switch included) for 57-83 ms on a 100- or 10-DER model (bench/gc_bench.py).
         gc.collect()
         gc.freeze()
+        # And the collector runs only when this endpoint says so, between switches (see
+        # _collect_garbage_if_quiet): an automatic one in a thread holding the model lock
+        # kept clients' reads waiting (a generation-1 collection took 52 ms at 100 DERs).
+        gc.disable()
+        self._gc_last = self._gc_full = time.monotonic()
         # Listen only once every controller's state is in the model: a client must never read
         # the SCL's placeholders (SchdSt 0) as the state of a schedule.  Ready comes then too.
         self.awaiting = {(der["name"], kind) for der in ders for kind in der["functions"]}
@@ -197,7 +212,12 @@ class MmsEndpoint:
                 log.warning("mms endpoint=%s serving at normal priority (cannot set nice %d: %s)",
                             self.config["name"], nice, exc)
                 return
-        self.server.lock_nice = nice  # and our threads while they hold the model lock
+        # And while one of our threads holds the model lock, all of them: the holder needs the
+        # GIL, which the actor thread may have when the kernel pre-empts it (measured: the
+        # follower held the lock 14-81 ms for 10 switches with only itself raised).
+        self.server.ceiling_threads = [threading.main_thread().native_id, self.writer.native_id,
+                                       self.switcher.follower_id]
+        self.server.lock_nice = nice
 
     def stop(self) -> None:
         if self.switcher is not None:
@@ -427,8 +447,10 @@ class MmsEndpoint:
                     self.bridge.post(exc)
                     return
                 listening = True
+            if listening and self.states.empty():
+                self._collect_garbage_if_quiet()
             try:
-                state = self.states.get(timeout=None if listening else max(0.0, deadline - time.monotonic()))
+                state = self.states.get(timeout=GC_TICK if listening else max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 continue
             if state is None:
@@ -443,6 +465,25 @@ class MmsEndpoint:
                     time.sleep(READER_WINDOW)
             except Exception:  # one bad state must not stop the writer
                 log.exception("applying state of %s/%s", state.der, state.kind)
+
+    def _collect_garbage_if_quiet(self) -> None:
+        """Writer thread, nothing to write: collect garbage if it is time to and no switch is
+        near (none armed within GC_CLEAR_MS, none applied in the last GC_CLEAR_MS), or if
+        it has not been quiet for GC_AT_LATEST.  Every GC_FULL_EVERY, all generations."""
+        now = time.monotonic()
+        if now - self._gc_last < GC_EVERY:
+            return
+        wall = now_ms()
+        armed = [plan.state.at for plan in list(self.staged.values())]  # one C-level copy
+        near = any(abs(at - wall) < GC_CLEAR_MS for at in armed) or wall - self.last_switch_ms < GC_CLEAR_MS
+        if near and now - self._gc_last < GC_AT_LATEST:
+            return
+        full = now - self._gc_full >= GC_FULL_EVERY
+        gc.collect(2 if full else 1)
+        self.stats["gc_collections"] += 1
+        self._gc_last = now
+        if full:
+            self._gc_full = now
 
     def _apply_measurement(self, m: Measurement) -> None:
         if m.der not in self.lds or self.server is None:
@@ -589,6 +630,7 @@ class MmsEndpoint:
         batches: dict[int, Any] = {}
         for done in self.switcher.collect():
             self.unsettled[self.switch_keys[done.key]] = done
+            self.last_switch_ms = max(self.last_switch_ms, done.at_ms)
             batches.setdefault(done.outputs_ns, done)
         if self.switcher.lost:
             log.error("mms endpoint=%s %d applied switches not recorded (collected too late)",
