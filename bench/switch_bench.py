@@ -43,7 +43,7 @@ def summary(ms: list[float]) -> dict:
 
 
 def topology(state: Path, ders: int, mms_port: int, heartbeat: float = 1.0, isolation: str = "process",
-             nice: int | None = None) -> str:
+             nice: int | None = None, serve_nice: int | None = None) -> str:
     der_tables = "".join(f'\n[[der]]\nname = "d{i:03d}"\nfunctions = ["ActPow"]\nschedules = 1\n'
                          for i in range(ders))
     return f"""[site]
@@ -61,6 +61,7 @@ name = "mms"
 protocol = "mms"
 port = {mms_port}
 {"" if nice is None else f"switch_nice = {nice}"}
+{"" if serve_nice is None else f"serve_nice = {serve_nice}"}
 {der_tables}"""
 
 
@@ -75,6 +76,7 @@ def main() -> None:
                          "starved by the site's load; at -20, on these 2 cores, it starved the site's "
                          "heartbeats: DERs were killed as hung)")
     ap.add_argument("--switch-nice", type=int, help="the MMS endpoint's switch_nice (default: its default, -20)")
+    ap.add_argument("--serve-nice", type=int, help="the MMS endpoint's serve_nice (default: its default, -10)")
     ap.add_argument("--isolation", choices=("process", "der"), default="process",
                     help="[runtime] controller_isolation")
     ap.add_argument("--json", type=Path)
@@ -84,7 +86,7 @@ def main() -> None:
         tmp = Path(tmp)
         port = free_port()
         (tmp / "site.toml").write_text(topology(tmp / "state", args.ders, port, args.heartbeat, args.isolation,
-                                                args.switch_nice))
+                                                args.switch_nice, args.serve_nice))
         site = Site(tmp / "site.toml", tmp / "state").start(timeout=600)
         try:
             result = run(site, port, args)
@@ -152,7 +154,7 @@ def run(site: Site, port: int, args) -> dict:
     finally:
         c.close()
     return {"ders": args.ders, "observer_pause_ms": args.pause * 1000, "observer_nice": args.observer_nice,
-            "controller_isolation": args.isolation, "switch_nice": args.switch_nice, "heartbeat_s": args.heartbeat, "entries_per_der": args.entries, "switches_seen": len(seen), "missed": missing,
+            "controller_isolation": args.isolation, "switch_nice": args.switch_nice, "serve_nice": args.serve_nice, "heartbeat_s": args.heartbeat, "entries_per_der": args.entries, "switches_seen": len(seen), "missed": missing,
             "early": len(early), "lateness": summary(lateness), "observer_sweep": summary(sweeps),
             "write_rtt": summary(writes), "operate_rtt": summary(operates),
             "latest_switch_per_entry_ms": per_entry,

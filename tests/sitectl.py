@@ -58,7 +58,7 @@ def free_port() -> int:
 
 def small_topology(state_dir: Path, admin_port: int, ders: int = 1, schedules: int = 2,
                    functions: tuple = ("ActPow", "OnOff"), extra: str = "", supervision: str = "",
-                   runtime: str = "") -> str:
+                   runtime: str = "", wan: str = "") -> str:
     """A site with one MMS endpoint, `ders` DERs and one MQTT LAN endpoint; heartbeat
     0.1/0.4 s so a hang is detected well within a second."""
     funcs = ", ".join(f'"{f}"' for f in functions)
@@ -83,6 +83,7 @@ backoff_initial = 0.05
 name = "mms"
 protocol = "mms"
 port = {free_port()}
+{wan}
 {der_tables}
 [[lan]]
 name = "mqtt"

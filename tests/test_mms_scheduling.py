@@ -287,9 +287,11 @@ def thread_nices(pid: int) -> list[int]:
     return nices
 
 
-def test_switcher_and_server_threads_run_at_their_priorities(site):
-    # switch_nice (-20) for the C switcher thread, serve_nice (-10) for libiec61850's server
-    # thread, the rest as started (0); the tests run as root, so both are allowed.
+def test_switcher_and_server_threads_run_at_their_priorities(make_site):
+    # switch_nice (-20 by default) for the C switcher thread, serve_nice (here -10; 0 by
+    # default) for libiec61850's server thread, the rest as started (0); the tests run as
+    # root, so both are allowed.
+    site = make_site(wan="serve_nice = -10\n")
     node = site.node("mms")
     assert node["detail"]["switch_priority"] is True
     deadline = time.monotonic() + 5

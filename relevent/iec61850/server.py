@@ -10,7 +10,6 @@ import logging
 from contextlib import contextmanager
 import os
 import tempfile
-import threading
 from typing import Any, Callable
 
 from relevent.iec61850 import lib as L
@@ -46,12 +45,12 @@ class MmsServer:
             raise MmsServerError(f"libiec61850 rejected the generated model {self.cfg_path}")
         self.server = self.lib.IedServer_create(self.model)
         self.running = False
-        # Priority ceiling: while one of our threads holds the data model lock, it and every
-        # thread in `ceiling_threads` (those it may wait for to get the GIL back) run at
-        # `lock_nice` (None: as they are), so libiec61850's thread serving a client at that
-        # priority does not wait for them while the kernel runs other processes.
+        # Priority ceiling: a thread of ours holding the data model lock runs at `lock_nice`
+        # (None: as it is), so libiec61850's thread serving a client at that priority does not
+        # wait for it while the kernel runs other processes.  Only the holder: raising the
+        # actor thread too (it may have the GIL the holder needs) let the endpoint take the
+        # CPU from 200 site processes, and DERs were killed as hung (bench/README.md).
         self.lock_nice: int | None = None
-        self.ceiling_threads: list[int] = []
         self._base_nice = os.getpriority(os.PRIO_PROCESS, 0)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -107,26 +106,16 @@ class MmsServer:
             self._unlock()
 
     def _lock(self) -> None:
+        if self.lock_nice is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, self.lock_nice)  # 0: this thread (Linux)
         self.lib.IedServer_lockDataModel(self.server)
-        if self.lock_nice is not None:  # after: one holder at a time raises and lowers
-            self._renice(self.lock_nice)
 
     def _unlock(self) -> None:
-        # This thread goes back last, once the lock is free: lowered while holding it, the
-        # kernel pre-empted it at once and the lock stayed held (measured: 50-130 ms).
-        me = threading.get_native_id()
-        if self.lock_nice is not None:
-            self._renice(self._base_nice, [t for t in self.ceiling_threads if t != me])
         self.lib.IedServer_unlockDataModel(self.server)
+        # Lowered only once the lock is free: lowered while holding it, the thread was
+        # pre-empted at once with the lock held (measured: 50-130 ms).
         if self.lock_nice is not None:
-            self._renice(self._base_nice, [0])
-
-    def _renice(self, nice: int, threads: list[int] | None = None) -> None:
-        for tid in (self.ceiling_threads + [0]) if threads is None else threads:  # 0: this thread
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, nice)
-            except OSError:  # a thread that has ended
-                pass
+            os.setpriority(os.PRIO_PROCESS, 0, self._base_nice)
 
     def update(self, changes: list[tuple[str, str, Any]], locked: bool = False) -> None:
         """Apply (reference, kind, value) updates atomically for readers and reports.

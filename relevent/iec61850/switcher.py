@@ -113,11 +113,6 @@ class Switcher:
         self._follower = threading.Thread(target=self._follow, name=f"{name}-follower", daemon=True)
         self._follower.start()
 
-    @property
-    def follower_id(self) -> int:
-        """The native thread id of the thread that calls `on_applied`."""
-        return self._follower.native_id
-
     def _follow(self) -> None:
         while True:
             os.eventfd_read(self.events)  # blocks without the GIL

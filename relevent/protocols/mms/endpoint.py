@@ -15,8 +15,8 @@ Threads:
 * a writer thread applies published states to the model.  States carry a version, so an
   older state never overwrites a newer one, whichever thread applies it.  It also collects
   garbage, between switches: automatic collection is off in this process.
-* libiec61850's server thread answers reads without the GIL, at nice `serve_nice`; our
-  threads run at that priority while one of them holds the model lock (docs/mms.md).
+* libiec61850's server thread answers reads without the GIL (at nice `serve_nice`, if
+  set; our threads then take that priority while they hold the model lock: docs/mms.md).
 * a switcher thread in C (relevent/iec61850/switcher.c) writes, at its instant, the
   state each controller announced for its next boundary (`ControllerState.then`), its
   model updates computed here beforehand: the switch is in the model on time even when a
@@ -64,8 +64,8 @@ CONTACT_TICK = 1.0           # s between WanContact reports while clients are co
 FIRST_STATES_TIMEOUT = 10.0  # s: serve anyway if a controller has not sent its state by then
 SWITCH_INTERVAL = 0.0005     # s, this process's GIL switch interval
 SWITCH_NICE = -20            # priority around a switch (see switcher.c)
-SERVE_NICE = -10             # libiec61850's server thread, always (see _serve_at_priority)
-READER_WINDOW = 0.0002       # s the writer and follower leave the model lock free between turns
+SERVE_NICE = 0               # libiec61850's server thread, always (see _serve_at_priority)
+READER_WINDOW = 0.0002       # s the follower leaves the model lock free between turns
 SETTLE_BATCH = 10            # applied switches recorded per turn of the model lock
 GC_EVERY = 1.0               # s between the endpoint's own garbage collections (generation 1)
 GC_FULL_EVERY = 60.0         # s between full ones
@@ -212,11 +212,7 @@ class MmsEndpoint:
                 log.warning("mms endpoint=%s serving at normal priority (cannot set nice %d: %s)",
                             self.config["name"], nice, exc)
                 return
-        # And while one of our threads holds the model lock, all of them: the holder needs the
-        # GIL, which the actor thread may have when the kernel pre-empts it (measured: the
-        # follower held the lock 14-81 ms for 10 switches with only itself raised).
-        self.server.ceiling_threads = [threading.main_thread().native_id, self.writer.native_id,
-                                       self.switcher.follower_id]
+        # And our threads while they hold the model lock (a priority ceiling).
         self.server.lock_nice = nice
 
     def stop(self) -> None:
@@ -461,8 +457,6 @@ class MmsEndpoint:
                     continue
                 self._apply(state)
                 self.awaiting.discard((state.der, state.kind))
-                if listening and not self.states.empty():
-                    time.sleep(READER_WINDOW)
             except Exception:  # one bad state must not stop the writer
                 log.exception("applying state of %s/%s", state.der, state.kind)
 
