@@ -170,7 +170,7 @@ static void record(switcher *s, const applied_switch *a) {  /* mu held */
     s->applied[s->n_applied++] = *a;
 }
 
-static int switch_due(switcher *s, int64_t woke_ns) {  /* mu not held; returns how many applied */
+static int switch_due(switcher *s, int64_t woke_ns) {  /* mu not held; how many applied, -1: no memory */
     s->f.lock(s->server);
     int64_t locked_ns = now_ns();
     pthread_mutex_lock(&s->mu);
@@ -178,7 +178,12 @@ static int switch_due(switcher *s, int64_t woke_ns) {  /* mu not held; returns h
     int64_t now_ms = locked_ns / 1000000;
     int n_due = 0;
     armed_switch *due = malloc((size_t)(s->n_armed ? s->n_armed : 1) * sizeof *due);
-    for (int i = 0; due && i < s->n_armed;) {
+    if (!due) {
+        pthread_mutex_unlock(&s->mu);
+        s->f.unlock(s->server);
+        return -1;
+    }
+    for (int i = 0; i < s->n_armed;) {
         if (s->armed[i].at_ms <= now_ms) {
             due[n_due++] = s->armed[i];
             s->armed[i] = s->armed[--s->n_armed];
@@ -211,7 +216,7 @@ static void *run(void *arg) {
     if (s->can_boost) setpriority(PRIO_PROCESS, 0, s->nice);
     pthread_mutex_lock(&s->mu);
     while (!s->stop) {
-        int64_t at_ms;
+        int64_t at_ms = 0;
         bool armed = first_due(s, &at_ms) >= 0;
         int64_t now = now_ns(), at_ns = at_ms * 1000000, boost_ns = at_ns - (int64_t)s->lead_ms * 1000000;
         if (boosted && (!armed || now < boost_ns)) {  /* cancelled, or moved later */
@@ -234,7 +239,11 @@ static void *run(void *arg) {
             wait_until_ns(s, at_ns);
         } else {
             pthread_mutex_unlock(&s->mu);
-            if (switch_due(s, now) > 0 && s->notify_fd >= 0) {
+            int applied = switch_due(s, now);
+            if (applied < 0) {  /* out of memory: try again in a moment, not in a busy loop */
+                struct timespec ms = {0, 1000000};
+                nanosleep(&ms, NULL);
+            } else if (applied > 0 && s->notify_fd >= 0) {
                 uint64_t one = 1;
                 ssize_t ignored = write(s->notify_fd, &one, sizeof one);
                 (void)ignored;  /* an eventfd write fails only on overflow: already signalled */
@@ -343,14 +352,21 @@ int sw_collect(void *handle, applied_switch *out, int max, int64_t *lost) {
     return n;
 }
 
-/* Stops and joins the thread (never with the model lock held: it may be waiting for it). */
-void sw_destroy(void *handle) {
+/* Stops the thread and waits for it (never with the model lock held: it may be waiting for
+ * it).  Arm, cancel and collect stay safe to call until sw_free. */
+void sw_stop(void *handle) {
     switcher *s = handle;
     pthread_mutex_lock(&s->mu);
+    bool running = !s->stop;
     s->stop = true;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
-    pthread_join(s->thread, NULL);
+    if (running) pthread_join(s->thread, NULL);
+}
+
+/* Model lock held (so no arm, cancel or collect is running), after sw_stop. */
+void sw_free(void *handle) {
+    switcher *s = handle;
     for (int i = 0; i < s->n_armed; i++) free_updates(s->armed[i].updates, s->armed[i].n);
     free(s->armed);
     free(s->applied);

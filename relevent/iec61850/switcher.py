@@ -3,7 +3,8 @@
 The MMS endpoint arms, per controller, the updates of the state its controller announced for
 its next boundary; the C thread writes them at that instant without needing the GIL, and
 reports what it applied through `collect()`, which the endpoint uses to record them.
-`arm` and `cancel` must be called with the server's data model lock held.
+`arm`, `cancel` and `collect` must be called with the server's data model lock held (which
+also makes them safe against `close`: they do nothing once it has freed the switcher).
 """
 from __future__ import annotations
 
@@ -73,8 +74,9 @@ def _load() -> ctypes.CDLL:
         lib.sw_cancel.argtypes = [c_void_p, c_int64]
         lib.sw_collect.restype = c_int
         lib.sw_collect.argtypes = [c_void_p, POINTER(_Applied), c_int, POINTER(c_int64)]
-        lib.sw_destroy.restype = None
-        lib.sw_destroy.argtypes = [c_void_p]
+        for name in ("sw_stop", "sw_free"):
+            getattr(lib, name).restype = None
+            getattr(lib, name).argtypes = [c_void_p]
         _lib = lib
     return _lib
 
@@ -127,6 +129,8 @@ class Switcher:
             rest: list[tuple[str, str, Any]]) -> None:
         """Model lock held: write `outputs` then `rest` at `at_ms`, instead of whatever was
         armed under `key`.  (reference, kind, value) as for MmsServer.update."""
+        if self.handle is None:  # closed
+            return
         updates = outputs + rest
         n = len(updates)
         kinds, attrs = (c_int * n)(), (c_void_p * n)()
@@ -146,11 +150,13 @@ class Switcher:
 
     def cancel(self, key: int) -> bool:
         """Model lock held: True if a switch was armed under `key` (it will not happen)."""
-        return bool(self.lib.sw_cancel(self.handle, key))
+        return self.handle is not None and bool(self.lib.sw_cancel(self.handle, key))
 
     def collect(self) -> list[Applied]:
-        """The switches applied since the last call, oldest first."""
+        """Model lock held: the switches applied since the last call, oldest first."""
         out: list[Applied] = []
+        if self.handle is None:
+            return out
         lost = c_int64(0)
         while True:
             n = self.lib.sw_collect(self.handle, self._buffer, COLLECT_MAX, ctypes.byref(lost))
@@ -161,10 +167,13 @@ class Switcher:
                 return out
 
     def close(self) -> None:
-        """Stop the thread (not with the model lock held: it may be waiting for it)."""
+        """Stop the thread, then free it under the model lock (so never with that lock held:
+        the thread may be waiting for it)."""
         if self.handle:
-            self.lib.sw_destroy(self.handle)
-            self.handle = None
+            self.lib.sw_stop(self.handle)
+            with self.server.model_lock():
+                self.lib.sw_free(self.handle)
+                self.handle = None
             self._closed = True
             os.eventfd_write(self.events, 1)
             if self._follower is not threading.current_thread():
