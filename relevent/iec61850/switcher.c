@@ -67,6 +67,7 @@ typedef struct {
 } applied_switch;
 
 #define BOOSTED_MAX 256   /* threads of this process raised for a switch */
+#define SERVE_MAX 16      /* server threads kept raised after a switch */
 
 typedef struct {
     void *server;
@@ -85,6 +86,13 @@ typedef struct {
     int64_t lost;    /* applied records dropped because nobody collected them */
     struct { pid_t tid; int nice; } boosted[BOOSTED_MAX];  /* switcher thread only */
     int n_boosted;
+    /* libiec61850's server threads keep the switch's priority for tail_ms after it, so a
+     * client reading the switch is served first (set by sw_serve; under mu). */
+    pid_t serve[SERVE_MAX];
+    int n_serve, tail_ms;
+    struct { pid_t tid; int nice; } tail[SERVE_MAX];     /* switcher thread only */
+    int n_tail;
+    int64_t tail_until_ns;
 } switcher;
 
 #define APPLIED_MAX 4096
@@ -127,6 +135,28 @@ static void unboost_all(switcher *s) {
     for (int i = 0; i < s->n_boosted; i++)
         setpriority(PRIO_PROCESS, (id_t)s->boosted[i].tid, s->boosted[i].nice);
     s->n_boosted = 0;
+}
+
+static void start_tail(switcher *s) {  /* mu held */
+    s->n_tail = 0;
+    for (int i = 0; i < s->n_serve; i++) {
+        errno = 0;
+        int own = getpriority(PRIO_PROCESS, (id_t)s->serve[i]);
+        if (errno != 0 || own <= s->nice) continue;
+        if (setpriority(PRIO_PROCESS, (id_t)s->serve[i], s->nice) == 0) {
+            s->tail[s->n_tail].tid = s->serve[i];
+            s->tail[s->n_tail].nice = own;
+            s->n_tail++;
+        }
+    }
+    s->tail_until_ns = now_ns() + (int64_t)s->tail_ms * 1000000;
+}
+
+static void end_tail(switcher *s) {  /* mu held */
+    for (int i = 0; i < s->n_tail; i++)
+        setpriority(PRIO_PROCESS, (id_t)s->tail[i].tid, s->tail[i].nice);
+    s->n_tail = 0;
+    s->tail_until_ns = 0;
 }
 
 static void apply(switcher *s, const update *u) {
@@ -219,6 +249,11 @@ static void *run(void *arg) {
         int64_t at_ms = 0;
         bool armed = first_due(s, &at_ms) >= 0;
         int64_t now = now_ns(), at_ns = at_ms * 1000000, boost_ns = at_ns - (int64_t)s->lead_ms * 1000000;
+        bool tail = s->tail_until_ns != 0;
+        if (tail && (now >= s->tail_until_ns || (armed && now >= boost_ns))) {
+            end_tail(s);  /* over, or the next boost (which records priorities) is due */
+            continue;
+        }
         if (boosted && (!armed || now < boost_ns)) {  /* cancelled, or moved later */
             pthread_mutex_unlock(&s->mu);
             unboost_all(s);
@@ -227,9 +262,13 @@ static void *run(void *arg) {
             continue;
         }
         if (!armed) {
-            pthread_cond_wait(&s->cv, &s->mu);
+            if (tail)
+                wait_until_ns(s, s->tail_until_ns);
+            else
+                pthread_cond_wait(&s->cv, &s->mu);
         } else if (now < boost_ns) {
-            wait_until_ns(s, boost_ns);  /* then re-read: an arm or cancel may change the instant */
+            /* then re-read: an arm or cancel may change the instant */
+            wait_until_ns(s, tail && s->tail_until_ns < boost_ns ? s->tail_until_ns : boost_ns);
         } else if (s->can_boost && !boosted) {
             pthread_mutex_unlock(&s->mu);
             boost_all(s);
@@ -251,8 +290,10 @@ static void *run(void *arg) {
             if (boosted) unboost_all(s);
             boosted = false;
             pthread_mutex_lock(&s->mu);
+            if (applied > 0 && s->can_boost && s->tail_ms > 0) start_tail(s);
         }
     }
+    if (s->tail_until_ns != 0) end_tail(s);
     pthread_mutex_unlock(&s->mu);
     if (boosted) unboost_all(s);
     return NULL;
@@ -317,6 +358,16 @@ int sw_arm(void *handle, int64_t key, int64_t at_ms, int n, int n_first, const i
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return 0;
+}
+
+/* The server threads to keep at the switch priority for `tail_ms` after each switch. */
+void sw_serve(void *handle, const int *tids, int n, int tail_ms) {
+    switcher *s = handle;
+    pthread_mutex_lock(&s->mu);
+    s->n_serve = n < SERVE_MAX ? n : SERVE_MAX;
+    for (int i = 0; i < s->n_serve; i++) s->serve[i] = (pid_t)tids[i];
+    s->tail_ms = tail_ms;
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* Model lock held.  1 if a switch was armed under `key` (it will not happen), else 0. */

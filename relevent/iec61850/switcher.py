@@ -74,6 +74,8 @@ def _load() -> ctypes.CDLL:
         lib.sw_cancel.argtypes = [c_void_p, c_int64]
         lib.sw_collect.restype = c_int
         lib.sw_collect.argtypes = [c_void_p, POINTER(_Applied), c_int, POINTER(c_int64)]
+        lib.sw_serve.restype = None
+        lib.sw_serve.argtypes = [c_void_p, POINTER(c_int), c_int, c_int]
         for name in ("sw_stop", "sw_free"):
             getattr(lib, name).restype = None
             getattr(lib, name).argtypes = [c_void_p]
@@ -124,6 +126,12 @@ class Switcher:
                 self._on_applied()
             except Exception:  # the switches go on; the next call catches up
                 log.exception("switcher: recording applied switches")
+
+    def serve(self, tids: list[int], tail_ms: int) -> None:
+        """Keep these threads (libiec61850's server threads) at the switch priority for
+        `tail_ms` after every switch, so clients reading it are answered first."""
+        if self.handle is not None:
+            self.lib.sw_serve(self.handle, (c_int * len(tids))(*tids), len(tids), tail_ms)
 
     def arm(self, key: int, at_ms: int, outputs: list[tuple[str, str, Any]],
             rest: list[tuple[str, str, Any]]) -> None:

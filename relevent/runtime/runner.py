@@ -34,6 +34,10 @@ from relevent.topology import Topology, TopologyError, load_topology, parse_topo
 from relevent.topology.edit import EditError, add_endpoint, parse_snippet, remove_endpoint, write_atomic
 
 log = logging.getLogger("relevent.runner")
+# A warning above this many DERs per core with one process per controller: on 2 cores, 100
+# DERs switched late and had DERs killed as hung, 10 kept time (bench/README.md); the
+# threshold in between is not measured.
+DERS_PER_CORE_IN_PROCESS_MODE = 25
 
 # Settings that need a full restart of the site to change.
 RESTART_ONLY = {("site", "name"), ("site", "state_dir"), ("runtime", "base"), ("runtime", "admin_port"),
@@ -101,6 +105,13 @@ class SiteRunner:
         self._write_pid_file()
         log.info("site=%s up in %.3f s base=%s admin_port=%s state_dir=%s", self.topology.name,
                  time.monotonic() - started, runtime["base"], runtime["admin_port"], self.state_dir)
+        ders, cores = len(self.topology.data["der"]), os.cpu_count() or 1
+        if runtime.get("controller_isolation") == "process" and ders > DERS_PER_CORE_IN_PROCESS_MODE * cores:
+            # Measured on 2 cores (bench/README.md): 100 DERs with a process per controller
+            # switched late and had DERs killed as hung; with "der" they kept time.
+            log.warning("site=%s %d DERs on %d cores with controller_isolation=\"process\" (about %d "
+                        "processes): set [runtime] controller_isolation = \"der\" (docs/runtime.md)",
+                        self.topology.name, ders, cores, 2 * ders)
 
     def _take_lock(self) -> None:
         lock_file = open(self.state_dir / "relevent.lock", "w")

@@ -72,6 +72,7 @@ GC_FULL_EVERY = 60.0         # s between full ones
 GC_CLEAR_MS = 200            # ... never this close to a switch
 GC_AT_LATEST = 10.0          # s: collect anyway if it is never quiet that long
 GC_TICK = 0.2                # s: the writer looks at least this often
+READ_TAIL_MS = 200           # libiec61850's server thread keeps the switch priority this long after
 BOOST_LEAD_MS = 50           # how long before a switch the priority goes up
 SWITCHES_KEPT = 32           # recent switches shown in the status (timing)
 LISTENING = "listening"      # posted by the writer thread once the server listens
@@ -195,19 +196,21 @@ class MmsEndpoint:
                         sorted(self.awaiting), FIRST_STATES_TIMEOUT)
         threads_before = set(os.listdir("/proc/self/task"))
         self.server.start(cfg.get("address", "127.0.0.1"), cfg["port"])
-        self._serve_at_priority(set(os.listdir("/proc/self/task")) - threads_before)
+        serving = [int(t) for t in set(os.listdir("/proc/self/task")) - threads_before]
+        self._serve_at_priority(serving)
+        self.switcher.serve(serving, READ_TAIL_MS)
         log.info("mms endpoint=%s serving ied=%s lds=%s on %s:%s", cfg["name"], self.server.ied_name,
                  ",".join(self.lds.values()), cfg.get("address"), cfg["port"])
         self.bridge.post(LISTENING)
 
-    def _serve_at_priority(self, tids: set[str]) -> None:
+    def _serve_at_priority(self, tids: list[int]) -> None:
         """libiec61850's server thread (started just now, its connections' threads inherit
         from it) runs at nice `serve_nice`: reads are answered from C, without the GIL, and a
         client reading a switch must not wait behind every process waking at a boundary."""
         nice = self.config.get("serve_nice", SERVE_NICE)
         for tid in tids:
             try:
-                os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
             except OSError as exc:  # no CAP_SYS_NICE: served at normal priority
                 log.warning("mms endpoint=%s serving at normal priority (cannot set nice %d: %s)",
                             self.config["name"], nice, exc)
