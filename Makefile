@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/runtime_bench.py --kills 100 --cycles 20 --json bench/results-runtime.json
 	$(PY) bench/switch_bench.py --ders 1 --entries 60 --json bench/results-switch-1der-c.json
 	$(PY) bench/switch_bench.py --ders 100 --entries 20 --pause 0.005 --isolation der --json bench/results-switch-100der-der.json
-	$(PY) bench/switch_bench.py --ders 100 --entries 20 --pause 0.005 --json bench/results-switch-100der-process.json
+	-$(PY) bench/switch_bench.py --ders 100 --entries 20 --pause 0.005 --serve-nice 0 --json bench/results-switch-100der-process.json  # may fail: see bench/README.md
 	$(PY) bench/mms_bench.py --ders 1 --ders 3 --ders 10 --json bench/results-mms.json
 	$(PY) bench/gc_bench.py --ders 100 --functions ActPow --schedules 1
 	$(PY) bench/memory_bench.py --ders 10 --isolation process

@@ -15,8 +15,9 @@ Threads:
 * a writer thread applies published states to the model.  States carry a version, so an
   older state never overwrites a newer one, whichever thread applies it.  It also collects
   garbage, between switches: automatic collection is off in this process.
-* libiec61850's server thread answers reads without the GIL (at nice `serve_nice`, if
-  set; our threads then take that priority while they hold the model lock: docs/mms.md).
+* libiec61850's server thread answers reads without the GIL, at the switch priority for
+  200 ms after each switch, else at nice `serve_nice` (if set, our threads take that
+  priority while they hold the model lock: docs/mms.md).
 * a switcher thread in C (relevent/iec61850/switcher.c) writes, at its instant, the
   state each controller announced for its next boundary (`ControllerState.then`), its
   model updates computed here beforehand: the switch is in the model on time even when a
@@ -64,7 +65,7 @@ CONTACT_TICK = 1.0           # s between WanContact reports while clients are co
 FIRST_STATES_TIMEOUT = 10.0  # s: serve anyway if a controller has not sent its state by then
 SWITCH_INTERVAL = 0.0005     # s, this process's GIL switch interval
 SWITCH_NICE = -20            # priority around a switch (see switcher.c)
-SERVE_NICE = 0               # libiec61850's server thread, always (see _serve_at_priority)
+SERVE_NICE = 0               # libiec61850's server thread outside switches (0: as started)
 READER_WINDOW = 0.0002       # s the follower leaves the model lock free between turns
 SETTLE_BATCH = 10            # applied switches recorded per turn of the model lock
 GC_EVERY = 1.0               # s between the endpoint's own garbage collections (generation 1)
@@ -446,8 +447,8 @@ class MmsEndpoint:
                     self.bridge.post(exc)
                     return
                 listening = True
-            if listening and self.states.empty():
-                self._collect_garbage_if_quiet()
+            if listening:
+                self._collect_garbage_if_quiet(idle=self.states.empty())
             try:
                 state = self.states.get(timeout=GC_TICK if listening else max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -463,12 +464,12 @@ class MmsEndpoint:
             except Exception:  # one bad state must not stop the writer
                 log.exception("applying state of %s/%s", state.der, state.kind)
 
-    def _collect_garbage_if_quiet(self) -> None:
-        """Writer thread, nothing to write: collect garbage if it is time to and no switch is
-        near (none armed within GC_CLEAR_MS, none applied in the last GC_CLEAR_MS), or if
-        it has not been quiet for GC_AT_LATEST.  Every GC_FULL_EVERY, all generations."""
+    def _collect_garbage_if_quiet(self, idle: bool) -> None:
+        """Writer thread: collect garbage if it is time to, nothing is queued (`idle`) and no
+        switch is near (none armed within GC_CLEAR_MS, none applied in the last
+        GC_CLEAR_MS); or anyway after GC_AT_LATEST.  Every GC_FULL_EVERY, all generations."""
         now = time.monotonic()
-        if now - self._gc_last < GC_EVERY:
+        if now - self._gc_last < (GC_EVERY if idle else GC_AT_LATEST):
             return
         wall = now_ms()
         armed = [plan.state.at for plan in list(self.staged.values())]  # one C-level copy
