@@ -6,15 +6,18 @@
  * core behind hundreds of processes waking at once: 1 boundary in 20 was 170-410 ms late
  * at 100 DERs.  This thread needs only the data model lock.  From `lead_ms` before a
  * switch it raises every thread of the process to `nice`, so whichever holds the model
- * lock (libiec61850's own thread, or a Python thread waiting for the GIL) lets go quickly.
+ * lock (libiec61850's own thread, or a Python thread waiting for the GIL) lets go quickly,
+ * and gives each its own priority back after; libiec61850's server threads (sw_serve) keep
+ * the raised one for `tail_ms` more, so clients reading the switch are answered first.
  *
  * Used through ctypes (relevent/iec61850/switcher.py); no Python API here.  libiec61850 is
  * reached through function pointers handed over at creation, from the library the ctypes
  * bindings loaded (it is loaded RTLD_LOCAL, so there is nothing to link against).
  *
- * Contract with the caller: arm() and cancel() are called with the data model lock held,
- * and the thread applies a switch only with that lock held, so "armed" and "applied" never
- * change under the caller's feet.  Applied switches are reported through collect().
+ * Contract with the caller: sw_arm, sw_cancel, sw_collect and sw_free are called with the
+ * data model lock held, and the thread applies a switch only with that lock held, so
+ * "armed" and "applied" never change under the caller's feet.  Applied switches are
+ * reported through sw_collect (and a notify eventfd).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
