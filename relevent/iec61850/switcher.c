@@ -75,7 +75,7 @@ typedef struct {
 typedef struct {
     void *server;
     iec_functions f;
-    int nice, base_nice, lead_ms;
+    int nice, lead_ms;
     int notify_fd;   /* an eventfd: +1 after every batch applied */
     bool can_boost;
     pthread_t thread;
@@ -315,10 +315,10 @@ void *sw_create(void *server, const iec_functions *f, int nice, int lead_ms, int
     s->lead_ms = lead_ms;
     s->notify_fd = notify_fd;
     errno = 0;
-    s->base_nice = getpriority(PRIO_PROCESS, 0);  /* the calling thread's */
+    int own = getpriority(PRIO_PROCESS, 0);  /* the calling thread's */
     /* Allowed only with CAP_SYS_NICE or a high enough RLIMIT_NICE: try it on this thread. */
-    s->can_boost = nice < s->base_nice && setpriority(PRIO_PROCESS, 0, nice) == 0;
-    if (s->can_boost) setpriority(PRIO_PROCESS, 0, s->base_nice);  /* raising is always allowed */
+    s->can_boost = nice < own && setpriority(PRIO_PROCESS, 0, nice) == 0;
+    if (s->can_boost) setpriority(PRIO_PROCESS, 0, own);  /* raising is always allowed */
     *can_boost = s->can_boost;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);

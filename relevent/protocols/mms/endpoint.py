@@ -209,6 +209,8 @@ class MmsEndpoint:
         from it) runs at nice `serve_nice`: reads are answered from C, without the GIL, and a
         client reading a switch must not wait behind every process waking at a boundary."""
         nice = self.config.get("serve_nice", SERVE_NICE)
+        if nice >= 0:  # as started; and no priority calls around every model-lock section
+            return
         for tid in tids:
             try:
                 os.setpriority(os.PRIO_PROCESS, tid, nice)
