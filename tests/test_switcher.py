@@ -43,8 +43,7 @@ def output_updates(value: float, at: int) -> list:
 
 
 def arm(server: MmsServer, switcher: Switcher, key: int, at: int, outputs: list, rest: list = ()) -> None:
-    with server.model_lock():
-        switcher.arm(key, at, outputs, list(rest))
+    switcher.arm(key, at, outputs, list(rest))
 
 
 def now_ms() -> int:
@@ -124,3 +123,44 @@ def test_close_with_a_switch_armed_returns_and_never_applies_it(served):
     with server.model_lock():
         assert switcher.cancel(4) is False and switcher.collect() == []
     switcher.close()  # twice is fine
+
+
+def read_until(read, expected, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+        value = read()
+    return value
+
+
+def test_pushed_updates_are_written_at_once_and_before_a_switch_armed_after_them(served):
+    server, switcher, client, applied = served
+    read = lambda: client.read_float(f"{IED}{OUT}.mxVal.f")  # noqa: E731
+    switcher.push(output_updates(5.0, now_ms()), [(f"{FSCC}.ActSchdRef.stVal", "string", "pushed")])
+    assert read_until(read, 5.0) == 5.0
+    assert client.read_str(f"{IED}{FSCC}.ActSchdRef.stVal") == "pushed"
+    assert switcher.collect() == [] and not applied.is_set()  # pushes are not reported
+    for _ in range(20):  # a switch due at once, armed after a push: the switch wins every time
+        at = now_ms()
+        switcher.push(output_updates(4.0, at))
+        arm(server, switcher, 9, at, output_updates(6.0, at))
+        assert read_until(read, 6.0) == 6.0
+        assert applied.wait(5)
+        applied.clear()
+        assert [d.key for d in switcher.collect()] == [9]
+        switcher.push(output_updates(0.0, at))
+        assert read_until(read, 0.0) == 0.0
+
+
+def test_drain_writes_what_is_pushed_in_the_thread_holding_the_lock(served):
+    server, switcher, client, _applied = served
+    read = lambda: client.read_float(f"{IED}{OUT}.mxVal.f")  # noqa: E731
+    with server.model_lock():  # as a libiec61850 handler: the switcher's thread cannot write now
+        switcher.push(output_updates(8.0, now_ms()))
+        time.sleep(0.1)
+        assert switcher.drain() == 1
+        assert switcher.drain() == 0
+        server.update(output_updates(9.0, now_ms()), locked=True)  # what the handler writes itself
+    time.sleep(0.2)  # the switcher's thread had woken for the push: it must find nothing left
+    assert read() == 9.0

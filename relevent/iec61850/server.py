@@ -45,13 +45,6 @@ class MmsServer:
             raise MmsServerError(f"libiec61850 rejected the generated model {self.cfg_path}")
         self.server = self.lib.IedServer_create(self.model)
         self.running = False
-        # Priority ceiling: a thread of ours holding the data model lock runs at `lock_nice`
-        # (None: as it is), so libiec61850's thread serving a client at that priority does not
-        # wait for it while the kernel runs other processes.  Only the holder: raising the
-        # actor thread too (it may have the GIL the holder needs) let the endpoint take the
-        # CPU from 200 site processes, and DERs were killed as hung (bench/README.md).
-        self.lock_nice: int | None = None
-        self._base_nice = os.getpriority(os.PRIO_PROCESS, 0)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, address: str, port: int) -> None:
@@ -99,23 +92,11 @@ class MmsServer:
     @contextmanager
     def model_lock(self):
         """Hold libiec61850's data model lock (never from inside a handler: it holds it)."""
-        self._lock()
+        self.lib.IedServer_lockDataModel(self.server)
         try:
             yield
         finally:
-            self._unlock()
-
-    def _lock(self) -> None:
-        if self.lock_nice is not None:
-            os.setpriority(os.PRIO_PROCESS, 0, self.lock_nice)  # 0: this thread (Linux)
-        self.lib.IedServer_lockDataModel(self.server)
-
-    def _unlock(self) -> None:
-        self.lib.IedServer_unlockDataModel(self.server)
-        # Lowered only once the lock is free: lowered while holding it, the thread was
-        # pre-empted at once with the lock held (measured: 50-130 ms).
-        if self.lock_nice is not None:
-            os.setpriority(os.PRIO_PROCESS, 0, self._base_nice)
+            self.lib.IedServer_unlockDataModel(self.server)
 
     def update(self, changes: list[tuple[str, str, Any]], locked: bool = False) -> None:
         """Apply (reference, kind, value) updates atomically for readers and reports.
@@ -125,7 +106,7 @@ class MmsServer:
         lib, srv = self.lib, self.server
         resolved = [(self.node(ref), kind, value) for ref, kind, value in changes]
         if not locked:
-            self._lock()
+            lib.IedServer_lockDataModel(srv)
         try:
             for ptr, kind, value in resolved:
                 if kind == "float":
@@ -150,7 +131,7 @@ class MmsServer:
                     raise ValueError(f"unknown update kind {kind!r}")
         finally:
             if not locked:
-                self._unlock()
+                lib.IedServer_unlockDataModel(srv)
 
     def decode(self, mms_value: int, kind: str) -> Any:
         lib = self.lib

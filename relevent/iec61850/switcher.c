@@ -14,10 +14,18 @@
  * reached through function pointers handed over at creation, from the library the ctypes
  * bindings loaded (it is loaded RTLD_LOCAL, so there is nothing to link against).
  *
- * Contract with the caller: sw_arm, sw_cancel, sw_collect and sw_free are called with the
- * data model lock held, and the thread applies a switch only with that lock held, so
- * "armed" and "applied" never change under the caller's feet.  Applied switches are
- * reported through sw_collect (and a notify eventfd).
+ * Besides switches at an instant, the caller pushes updates to write as soon as possible
+ * (sw_push: the states its Python threads apply), so that no Python thread ever holds the
+ * model lock: one that holds it may wait for the GIL or a core with it, and clients' reads
+ * wait behind it (bench/README.md).  Pushed updates are written in the order pushed, and
+ * before any switch that was armed after them; a thread that already holds the model lock
+ * (a libiec61850 handler) writes those still queued itself with sw_drain first.
+ *
+ * Contract with the caller: every call is thread-safe (a mutex inside); the caller
+ * serialises them with sw_free.  The thread takes due switches only with the model lock
+ * held, so under that lock a switch is either still armed (sw_cancel drops it) or written.
+ * Without it, a switch sw_cancel no longer finds was taken and is written before anything
+ * pushed afterwards.  Applied switches are reported through sw_collect (and an eventfd).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -84,6 +92,8 @@ typedef struct {
     bool stop;
     armed_switch *armed;
     int n_armed, cap_armed;
+    armed_switch *pushed;   /* to write at once, oldest first (key and at_ms unused) */
+    int n_pushed, cap_pushed;
     applied_switch *applied;
     int n_applied, cap_applied;
     int64_t lost;    /* applied records dropped because nobody collected them */
@@ -109,6 +119,32 @@ static int64_t now_ns(void) {
 static void free_updates(update *u, int n) {
     for (int i = 0; i < n; i++) free(u[i].text);
     free(u);
+}
+
+static update *copy_updates(int n, const int *kinds, void *const *attrs, const double *numbers,
+                            const int64_t *integers, const char *const *texts) {
+    update *u = calloc((size_t)(n ? n : 1), sizeof *u);
+    if (!u) return NULL;
+    for (int i = 0; i < n; i++) {
+        u[i].kind = kinds[i];
+        u[i].attr = attrs[i];
+        u[i].number = numbers[i];
+        u[i].integer = integers[i];
+        u[i].text = texts[i] ? strdup(texts[i]) : NULL;
+    }
+    return u;
+}
+
+/* A free slot at the end of `*list` (grown as needed), or NULL out of memory. */
+static armed_switch *append_slot(armed_switch **list, int *n, int *cap) {
+    if (*n == *cap) {
+        int grown_cap = *cap ? 2 * *cap : 64;
+        armed_switch *grown = realloc(*list, (size_t)grown_cap * sizeof *grown);
+        if (!grown) return NULL;
+        *list = grown;
+        *cap = grown_cap;
+    }
+    return &(*list)[(*n)++];
 }
 
 /* Every other thread of this process to `nice` (the switch is near), remembering each one's
@@ -203,19 +239,45 @@ static void record(switcher *s, const applied_switch *a) {  /* mu held */
     s->applied[s->n_applied++] = *a;
 }
 
-static int switch_due(switcher *s, int64_t woke_ns) {  /* mu not held; how many applied, -1: no memory */
+/* Model lock held: the pushed updates, taken from the queue (mu held). */
+static armed_switch *take_pushed(switcher *s, int *n) {
+    armed_switch *taken = s->pushed;
+    *n = s->n_pushed;
+    s->pushed = NULL;
+    s->n_pushed = s->cap_pushed = 0;
+    return taken;
+}
+
+/* Model lock held: the outputs (updates[0 .. n_first)) of every item, or the rest. */
+static void write_all(switcher *s, const armed_switch *list, int n, bool outputs) {
+    for (int d = 0; d < n; d++) {
+        int from = outputs ? 0 : list[d].n_first, to = outputs ? list[d].n_first : list[d].n;
+        for (int i = from; i < to; i++) apply(s, &list[d].updates[i]);
+    }
+}
+
+static void free_list(armed_switch *list, int n) {
+    for (int d = 0; d < n; d++) free_updates(list[d].updates, list[d].n);
+    free(list);
+}
+
+/* mu not held: writes what is pushed and the switches due; returns how many switches
+ * (not pushed updates) it applied, or -1 out of memory. */
+static int switch_due(switcher *s, int64_t woke_ns) {
     s->f.lock(s->server);
     int64_t locked_ns = now_ns();
     pthread_mutex_lock(&s->mu);
     /* Re-read under the model lock: the caller may have cancelled or re-armed meanwhile. */
     int64_t now_ms = locked_ns / 1000000;
-    int n_due = 0;
+    int n_due = 0, n_pushed = 0;
     armed_switch *due = malloc((size_t)(s->n_armed ? s->n_armed : 1) * sizeof *due);
     if (!due) {
         pthread_mutex_unlock(&s->mu);
         s->f.unlock(s->server);
         return -1;
     }
+    /* Pushed before any due switch was armed, or for another controller: written first. */
+    armed_switch *pushed = take_pushed(s, &n_pushed);
     for (int i = 0; i < s->n_armed;) {
         if (s->armed[i].at_ms <= now_ms) {
             due[n_due++] = s->armed[i];
@@ -225,12 +287,15 @@ static int switch_due(switcher *s, int64_t woke_ns) {  /* mu not held; how many 
         }
     }
     pthread_mutex_unlock(&s->mu);
-    for (int d = 0; d < n_due; d++)  /* every due switch's outputs first: they are the switch */
-        for (int i = 0; i < due[d].n_first; i++) apply(s, &due[d].updates[i]);
+    /* Every output first: they are the switch.  Pushed ones before the switches' in both
+     * passes, so an attribute gets its values in the order they were given. */
+    write_all(s, pushed, n_pushed, true);
+    write_all(s, due, n_due, true);
     int64_t outputs_ns = now_ns();
-    for (int d = 0; d < n_due; d++)
-        for (int i = due[d].n_first; i < due[d].n; i++) apply(s, &due[d].updates[i]);
+    write_all(s, pushed, n_pushed, false);
+    write_all(s, due, n_due, false);
     int64_t done_ns = now_ns();
+    free_list(pushed, n_pushed);
     pthread_mutex_lock(&s->mu);
     for (int d = 0; d < n_due; d++) {
         applied_switch a = {due[d].key, due[d].at_ms, woke_ns, locked_ns, outputs_ns, done_ns, n_due};
@@ -241,6 +306,13 @@ static int switch_due(switcher *s, int64_t woke_ns) {  /* mu not held; how many 
     s->f.unlock(s->server);
     free(due);
     return n_due;
+}
+
+static void notify(switcher *s) {
+    if (s->notify_fd < 0) return;
+    uint64_t one = 1;
+    ssize_t ignored = write(s->notify_fd, &one, sizeof one);
+    (void)ignored;  /* an eventfd write fails only on overflow: already signalled */
 }
 
 static void *run(void *arg) {
@@ -264,7 +336,18 @@ static void *run(void *arg) {
             boosted = false;
             continue;
         }
-        if (!armed) {
+        if (s->n_pushed > 0) {  /* at once, without raising anyone: nothing waits on an instant */
+            pthread_mutex_unlock(&s->mu);
+            int applied = switch_due(s, now);
+            if (applied < 0) {
+                struct timespec ms = {0, 1000000};
+                nanosleep(&ms, NULL);
+            } else if (applied > 0) {
+                notify(s);
+            }
+            pthread_mutex_lock(&s->mu);
+            if (applied > 0 && s->can_boost && s->tail_ms > 0) start_tail(s);
+        } else if (!armed) {
             if (tail)
                 wait_until_ns(s, s->tail_until_ns);
             else
@@ -285,10 +368,8 @@ static void *run(void *arg) {
             if (applied < 0) {  /* out of memory: try again in a moment, not in a busy loop */
                 struct timespec ms = {0, 1000000};
                 nanosleep(&ms, NULL);
-            } else if (applied > 0 && s->notify_fd >= 0) {
-                uint64_t one = 1;
-                ssize_t ignored = write(s->notify_fd, &one, sizeof one);
-                (void)ignored;  /* an eventfd write fails only on overflow: already signalled */
+            } else if (applied > 0) {
+                notify(s);
             }
             if (boosted) unboost_all(s);
             boosted = false;
@@ -329,38 +410,53 @@ void *sw_create(void *server, const iec_functions *f, int nice, int lead_ms, int
     return s;
 }
 
-/* Model lock held.  Arms `n` updates (the first `n_first` are the outputs) for `at_ms`,
- * replacing whatever was armed under `key`.  Returns 0, or -1 out of memory. */
+/* Arms `n` updates (the first `n_first` are the outputs) for `at_ms`, replacing whatever
+ * is still armed under `key`.  Returns 0, or -1 out of memory. */
 int sw_arm(void *handle, int64_t key, int64_t at_ms, int n, int n_first, const int *kinds,
            void *const *attrs, const double *numbers, const int64_t *integers, const char *const *texts) {
     switcher *s = handle;
-    update *u = calloc((size_t)(n ? n : 1), sizeof *u);
+    update *u = copy_updates(n, kinds, attrs, numbers, integers, texts);
     if (!u) return -1;
-    for (int i = 0; i < n; i++) {
-        u[i].kind = kinds[i];
-        u[i].attr = attrs[i];
-        u[i].number = numbers[i];
-        u[i].integer = integers[i];
-        u[i].text = texts[i] ? strdup(texts[i]) : NULL;
-    }
     pthread_mutex_lock(&s->mu);
     armed_switch *slot = NULL;
     for (int i = 0; i < s->n_armed; i++)
         if (s->armed[i].key == key) { slot = &s->armed[i]; free_updates(slot->updates, slot->n); break; }
-    if (!slot) {
-        if (s->n_armed == s->cap_armed) {
-            int cap = s->cap_armed ? 2 * s->cap_armed : 64;
-            armed_switch *grown = realloc(s->armed, (size_t)cap * sizeof *grown);
-            if (!grown) { pthread_mutex_unlock(&s->mu); free_updates(u, n); return -1; }
-            s->armed = grown;
-            s->cap_armed = cap;
-        }
-        slot = &s->armed[s->n_armed++];
-    }
+    if (!slot) slot = append_slot(&s->armed, &s->n_armed, &s->cap_armed);
+    if (!slot) { pthread_mutex_unlock(&s->mu); free_updates(u, n); return -1; }
     *slot = (armed_switch){key, at_ms, n_first, n, u};
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return 0;
+}
+
+/* Queues `n` updates (the first `n_first` are outputs) to write as soon as the thread has
+ * the model lock, after everything pushed before.  Returns 0, or -1 out of memory. */
+int sw_push(void *handle, int n, int n_first, const int *kinds, void *const *attrs, const double *numbers,
+            const int64_t *integers, const char *const *texts) {
+    switcher *s = handle;
+    update *u = copy_updates(n, kinds, attrs, numbers, integers, texts);
+    if (!u) return -1;
+    pthread_mutex_lock(&s->mu);
+    armed_switch *slot = append_slot(&s->pushed, &s->n_pushed, &s->cap_pushed);
+    if (!slot) { pthread_mutex_unlock(&s->mu); free_updates(u, n); return -1; }
+    *slot = (armed_switch){-1, 0, n_first, n, u};
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+/* Model lock held (a libiec61850 handler): writes, in this thread, what is still pushed,
+ * so what the caller writes next lands after it.  Returns how many pushes it wrote. */
+int sw_drain(void *handle) {
+    switcher *s = handle;
+    int n = 0;
+    pthread_mutex_lock(&s->mu);
+    armed_switch *pushed = take_pushed(s, &n);
+    pthread_mutex_unlock(&s->mu);
+    write_all(s, pushed, n, true);
+    write_all(s, pushed, n, false);
+    free_list(pushed, n);
+    return n;
 }
 
 /* The server threads to keep at the switch priority for `tail_ms` after each switch. */
@@ -373,7 +469,8 @@ void sw_serve(void *handle, const int *tids, int n, int tail_ms) {
     pthread_mutex_unlock(&s->mu);
 }
 
-/* Model lock held.  1 if a switch was armed under `key` (it will not happen), else 0. */
+/* 1 if a switch was armed under `key` (it will not happen), else 0: none was, or the
+ * thread took it (with the model lock held by the caller, that means it is written). */
 int sw_cancel(void *handle, int64_t key) {
     switcher *s = handle;
     int found = 0;
@@ -407,7 +504,7 @@ int sw_collect(void *handle, applied_switch *out, int max, int64_t *lost) {
 }
 
 /* Stops the thread and waits for it (never with the model lock held: it may be waiting for
- * it).  Arm, cancel and collect stay safe to call until sw_free. */
+ * it).  The other calls stay safe until sw_free (what is pushed then is never written). */
 void sw_stop(void *handle) {
     switcher *s = handle;
     pthread_mutex_lock(&s->mu);
@@ -418,11 +515,11 @@ void sw_stop(void *handle) {
     if (running) pthread_join(s->thread, NULL);
 }
 
-/* Model lock held (so no arm, cancel or collect is running), after sw_stop. */
+/* After sw_stop, when no other call can run. */
 void sw_free(void *handle) {
     switcher *s = handle;
-    for (int i = 0; i < s->n_armed; i++) free_updates(s->armed[i].updates, s->armed[i].n);
-    free(s->armed);
+    free_list(s->armed, s->n_armed);
+    free_list(s->pushed, s->n_pushed);
     free(s->applied);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);

@@ -1,10 +1,11 @@
-"""Prepared model updates written at their instant by a thread outside Python (switcher.c).
+"""Model updates written by a thread outside Python (switcher.c): at their instant, or at once.
 
 The MMS endpoint arms, per controller, the updates of the state its controller announced for
 its next boundary; the C thread writes them at that instant without needing the GIL, and
-reports what it applied through `collect()`, which the endpoint uses to record them.
-`arm`, `cancel` and `collect` must be called with the server's data model lock held (which
-also makes them safe against `close`: they do nothing once it has freed the switcher).
+reports what it applied through `collect()`, which the endpoint uses to record them.  Every
+other state the endpoint applies is pushed (`push`) and written by the same thread as soon
+as it has the data model lock, so no Python thread holds that lock (clients' reads need it).
+Every method may be called from any thread, also after `close` (then they do nothing).
 """
 from __future__ import annotations
 
@@ -70,6 +71,11 @@ def _load() -> ctypes.CDLL:
         lib.sw_arm.restype = c_int
         lib.sw_arm.argtypes = [c_void_p, c_int64, c_int64, c_int, c_int, POINTER(c_int), POINTER(c_void_p),
                                POINTER(c_double), POINTER(c_int64), POINTER(c_char_p)]
+        lib.sw_push.restype = c_int
+        lib.sw_push.argtypes = [c_void_p, c_int, c_int, POINTER(c_int), POINTER(c_void_p), POINTER(c_double),
+                                POINTER(c_int64), POINTER(c_char_p)]
+        lib.sw_drain.restype = c_int
+        lib.sw_drain.argtypes = [c_void_p]
         lib.sw_cancel.restype = c_int
         lib.sw_cancel.argtypes = [c_void_p, c_int64]
         lib.sw_collect.restype = c_int
@@ -113,6 +119,7 @@ class Switcher:
         self._buffer = (_Applied * COLLECT_MAX)()
         self.lost = 0
         self._closed = False
+        self._guard = threading.Lock()  # the handle's lifetime: no call runs while close frees it
         self._on_applied = on_applied
         self._follower = threading.Thread(target=self._follow, name=f"{name}-follower", daemon=True)
         self._follower.start()
@@ -130,16 +137,11 @@ class Switcher:
     def serve(self, tids: list[int], tail_ms: int) -> None:
         """Keep these threads (libiec61850's server threads) at the switch priority for
         `tail_ms` after every switch, so clients reading it are answered first."""
-        if self.handle is not None:
-            self.lib.sw_serve(self.handle, (c_int * len(tids))(*tids), len(tids), tail_ms)
+        with self._guard:
+            if self.handle is not None:
+                self.lib.sw_serve(self.handle, (c_int * len(tids))(*tids), len(tids), tail_ms)
 
-    def arm(self, key: int, at_ms: int, outputs: list[tuple[str, str, Any]],
-            rest: list[tuple[str, str, Any]]) -> None:
-        """Model lock held: write `outputs` then `rest` at `at_ms`, instead of whatever was
-        armed under `key`.  (reference, kind, value) as for MmsServer.update."""
-        if self.handle is None:  # closed
-            return
-        updates = outputs + rest
+    def _arrays(self, updates: list[tuple[str, str, Any]]) -> tuple:
         n = len(updates)
         kinds, attrs = (c_int * n)(), (c_void_p * n)()
         numbers, integers, texts = (c_double * n)(), (c_int64 * n)(), (c_char_p * n)()
@@ -152,36 +154,64 @@ class Switcher:
                 texts[i] = str(value).encode()
             else:
                 integers[i] = int(value)
-        if self.lib.sw_arm(self.handle, key, int(at_ms), n, len(outputs), kinds, attrs, numbers, integers,
-                           texts) != 0:
-            raise MemoryError("switcher: cannot arm a switch")
+        return kinds, attrs, numbers, integers, texts
+
+    def arm(self, key: int, at_ms: int, outputs: list[tuple[str, str, Any]],
+            rest: list[tuple[str, str, Any]]) -> None:
+        """Write `outputs` then `rest` at `at_ms`, instead of whatever is still armed under
+        `key`.  (reference, kind, value) as for MmsServer.update."""
+        arrays = self._arrays(outputs + rest)
+        with self._guard:
+            if self.handle is not None and self.lib.sw_arm(self.handle, key, int(at_ms), len(outputs) + len(rest),
+                                                           len(outputs), *arrays) != 0:
+                raise MemoryError("switcher: cannot arm a switch")
+
+    def push(self, outputs: list[tuple[str, str, Any]], rest: list[tuple[str, str, Any]] = ()) -> None:
+        """Write `outputs` then `rest` as soon as the thread has the model lock, after all
+        pushed before and before any switch armed after this call."""
+        rest = list(rest)
+        arrays = self._arrays(outputs + rest)
+        with self._guard:
+            if self.handle is not None and self.lib.sw_push(self.handle, len(outputs) + len(rest), len(outputs),
+                                                            *arrays) != 0:
+                raise MemoryError("switcher: cannot push updates")
+
+    def drain(self) -> int:
+        """Model lock held (a libiec61850 handler): write what is still pushed, here and
+        now, so what the caller writes next comes after it.  Returns how many pushes."""
+        with self._guard:
+            return 0 if self.handle is None else self.lib.sw_drain(self.handle)
 
     def cancel(self, key: int) -> bool:
-        """Model lock held: True if a switch was armed under `key` (it will not happen)."""
-        return self.handle is not None and bool(self.lib.sw_cancel(self.handle, key))
+        """True if a switch was armed under `key`: it will not happen.  False: none was,
+        or the thread took it: it is written before anything pushed after this call (and
+        is written already if the caller holds the model lock)."""
+        with self._guard:
+            return self.handle is not None and bool(self.lib.sw_cancel(self.handle, key))
 
     def collect(self) -> list[Applied]:
-        """Model lock held: the switches applied since the last call, oldest first."""
+        """The switches applied since the last call, oldest first."""
         out: list[Applied] = []
-        if self.handle is None:
-            return out
         lost = c_int64(0)
-        while True:
-            n = self.lib.sw_collect(self.handle, self._buffer, COLLECT_MAX, ctypes.byref(lost))
-            self.lost += lost.value
-            out += [Applied(a.key, a.at_ms, a.woke_ns, a.locked_ns, a.outputs_ns, a.done_ns, a.batch)
-                    for a in self._buffer[:n]]
-            if n < COLLECT_MAX:
-                return out
+        with self._guard:
+            while self.handle is not None:
+                n = self.lib.sw_collect(self.handle, self._buffer, COLLECT_MAX, ctypes.byref(lost))
+                self.lost += lost.value
+                out += [Applied(a.key, a.at_ms, a.woke_ns, a.locked_ns, a.outputs_ns, a.done_ns, a.batch)
+                        for a in self._buffer[:n]]
+                if n < COLLECT_MAX:
+                    break
+        return out
 
     def close(self) -> None:
-        """Stop the thread, then free it under the model lock (so never with that lock held:
-        the thread may be waiting for it)."""
+        """Stop the thread (never with the model lock held: the thread may be waiting for
+        it), then free it."""
         if self.handle:
             self.lib.sw_stop(self.handle)
-            with self.server.model_lock():
-                self.lib.sw_free(self.handle)
-                self.handle = None
+            with self._guard:
+                if self.handle is not None:
+                    self.lib.sw_free(self.handle)
+                    self.handle = None
             self._closed = True
             os.eventfd_write(self.events, 1)
             if self._follower is not threading.current_thread():

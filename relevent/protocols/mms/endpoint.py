@@ -12,19 +12,26 @@ Threads:
 * the actor thread sends posts to the controllers, one request in flight per controller,
   and hands answers and states over; it never waits for the model lock (it must stay
   free to receive an operate's answer).
-* a writer thread applies published states to the model.  States carry a version, so an
-  older state never overwrites a newer one, whichever thread applies it.  It also collects
-  garbage, between switches: automatic collection is off in this process.
+* a writer thread turns published states into model updates.  States carry a version, so
+  an older state never overwrites a newer one, whichever thread applies it.  It also
+  collects garbage, between switches: automatic collection is off in this process.
+* a switcher thread in C (relevent/iec61850/switcher.c) does every write into the model
+  outside libiec61850's handlers: the updates the writer pushes, at once and in order, and,
+  at its instant, the state each controller announced for its next boundary
+  (`ControllerState.then`), its updates computed here beforehand.  So no Python thread
+  holds the model lock, which clients' reads need (one holding it can wait for the GIL or
+  a core: reads waited 40-136 ms at 100 DERs), and a switch is in the model on time even
+  when a hundred controllers switch in the same second, their states queue here, and every
+  Python thread waits for a core.  An announced switch is dropped if anything newer
+  arrives first or a client writes to that controller; the controller's own state at the
+  boundary confirms it (or corrects it).  A follower thread then records what it applied.
 * libiec61850's server thread answers reads without the GIL, at the switch priority for
-  200 ms after each switch, else at nice `serve_nice` (if set, our threads take that
-  priority while they hold the model lock: docs/mms.md).
-* a switcher thread in C (relevent/iec61850/switcher.c) writes, at its instant, the
-  state each controller announced for its next boundary (`ControllerState.then`), its
-  model updates computed here beforehand: the switch is in the model on time even when a
-  hundred controllers switch in the same second, their states queue here, and every
-  Python thread waits for a core.  It is dropped if anything newer arrives first or a
-  client writes to that controller; the controller's own state at the boundary confirms
-  it (or corrects it).  A follower thread then records what it applied.
+  200 ms after each switch, else at nice `serve_nice` (docs/mms.md).
+
+What is applied, staged and pushed is recorded under `book` (lock order: the model lock,
+`book`, `lock`).  The record is of the model as it will be once the switcher has written
+everything pushed; a handler, which holds the model lock, first has the switcher write
+what is still pushed (`drain`), then writes itself.
 
 After a restart the endpoint asks every controller for its state (SnapshotRequest): the
 model is rebuilt from the actors, never from the SCL defaults.
@@ -66,8 +73,7 @@ FIRST_STATES_TIMEOUT = 10.0  # s: serve anyway if a controller has not sent its 
 SWITCH_INTERVAL = 0.0005     # s, this process's GIL switch interval
 SWITCH_NICE = -20            # priority around a switch (see switcher.c)
 SERVE_NICE = 0               # libiec61850's server thread outside switches (0: as started)
-READER_WINDOW = 0.0002       # s the follower leaves the model lock free between turns
-SETTLE_BATCH = 10            # applied switches recorded per turn of the model lock
+SETTLE_BATCH = 10            # applied switches recorded per turn of `book` (a handler may wait for it)
 GC_EVERY = 1.0               # s between the endpoint's own garbage collections (generation 1)
 GC_FULL_EVERY = 60.0         # s between full ones
 GC_CLEAR_MS = 200            # ... never this close to a switch
@@ -111,13 +117,15 @@ class MmsEndpoint:
         self.outbox: dict[tuple, list] = {}      # (der, kind) -> requests not sent yet
         self.in_flight: dict[tuple, Any] = {}    # (der, kind) -> request sent, not acknowledged
         self.writer: threading.Thread | None = None
-        # Announced next states, under the model lock: (der, kind) -> its _Plan, each armed
-        # in the C switcher under a number of its own.
+        # What the model holds or will hold once the switcher has written what is pushed
+        # (applied*, mirrors' base), and the announced next states: (der, kind) -> its _Plan,
+        # armed in the C switcher under a serial number of its own.
+        self.book = threading.Lock()
         self.staged: dict[tuple, _Plan] = {}
         self.switcher: Switcher | None = None
-        self.switch_ids: dict[tuple, int] = {}
-        self.switch_keys: dict[int, tuple] = {}
-        self.unsettled: dict[tuple, Any] = {}    # applied by the switcher, not recorded yet
+        self.serials = itertools.count(1)
+        self.switch_keys: dict[int, tuple] = {}  # serial of a staged switch -> (der, kind)
+        self.unsettled: dict[int, Any] = {}      # serial -> applied by the switcher, not recorded yet
         self.last_switch_ms = 0
         self._gc_last = self._gc_full = 0.0
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
@@ -209,7 +217,7 @@ class MmsEndpoint:
         from it) runs at nice `serve_nice`: reads are answered from C, without the GIL, and a
         client reading a switch must not wait behind every process waking at a boundary."""
         nice = self.config.get("serve_nice", SERVE_NICE)
-        if nice >= 0:  # as started; and no priority calls around every model-lock section
+        if nice >= 0:  # as started
             return
         for tid in tids:
             try:
@@ -218,8 +226,6 @@ class MmsEndpoint:
                 log.warning("mms endpoint=%s serving at normal priority (cannot set nice %d: %s)",
                             self.config["name"], nice, exc)
                 return
-        # And our threads while they hold the model lock (a priority ceiling).
-        self.server.lock_nice = nice
 
     def stop(self) -> None:
         if self.switcher is not None:
@@ -287,7 +293,7 @@ class MmsEndpoint:
             if not outcome.ok:
                 self.stats["refused"] += 1
                 return REFUSAL_TO_WRITE_ERROR[outcome.refusal]
-            self._unstage_locked((refs.der, refs.kind))  # the write may change the next switch
+            self._unstage_in_handler((refs.der, refs.kind))  # the write may change the next switch
             self.stats["writes"] += 1
             self.last_request = now_ms()
             self.bridge.post(ScheduleWrite(refs.der, refs.kind, refs.name, field, decoded, index, seq))
@@ -303,7 +309,7 @@ class MmsEndpoint:
             waiter = {"event": threading.Event(), "result": None}
             with self.lock:
                 self.waiting[request_id] = waiter
-            self._unstage_locked((refs.der, refs.kind))
+            self._unstage_in_handler((refs.der, refs.kind))
             self.bridge.post(ScheduleOperate(refs.der, refs.kind, refs.name, op, request_id))
             answered = waiter["event"].wait(OPERATE_TIMEOUT_MS / 1000)
             with self.lock:
@@ -313,7 +319,7 @@ class MmsEndpoint:
             if not answered or result is None:
                 log.error("operate %s: no answer from controller %s/%s", refs.attr(do), refs.der, refs.kind)
                 return L.CONTROL_OBJECT_ACCESS_DENIED
-            self._apply(result.state, locked=True)  # the client reads the new state right after
+            self._apply_in_handler(result.state)  # the client reads the new state right after
             if result.ok:
                 return L.CONTROL_ACCEPTED
             self.stats["refused"] += 1
@@ -491,37 +497,51 @@ class MmsEndpoint:
         updates = measurement_updates(self.lds[m.der], m.w, m.quality, m.at)
         updates = [u for u in updates if self.server.has(u[0])]  # a configured SCL may have no MMXU
         if updates:
-            self.server.update(updates)
+            self.switcher.push(updates)
 
-    def _apply(self, state: ControllerState, locked: bool = False) -> None:
-        """Write a state into the model unless a newer one is there.  The version check
-        happens under the model lock, which serialises the writer thread and handlers."""
+    def _apply(self, state: ControllerState) -> None:
+        """Writer thread: have the switcher write a state into the model unless a newer one
+        is there or will be."""
         if state.der not in self.lds or self.server is None:
             return
-        if locked:
-            self._apply_locked(state)
-        else:
-            with self.server.model_lock():
-                self._apply_locked(state)
+        with self.book:
+            plan = self._take_locked(state)
+            if plan is None:
+                return
+            self.switcher.push(plan.outputs, plan.rest)
+            self._stage((state.der, state.kind), state.then)  # after the push: it may be due at once
 
-    def _apply_locked(self, state: ControllerState) -> None:
-        updates = self._updates_locked(state)
-        if updates:
-            self.server.update(updates, locked=True)
+    def _apply_in_handler(self, state: ControllerState) -> None:
+        """libiec61850's thread, model lock held: write a state into the model now, after
+        what is still pushed, unless a newer one is there or will be."""
+        if state.der not in self.lds or self.server is None:
+            return
+        with self.book:
+            self.switcher.drain()
+            plan = self._take_locked(state)
+            if plan is None:
+                return
+            if plan.outputs or plan.rest:
+                self.server.update(plan.outputs + plan.rest, locked=True)
+            self._stage((state.der, state.kind), state.then)
 
-    def _updates_locked(self, state: ControllerState) -> list:
-        """Model lock held: take `state` as applied and return the model updates it needs
-        (the controller's output first)."""
-        self._settle_locked(key=(state.der, state.kind))
+    def _take_locked(self, state: ControllerState) -> "_Plan | None":
+        """`book` held: record `state` as applied and return its plan, whose updates must
+        reach the model before anything else of this controller does (None: something as
+        new is there already).  The switch staged for this controller is dropped, or, if the
+        switcher took it already, recorded first: the plan is then made on top of it."""
+        key = (state.der, state.kind)
+        self._settle_locked(key=key)
         plan = self._plan_locked(state)
-        if plan is None:
-            return []
-        self._commit_locked(plan)
-        return plan.outputs + plan.rest
+        if plan is not None and self._drop_staged_locked(key):
+            plan = self._plan_locked(state)
+        if plan is not None:
+            self._commit_locked(plan)
+        return plan
 
     def _plan_locked(self, state: ControllerState) -> "_Plan | None":
-        """Model lock held: the updates that bring the model from what is applied to
-        `state` (None if something as new is applied), without recording anything."""
+        """`book` held: the updates that bring the model from what is applied to `state`
+        (None if something as new is applied), without recording anything."""
         key = (state.der, state.kind)
         if self.applied_version.get(key, (0, 0)) >= state.version:
             return None
@@ -559,7 +579,7 @@ class MmsEndpoint:
         return plan
 
     def _commit_locked(self, plan: "_Plan") -> None:
-        """Model lock held: record `plan` as applied (its updates are, or are about to be)."""
+        """`book` held: record `plan` as applied (its updates are, or are about to be)."""
         state = plan.state
         key = (state.der, state.kind)
         self.applied_version[key] = state.version
@@ -569,67 +589,81 @@ class MmsEndpoint:
             for k in [k for k, v in self.pending.items() if k[:2] == key and v[0] <= plan.acked]:
                 del self.pending[k]
             self.mirrors.update(plan.mirrors)
-        self._stage(key, state.then)
 
     # -- switches ---------------------------------------------------------------------------------
     def _stage(self, key: tuple, then: ControllerState | None) -> None:
-        """Model lock held: `then` replaces whatever was announced for this controller.
-        Its updates are computed now and armed in the switcher, which only writes them."""
+        """`book` held, nothing staged for this controller: arm `then`.  Its updates are
+        computed now; the switcher only writes them."""
+        self._drop_staged_locked(key)  # (none: every caller dropped or settled it)
         plan = None if then is None else self._plan_locked(then)
         if plan is None:
-            if self.staged.pop(key, None) is not None:
-                self.switcher.cancel(self.switch_ids[key])
             return
-        self.staged[key] = plan
-        if key not in self.switch_ids:
-            self.switch_ids[key] = len(self.switch_ids)
-            self.switch_keys[self.switch_ids[key]] = key
-        self.switcher.arm(self.switch_ids[key], then.at, plan.outputs, plan.rest)
+        plan.serial = next(self.serials)
+        self.switcher.arm(plan.serial, then.at, plan.outputs, plan.rest)
+        self.staged[key] = plan  # only once armed (reports are collected under `book`)
+        self.switch_keys[plan.serial] = key
 
-    def _unstage_locked(self, key: tuple) -> None:
-        """Model lock held: drop the switch announced for this controller (if it has not
-        happened yet: one that has is recorded first)."""
-        self._settle_locked(key=key)
-        if self.staged.pop(key, None) is not None:
-            self.switcher.cancel(self.switch_ids[key])
+    def _drop_staged_locked(self, key: tuple) -> bool:
+        """`book` held: no switch staged for this controller any more.  One the switcher has
+        not taken is cancelled; one it has (written, or about to be before anything pushed
+        from now on) is recorded as applied, and then this returns True."""
+        plan = self.staged.pop(key, None)
+        if plan is None:
+            return False
+        if self.switcher.cancel(plan.serial):
+            del self.switch_keys[plan.serial]
+            return False
+        self._commit_locked(plan)  # its report, when collected, finds it recorded
+        self.stats["switched_on_time"] += 1
+        return True
+
+    def _unstage_in_handler(self, key: tuple) -> None:
+        """libiec61850's thread, model lock held: what is pushed goes into the model now, and
+        the switch announced for this controller is dropped (one written is recorded)."""
+        with self.book:
+            self.switcher.drain()
+            self._settle_locked(key=key)
+            self._drop_staged_locked(key)
 
     def _switched(self) -> None:
         """The follower thread, after the switcher applied some switches: records them a
-        few at a time, so a client's read (which needs the model lock too) waits for a few
-        of them at most, not for a hundred (measured: up to 112 ms at 100 DERs)."""
+        few at a time, so a handler (which holds the model lock, and reads wait for it)
+        waits for a few of them at most."""
         more = True
         while more and self.server is not None:
-            with self.server.model_lock():
+            with self.book:
                 more = self._settle_locked(limit=SETTLE_BATCH)
             if more:
-                time.sleep(READER_WINDOW)
+                time.sleep(0)  # let a handler waiting for `book` have it
 
     def _settle_locked(self, key: tuple | None = None, limit: int | None = None) -> bool:
-        """Model lock held: record switches the switcher applied: this controller's (`key`),
-        or up to `limit` of any.  Called before anything reads or changes what is applied or
+        """`book` held: record switches the switcher applied: this controller's (`key`), or
+        up to `limit` of any.  Called before anything reads or changes what is applied or
         staged for a controller, so both stay true.  Returns whether some are left."""
         if self.switcher is None:
             return False
         self._collect_locked()
-        todo = ([key] if key in self.unsettled else []) if key is not None \
-            else list(itertools.islice(self.unsettled, limit))
-        for k in todo:
-            done = self.unsettled.pop(k)
-            plan = self.staged.pop(k, None)
-            if plan is None or plan.state.at != done.at_ms:  # cannot happen: arm/cancel settle first
-                log.error("mms endpoint=%s switch of %s/%s at %d applied but not staged",
-                          self.config["name"], *k, done.at_ms)
+        if key is not None:
+            plan = self.staged.get(key)
+            todo = [plan.serial] if plan is not None and plan.serial in self.unsettled else []
+        else:
+            todo = list(itertools.islice(self.unsettled, limit))
+        for serial in todo:
+            self.unsettled.pop(serial)
+            k = self.switch_keys.pop(serial, None)
+            plan = self.staged.get(k)
+            if plan is None or plan.serial != serial:  # recorded already (_drop_staged_locked)
                 continue
-            self._commit_locked(plan)  # stages the state announced after it
+            del self.staged[k]
+            self._commit_locked(plan)
             self.stats["switched_on_time"] += 1
         return bool(self.unsettled)
 
     def _collect_locked(self) -> None:
-        """Model lock held: take the switcher's reports (at most one per controller: it is
-        armed again only once its last switch is recorded)."""
+        """`book` held: take the switcher's reports."""
         batches: dict[int, Any] = {}
         for done in self.switcher.collect():
-            self.unsettled[self.switch_keys[done.key]] = done
+            self.unsettled[done.key] = done
             self.last_switch_ms = max(self.last_switch_ms, done.at_ms)
             batches.setdefault(done.outputs_ns, done)
         if self.switcher.lost:
@@ -652,6 +686,7 @@ class _Plan:
     once they are applied."""
     state: ControllerState
     acked: int                                   # this endpoint's writes the state includes
+    serial: int = 0                              # its number in the switcher, once armed
     outputs: list = field(default_factory=list)  # the controller's output (FSCC, GGIO)
     rest: list = field(default_factory=list)     # its schedules
     applied: dict = field(default_factory=dict)  # schedule key -> {"status", "settings"}
