@@ -76,7 +76,7 @@ def main() -> None:
                          "starved by the site's load; at -20, on these 2 cores, it starved the site's "
                          "heartbeats: DERs were killed as hung)")
     ap.add_argument("--switch-nice", type=int, help="the MMS endpoint's switch_nice (default: its default, -20)")
-    ap.add_argument("--serve-nice", type=int, help="the MMS endpoint's serve_nice (default: its default, -10)")
+    ap.add_argument("--serve-nice", type=int, help="the MMS endpoint's serve_nice (default: its default, 0)")
     ap.add_argument("--isolation", choices=("process", "der"), default="process",
                     help="[runtime] controller_isolation")
     ap.add_argument("--json", type=Path)
