@@ -276,7 +276,8 @@ static int switch_due(switcher *s, int64_t woke_ns) {
         s->f.unlock(s->server);
         return -1;
     }
-    /* Pushed before any due switch was armed, or for another controller: written first. */
+    /* Written first: what is pushed for a controller was pushed before its switch was armed
+     * (the caller cancels or records a switch before it pushes for that controller again). */
     armed_switch *pushed = take_pushed(s, &n_pushed);
     for (int i = 0; i < s->n_armed;) {
         if (s->armed[i].at_ms <= now_ms) {

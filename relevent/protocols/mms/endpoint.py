@@ -508,7 +508,8 @@ class MmsEndpoint:
             plan = self._take_locked(state)
             if plan is None:
                 return
-            self.switcher.push(plan.outputs, plan.rest)
+            if plan.outputs or plan.rest:
+                self.switcher.push(plan.outputs, plan.rest)
             self._stage((state.der, state.kind), state.then)  # after the push: it may be due at once
 
     def _apply_in_handler(self, state: ControllerState) -> None:
