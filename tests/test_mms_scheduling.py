@@ -304,8 +304,8 @@ def test_switcher_and_server_threads_run_at_their_priorities(make_site):
 
 
 def test_the_endpoint_collects_garbage_itself_between_switches(site):
-    # Automatic collection is off in the MMS endpoint's process (a collection while holding
-    # the model lock held clients' reads up); its writer thread must collect instead.
+    # Automatic collection is off in the MMS endpoint's process (a collection in a handler,
+    # which holds the model lock, holds clients' reads up); its writer thread must collect instead.
     before = site.node("mms")["detail"]["gc_collections"]
     deadline = time.monotonic() + 10  # about one a second; generous
     while (now := site.node("mms")["detail"]["gc_collections"]) < before + 2 and time.monotonic() < deadline:

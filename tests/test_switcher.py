@@ -162,5 +162,8 @@ def test_drain_writes_what_is_pushed_in_the_thread_holding_the_lock(served):
         assert switcher.drain() == 1
         assert switcher.drain() == 0
         server.update(output_updates(9.0, now_ms()), locked=True)  # what the handler writes itself
-    time.sleep(0.2)  # the switcher's thread had woken for the push: it must find nothing left
+    # The switcher's thread had woken for the push: it must find nothing left.  A marker
+    # pushed now is written after anything still queued, so once it shows, so would 8.0.
+    switcher.push([(f"{FSCC}.ActSchdRef.stVal", "string", "marker")])
+    assert read_until(lambda: client.read_str(f"{IED}{FSCC}.ActSchdRef.stVal"), "marker") == "marker"
     assert read() == 9.0

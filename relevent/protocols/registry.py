@@ -37,9 +37,9 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                                          "of the endpoint from 50 ms before an announced switch until it is "
                                          "written; 0: none"),
                 "serve_nice": Field((int,), default=0, check=nice_check,
-                                    doc="priority (nice) of libiec61850's server thread, and of the endpoint's "
-                                        "threads while they hold the data model lock; 0: none (a client "
-                                        "polling hard at -10 took the CPU of a 200-process site)"),
+                                    doc="priority (nice) of libiec61850's server thread (which also runs the "
+                                        "write and operate handlers); 0: none (a client polling hard at -10 "
+                                        "took the CPU of a 200-process site)"),
             },
             "relevent.protocols.mms.endpoint.MmsEndpoint", "IEC 61850 MMS server with the 90-10 scheduling model"),
         ProtocolSpec(

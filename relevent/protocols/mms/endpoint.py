@@ -162,13 +162,13 @@ class MmsEndpoint:
         self.switcher = Switcher(self.server, cfg.get("switch_nice", SWITCH_NICE), BOOST_LEAD_MS,
                                  self._switched, name=f"mms-switcher-{cfg['name']}")
         # The model's bookkeeping (mirrors, ~100 handlers per schedule) lives as long as the
-        # endpoint: out of the collector's sight, a full collection does not stop every thread
-        # (a switch included) for 57-83 ms on a 100- or 10-DER model (bench/gc_bench.py).
+        # endpoint: out of the collector's sight, a full collection does not stop every Python
+        # thread for 57-83 ms on a 100- or 10-DER model (bench/gc_bench.py).
         gc.collect()
         gc.freeze()
         # And the collector runs only when this endpoint says so, between switches (see
-        # _collect_garbage_if_quiet): an automatic one in a thread holding the model lock
-        # kept clients' reads waiting (a generation-1 collection took 52 ms at 100 DERs).
+        # _collect_garbage_if_quiet): an automatic one in a handler, which holds the model
+        # lock, keeps clients' reads waiting (a generation-1 collection took 52 ms at 100 DERs).
         gc.disable()
         self._gc_last = self._gc_full = time.monotonic()
         # Listen only once every controller's state is in the model: a client must never read
