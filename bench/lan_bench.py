@@ -26,10 +26,8 @@ from lanctl import Blackhole, Mosquitto, MqttWatcher, lan_topology, read_write_l
 from mmsclients import LibIec61850Client  # noqa: E402
 from sitectl import Site, free_port  # noqa: E402
 from switch_bench import summary  # noqa: E402
+from relevent.clock import now_ms
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def schedule(mms, der: str, values: list[float], start: int) -> None:

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from lanctl import (  # noqa: E402
     Blackhole, Mosquitto, MqttWatcher, lan_topology, read_write_log, without_inverter_simulator,
 )
+from relevent.clock import now_ms
 from relevent.protocols.mms.client import ScheduleClient, Target  # noqa: E402
 from relevent.simulators.sunspec_inverter import SunSpecInverter  # noqa: E402
 from sitectl import Site, free_port  # noqa: E402
@@ -86,7 +87,7 @@ def main() -> int:
             # Modbus device down (and back with factory registers).
             inverter.stop()
             time.sleep(args.outage)
-            back_ms = time.time_ns() // 1_000_000
+            back_ms = now_ms()
             inverter = external_inverter(ports["modbus"], log)
             while True:
                 writes = [w for w in read_write_log(log) if w["t_ns"] // 1_000_000 > back_ms

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from relevent.runtime.control import SiteNotRunning, request
 from relevent.runtime.runner import group_processes
+from relevent.clock import now_ms
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,9 +25,6 @@ def _ephemeral_range() -> tuple[int, int]:
     except (OSError, ValueError):
         return 32768, 60999
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def wait_until(t_ms: int) -> None:

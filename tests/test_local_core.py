@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from relevent.scheduling.controller import output_of
+from relevent.scheduling.arbitration import output_of
 from relevent.scheduling.local import LocalSchedule, arm, no_telecom_due, power_up_due
 from relevent.scheduling.schedule import Schedule, State
 from relevent.topology import TopologyError, parse_topology

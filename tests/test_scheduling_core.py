@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from relevent.scheduling.calendar import Calendar, OccPer, latest_occurrence, next_occurrence
-from relevent.scheduling.controller import forecast, output_of
+from relevent.scheduling.arbitration import forecast, output_of
 from relevent.scheduling.schedule import EnaErr, Refusal, Schedule, StartTime, State
 
 NOW = 1_800_000_000_000  # 2027-01-15T08:00:00Z

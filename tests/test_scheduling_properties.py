@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relevent.scheduling.calendar import Calendar, OccPer
-from relevent.scheduling.controller import forecast, next_change, output_of
+from relevent.scheduling.arbitration import forecast, next_change, output_of
 from relevent.scheduling.schedule import Schedule, StartTime, status_snapshot
 
 NOW = 1_800_000_000_000

@@ -16,6 +16,7 @@ from relevent.scl.generate import generate_scl
 from relevent.scl.parser import parse_scl
 from mmsclients import Open61850Client
 from sitectl import free_port
+from relevent.clock import now_ms
 
 OUT = "Control/ActPow_GGIO1.AnOut1"   # as the server names them; a client prefixes the IED
 FSCC = "Control/ActPow_FSCC1"
@@ -45,9 +46,6 @@ def output_updates(value: float, at: int) -> list:
 def arm(server: MmsServer, switcher: Switcher, key: int, at: int, outputs: list, rest: list = ()) -> None:
     switcher.arm(key, at, outputs, list(rest))
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def test_a_switch_is_written_at_its_instant_never_before(served):

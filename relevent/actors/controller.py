@@ -25,9 +25,10 @@ from relevent.actors.messages import (
     ScheduleWrites, SnapshotRequest, WanContact, Wakeup,
 )
 from relevent.scheduling.calendar import Calendar, OccPer
-from relevent.scheduling.controller import forecast, next_change, output_of
+from relevent.scheduling.arbitration import forecast, next_change, output_of
 from relevent.scheduling.local import LocalSchedule, arm, no_telecom_due, power_up_due
 from relevent.scheduling.schedule import LOCKABLE, Schedule, StartTime, settings_snapshot, status_snapshot
+from relevent.clock import now_ms
 
 log = logging.getLogger("relevent.controller")
 
@@ -36,9 +37,6 @@ RESERVE_START = 1000          # 1970-01-01T00:00:01Z, hourly: the reference mode
 DEFAULT_RESERVE = {"ActPow": 11.0, "MaxPow": 11.0, "OnOff": False}  # the reference model's values
 LOCAL_TICK = 1.0              # s between "no telecom" checks
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def schedule_names(count: int) -> list[str]:

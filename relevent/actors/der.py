@@ -11,10 +11,10 @@ Measurements from the device come back here and go on to the subscribed endpoint
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
 from typing import Any
 
+from relevent.clock import now_ms
 from relevent.actors.messages import (
     CommandSubscribe, DeviceCommand, ForecastRequest, Measurement, OutputChanged, ScheduleOperate, ScheduleWrites,
     SnapshotRequest, WanContact,
@@ -97,7 +97,7 @@ class DerActor(Supervisor):
                                      dict(self.outputs), [msg.kind], msg.at, self._seq, self.myAddress)
         log.info("command der=%s setpoint_w=%s limit_w=%s connected=%s cause=%s/%s delay_ms=%d",
                  self.config["name"], cmd.setpoint_w, cmd.limit_w, cmd.connected, msg.kind, msg.source,
-                 time.time_ns() // 1_000_000 - msg.at)
+                 now_ms() - msg.at)
         self._send_command(self.command, changed=[msg.kind])
 
     def _send_command(self, command: DeviceCommand, changed: list) -> None:

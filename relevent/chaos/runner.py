@@ -44,9 +44,6 @@ class ChaosError(Exception):
     pass
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 def _walk(node: dict):
     yield node

@@ -24,6 +24,7 @@ from typing import Any
 import thespian.system.systemBase as thespian_system_base
 from thespian.actors import ActorSystemFailure, ActorSystemRequestTimeout
 
+from relevent.clock import now_ms
 from relevent.actors.messages import (
     Configure, FaultAck, Failed, ForecastReply, ForecastRequest, Hello, InjectFault, Pong, Ready, Reconfigure,
     Reconfigured, StatusReply, StatusRequest, FAULT_KINDS,
@@ -59,7 +60,7 @@ class SiteRunner:
         self.root_ready = False
         self.root_restarts = 0
         self._next_ping = 0.0
-        self.started_ms = time.time_ns() // 1_000_000   # the site's boot: power-up schedules
+        self.started_ms = now_ms()   # the site's boot: power-up schedules
         self._restarting = False   # _watch_root may wait for the new root: no re-entry
         self.root_started = 0.0
         self.root_alive_at = 0.0     # monotonic time of the root's last heartbeat

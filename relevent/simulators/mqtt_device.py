@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from relevent.clock import now_ms
 from relevent.devices.command import device_command
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.mqtt import pivot
@@ -81,7 +82,7 @@ class MqttDevice:
 
     def _publish_state(self) -> None:
         w, on = self.state()
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         self.link.publish(self.config["topic_measurement"], pivot.measurement(self.w_label, w, now), qos=0)
         self.link.publish(self.config["topic_measurement"], pivot.status(self.conn_label, on, now), qos=0)
 

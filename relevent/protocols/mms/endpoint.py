@@ -64,6 +64,7 @@ from relevent.scl.cfg import to_cfg
 from relevent.scl.generate import default_ld_inst
 from relevent.scl.parser import parse_scl
 from relevent.scl.site_model import endpoint_scl
+from relevent.clock import now_ms
 
 log = logging.getLogger("relevent.mms")
 
@@ -86,9 +87,6 @@ LISTENING = "listening"      # posted by the writer thread once the server liste
 REFUSAL_TO_WRITE_ERROR = {Refusal.ACCESS_DENIED: L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED,
                           Refusal.VALUE_INVALID: L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID}
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class MmsEndpoint:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from relevent.clock import now_ms
 from relevent.protocols.modbus.address import DeviceAddress
 from relevent.protocols.modbus.profiles import PROFILES, DeviceError, Io
 
@@ -77,7 +78,7 @@ class ModbusDevice:
             (log.info if up else log.warning)("device der=%s at=%s link=%s %s", self.der["name"], self.where,
                                               "up" if up else "down", text)
         self.up, self._last_text = up, text
-        self.post(DeviceEvent(self.der["name"], "link", _ms(), up=up, text=text))
+        self.post(DeviceEvent(self.der["name"], "link", now_ms(), up=up, text=text))
 
     async def _serve(self, profile: Any) -> None:
         applied = None          # seq written on this connection: none yet, so the current one goes out
@@ -89,11 +90,11 @@ class ModbusDevice:
             if cmd is not None and (cmd.seq != applied or now >= next_write):
                 await profile.apply(cmd)
                 if cmd.seq != applied:
-                    self.post(DeviceEvent(self.der["name"], "applied", _ms(), seq=cmd.seq))
+                    self.post(DeviceEvent(self.der["name"], "applied", now_ms(), seq=cmd.seq))
                 applied, next_write = cmd.seq, time.monotonic() + refresh
             if now >= next_poll:
                 w, conn = await profile.measure()
-                self.post(DeviceEvent(self.der["name"], "measured", _ms(), w=w, connected=conn, text=profile.state))
+                self.post(DeviceEvent(self.der["name"], "measured", now_ms(), w=w, connected=conn, text=profile.state))
                 next_poll = max(next_poll + self.config["poll_period"], now)
             wait = min(next_poll, next_write if cmd is not None else next_poll) - time.monotonic()
             self._wake.clear()
@@ -104,6 +105,3 @@ class ModbusDevice:
             except asyncio.TimeoutError:
                 pass
 
-
-def _ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from typing import Any
 
+from relevent.clock import now_ms
 from relevent.actors.messages import (
     CommandSubscribe, DeviceCommand, ForecastReply, ForecastRequest, Measurement, Wakeup,
 )
@@ -96,7 +96,7 @@ class MqttEndpoint:
 
     def _publish_outputs(self, cmd: DeviceCommand, kinds: list) -> None:
         der = self.ders[cmd.der]
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         for kind in kinds:
             if kind in cmd.outputs:
                 value = cmd.outputs[kind][0]
@@ -138,7 +138,7 @@ class MqttEndpoint:
         der, key = target
         state = self.measured.setdefault(der, {"w": None, "connected": None})
         state["w" if key == "W" else "connected"] = value if key == "W" else bool(value)
-        at = at or time.time_ns() // 1_000_000
+        at = at or now_ms()
         m = Measurement(der, state["w"], state["connected"], at, validity, self.config["name"])
         self.actor.send(self.der_address.get(der) or self.actor.parent, m)
 
