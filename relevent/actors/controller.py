@@ -27,7 +27,9 @@ from relevent.actors.messages import (
 from relevent.scheduling.calendar import Calendar, OccPer
 from relevent.scheduling.arbitration import forecast, next_change, output_of
 from relevent.scheduling.local import LocalSchedule, arm, no_telecom_due, power_up_due
-from relevent.scheduling.schedule import LOCKABLE, Schedule, StartTime, settings_snapshot, status_snapshot
+from relevent.scheduling.schedule import (
+    LOCKABLE, Schedule, StartTime, schedule_names, settings_snapshot, status_snapshot,
+)
 from relevent.clock import now_ms
 
 log = logging.getLogger("relevent.controller")
@@ -37,10 +39,6 @@ RESERVE_START = 1000          # 1970-01-01T00:00:01Z, hourly: the reference mode
 DEFAULT_RESERVE = {"ActPow": 11.0, "MaxPow": 11.0, "OnOff": False}  # the reference model's values
 LOCAL_TICK = 1.0              # s between "no telecom" checks
 
-
-
-def schedule_names(count: int) -> list[str]:
-    return [f"FSCH{n:02d}" for n in range(1, count + 1)] + ["Res_FSCH01"]
 
 
 class ControllerActor(ReleventActor):
@@ -175,26 +173,12 @@ class ControllerActor(ReleventActor):
         raise KeyError(f"{self.path}: no schedule {name}")
 
     def _apply_write(self, msg: ScheduleWrite) -> None:
-        sched, now = self._schedule(msg.schedule), now_ms()
-        f = msg.field
-        if f == "NumEntr":
-            outcome = sched.write_num_entr(msg.value)
-        elif f == "SchdIntv":
-            outcome = sched.write_intv(msg.value)
-        elif f == "SchdPrio":
-            outcome = sched.write_prio(msg.value)
-        elif f == "SchdReuse":
-            outcome = sched.write_reuse(msg.value)
-        elif f == "Val":
-            outcome = sched.write_value(msg.index, msg.value)
-        elif f == "StrTm":
-            outcome = sched.write_start(msg.index, msg.value, now)
-        else:
-            raise ValueError(f"unknown schedule field {f!r}")
+        sched = self._schedule(msg.schedule)
+        outcome = sched.write(msg.field, msg.index, msg.value, now_ms())
         if not outcome.ok:
-            # The endpoint validated against its mirror; a refusal here means the mirror was stale.
-            log.warning("write refused controller=%s schedule=%s field=%s reason=%s", self.path, sched.name, f,
-                        outcome.reason)
+            # The control session validated against its mirror; a refusal here means the mirror was stale.
+            log.warning("write refused controller=%s schedule=%s field=%s reason=%s", self.path, sched.name,
+                        msg.field, outcome.reason)
 
     def _written(self) -> None:
         # A state goes out after every batch: it acknowledges the writes (writes_applied) and

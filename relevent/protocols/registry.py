@@ -22,12 +22,18 @@ class ProtocolSpec:
     doc: str
 
 
+# Every WAN endpoint speaks for one party: the control session checks each request with it.
+WAN_KEYS = {
+    "party": Field((str,), default="", doc="the party this endpoint speaks for (policy, audit); empty: its name"),
+}
+
 PROTOCOLS: dict[str, ProtocolSpec] = {
     spec.name: spec
     for spec in (
         ProtocolSpec(
             "mms", "wan", True,
             {
+                **WAN_KEYS,
                 "address": Field((str,), default="127.0.0.1", doc="listen address"),
                 "port": Field((int,), default=102, check=port_check),
                 "scl": Field((str,), default="", doc="SCL file to serve; empty: generate from the DERs"),
@@ -43,13 +49,33 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             },
             "relevent.protocols.mms.endpoint.MmsEndpoint", "IEC 61850 MMS server with the 90-10 scheduling model"),
         ProtocolSpec(
-            "hedera", "wan", False,
+            "http", "wan", True,
             {
-                "host": Field((str,), default="127.0.0.1"),
-                "port": Field((int,), default=1883, check=port_check),
-                "topic": Field((str,), default="hedera-requests"),
+                **WAN_KEYS,
+                "address": Field((str,), default="127.0.0.1", doc="listen address (loopback unless a proxy or TLS "
+                                                                  "faces the network)"),
+                "port": Field((int,), default=8080, check=port_check),
             },
-            None, "schedule requests from a local EMS over MQTT (ReLevENT HEDERA gateway format)"),
+            "relevent.protocols.http.endpoint.HttpEndpoint",
+            "HTTP/JSON with 90-10 semantics under /api/v1, OpenAPI 3.1 at /openapi.json (docs/http.md)"),
+        ProtocolSpec(
+            "mqtt-ems", "wan", False,
+            {
+                **WAN_KEYS,
+                "host": Field((str,), default="127.0.0.1", doc="the site broker"),
+                "port": Field((int,), default=1883, check=port_check),
+                "topic": Field((str,), default="hedera-requests", doc="where the EMS publishes its requests"),
+                "reply_topic": Field((str,), default="hedera-replies",
+                                     doc="where each request is answered: accepted, or refused and why"),
+                "der": Field((str,), default="", doc="the DER the EMS steers; empty: the site's first DER"),
+                "function": Field((str,), default="MaxPow", choices=("ActPow", "MaxPow"),
+                                  doc="the control function a request schedules"),
+                "schedule": Field((int,), default=1, check=positive, doc="which FSCH (1..N) a request writes"),
+                "priority": Field((int,), default=20, doc="SchdPrio of the EMS's schedule (the reference: 20)"),
+                "reconnect_delay": Field(NUMBER, default=1.0, check=positive, doc="seconds between reconnects"),
+            },
+            "relevent.protocols.mqtt_ems.endpoint.MqttEmsEndpoint",
+            "schedule requests from a local EMS over MQTT (ReLevENT HEDERA format, watts; docs/mqtt-ems.md)"),
         ProtocolSpec(
             "mqtt", "lan", False,
             {

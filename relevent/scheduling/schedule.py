@@ -49,6 +49,15 @@ class Refusal(IntEnum):
 
 # What the site configuration can lock per schedule (ReLevENT's scheduler configuration).
 LOCKABLE = ("EnaReq", "DsaReq", "StrTm", "SchdPrio", "SchdReuse")
+# What a client can write, by its 90-10 data object name (Schedule.write).  Val and StrTm
+# take an index: 1..SLOTS and 1..START_SLOTS.
+FIELDS = ("NumEntr", "SchdIntv", "SchdPrio", "SchdReuse", "Val", "StrTm")
+RESERVE_NAME = "Res_FSCH01"
+
+
+def schedule_names(count: int) -> list[str]:
+    """A controller's schedules: FSCH01..NN, then the reserve (the reference model's names)."""
+    return [f"FSCH{n:02d}" for n in range(1, count + 1)] + [RESERVE_NAME]
 
 
 @dataclass(frozen=True)
@@ -186,17 +195,37 @@ class Schedule:
         self.settings.reuse = bool(value)
         return Outcome.accept()
 
-    def write_start(self, index: int, tm: int | None, now: int, cal: Calendar | None = None) -> Outcome:
-        """StrTm<index>.setTm (and setCal): must lie in the future."""
+    def write_start(self, index: int, tm: int | None, now: int | None, cal: Calendar | None = None) -> Outcome:
+        """StrTm<index>.setTm (and setCal): must lie in the future (unless `now` is None:
+        see `write`).  None clears the slot."""
         if not 1 <= index <= START_SLOTS:
             return Outcome.refuse(Refusal.ACCESS_DENIED, f"no StrTm{index:02d}")
         if "StrTm" in self.locked:
             return Outcome.refuse(Refusal.ACCESS_DENIED, "StrTm is locked")
-        if tm is not None and tm <= now:
+        if tm is not None and now is not None and tm <= now:
             return Outcome.refuse(Refusal.VALUE_INVALID, f"StrTm{index:02d} must lie in the future")
         old = self.settings.starts[index - 1]
         self.settings.starts[index - 1] = StartTime(tm, cal if cal is not None else old.cal)
         return Outcome.accept()
+
+    def write(self, field: str, index: int, value: Any, now: int | None) -> Outcome:
+        """One written field, by its 90-10 name (FIELDS): the single dispatch every path
+        uses (the controller, the endpoints' mirrors, the control session).  `now` None
+        skips the "StrTm in the future" check: a write accepted earlier, applied again on
+        top of a newer state.  An unknown field is refused, never guessed."""
+        if field == "NumEntr":
+            return self.write_num_entr(value)
+        if field == "SchdIntv":
+            return self.write_intv(value)
+        if field == "SchdPrio":
+            return self.write_prio(value)
+        if field == "SchdReuse":
+            return self.write_reuse(value)
+        if field == "Val":
+            return self.write_value(index, value)
+        if field == "StrTm":
+            return self.write_start(index, value, now)
+        return Outcome.refuse(Refusal.ACCESS_DENIED, f"unknown schedule field {field!r} (one of {', '.join(FIELDS)})")
 
     def write_start_cal(self, index: int, cal: Calendar) -> Outcome:
         if not 1 <= index <= START_SLOTS:

@@ -1,16 +1,17 @@
-"""The IEC 61850 MMS WAN endpoint: serves the site's 90-10 model and turns client writes
-and operates into requests to the controller actors that own the schedules.
+"""The IEC 61850 MMS WAN adapter: serves the site's 90-10 model and turns client writes
+and operates into requests of the control session (relevent/wan/session.py), which
+validates them, applies the site's policy and sends them to the controller actors.
 
 Threads:
 * libiec61850's server thread calls our handlers, holding its data model lock.  A write
-  is decided at once with a *mirror* of the schedule (the last state its controller
-  published: locks, "StrTm in the future") and posted to the actor.  An operate
-  (EnaReq/DsaReq) is decided by the controller itself: the check handler posts it and
-  waits for the answer, which comes only once the change is durable; it then writes the
-  new state into the model (it holds the lock) and answers.  So a client reads Ready
-  right after a positive response, and never gets one for an enable that is not saved.
-* the actor thread sends posts to the controllers, one request in flight per controller,
-  and hands answers and states over; it never waits for the model lock (it must stay
+  is decided at once by the session (its mirror of the schedule: locks, "StrTm in the
+  future").  An operate (EnaReq/DsaReq) is decided by the controller itself: the check
+  handler asks the session and waits for the answer, which comes only once the change is
+  durable; it then writes the new state into the model (it holds the lock) and answers.
+  So a client reads Ready right after a positive response, and never gets one for an
+  enable that is not saved.
+* the actor thread (the session) sends requests to the controllers, one in flight per
+  controller, and hands states over; it never waits for the model lock (it must stay
   free to receive an operate's answer).
 * a writer thread turns published states into model updates.  States carry a version, so
   an older state never overwrites a newer one, whichever thread applies it.  It also
@@ -33,8 +34,8 @@ What is applied, staged and pushed is recorded under `book` (lock order: the mod
 everything pushed; a handler, which holds the model lock, first has the switcher write
 what is still pushed (`drain`), then writes itself.
 
-After a restart the endpoint asks every controller for its state (SnapshotRequest): the
-model is rebuilt from the actors, never from the SCL defaults.
+After a restart the session asks every controller for its state: the model is rebuilt
+from the actors, never from the SCL defaults, and the server listens only once it is.
 """
 from __future__ import annotations
 
@@ -50,27 +51,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relevent.actors.messages import (
-    ControllerState, Measurement, OperateResult, ScheduleOperate, ScheduleWrite, ScheduleWrites, SnapshotRequest,
-    WanContact, Wakeup,
-)
+from relevent.actors.messages import ControllerState, Measurement
 from relevent.iec61850 import lib as L
 from relevent.iec61850.server import MmsServer, MmsServerError
 from relevent.iec61850.switcher import Switcher
-from relevent.protocols.mms.model_map import ScheduleRefs, controller_updates, measurement_updates, schedule_updates
+from relevent.protocols.mms.model_map import (
+    ScheduleRefs, controller_updates, measurement_updates, schedule_updates, write_ref,
+)
 from relevent.runtime.bridge import ThreadBridge
-from relevent.scheduling.schedule import Refusal, Schedule, from_snapshot
+from relevent.scheduling.schedule import Refusal, schedule_names
 from relevent.scl.cfg import to_cfg
 from relevent.scl.generate import default_ld_inst
 from relevent.scl.parser import parse_scl
 from relevent.scl.site_model import endpoint_scl
+from relevent.wan.adapter import WanContext, Write
 from relevent.clock import now_ms
 
 log = logging.getLogger("relevent.mms")
 
-OPERATE_TIMEOUT_MS = 5000
-CONTACT_TICK = 1.0           # s between WanContact reports while clients are connected
-FIRST_STATES_TIMEOUT = 10.0  # s: serve anyway if a controller has not sent its state by then
 SWITCH_INTERVAL = 0.0005     # s, this process's GIL switch interval
 SWITCH_NICE = -20            # priority around a switch (see switcher.c)
 SERVE_NICE = 0               # libiec61850's server thread outside switches (0: as started)
@@ -84,40 +82,27 @@ READ_TAIL_MS = 200           # libiec61850's server thread keeps the switch prio
 BOOST_LEAD_MS = 50           # how long before a switch the priority goes up
 SWITCHES_KEPT = 32           # recent switches shown in the status (timing)
 LISTENING = "listening"      # posted by the writer thread once the server listens
+LISTEN = "listen"            # queued for the writer thread once every controller's state is queued
 REFUSAL_TO_WRITE_ERROR = {Refusal.ACCESS_DENIED: L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED,
                           Refusal.VALUE_INVALID: L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID}
 
 
 
 class MmsEndpoint:
-    def __init__(self, actor: Any, config: dict) -> None:
-        self.actor = actor
+    def __init__(self, ctx: WanContext, config: dict) -> None:
+        self.ctx = ctx
         self.config = config
         self.bridge = ThreadBridge()
         self.server: MmsServer | None = None
-        self.lock = threading.Lock()            # mirrors, pending writes, operate waiters: shared with handlers
-        self.mirrors: dict[tuple, Schedule] = {}
         self.applied: dict[tuple, dict] = {}    # per schedule: {"status", "settings"} in the model
         self.applied_output: dict[tuple, tuple] = {}
         self.applied_version: dict[tuple, tuple] = {}  # (der, kind) -> version of the state in the model
-        self.waiting: dict[int, dict] = {}      # operate request id -> {"event", "result"}
-        self.request_ids = itertools.count(1)
-        self.write_seqs = itertools.count(1)
-        # Writes accepted but not yet in a state from their controller: (der, kind, schedule,
-        # attribute ref) -> (seq, field, index, value).  A state that does not include them
-        # must not put the old values back into the model or the mirror.
-        self.pending: dict[tuple, tuple] = {}
+        # States to write, in order: (state, writes accepted after it), measurements, LISTEN.
         self.states: queue.SimpleQueue = queue.SimpleQueue()
-        self.controllers: dict[tuple, Any] = {}  # (der, kind) -> controller address (actor thread only)
-        self.incarnations: dict[tuple, int] = {}  # (der, kind) -> its stamp (ControllerState.version[0])
-        # Per controller, at most one request in flight (thespian does not keep the order of
-        # messages sent in quick succession: an operate could overtake the writes before it).
-        self.outbox: dict[tuple, list] = {}      # (der, kind) -> requests not sent yet
-        self.in_flight: dict[tuple, Any] = {}    # (der, kind) -> request sent, not acknowledged
         self.writer: threading.Thread | None = None
         # What the model holds or will hold once the switcher has written what is pushed
-        # (applied*, mirrors' base), and the announced next states: (der, kind) -> its _Plan,
-        # armed in the C switcher under a serial number of its own.
+        # (applied*), and the announced next states: (der, kind) -> its _Plan, armed in the
+        # C switcher under a serial number of its own.
         self.book = threading.Lock()
         self.staged: dict[tuple, _Plan] = {}
         self.switcher: Switcher | None = None
@@ -128,17 +113,12 @@ class MmsEndpoint:
         self._gc_last = self._gc_full = 0.0
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
         self.stats = {"writes": 0, "operates": 0, "refused": 0, "switched_on_time": 0, "gc_collections": 0}
-        # WAN contact, for the site's "no telecom" schedules: clients connected now, and the
-        # last request (set on libiec61850's thread; read by the actor's 1 s contact tick).
-        self.clients = 0
-        self.last_request = 0
-        self._contact_sent = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
         ders = cfg["ders"]
-        work = Path(self.actor.site["state_dir"]) / "mms" / cfg["name"]
+        work = Path(self.ctx.state_dir) / "mms" / cfg["name"]
         work.mkdir(parents=True, exist_ok=True)
         scl_path = work / "served.cid"
         scl_path.write_bytes(endpoint_scl(cfg, ders, cfg.get("site", "site")))
@@ -154,8 +134,7 @@ class MmsEndpoint:
                 raise ValueError(f"{cfg.get('scl') or 'the model'} has no logical device {ld} for DER {der['name']}")
             self.lds[der["name"]] = ld
             for kind in der["functions"]:
-                names = [f"FSCH{n:02d}" for n in range(1, der["schedules"] + 1)] + ["Res_FSCH01"]
-                for name in names:
+                for name in schedule_names(der["schedules"]):
                     self._install(ScheduleRefs(ied.name, ld, der["name"], kind, name))
         self.switcher = Switcher(self.server, cfg.get("switch_nice", SWITCH_NICE), BOOST_LEAD_MS,
                                  self._switched, name=f"mms-switcher-{cfg['name']}")
@@ -171,36 +150,29 @@ class MmsEndpoint:
         self._gc_last = self._gc_full = time.monotonic()
         # Listen only once every controller's state is in the model: a client must never read
         # the SCL's placeholders (SchdSt 0) as the state of a schedule.  Ready comes then too.
-        self.awaiting = {(der["name"], kind) for der in ders for kind in der["functions"]}
-        self.actor.defer_ready()
+        self.ctx.defer_ready()
         self.writer = threading.Thread(target=self._write_states, name=f"mms-writer-{cfg['name']}", daemon=True)
         self.writer.start()
-        self.actor.send(self.actor.parent, SnapshotRequest(cfg["name"], self.actor.myAddress))
         self.server.on_connection(self._connection)
-        self.actor.wakeupAfter(CONTACT_TICK, Wakeup("contact"))
+
+    def on_synced(self) -> None:
+        """Every controller's state is queued for the writer: it listens once they are written."""
+        self.states.put(LISTEN)
+
+    def on_state(self, state: ControllerState, unacked: list[tuple]) -> None:
+        self.states.put((state, unacked))
+
+    def on_measurement(self, measurement: Measurement) -> None:
+        self.states.put(measurement)  # the writer thread puts it in the DER's MMXU1
 
     def _connection(self, connected: bool) -> None:
         """libiec61850's thread: a client association opened or closed."""
-        with self.lock:
-            self.clients = max(0, self.clients + (1 if connected else -1))
-        self.last_request = now_ms()
-        log.info("mms endpoint=%s client %s (clients: %d)", self.config["name"],
-                 "connected" if connected else "disconnected", self.clients)
-
-    def on_wakeup(self, payload: Any) -> None:
-        if isinstance(payload, Wakeup) and payload.what == "contact":
-            contact = now_ms() if self.clients > 0 else self.last_request
-            if contact > self._contact_sent:
-                self._contact_sent = contact
-                self.actor.send(self.actor.parent, WanContact(contact, self.config["name"]))
-            self.actor.wakeupAfter(CONTACT_TICK, Wakeup("contact"))
+        self.ctx.connected(connected)
+        log.info("mms endpoint=%s client %s", self.config["name"], "connected" if connected else "disconnected")
 
     def _listen(self) -> None:
         """Writer thread: start the server, then tell the actor thread (which reports Ready)."""
         cfg = self.config
-        if self.awaiting:
-            log.warning("mms endpoint=%s serving without the state of %s after %g s", cfg["name"],
-                        sorted(self.awaiting), FIRST_STATES_TIMEOUT)
         threads_before = set(os.listdir("/proc/self/task"))
         self.server.start(cfg.get("address", "127.0.0.1"), cfg["port"])
         serving = [int(t) for t in set(os.listdir("/proc/self/task")) - threads_before]
@@ -246,7 +218,7 @@ class MmsEndpoint:
 
     # -- handler installation ---------------------------------------------------------------------
     def _install(self, refs: ScheduleRefs) -> None:
-        srv, key = self.server, refs.key
+        srv = self.server
         int_fields = ("NumEntr", "SchdIntv", "SchdPrio")
         for f in int_fields:
             ref = refs.attr(f"{f}.setVal")
@@ -270,8 +242,6 @@ class MmsEndpoint:
             n += 1
         for op, do in (("enable", "EnaReq"), ("disable", "DsaReq")):
             srv.on_control(refs.attr(do), self._check_handler(refs, op, do), self._control_handler(refs, op, do))
-        self.mirrors.setdefault(key, Schedule(refs.name, boolean=refs.kind == "OnOff",
-                                              periodic=refs.reserve, reserve=refs.reserve))
 
     # -- handlers (libiec61850's thread) ----------------------------------------------------------
     def _decode(self, value: int, kind: str) -> Any:
@@ -282,19 +252,12 @@ class MmsEndpoint:
 
     def _write_handler(self, refs: ScheduleRefs, model_ref: str, field: str, index: int, kind: str):
         def handle(value: int) -> int:
-            decoded = self._decode(value, kind)
-            with self.lock:
-                outcome = _write_mirror(self.mirrors[refs.key], field, index, decoded, now_ms())
-                if outcome.ok:
-                    seq = next(self.write_seqs)
-                    self.pending[refs.key + (model_ref,)] = (seq, field, index, decoded)
-            if not outcome.ok:
+            answer = self.ctx.write(refs.der, refs.kind, refs.name, [Write(field, index, self._decode(value, kind))])
+            if not answer.ok:
                 self.stats["refused"] += 1
-                return REFUSAL_TO_WRITE_ERROR[outcome.refusal]
+                return REFUSAL_TO_WRITE_ERROR.get(answer.refusal, L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED)
             self._unstage_in_handler((refs.der, refs.kind))  # the write may change the next switch
             self.stats["writes"] += 1
-            self.last_request = now_ms()
-            self.bridge.post(ScheduleWrite(refs.der, refs.kind, refs.name, field, decoded, index, seq))
             return L.DATA_ACCESS_ERROR_SUCCESS
         return handle
 
@@ -302,26 +265,18 @@ class MmsEndpoint:
         def check(action: int, ctl_val: int, test: bool) -> int:
             if test or not self.server.decode(ctl_val, "bool"):
                 return L.CONTROL_ACCEPTED  # accepted, no effect
-            request_id = next(self.request_ids)
-            self.last_request = now_ms()
-            waiter = {"event": threading.Event(), "result": None}
-            with self.lock:
-                self.waiting[request_id] = waiter
             self._unstage_in_handler((refs.der, refs.kind))
-            self.bridge.post(ScheduleOperate(refs.der, refs.kind, refs.name, op, request_id))
-            answered = waiter["event"].wait(OPERATE_TIMEOUT_MS / 1000)
-            with self.lock:
-                self.waiting.pop(request_id, None)
+            answer = self.ctx.operate_wait(refs.der, refs.kind, refs.name, op)
             self.stats["operates"] += 1
-            result: OperateResult | None = waiter["result"]
-            if not answered or result is None:
-                log.error("operate %s: no answer from controller %s/%s", refs.attr(do), refs.der, refs.kind)
-                return L.CONTROL_OBJECT_ACCESS_DENIED
-            self._apply_in_handler(result.state)  # the client reads the new state right after
-            if result.ok:
+            if answer.state is not None:
+                self._apply_in_handler(answer.state)  # the client reads the new state right after
+            if answer.ok:
                 return L.CONTROL_ACCEPTED
             self.stats["refused"] += 1
-            if result.refusal == Refusal.ACCESS_DENIED:
+            if answer.rule == "timeout":
+                log.error("operate %s: no answer from controller %s/%s", refs.attr(do), refs.der, refs.kind)
+                return L.CONTROL_OBJECT_ACCESS_DENIED
+            if answer.refusal == Refusal.ACCESS_DENIED:
                 self.server.set_add_cause(action, L._C.ADD_CAUSE_NO_ACCESS_AUTHORITY)
                 return L.CONTROL_OBJECT_ACCESS_DENIED
             self.server.set_add_cause(action, L.ADD_CAUSE_INCONSISTENT_PARAMETERS)
@@ -335,140 +290,39 @@ class MmsEndpoint:
 
     # -- actor thread ---------------------------------------------------------------------------
     def on_ready(self, _fds: list[int]) -> None:
-        batches: dict[tuple, list] = {}
         for message in self.bridge.drain():
             if message == LISTENING:
-                self.actor.mark_ready()
-                continue
-            if isinstance(message, MmsServerError):
+                self.ctx.mark_ready()
+            elif isinstance(message, MmsServerError):
                 raise message
-            key = (message.der, message.kind)
-            if isinstance(message, ScheduleWrite):
-                batches.setdefault(key, []).append(message)
-                continue
-            self._send(key, batches.pop(key, None))  # writes made before an operate go first
-            message.reply_to = self.actor.myAddress
-            self._send(key, message)
-        for key, writes in batches.items():
-            self._send(key, writes)
 
-    def _send(self, key: tuple, message: Any) -> None:
-        """Queue a request for its controller; it goes out when the one before it has been
-        acknowledged (writes by a state that includes them, an operate by its result) and
-        the controller's address is known (its first state)."""
-        if not message:
-            return
-        if isinstance(message, list):
-            message = ScheduleWrites(key[0], key[1], message, self.config["name"])
-        self.outbox.setdefault(key, []).append(message)
-        self._pump(key)
-
-    def _pump(self, key: tuple) -> None:
-        address = self.controllers.get(key)
-        while address is not None and key not in self.in_flight and self.outbox.get(key):
-            message = self.outbox[key].pop(0)
-            if isinstance(message, ScheduleOperate):
-                with self.lock:
-                    abandoned = message.request_id not in self.waiting
-                if abandoned:  # its client already got a negative response: never apply it later
-                    log.warning("dropping operate %s on %s/%s: its client gave up", message.op, *key)
-                    continue
-            self.in_flight[key] = message
-            self.actor.send(address, message)
-
-    def _acknowledged(self, key: tuple, state: ControllerState | None = None,
-                      result: OperateResult | None = None) -> None:
-        sent = self.in_flight.get(key)
-        if sent is None:
-            return
-        if isinstance(sent, ScheduleWrites):
-            done = state is not None and state.writes_applied.get(self.config["name"], 0) >= sent.writes[-1].seq
-        else:
-            done = result is not None and result.request_id == sent.request_id
-        if done:
-            del self.in_flight[key]
-            self._pump(key)
-
-    def on_message(self, message: Any, _sender: Any) -> bool:
-        if isinstance(message, Measurement):
-            self.states.put(message)  # the writer thread puts it in the DER's MMXU1
-            return True
-        if isinstance(message, ControllerState):
-            self._track(message)
-            self._acknowledged((message.der, message.kind), state=message)
-            self.states.put(message)
-            return True
-        if isinstance(message, OperateResult):
-            with self.lock:
-                waiter = self.waiting.get(message.request_id)
-            self._track(message.state)
-            key = (message.state.der, message.state.kind)
-            self._acknowledged(key, state=message.state)
-            self._acknowledged(key, result=message)
-            if waiter is not None:
-                waiter["result"] = message
-                waiter["event"].set()
-            else:
-                self.states.put(message.state)  # a refused enable whose requester is gone, or late
-            return True
-        return False
-
-    def _track(self, state: ControllerState) -> None:
-        """Remember where each controller is.  A new incarnation gets, in order: every write
-        it has not acknowledged (one sent to a controller that then died would be lost), the
-        request that was in flight, and the queue."""
-        key = (state.der, state.kind)
-        # An incarnation is its address and its stamp: controllers hosted in their DER's
-        # process (controller_isolation = "der") keep the DER's address across restarts.
-        if state.address is None or self.incarnations.get(key) == state.version[0] \
-                and self.controllers.get(key) == state.address:
-            return
-        known_before = key in self.controllers
-        self.controllers[key] = state.address
-        self.incarnations[key] = state.version[0]
-        if known_before:
-            acked = state.writes_applied.get(self.config["name"], 0)
-            with self.lock:
-                resend = sorted((v[0], k[2], v[1], v[2], v[3]) for k, v in self.pending.items()
-                                if k[:2] == key and v[0] > acked)
-            queue_ = self.outbox.setdefault(key, [])
-            sent = self.in_flight.pop(key, None)
-            if isinstance(sent, ScheduleOperate):
-                queue_.insert(0, sent)
-            if resend:
-                log.warning("re-sending %d unacknowledged writes to the new %s/%s", len(resend), *key)
-                queue_.insert(0, ScheduleWrites(key[0], key[1], [
-                    ScheduleWrite(key[0], key[1], name, field, value, index, seq)
-                    for seq, name, field, index, value in resend], self.config["name"]))
-        self._pump(key)
-
+    # -- writer thread ----------------------------------------------------------------------------
     def _write_states(self) -> None:
-        deadline = time.monotonic() + FIRST_STATES_TIMEOUT
         listening = False
         while True:
-            if not listening and (not self.awaiting or time.monotonic() >= deadline):
+            if listening:
+                self._collect_garbage_if_quiet(idle=self.states.empty())
+            try:
+                item = self.states.get(timeout=GC_TICK if listening else None)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            if item == LISTEN:
                 try:
                     self._listen()
                 except MmsServerError as exc:  # e.g. port in use: let the actor crash with it
                     self.bridge.post(exc)
                     return
                 listening = True
-            if listening:
-                self._collect_garbage_if_quiet(idle=self.states.empty())
-            try:
-                state = self.states.get(timeout=GC_TICK if listening else max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
                 continue
-            if state is None:
-                return
             try:
-                if isinstance(state, Measurement):
-                    self._apply_measurement(state)
-                    continue
-                self._apply(state)
-                self.awaiting.discard((state.der, state.kind))
+                if isinstance(item, Measurement):
+                    self._apply_measurement(item)
+                else:
+                    self._apply(*item)
             except Exception:  # one bad state must not stop the writer
-                log.exception("applying state of %s/%s", state.der, state.kind)
+                log.exception("applying %r", item)
 
     def _collect_garbage_if_quiet(self, idle: bool) -> None:
         """Writer thread: collect garbage if it is time to, nothing is queued (`idle`) and no
@@ -497,58 +351,56 @@ class MmsEndpoint:
         if updates:
             self.switcher.push(updates)
 
-    def _apply(self, state: ControllerState) -> None:
+    def _apply(self, state: ControllerState, unacked: list[tuple]) -> None:
         """Writer thread: have the switcher write a state into the model unless a newer one
-        is there or will be."""
+        is there or will be; what clients wrote after it stays as they wrote it (`unacked`)."""
         if state.der not in self.lds or self.server is None:
             return
         with self.book:
-            plan = self._take_locked(state)
+            plan = self._take_locked(state, unacked)
             if plan is None:
                 return
             if plan.outputs or plan.rest:
                 self.switcher.push(plan.outputs, plan.rest)
-            self._stage((state.der, state.kind), state.then)  # after the push: it may be due at once
+            self._stage((state.der, state.kind), state.then, unacked)  # after the push: it may be due at once
 
     def _apply_in_handler(self, state: ControllerState) -> None:
         """libiec61850's thread, model lock held: write a state into the model now, after
         what is still pushed, unless a newer one is there or will be."""
         if state.der not in self.lds or self.server is None:
             return
+        unacked = self.ctx.unacked(state.der, state.kind, state.writes_applied.get(self.config["name"], 0))
         with self.book:
             self.switcher.drain()
-            plan = self._take_locked(state)
+            plan = self._take_locked(state, unacked)
             if plan is None:
                 return
             if plan.outputs or plan.rest:
                 self.server.update(plan.outputs + plan.rest, locked=True)
-            self._stage((state.der, state.kind), state.then)
+            self._stage((state.der, state.kind), state.then, unacked)
 
-    def _take_locked(self, state: ControllerState) -> "_Plan | None":
+    def _take_locked(self, state: ControllerState, unacked: list[tuple]) -> "_Plan | None":
         """`book` held: record `state` as applied and return its plan, whose updates must
         reach the model before anything else of this controller does (None: something as
         new is there already).  The switch staged for this controller is dropped, or, if the
         switcher took it already, recorded first: the plan is then made on top of it."""
         key = (state.der, state.kind)
         self._settle_locked(key=key)
-        plan = self._plan_locked(state)
+        plan = self._plan_locked(state, unacked)
         if plan is not None and self._drop_staged_locked(key):
-            plan = self._plan_locked(state)
+            plan = self._plan_locked(state, unacked)
         if plan is not None:
             self._commit_locked(plan)
         return plan
 
-    def _plan_locked(self, state: ControllerState) -> "_Plan | None":
+    def _plan_locked(self, state: ControllerState, unacked: list[tuple]) -> "_Plan | None":
         """`book` held: the updates that bring the model from what is applied to `state`
         (None if something as new is applied), without recording anything."""
         key = (state.der, state.kind)
         if self.applied_version.get(key, (0, 0)) >= state.version:
             return None
         ld, ied = self.lds[state.der], self.server.ied_name
-        acked = state.writes_applied.get(self.config["name"], 0)
-        with self.lock:
-            unacked = {k: v for k, v in self.pending.items() if k[:2] == key and v[0] > acked}
-        plan = _Plan(state, acked)
+        plan = _Plan(state)
         for name, change in state.schedules.items():
             refs = ScheduleRefs(ied, ld, state.der, state.kind, name)
             if not self.server.has(refs.ln_ref):
@@ -562,18 +414,12 @@ class MmsEndpoint:
             plan.rest += schedule_updates(refs, old, {**settings, **change["status"]}, state.at,
                                           settings_changed=change["settings"] is not None)
             plan.applied[refs.key] = {"status": change["status"], "settings": settings}
-            if change["settings"] is not None:
-                mirror = from_snapshot(name, change["status"], settings)
-                for k, (_seq, written_field, index, value) in unacked.items():  # writes it does not include yet
-                    if k[2] == name:
-                        _write_mirror(mirror, written_field, index, value, None)
-                plan.mirrors[refs.key] = mirror
         if self.applied_output.get(key) != state.output:
             plan.outputs = [u for u in controller_updates(ied, ld, state.kind, state.output, state.at)
                             if self.server.has(u[0])]
         # A model type may have fewer StrTm than the core (the reserve has StrTm01 only); what
         # clients wrote after this state was made stays as they wrote it.
-        written = {k[3] for k in unacked}
+        written = {write_ref(ScheduleRefs(ied, ld, state.der, state.kind, name), f, i) for name, f, i, _ in unacked}
         plan.rest = [u for u in plan.rest if self.server.has(u[0]) and u[0] not in written]
         return plan
 
@@ -584,17 +430,13 @@ class MmsEndpoint:
         self.applied_version[key] = state.version
         self.applied.update(plan.applied)
         self.applied_output[key] = state.output
-        with self.lock:
-            for k in [k for k, v in self.pending.items() if k[:2] == key and v[0] <= plan.acked]:
-                del self.pending[k]
-            self.mirrors.update(plan.mirrors)
 
     # -- switches ---------------------------------------------------------------------------------
-    def _stage(self, key: tuple, then: ControllerState | None) -> None:
+    def _stage(self, key: tuple, then: ControllerState | None, unacked: list[tuple]) -> None:
         """`book` held, nothing staged for this controller: arm `then`.  Its updates are
         computed now; the switcher only writes them."""
         self._drop_staged_locked(key)  # (none: every caller dropped or settled it)
-        plan = None if then is None else self._plan_locked(then)
+        plan = None if then is None else self._plan_locked(then, unacked)
         if plan is None:
             return
         plan.serial = next(self.serials)
@@ -684,25 +526,8 @@ class _Plan:
     """A state's model updates, computed against the model as it was, and what to record
     once they are applied."""
     state: ControllerState
-    acked: int                                   # this endpoint's writes the state includes
     serial: int = 0                              # its number in the switcher, once armed
     outputs: list = field(default_factory=list)  # the controller's output (FSCC, GGIO)
     rest: list = field(default_factory=list)     # its schedules
     applied: dict = field(default_factory=dict)  # schedule key -> {"status", "settings"}
-    mirrors: dict = field(default_factory=dict)  # schedule key -> Schedule
 
-
-def _write_mirror(mirror: Schedule, field: str, index: int, value: Any, now: int | None):
-    """Apply a client write to a mirror; `now` None skips the "in the future" check (a
-    write already accepted, applied again on top of a newer state)."""
-    if field == "NumEntr":
-        return mirror.write_num_entr(value)
-    if field == "SchdIntv":
-        return mirror.write_intv(value)
-    if field == "SchdPrio":
-        return mirror.write_prio(value)
-    if field == "SchdReuse":
-        return mirror.write_reuse(value)
-    if field == "Val":
-        return mirror.write_value(index, value)
-    return mirror.write_start(index, value, value - 1 if now is None else now)

@@ -115,3 +115,12 @@ def measurement_updates(ld: str, w: float | None, validity: str, at: int) -> lis
         else QUALITY_INVALID
     out = [(f"{ld}/MMXU1.TotW.mag.f", "float", float(w))] if w is not None else []
     return out + [(f"{ld}/MMXU1.TotW.q", "quality", quality), (f"{ld}/MMXU1.TotW.t", "time", at)]
+
+
+def write_ref(refs: ScheduleRefs, field: str, index: int) -> str:
+    """The model attribute a client writes for a 90-10 field (Schedule.write's names)."""
+    if field == "Val":
+        return refs.attr(f"ValSPG{index:03d}.setVal" if refs.kind == "OnOff" else f"ValASG{index:03d}.setMag.f")
+    if field == "StrTm":
+        return refs.attr(f"StrTm{index:02d}.setTm")
+    return refs.attr(f"{field}.setVal")

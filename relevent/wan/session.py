@@ -1,0 +1,478 @@
+"""The WAN control session: what every WAN endpoint shares, whatever its protocol.
+
+One `ControlSession` lives in each WAN endpoint actor (relevent/actors/endpoint.py).  The
+protocol adapter (MMS, HTTP, MQTT EMS, ...) never reaches into the actor: it talks to a
+`WanContext` (relevent/wan/adapter.py), whose calls are safe from any thread (libiec61850's,
+an asyncio loop's, a broker client's), and the session calls the adapter back from the
+actor thread.  The session owns:
+
+* the **snapshot**: at start (and so after every restart of the endpoint) it subscribes to
+  every controller (SnapshotRequest) and tells the adapter once every controller's state
+  is in (`on_synced`), so a client never reads placeholders as the state of a schedule;
+* **one request in flight per controller**: thespian does not keep the order of messages
+  sent in quick succession, so an enable could overtake the writes before it.  Requests
+  queue per controller and the next goes out when the one before is acknowledged (writes
+  by a state whose `writes_applied` includes them, an operate by its result);
+* **restart tracking**: a controller's new incarnation gets, in order, every write it has
+  not acknowledged, the request that was in flight, and the queue;
+* **validation before the answer**: every write is checked against a *mirror* of the
+  schedule (the controller's last state plus the writes accepted since) with the
+  scheduling core's own rules (`Schedule.write`, one dispatch of the written fields) and
+  with the site's policy (`relevent.policy.check`), all or nothing; an enable or disable
+  is decided by the controller itself, after the policy check, and answered once durable;
+* **WAN contact** for the site's "no telecom" schedules (a request, or a connected client,
+  once per CONTACT_TICK), and **forecasts**.
+
+Every request carries the endpoint's party (`party` in the topology, default the endpoint's
+name): the one policy check decides with it, here, never in an adapter.
+
+Locking: `lock` guards the mirrors, views, pending writes and waiters; it is held only for
+dictionary work, never while waiting, and no callback into the adapter runs under it.  An
+adapter may call the context while holding a lock of its own (libiec61850's model lock).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from relevent.actors.messages import (
+    ControllerState, ForecastReply, ForecastRequest, Measurement, OperateResult, ScheduleOperate, ScheduleWrite,
+    ScheduleWrites, SnapshotRequest, WanContact, Wakeup,
+)
+from relevent.clock import now_ms
+from relevent.policy import Request, check
+from relevent.runtime.bridge import ThreadBridge
+from relevent.scheduling.schedule import (
+    EnaErr, Refusal, Schedule, from_snapshot, schedule_names, settings_snapshot,
+)
+
+log = logging.getLogger("relevent.wan")
+
+OPERATE_TIMEOUT_S = 5.0      # an enable/disable not answered by its controller by then is refused
+FORECAST_TIMEOUT_S = 5.0
+CONTACT_TICK_S = 1.0         # s between WanContact reports while clients are connected
+FIRST_STATES_TIMEOUT_S = 10.0  # serve anyway if a controller has not sent its state by then
+FORECAST_MAX_HOURS = 168     # 7 days: what the edge keeps of control data
+
+
+@dataclass(frozen=True)
+class Write:
+    """One field written by a client: a 90-10 name (Schedule FIELDS), its index (Val 1..100,
+    StrTm 1..16, else 0) and value (StrTm in ms since the epoch, None clears it)."""
+    field: str
+    index: int
+    value: Any
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The session's answer to a write or an operate, for the adapter to encode.  A refusal
+    names its `rule` ("lock:StrTm", "SchdEnaErr", "value", "unknown", "timeout") and the
+    90-10 codes: `refusal` (MMS DataAccessError: 3 access denied, 11 value invalid) and,
+    for a failed enable, `ena_err` (SchdEnaErr: 2 NumEntr, 3 SchdIntv, 4 values, 6 StrTm)."""
+    ok: bool
+    rule: str = ""
+    refusal: Refusal | None = None
+    reason: str = ""
+    ena_err: int | None = None
+    state: ControllerState | None = None   # an operate's: the controller's state right after it
+
+    @staticmethod
+    def refused(rule: str, refusal: Refusal | None, reason: str, **kw: Any) -> "Answer":
+        return Answer(False, rule, refusal, reason, **kw)
+
+
+@dataclass
+class _Controller:
+    """What the session knows of one controller (actor thread, except the view under `lock`)."""
+    address: Any = None
+    incarnation: int | None = None
+    outbox: list = field(default_factory=list)   # requests not sent yet, in order
+    in_flight: Any = None                         # the request sent and not acknowledged
+    version: tuple = (0, 0)                       # of the newest state seen
+    output: tuple = (None, None, None)            # (value, source schedule, run start ms)
+    at: int = 0
+    then: ControllerState | None = None           # announced next state (applied when due in views)
+    statuses: dict = field(default_factory=dict)  # schedule name -> status snapshot
+
+
+def answer_of(result: OperateResult, schedule: str) -> Answer:
+    """An operate's result from its controller, as an Answer naming the rule."""
+    if result.ok:
+        return Answer(True, state=result.state)
+    status = result.state.schedules.get(schedule, {}).get("status") or {}
+    ena_err = status.get("ena_err")
+    if result.refusal == int(Refusal.VALUE_INVALID) and ena_err not in (None, int(EnaErr.NONE)):
+        return Answer.refused("SchdEnaErr", Refusal.VALUE_INVALID, result.reason, ena_err=ena_err, state=result.state)
+    refusal = None if result.refusal is None else Refusal(result.refusal)
+    rule = "lock" if refusal == Refusal.ACCESS_DENIED else "controller"
+    return Answer.refused(rule, refusal, result.reason, state=result.state)
+
+
+class ControlSession:
+    def __init__(self, actor: Any, config: dict) -> None:
+        self.actor = actor
+        self.config = config
+        self.name: str = config["name"]
+        self.party: str = config.get("party") or config["name"]
+        self.ders: dict[str, dict] = {d["name"]: d for d in config.get("ders", [])}
+        self.adapter: Any = None
+        self.bridge = ThreadBridge()
+        self.lock = threading.Lock()
+        self.mirrors: dict[tuple, Schedule] = {}      # (der, kind, schedule) -> settings as clients see them
+        self.pending: dict[tuple, tuple] = {}         # (der, kind, schedule, field, index) -> (seq, value)
+        self.waiting: dict[int, tuple] = {}           # operate request id -> (future, schedule)
+        self.forecasts: dict[int, concurrent.futures.Future] = {}
+        self.controllers: dict[tuple, _Controller] = {}
+        self.measured: dict[str, Measurement] = {}
+        self.request_ids = itertools.count(1)
+        self.write_seqs = itertools.count(1)
+        self.stats = {"writes": 0, "operates": 0, "refused": 0, "resent": 0}
+        self.awaiting: set[tuple] = set()
+        self.synced = False
+        self.clients = 0
+        self.last_request = 0
+        self._contact_sent = 0
+        for der in self.ders.values():
+            for kind in der["functions"]:
+                self.controllers[(der["name"], kind)] = _Controller()
+                for name in schedule_names(der["schedules"]):
+                    reserve = name.startswith("Res_")
+                    self.mirrors[(der["name"], kind, name)] = Schedule(
+                        name, boolean=kind == "OnOff", periodic=reserve, reserve=reserve)
+
+    # -- life cycle (actor thread) --------------------------------------------------------------
+    def start(self, adapter: Any) -> None:
+        self.adapter = adapter
+        self.awaiting = set(self.controllers)
+        self.actor.send(self.actor.parent, SnapshotRequest(self.name, self.actor.myAddress))
+        self.actor.wakeupAfter(CONTACT_TICK_S, Wakeup("contact"))
+        self.actor.wakeupAfter(FIRST_STATES_TIMEOUT_S, Wakeup("first-states"))
+        if not self.awaiting:
+            self._synced()
+
+    def stop(self) -> None:
+        for fut, _ in list(self.waiting.values()):
+            fut.cancel()
+        for fut in list(self.forecasts.values()):
+            fut.cancel()
+        self.bridge.close()
+
+    def fds(self) -> list[int]:
+        return [self.bridge.fileno()]
+
+    def detail(self) -> dict:
+        return {"party": self.party, "synced": self.synced, "clients": self.clients, **self.stats}
+
+    def _synced(self) -> None:
+        if self.synced:
+            return
+        self.synced = True
+        if self.awaiting:
+            log.warning("wan endpoint=%s serving without the state of %s after %g s", self.name,
+                        sorted(self.awaiting), FIRST_STATES_TIMEOUT_S)
+        self.adapter.on_synced()
+
+    # -- the adapter's side (any thread) ------------------------------------------------------------
+    def write(self, der: str, kind: str, schedule: str, writes: list[Write]) -> Answer:
+        """Validate `writes` (all or nothing) against the mirror and the policy; on success
+        they are queued for the controller in order and the answer is positive."""
+        now = now_ms()
+        key = (der, kind, schedule)
+        with self.lock:
+            mirror = self.mirrors.get(key)
+            if mirror is None:
+                return self._refused_locked(Answer.refused("unknown", Refusal.ACCESS_DENIED,
+                                                           f"no schedule {der}/{kind}/{schedule}"))
+            trial = copy.deepcopy(mirror)
+            for w in writes:
+                decision = check(Request(self.party, "write", der, kind, schedule, w.field), trial)
+                if not decision.ok:
+                    return self._refused_locked(Answer.refused(decision.rule, decision.refusal, decision.reason))
+                outcome = trial.write(w.field, w.index, w.value, now)
+                if not outcome.ok:
+                    return self._refused_locked(Answer.refused("value", outcome.refusal, outcome.reason))
+            self.mirrors[key] = trial
+            messages = []
+            for w in writes:
+                seq = next(self.write_seqs)
+                self.pending[key + (w.field, w.index)] = (seq, w.value)
+                messages.append(ScheduleWrite(der, kind, schedule, w.field, w.value, w.index, seq))
+            self.stats["writes"] += len(writes)
+            self.last_request = now
+        for message in messages:
+            self.bridge.post(message)
+        return Answer(True)
+
+    def operate(self, der: str, kind: str, schedule: str, op: str) -> concurrent.futures.Future:
+        """An enable or disable: a future of its Answer, set once the controller made it
+        durable (or refused it).  Cancel the future to give up: the operate is then
+        never applied later."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self.lock:
+            self.last_request = now_ms()
+            mirror = self.mirrors.get((der, kind, schedule))
+            if mirror is None:
+                fut.set_result(self._refused_locked(Answer.refused("unknown", Refusal.ACCESS_DENIED,
+                                                                   f"no schedule {der}/{kind}/{schedule}")))
+                return fut
+            decision = check(Request(self.party, op, der, kind, schedule), mirror)
+            if not decision.ok:
+                fut.set_result(self._refused_locked(Answer.refused(decision.rule, decision.refusal, decision.reason)))
+                return fut
+            request_id = next(self.request_ids)
+            self.waiting[request_id] = (fut, schedule)
+            self.stats["operates"] += 1
+        self.bridge.post(ScheduleOperate(der, kind, schedule, op, request_id))
+        return fut
+
+    def operate_wait(self, der: str, kind: str, schedule: str, op: str,
+                     timeout: float = OPERATE_TIMEOUT_S) -> Answer:
+        """`operate`, waiting for the answer (a thread that may block)."""
+        fut = self.operate(der, kind, schedule, op)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            with self.lock:
+                return self._refused_locked(Answer.refused(
+                    "timeout", Refusal.ACCESS_DENIED, f"controller {der}/{kind} did not answer in {timeout:g} s"))
+
+    def forecast(self, der: str, kind: str, window_ms: int) -> concurrent.futures.Future:
+        """The controller's output over the next `window_ms`: a future of
+        [(ms, value, schedule or None)], first the value in force now."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        request_id = next(self.request_ids)
+        with self.lock:
+            self.forecasts[request_id] = fut
+        self.bridge.post(ForecastRequest(der, kind, request_id, window_ms))
+        return fut
+
+    def view(self, der: str, kind: str, now: int | None = None) -> dict | None:
+        """What a reader sees of one controller now: output, and per schedule its status and
+        settings (with the writes accepted since the controller's last state).  A switch
+        the controller announced for a boundary that has passed is shown as made, so every
+        protocol shows the same state as MMS does at that instant."""
+        now = now_ms() if now is None else now
+        with self.lock:
+            ctl = self.controllers.get((der, kind))
+            if ctl is None:
+                return None
+            statuses, output, at = dict(ctl.statuses), ctl.output, ctl.at
+            then = ctl.then
+            if then is not None and then.at <= now:
+                for name, change in then.schedules.items():
+                    statuses[name] = change["status"]
+                output, at = then.output, then.at
+            schedules = {}
+            for (d, k, name), mirror in self.mirrors.items():
+                if d == der and k == kind:
+                    schedules[name] = {"status": statuses.get(name), "settings": settings_snapshot(mirror)}
+        return {"der": der, "kind": kind, "output": output[0], "source": output[1], "run_start": output[2],
+                "at": at, "schedules": schedules}
+
+    def measurement(self, der: str) -> Measurement | None:
+        with self.lock:
+            return self.measured.get(der)
+
+    def unacked(self, der: str, kind: str, acked: int) -> list[tuple]:
+        """Writes to this controller accepted after its write `acked`: (schedule, field, index, value)."""
+        with self.lock:
+            return [(k[2], k[3], k[4], v[1]) for k, v in self.pending.items() if k[:2] == (der, kind) and v[0] > acked]
+
+    def contact(self) -> None:
+        """A request from a remote actor (counts for "no telecom")."""
+        self.last_request = now_ms()
+
+    def connected(self, up: bool) -> None:
+        """A client connected (True) or went away (False)."""
+        with self.lock:
+            self.clients = max(0, self.clients + (1 if up else -1))
+        self.last_request = now_ms()
+
+    def _refused_locked(self, answer: Answer) -> Answer:
+        self.stats["refused"] += 1
+        log.info("wan endpoint=%s party=%s refused rule=%s: %s", self.name, self.party, answer.rule, answer.reason)
+        return answer
+
+    # -- actor thread -------------------------------------------------------------------------------
+    def on_ready(self, _fds: list[int]) -> None:
+        batches: dict[tuple, list] = {}
+        for message in self.bridge.drain():
+            if isinstance(message, ForecastRequest):
+                self._ask_forecast(message)
+                continue
+            key = (message.der, message.kind)
+            if isinstance(message, ScheduleWrite):
+                batches.setdefault(key, []).append(message)
+                continue
+            self._send(key, batches.pop(key, None))  # writes made before an operate go first
+            message.reply_to = self.actor.myAddress
+            self._send(key, message)
+        for key, writes in batches.items():
+            self._send(key, writes)
+
+    def _ask_forecast(self, request: ForecastRequest) -> None:
+        ctl = self.controllers.get((request.der, request.kind))
+        if ctl is None or ctl.address is None:
+            with self.lock:
+                fut = self.forecasts.pop(request.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result([])
+            return
+        request.reply_to = self.actor.myAddress
+        self.actor.send(ctl.address, request)
+
+    def on_wakeup(self, payload: Any) -> bool:
+        if not isinstance(payload, Wakeup):
+            return False
+        if payload.what == "contact":
+            contact = now_ms() if self.clients > 0 else self.last_request
+            if contact > self._contact_sent:
+                self._contact_sent = contact
+                self.actor.send(self.actor.parent, WanContact(contact, self.name))
+            self.actor.wakeupAfter(CONTACT_TICK_S, Wakeup("contact"))
+            return True
+        if payload.what == "first-states":
+            self._synced()
+            return True
+        return False
+
+    def on_message(self, message: Any) -> bool:
+        if isinstance(message, Measurement):
+            with self.lock:
+                self.measured[message.der] = message
+            if hasattr(self.adapter, "on_measurement"):
+                self.adapter.on_measurement(message)
+            return True
+        if isinstance(message, ControllerState):
+            self._track(message)
+            self._acknowledged((message.der, message.kind), state=message)
+            unacked = self._record(message)
+            self.adapter.on_state(message, unacked)
+            self._first_state((message.der, message.kind))
+            return True
+        if isinstance(message, OperateResult):
+            key = (message.state.der, message.state.kind)
+            self._track(message.state)
+            self._acknowledged(key, state=message.state)
+            self._acknowledged(key, result=message)
+            unacked = self._record(message.state)
+            with self.lock:
+                fut, schedule = self.waiting.pop(message.request_id, (None, ""))
+            if fut is None or not fut.set_running_or_notify_cancel():
+                # a refused enable whose requester is gone, or late: shown like any state
+                self.adapter.on_state(message.state, unacked)
+            else:
+                fut.set_result(answer_of(message, schedule))
+            return True
+        if isinstance(message, ForecastReply):
+            with self.lock:
+                fut = self.forecasts.pop(message.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(message.events)
+            return True
+        return False
+
+    def _first_state(self, key: tuple) -> None:
+        if key in self.awaiting:
+            self.awaiting.discard(key)
+            if not self.awaiting:
+                self._synced()
+
+    def _record(self, state: ControllerState) -> list[tuple]:
+        """Take a controller's state into the views and mirrors (unless a newer one is in);
+        writes it includes are no longer pending, those it does not are kept on top of it.
+        Returns those unacknowledged writes: (schedule, field, index, value)."""
+        key = (state.der, state.kind)
+        acked = state.writes_applied.get(self.name, 0)
+        with self.lock:
+            for k in [k for k, v in self.pending.items() if k[:2] == key and v[0] <= acked]:
+                del self.pending[k]
+            unacked = sorted((v[0], k[2], k[3], k[4], v[1]) for k, v in self.pending.items() if k[:2] == key)
+            ctl = self.controllers.setdefault(key, _Controller())
+            if state.version <= ctl.version:
+                return [u[1:] for u in unacked]
+            ctl.version, ctl.output, ctl.at, ctl.then = state.version, state.output, state.at, state.then
+            for name, change in state.schedules.items():
+                ctl.statuses[name] = change["status"]
+                if change["settings"] is None:
+                    continue
+                mirror = from_snapshot(name, change["status"], change["settings"])
+                for _seq, sched, field_, index, value in unacked:
+                    if sched == name:
+                        mirror.write(field_, index, value, None)
+                self.mirrors[key + (name,)] = mirror
+        return [u[1:] for u in unacked]
+
+    def _send(self, key: tuple, message: Any) -> None:
+        """Queue a request for its controller; it goes out when the one before it has been
+        acknowledged and the controller's address is known (its first state)."""
+        if not message:
+            return
+        if isinstance(message, list):
+            message = ScheduleWrites(key[0], key[1], message, self.name)
+        self.controllers.setdefault(key, _Controller()).outbox.append(message)
+        self._pump(key)
+
+    def _pump(self, key: tuple) -> None:
+        ctl = self.controllers[key]
+        while ctl.address is not None and ctl.in_flight is None and ctl.outbox:
+            message = ctl.outbox.pop(0)
+            if isinstance(message, ScheduleOperate):
+                with self.lock:
+                    waiter = self.waiting.get(message.request_id)
+                if waiter is None or waiter[0].cancelled():  # its client gave up: never apply it later
+                    log.warning("dropping operate %s on %s/%s: its client gave up", message.op, *key)
+                    with self.lock:
+                        self.waiting.pop(message.request_id, None)
+                    continue
+            ctl.in_flight = message
+            self.actor.send(ctl.address, message)
+
+    def _acknowledged(self, key: tuple, state: ControllerState | None = None,
+                      result: OperateResult | None = None) -> None:
+        ctl = self.controllers.get(key)
+        sent = None if ctl is None else ctl.in_flight
+        if sent is None:
+            return
+        if isinstance(sent, ScheduleWrites):
+            done = state is not None and state.writes_applied.get(self.name, 0) >= sent.writes[-1].seq
+        else:
+            done = result is not None and result.request_id == sent.request_id
+        if done:
+            ctl.in_flight = None
+            self._pump(key)
+
+    def _track(self, state: ControllerState) -> None:
+        """Remember where each controller is.  A new incarnation gets, in order: every write
+        it has not acknowledged (one sent to a controller that then died would be lost), the
+        request that was in flight, and the queue."""
+        key = (state.der, state.kind)
+        ctl = self.controllers.setdefault(key, _Controller())
+        # An incarnation is its address and its stamp: controllers hosted in their DER's
+        # process (controller_isolation = "der") keep the DER's address across restarts.
+        if state.address is None or ctl.incarnation == state.version[0] and ctl.address == state.address:
+            return
+        known_before = ctl.address is not None
+        ctl.address, ctl.incarnation = state.address, state.version[0]
+        if known_before:
+            acked = state.writes_applied.get(self.name, 0)
+            with self.lock:
+                resend = sorted((v[0], k[2], k[3], k[4], v[1]) for k, v in self.pending.items()
+                                if k[:2] == key and v[0] > acked)
+            sent, ctl.in_flight = ctl.in_flight, None
+            if isinstance(sent, ScheduleOperate):
+                ctl.outbox.insert(0, sent)
+            if resend:
+                log.warning("re-sending %d unacknowledged writes to the new %s/%s", len(resend), *key)
+                self.stats["resent"] += len(resend)
+                ctl.outbox.insert(0, ScheduleWrites(key[0], key[1], [
+                    ScheduleWrite(key[0], key[1], name, field_, value, index, seq)
+                    for seq, name, field_, index, value in resend], self.name))
+        self._pump(key)
