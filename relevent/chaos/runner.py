@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -56,13 +57,18 @@ class ChaosRun:
         plan.check()
         if not topology.data["runtime"]["allow_fault_injection"]:
             raise ChaosError(f"{topology.path}: [runtime] allow_fault_injection must be true for a chaos run")
-        if not topology.data["wan"] or topology.data["wan"][0]["protocol"] != "mms":
-            raise ChaosError(f"{topology.path}: a chaos run needs an MMS endpoint first in [[wan]]")
+        mms = [ep for ep in topology.data["wan"] if ep["protocol"] == "mms"]
+        if not mms:
+            raise ChaosError(f"{topology.path}: a chaos run writes its schedules over MMS: add a [[wan]] endpoint "
+                             f"with protocol = \"mms\"")
         self.topo, self.plan, self.say = topology, plan, say
         self.data = topology.data
         self.proc: subprocess.Popen | None = None
         self.expected = {der["name"]: self._value_for(der) for der in self.data["der"] if "ActPow" in der["functions"]}
-        self.mms_port = self.data["wan"][0]["port"]
+        self.mms_endpoint = mms[0]
+        self.mms_port = mms[0]["port"]
+        # Every other WAN endpoint that can be read must show the same outputs.
+        self.http_ports = [ep["port"] for ep in self.data["wan"] if ep["protocol"] == "http"]
         self._mms: ScheduleClient | None = None
 
     # -- the run ----------------------------------------------------------------------------------
@@ -143,7 +149,20 @@ class ChaosRun:
             problem = self._device_wrong(sim, by_path.get(sim["name"], {}).get("detail", {}))
             if problem:
                 return problem
-        return self._mms_wrong()
+        return self._mms_wrong() or self._http_wrong()
+
+    def _http_wrong(self) -> str | None:
+        for port in self.http_ports:
+            for der, value in self.expected.items():
+                url = f"http://127.0.0.1:{port}/api/v1/ders/{der}/ActPow"
+                try:
+                    with urllib.request.urlopen(url, timeout=2.0) as reply:
+                        got = json.loads(reply.read()).get("output")
+                except Exception as exc:  # noqa: BLE001 - any client failure means "not right yet"
+                    return f"HTTP {url}: {exc}"
+                if got != value:
+                    return f"HTTP {url}: output {got}, expected {value}"
+        return None
 
     def _device_wrong(self, sim: dict, detail: dict) -> str | None:
         if sim["protocol"] == "sunspec-inverter":
@@ -256,7 +275,7 @@ class ChaosRun:
         return next(d for d in self.data["der"] if d["name"] == name)
 
     def _ld(self, der: dict) -> str:
-        return self.data["wan"][0].get("ied_name", "DER_Scheduler_") + default_ld_inst(der, len(self.data["der"]))
+        return self.mms_endpoint.get("ied_name", "DER_Scheduler_") + default_ld_inst(der, len(self.data["der"]))
 
     def _der_of_inverter(self, sim: dict) -> dict | None:
         for der in self.data["der"]:
