@@ -21,10 +21,11 @@ compiler:
 	@command -v cc >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gcc libc6-dev >/dev/null; }
 
-# Mosquitto is the real MQTT broker the LAN tests talk to (Debian package).
+# Mosquitto is the real MQTT broker the LAN and EMS tests talk to; mosquitto_pub/_sub are
+# the EMS tests' peer (Debian packages).
 mosquitto:
-	@test -x /usr/sbin/mosquitto || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto >/dev/null; }
+	@{ test -x /usr/sbin/mosquitto && command -v mosquitto_pub >/dev/null; } || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; }
 	@test -x /usr/sbin/mosquitto && echo "mosquitto: $$(/usr/sbin/mosquitto -h | head -1)"
 
 test: $(STAMP) mosquitto

@@ -1,10 +1,13 @@
 """The embedded default (`make demo`): topologies/demo.toml runs with nothing installed
 beyond the package (embedded amqtt broker, simulated inverter and battery), several
-side by side through the environment, and a schedule written over MMS moves both devices."""
+side by side through the environment, a schedule written over MMS moves both devices, and
+the same schedules read over HTTP on the same site."""
 from __future__ import annotations
 
 import shutil
 import time
+
+import httpx
 
 from mmsclients import LibIec61850Client
 from sitectl import REPO, Site, free_port
@@ -12,7 +15,8 @@ from sitectl import REPO, Site, free_port
 
 def test_demo_runs_side_by_side_and_obeys_schedules(tmp_path, monkeypatch):
     ports = {"RELEVENT_ADMIN_PORT": free_port(), "RELEVENT_MMS_PORT": free_port(),
-             "RELEVENT_MQTT_PORT": free_port(), "RELEVENT_MODBUS_PORT": free_port()}
+             "RELEVENT_MQTT_PORT": free_port(), "RELEVENT_MODBUS_PORT": free_port(),
+             "RELEVENT_HTTP_PORT": free_port()}
     for key, port in ports.items():
         monkeypatch.setenv(key, str(port))
     state = tmp_path / "state"
@@ -44,6 +48,10 @@ def test_demo_runs_side_by_side_and_obeys_schedules(tmp_path, monkeypatch):
         assert battery["w"] == 1500.0, battery
         assert inverter["output_w"] == 2500.0 and inverter["wmaxlimpct"] == 25.0, inverter  # ramped at 2 kW/s
         assert measured == 2500.0  # read back over Modbus (model 103 W) by the endpoint
+        api = f"http://127.0.0.1:{ports['RELEVENT_HTTP_PORT']}/api/v1/ders"
+        got = httpx.get(f"{api}/pv1/MaxPow/schedules/1", timeout=10).json()
+        assert (got["values"], got["priority"], got["state"]) == ([2500.0], 30, "RUNNING")
+        assert httpx.get(f"{api}/bat1/ActPow", timeout=10).json()["output"] == 1500.0
     finally:
         mms.close()
         site.stop()
