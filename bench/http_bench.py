@@ -1,0 +1,129 @@
+"""HTTP/JSON WAN endpoint: enable -> DER command latency, and requests per second with
+many concurrent clients.
+
+    .venv/bin/python bench/http_bench.py --enables 50 --clients 50 --seconds 10 --json bench/results-http.json
+
+The site (tests/lanctl.py's topology plus an HTTP endpoint) runs in its own processes; a
+real Mosquitto carries the battery's pivot commands, and a gmqtt subscriber in this
+process timestamps them.
+
+* enable -> command: PUT a one-entry schedule (a distinct value, starting 250 ms later),
+  wait for its start, then POST /enable; the enable makes it Running at once and the
+  controller's output reaches the DER, the LAN endpoint and the broker.  Latency = the
+  subscriber's receive time minus the time the POST was sent.
+* throughput: `--clients` concurrent httpx clients (one asyncio loop in this process, so
+  the figure includes the clients' own CPU on a 2-core machine) GET a controller and a
+  schedule in turn for `--seconds`; requests per second and latency percentiles.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from lanctl import Blackhole, Mosquitto, MqttWatcher, lan_topology  # noqa: E402
+from sitectl import Site, free_port  # noqa: E402
+from switch_bench import summary  # noqa: E402
+
+from relevent.clock import now_ms  # noqa: E402
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def enable_to_command(api: str, watcher: MqttWatcher, count: int) -> tuple[list, list]:
+    latencies, answers = [], []
+    client = httpx.Client(timeout=10)
+    sched = f"{api}/ders/bat1/ActPow/schedules/1"
+    for i in range(count):
+        value = -1000.0 - 13 * i
+        client.post(f"{sched}/disable").raise_for_status()
+        start = now_ms() + 250
+        r = client.put(sched, json={"values": [value], "interval_s": 3600, "priority": 30, "start": iso(start)})
+        r.raise_for_status()
+        time.sleep(max(0.0, (start + 20 - now_ms()) / 1000))
+        sent = time.time_ns()
+        client.post(f"{sched}/enable").raise_for_status()
+        answers.append((time.time_ns() - sent) / 1e6)
+        deadline = time.monotonic() + 5.0
+        while not (got := [t for t, v in watcher.commands("bat1.ActPow") if v == value and t >= sent]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no command {value} within 5 s of the enable")
+            time.sleep(0.001)
+        latencies.append((got[0] - sent) / 1e6)
+    client.close()
+    return latencies, answers
+
+
+async def throughput(api: str, clients: int, seconds: float) -> dict:
+    urls = [f"{api}/ders/bat1/ActPow", f"{api}/ders/bat1/ActPow/schedules/1"]
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+
+    async def one(client: httpx.AsyncClient, k: int) -> None:
+        nonlocal errors
+        i = k
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            r = await client.get(urls[i % 2])
+            latencies.append((time.perf_counter() - t0) * 1000)
+            errors += r.status_code != 200
+            i += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+        began = time.monotonic()
+        await asyncio.gather(*(one(client, k) for k in range(clients)))
+        elapsed = time.monotonic() - began
+    return {"clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies), "errors": errors,
+            "requests_per_s": round(len(latencies) / elapsed, 1), "latency_ms": summary(latencies)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--enables", type=int, default=50)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp:
+        tmp = Path(tmp)
+        ports = {k: free_port() for k in ("admin", "mms", "mqtt", "modbus", "http")}
+        broker = Mosquitto(ports["mqtt"], tmp).start()
+        hole = Blackhole()
+        topo = tmp / "site.toml"
+        topo.write_text(lan_topology(tmp / "state", ports["admin"], ports["mms"], ports["mqtt"], ports["modbus"],
+                                     hole.port, tmp / "writes.jsonl").replace('log_level = "INFO"', "")
+                        + f'\n[[wan]]\nname = "http"\nprotocol = "http"\nport = {ports["http"]}\n')
+        site = Site(topo, tmp / "state").start(timeout=60)
+        api = f"http://127.0.0.1:{ports['http']}/api/v1"
+        try:
+            watcher = MqttWatcher(ports["mqtt"], ["fledge/south-command"])
+            latencies, answers = enable_to_command(api, watcher, args.enables)
+            watcher.close()
+            load = asyncio.run(throughput(api, args.clients, args.seconds))
+        finally:
+            site.stop()
+            site.kill_everything()
+            broker.stop()
+            hole.close()
+    result = {"enables": args.enables, "enable_to_mqtt_command_ms": summary(latencies),
+              "enable_answer_ms": summary(answers), "throughput": load}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
