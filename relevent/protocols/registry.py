@@ -8,7 +8,9 @@ this build yet, and the endpoint actor reports that state instead of pretending.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
+from relevent.protocols.modbus.address import parse_device_address
 from relevent.topology.schema import NUMBER, Field, nice_check, non_negative, port_check, positive
 
 
@@ -20,6 +22,40 @@ class ProtocolSpec:
     keys: dict
     adapter: str | None
     doc: str
+    # Checks beyond the keys, run by `relevent check` (and so by every load): each returns
+    # [(topology key, message)].  check_der(der, lan endpoint) for a DER this LAN protocol
+    # drives; check_site(endpoint, whole topology) for a WAN endpoint.
+    check_der: Callable[[dict, dict], list] | None = None
+    check_site: Callable[[dict, dict], list] | None = None
+
+
+def _modbus_der(der: dict, lan: dict) -> list:
+    out = []
+    try:
+        parse_device_address(der["address"], lan["host"], lan["port"])
+    except ValueError as exc:
+        out.append(("address", str(exc)))
+    if der["profile"] not in ("sunspec", "registers"):
+        out.append(("profile", f"profile {der['profile']!r} on a Modbus endpoint: use sunspec or registers"))
+    elif der["profile"] == "registers" and "setpoint" not in der["registers"]:
+        out.append(("registers", "profile registers needs at least registers.setpoint"))
+    return out
+
+
+def _ems_site(ep: dict, data: dict) -> list:
+    """The EMS's DER, function and schedule must exist."""
+    ders = {d["name"]: d for d in data["der"] if isinstance(d.get("name"), str)}
+    name = ep.get("der") or next(iter(ders), "")
+    der = ders.get(name)
+    if der is None:
+        return [("der", f"DER {name!r} does not exist (known: {', '.join(ders) or 'none defined'})")]
+    out = []
+    if ep.get("function") not in der["functions"]:
+        out.append(("function", f"{ep.get('function')!r} is not one of {name}'s functions "
+                                f"({', '.join(der['functions'])})"))
+    if isinstance(ep.get("schedule"), int) and ep["schedule"] > der["schedules"]:
+        out.append(("schedule", f"schedule {ep['schedule']} but {name} has {der['schedules']} per function"))
+    return out
 
 
 # Every WAN endpoint speaks for one party: the control session checks each request with it.
@@ -75,7 +111,8 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "reconnect_delay": Field(NUMBER, default=1.0, check=positive, doc="seconds between reconnects"),
             },
             "relevent.protocols.mqtt_ems.endpoint.MqttEmsEndpoint",
-            "schedule requests from a local EMS over MQTT (ReLevENT HEDERA format, watts; docs/mqtt-ems.md)"),
+            "schedule requests from a local EMS over MQTT (ReLevENT HEDERA format, watts; docs/mqtt-ems.md)",
+            check_site=_ems_site),
         ProtocolSpec(
             "mqtt", "lan", False,
             {
@@ -109,7 +146,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "backoff_max": Field(NUMBER, default=5.0, check=positive, doc="seconds, reconnect backoff cap"),
             },
             "relevent.protocols.modbus.endpoint.ModbusEndpoint",
-            "Modbus TCP client, SunSpec or plain register devices"),
+            "Modbus TCP client, SunSpec or plain register devices", check_der=_modbus_der),
         # Simulated devices, started by the site like endpoints (tests, demos, commissioning).
         ProtocolSpec(
             "sunspec-inverter", "simulator", True,

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from relevent.problems import Problem, ProblemsError
-from relevent.protocols.modbus.address import parse_device_address
 from relevent.protocols.registry import PROTOCOLS, listen_address
 from relevent.topology import schema
 from relevent.topology.locate import LineIndex
@@ -208,16 +207,10 @@ class _Validator:
                 known = ", ".join(sorted(lan_names)) or "none defined"
                 self.problem(("der", i, "lan"), f"LAN endpoint {der['lan']!r} does not exist (known: {known})")
             lan = next((e for e in data["lan"] if e["name"] == der["lan"]), None)
-            if lan is not None and lan["protocol"] == "modbus":
-                try:
-                    parse_device_address(der["address"], lan["host"], lan["port"])
-                except ValueError as exc:
-                    self.problem(("der", i, "address"), str(exc))
-                if der["profile"] not in ("sunspec", "registers"):
-                    self.problem(("der", i, "profile"), f"profile {der['profile']!r} on a Modbus endpoint: "
-                                                        "use sunspec or registers")
-                elif der["profile"] == "registers" and "setpoint" not in der["registers"]:
-                    self.problem(("der", i, "registers"), "profile registers needs at least registers.setpoint")
+            spec = PROTOCOLS.get(lan["protocol"]) if lan is not None else None
+            if spec is not None and spec.check_der is not None:  # what this LAN protocol needs of a DER
+                for key, message in spec.check_der(der, lan):
+                    self.problem(("der", i, key), message)
             for j, local in enumerate(der["local"]):
                 if isinstance(local, dict) and local.get("function") not in der["functions"]:
                     self.problem(("der", i, "local"), f"local[{j}].function: {local.get('function')!r} is not one "
@@ -229,6 +222,11 @@ class _Validator:
             if lan is not None and not der["rated_power_w"] > 0:
                 self.problem(("der", i, "rated_power_w"), "a DER driven over a LAN endpoint needs rated_power_w > 0 "
                                                           "(the device set-point is bounded by it)")
+        for i, ep in enumerate(data["wan"]):  # what a WAN protocol needs of the site
+            spec = PROTOCOLS.get(ep.get("protocol"))
+            if spec is not None and spec.check_site is not None:
+                for key, message in spec.check_site(ep, data):
+                    self.problem(("wan", i, key), message)
         ports: dict[int, tuple] = {}
         admin = data["runtime"]["admin_port"]
         for section in ("simulator", "wan", "lan"):
