@@ -26,6 +26,7 @@ from lanctl import (  # noqa: E402
 )
 from relevent.clock import now_ms
 from relevent.protocols.mms.client import ScheduleClient, Target  # noqa: E402
+from relevent.runtime.status import walk  # noqa: E402
 from relevent.simulators.sunspec_inverter import SunSpecInverter  # noqa: E402
 from sitectl import Site, free_port  # noqa: E402
 
@@ -96,7 +97,7 @@ def main() -> int:
                     break
                 time.sleep(0.01)
             result["modbus_device_back_to_limit_written_ms"] = round(writes[0]["t_ns"] / 1e6 - back_ms, 1)
-            result["site_restarts_during_outages"] = sum(n["restarts"] for n in _walk(site.tree()))
+            result["site_restarts_during_outages"] = sum(n["restarts"] for n in walk(site.tree()))
         finally:
             site.stop()
             site.kill_everything()
@@ -107,12 +108,6 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
-
-
-def _walk(node: dict):
-    yield node
-    for child in node.get("children") or []:
-        yield from _walk(child)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from relevent.runtime.control import SiteNotRunning, request
+from relevent.runtime.status import walk_depths
 from relevent.topology import Topology, TopologyError, load_topology
 
 
@@ -89,7 +90,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0 if reply.get("ok") else 1
     print(f"{'ACTOR':<32} {'ROLE':<10} {'PID':>7} {'STATE':<10} {'RESTARTS':>8} {'UPTIME':>9}  "
           f"{'DETAIL':<34} LAST ERROR")
-    for depth, node in walk(reply["tree"]):
+    for depth, node in walk_depths(reply["tree"]):
         name = "  " * depth + (node["name"])
         uptime = f"{node['uptime_s']:.1f}s" if node.get("uptime_s") is not None else "-"
         print(f"{name:<32} {node['role']:<10} {node['pid'] or '-':>7} {node['state']:<10} "
@@ -119,12 +120,6 @@ def short_detail(node: dict) -> str:
         return d.get("serving") or d.get("listen") or (
             f"{d.get('protocol')}: adapter not in this build" if "adapter" in d else str(d.get("protocol", "")))
     return ""
-
-
-def walk(node: dict, depth: int = 0):
-    yield depth, node
-    for child in node.get("children") or []:
-        yield from walk(child, depth + 1)
 
 
 def cmd_endpoint(args: argparse.Namespace) -> int:

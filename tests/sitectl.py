@@ -13,6 +13,7 @@ from pathlib import Path
 
 from relevent.runtime.control import SiteNotRunning, request
 from relevent.runtime.runner import group_processes
+from relevent.runtime.status import walk  # tests and benches import it from here too
 from relevent.clock import now_ms
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,12 +194,6 @@ class Site:
                 pass
             time.sleep(0.02)
         raise AssertionError(f"{path} did not reach the expected state in {timeout} s; last: {last}")
-
-
-def walk(node: dict):
-    yield node
-    for child in node.get("children") or []:
-        yield from walk(child)
 
 
 def alive(pid: int) -> bool:

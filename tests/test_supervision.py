@@ -1,13 +1,17 @@
 """Supervision in real multiprocTCPBase sites: every fault of a leaf leads to a restart of
-that leaf alone, within a second; repeated failures escalate."""
+that leaf alone, within a second; repeated failures escalate; group strategies stop
+siblings in reverse start order and start them again in start order; a child that does
+not stop when asked is killed after the stop timeout."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
 import pytest
 
+from relevent.actors.restart_policy import STOP_TIMEOUT_S
 from sitectl import alive, walk
 
 LEAF = "der1/ActPow"  # a controller: it owns its schedules, it supervises nothing
@@ -155,3 +159,47 @@ def test_corrupt_state_fails_loudly_with_the_file_name(make_site):
     node = site.wait_for(LEAF, lambda n: "unreadable" in n["last_error"])
     assert str(record) in node["last_error"]
     assert record.read_bytes() != b"" and len(record.read_bytes()) == 7, "the corrupt file must not be replaced"
+
+
+def der_log(site, der_pid: int, pattern: str) -> list[str]:
+    """The first group of `pattern` in each line the DER process (pid) logged, in order."""
+    lines = (site.state_dir / "relevent.log").read_text().splitlines()
+    return [m.group(1) for line in lines if f" pid={der_pid} " in line and (m := re.search(pattern, line))]
+
+
+def test_one_for_all_restarts_every_sibling_when_one_is_killed(make_site):
+    functions = ("ActPow", "MaxPow", "OnOff")  # the DER's children, in start order
+    site = make_site(functions=functions, supervision="[supervision.der]\nstrategy = \"one_for_all\"\n")
+    before = site.pids()
+    os.kill(before["der1/MaxPow"], signal.SIGKILL)
+    restarted(site, "der1/MaxPow", before["der1/MaxPow"])
+    tree = site.wait_running()
+    nodes = {n["path"]: n for n in walk(tree)}
+    for kind in functions:
+        path = f"der1/{kind}"
+        assert nodes[path]["pid"] != before[path], f"{path} kept its pid under one_for_all"
+        assert not alive(before[path])
+        assert nodes[path]["restarts"] == 1
+    assert nodes["der1"]["pid"] == before["der1"] and nodes["mms"]["pid"] == before["mms"]
+    # The siblings went in reverse start order, then all came back in start order.
+    assert der_log(site, before["der1"], r"stopped child=(\w+) ") == ["OnOff", "ActPow"]
+    assert der_log(site, before["der1"], r"start child=der1/(\w+) .*incarnation=1\b") == list(functions)
+
+
+def test_a_hung_child_is_killed_after_the_stop_timeout_when_its_supervisor_stops_it(make_site):
+    # A heartbeat timeout of 30 s: here only the stop timeout can find the hang.
+    site = make_site(supervision="[supervision.der]\nstrategy = \"one_for_all\"\nheartbeat_timeout = 30.0\n")
+    before = site.pids()
+    hung, killed = "der1/ActPow", "der1/OnOff"
+    site.fault(hung, "hang")
+    time.sleep(0.2)  # let the fault reach it
+    t0 = time.time()
+    os.kill(before[killed], signal.SIGKILL)  # one_for_all: the DER stops the hung ActPow
+    node = restarted(site, hung, before[hung], timeout=STOP_TIMEOUT_S + 5)
+    assert f"did not stop within {STOP_TIMEOUT_S:g} s" in node["last_error"]
+    assert not alive(before[hung])
+    assert node["ready_at"] - t0 >= STOP_TIMEOUT_S
+    # The group started again only once the hung child was gone.
+    other = restarted(site, killed, before[killed])
+    assert other["ready_at"] - t0 >= STOP_TIMEOUT_S
+    assert node["ready_at"] - t0 < STOP_TIMEOUT_S + 2.0, "killed long after the stop timeout"

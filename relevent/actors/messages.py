@@ -55,6 +55,13 @@ class Pong:
 
 
 @dataclass
+class Shutdown:
+    """Sent to a supervisor in place of ActorExitRequest: stop your children in reverse start
+    order, each within STOP_TIMEOUT_S (relevent/actors/restart_policy.py), then exit.
+    (ActorExitRequest makes thespian stop them all at once and wait with no timeout.)"""
+
+
+@dataclass
 class Failed:
     """A child tells its supervisor why it is about to exit (let it crash)."""
     name: str

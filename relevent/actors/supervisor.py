@@ -1,14 +1,20 @@
 """OTP-style supervision for thespian actors.
 
-A `Supervisor` owns an ordered list of children (`ChildSpec`) and keeps them alive:
+A `Supervisor` owns an ordered list of children (`ChildSpec`) and keeps them alive.  The
+list order is the start order: a child may depend on the children before it.  What to do
+about a failure or a stop is decided by the pure functions of
+`relevent.actors.restart_policy` (strategies one_for_one, rest_for_one, one_for_all;
+restart intensity and escalation; backoff; reverse start order for stops; the stop
+timeout); this module carries the decisions out:
 
-* strategies: ``one_for_one`` (restart the failed child), ``rest_for_one`` (and every
-  child after it, for children that depend on earlier ones), ``one_for_all``;
-* restart intensity: more than ``max_restarts`` failures within ``period`` seconds and
-  the supervisor gives up: it stops its children, tells its own supervisor why
-  (`Failed`) and exits, so the failure escalates one level up;
-* backoff: the first restart of a child within the period is immediate, later ones wait
-  ``backoff_initial * 2**(k-1)`` seconds, capped at ``backoff_max``;
+* a group restart (rest_for_one, one_for_all) stops the group's running children one at a
+  time in reverse start order, then starts the whole group again in start order;
+* a supervisor that escalates, or is sent `Shutdown`, stops all its children the same way
+  and then exits.  ActorExitRequest instead makes thespian stop them all at once, with no
+  timeout: it is what a leaf gets, and what a supervisor gets only as a last resort;
+* a child asked to stop and not gone after STOP_TIMEOUT_S is SIGKILLed by its pid (from
+  `Hello`); a supervisor child, which stops its own children first, gets as long as it
+  keeps answering heartbeats;
 * heartbeat: every ``heartbeat_interval`` each child gets a `Ping`; a child that has not
   answered for ``heartbeat_timeout`` (e.g. blocked in C) is SIGKILLed and restarted;
 * configuration is re-sent on every restart (`Configure`), and `Reconfigure` applies a
@@ -20,7 +26,6 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +35,22 @@ from relevent.actors.base import ReleventActor
 from relevent.actors.hosted import Host
 from relevent.actors.messages import (
     Configure, FaultAck, Failed, ForecastReply, Hello, InjectFault, Ping, Pong, Ready, Reconfigure, Reconfigured,
-    StatusReply, StatusRequest, Wakeup,
+    Shutdown, StatusReply, StatusRequest, Wakeup,
+)
+from relevent.actors.restart_policy import (
+    STOP_TIMEOUT_S, Escalate, History, Restart, RestartPolicy, merge, on_failure, stop_order, stop_overdue,
 )
 
 log = logging.getLogger("relevent.supervisor")
 
 STATUS_TIMEOUT = 1.0
+
+# Asked to exit; the state says what the exit means: stopping = for a group restart or for
+# the supervisor's own stop (the child waits in "stopped"), restarting = for a changed
+# configuration (started again at once), removing = gone from the topology (forgotten).
+STOPPING = ("stopping", "restarting", "removing")
+
+
 
 
 @dataclass(frozen=True)
@@ -52,8 +67,8 @@ class Child:
     spec: ChildSpec
     address: Any = None
     pid: int | None = None
-    # starting | running | backoff | restarting (stopped for a group restart or a config
-    # change, started again when it exits) | removing | killing
+    # new | starting | running | backoff (waits for its restart, alone or with its group) |
+    # one of STOPPING | stopped (exited, waits for its group) | killing (as hung: a failure)
     state: str = "new"
     restarts: int = 0
     generation: int = 0
@@ -63,7 +78,7 @@ class Child:
     ping_sent: float | None = None   # monotonic time of the oldest unanswered Ping
     last_error: str = ""
     reason: str = ""    # why the current incarnation is failing (Failed or heartbeat kill)
-    history: deque = field(default_factory=deque)   # monotonic times of this child's restarts
+    stop_asked: float | None = None  # monotonic time it was asked to exit (STOPPING states)
     sticky_fault: str = ""
     detail: dict = field(default_factory=dict)
 
@@ -75,11 +90,14 @@ class Supervisor(Host, ReleventActor):
         super().__init__()
         self.init_host()
         self.children: list[Child] = []
-        self._failures: deque = deque()      # monotonic times of failures, for intensity
+        self._history = History()            # failures and restarts, for restart_policy
+        self._group: Restart | None = None   # a group restart in progress
+        self._group_key = 0                  # the group a Wakeup("group") must name to start it
+        self._closing: str | None = None     # why we stop every child before we exit
+        self._exit_sent = False
         self._ping_seq = 0
         self._status_jobs: dict[int, dict] = {}
         self._next_request = 1
-        self._escalated = False
         self._reply_origins: dict[int, Any] = {}  # request id -> who asked (see reply_via_self)
 
     # -- to be provided by each supervisor ---------------------------------------------
@@ -115,6 +133,10 @@ class Supervisor(Host, ReleventActor):
     def policy(self) -> dict:
         return self.site["supervision"][self.level]
 
+    @property
+    def restart_policy(self) -> RestartPolicy:
+        return RestartPolicy.from_settings(self.policy)
+
     def on_configure(self) -> None:
         self._apply_specs(self.child_specs())
         self.wakeupAfter(self.policy["heartbeat_interval"], Wakeup("tick"))
@@ -139,19 +161,29 @@ class Supervisor(Host, ReleventActor):
             self._reconfigure(message, sender)
         elif isinstance(message, Reconfigured):
             pass  # a child supervisor applied its part; the diff was already reported
+        elif isinstance(message, Shutdown):
+            self._close("asked to stop")
         else:
             super().on_message(message, sender)
 
     def on_wakeup(self, payload: Any) -> None:
-        if not isinstance(payload, Wakeup) or self._escalated:
+        if not isinstance(payload, Wakeup):
             return
         if payload.what == "tick":
+            # Also while closing: the stop timeout is checked here, and the site supervisor's
+            # heartbeat to the runner goes with it (SiteSupervisor.on_wakeup).
             self._heartbeat()
             self.wakeupAfter(self.policy["heartbeat_interval"], Wakeup("tick"))
+        elif self._closing is not None:
+            return
         elif payload.what == "restart":
             child = self._by_name(payload.key)
-            if child and child.state == "backoff" and child.generation == payload.generation:
+            in_group = self._group is not None and payload.key in self._group.start
+            if child and child.state == "backoff" and child.generation == payload.generation and not in_group:
                 self._start(child)
+        elif payload.what == "group":
+            if self._group is not None and payload.key == self._group_key:
+                self._start_group()
         elif payload.what == "status-timeout":
             self._status_finish(payload.key)
 
@@ -181,7 +213,7 @@ class Supervisor(Host, ReleventActor):
             child.address = self.host_actor(child.spec.actor, child.spec.name, child.generation)
         else:
             child.address = self.createActor(child.spec.actor)
-        child.pid = None
+        child.pid, child.stop_asked = None, None
         child.state = "starting"
         child.started_wall = time.time()
         child.started_mono = time.monotonic()
@@ -197,12 +229,14 @@ class Supervisor(Host, ReleventActor):
         log.info("start child=%s role=%s incarnation=%d", path, child.spec.role, child.restarts)
 
     def _stop(self, child: Child, then: str) -> None:
-        """Ask a child to exit; `then` is the state that decides what its exit means."""
+        """Ask a child to exit; `then` (one of STOPPING) is the state that decides what its
+        exit means.  A supervisor child gets `Shutdown`, to stop its own children in order."""
         child.state = then
-        if child.address is not None:
-            self.send(child.address, ActorExitRequest())
-        else:
+        if child.address is None:
             self._after_exit(child)
+            return
+        child.stop_asked = time.monotonic()
+        self.send(child.address, Shutdown() if child.spec.supervisor else ActorExitRequest())
 
     def _child_report(self, msg: Any, sender: Any) -> None:
         child = self._by_address(sender)
@@ -224,48 +258,75 @@ class Supervisor(Host, ReleventActor):
     def _child_exited(self, address: Any) -> None:
         child = self._by_address(address)
         if child is None or self.stopping:
-            return  # while we stop, thespian takes our children down with us
+            return  # while thespian stops us (ActorExitRequest), it takes our children down with us
         child.address, child.pid = None, None
+        if child.stop_asked is not None:
+            log.info("stopped child=%s in %.3f s", child.spec.name, time.monotonic() - child.stop_asked)
+            child.stop_asked = None
         self._after_exit(child)
+        self._advance()
 
     def _after_exit(self, child: Child) -> None:
+        in_group = self._group is not None and child.spec.name in self._group.start
         if child.state == "removing":
             self.children.remove(child)
+            self._history = self._history.forget(child.spec.name)
             log.info("removed child=%s", child.spec.name)
+        elif self._closing is not None or child.state == "stopping" or (child.state == "restarting" and in_group):
+            child.state = "stopped"
         elif child.state == "restarting":
             self._start(child)
-        elif not self._escalated:
+        else:
             child.last_error = child.reason or "process exited unexpectedly (killed or crashed)"
             log.warning("child exited child=%s state=%s error=%s", child.spec.name, child.state, child.last_error)
             self._failed(child)
 
+    def _advance(self) -> None:
+        """Take the next step of a shutdown or a group restart, if one is in progress."""
+        if self._closing is not None:
+            self._advance_close()
+        elif self._group is not None:
+            self._advance_group()
+
+    def _names(self) -> list[str]:
+        """The children's names in start order, without those being removed."""
+        return [c.spec.name for c in self.children if c.state != "removing"]
+
+    def _stop_next(self, members: list[Child]) -> bool:
+        """Stop the next of `members` still alive in reverse start order, one at a time: none
+        while one of them is already on its way out.  False once none of them is alive."""
+        alive = [c for c in members if c.address is not None]
+        if not alive:
+            return False
+        if not any(c.state in STOPPING or c.state == "killing" for c in alive):
+            by_name = {c.spec.name: c for c in alive}
+            first = stop_order([c.spec.name for c in self.children], by_name)[0]
+            self._stop(by_name[first], "stopping")
+        return True
+
+    # -- failures and group restarts ---------------------------------------------------------
     def _failed(self, child: Child) -> None:
-        now = time.monotonic()
-        period = self.policy["period"]
-        self._failures.append(now)
-        while self._failures and now - self._failures[0] > period:
-            self._failures.popleft()
-        if len(self._failures) > self.policy["max_restarts"]:
-            self._escalate(f"{len(self._failures)} restarts within {period:g} s "
-                           f"(max {self.policy['max_restarts']}); last: {child.spec.name}: {child.last_error}")
+        """Carry out restart_policy's decision; a group restart goes on in _advance_group,
+        which the caller (_child_exited) runs next."""
+        alive = {c.spec.name for c in self.children if c.address is not None}
+        decision, self._history = on_failure(self.restart_policy, self._history, self._names(), child.spec.name,
+                                             time.monotonic(), alive, child.last_error)
+        if isinstance(decision, Escalate):
+            self._escalate(decision.reason)
             return
-        strategy = self.policy["strategy"]
-        index = self.children.index(child)
-        if strategy == "one_for_all":
-            group = [c for c in self.children if c is not child]
-        elif strategy == "rest_for_one":
-            group = self.children[index + 1:]
+        if self._group is not None:
+            self._group = merge(self._group, decision, self._names())
+        elif decision.stop or len(decision.start) > 1:
+            self._group = decision
         else:
-            group = []
-        for sibling in group:
-            if sibling.state in ("starting", "running", "killing"):
-                sibling.restarts += 1
-                self._stop(sibling, "restarting")
-        while child.history and now - child.history[0] > period:
-            child.history.popleft()
-        k = len(child.history)
-        delay = 0.0 if k == 0 else min(self.policy["backoff_initial"] * 2 ** (k - 1), self.policy["backoff_max"])
-        child.history.append(now)
+            self._restart_alone(child, decision.delay_s)
+            return
+        self._group_key += 1  # a new or bigger group: a Wakeup("group") for the old one is void
+        log.info("group restart supervisor=%s failed=%s stop=%s then start=%s delay=%.3fs",
+                 self.path or self.name, decision.failed, ",".join(self._group.stop),
+                 ",".join(self._group.start), self._group.delay_s)
+
+    def _restart_alone(self, child: Child, delay: float) -> None:
         child.restarts += 1
         if delay <= 0:
             self._start(child)
@@ -274,39 +335,95 @@ class Supervisor(Host, ReleventActor):
             log.info("backoff child=%s delay=%.3fs", child.spec.name, delay)
             self.wakeupAfter(delay, Wakeup("restart", child.spec.name, child.generation))
 
+    def _advance_group(self) -> None:
+        group = self._group
+        members = [c for c in self.children if c.spec.name in group.start and c.state != "removing"]
+        if self._stop_next(members):
+            return
+        for child in members:
+            child.state = "backoff"
+        if group.delay_s <= 0:
+            self._start_group()
+        else:
+            log.info("backoff group=%s delay=%.3fs", ",".join(group.start), group.delay_s)
+            self.wakeupAfter(group.delay_s, Wakeup("group", self._group_key))
+
+    def _start_group(self) -> None:
+        group, self._group = self._group, None
+        for child in self.children:  # in start order
+            if child.spec.name in group.start and child.state == "backoff":
+                child.restarts += 1
+                self._start(child)
+
+    # -- stopping ourselves ----------------------------------------------------------------
     def _escalate(self, reason: str) -> None:
-        self._escalated = True
         log.error("escalate supervisor=%s reason=%s", self.path or self.name, reason)
         if self.parent is not None:
             self.send(self.parent, Failed(self.name, f"escalated: {reason}"))
-        self.send(self.myAddress, ActorExitRequest())  # thespian stops our children with us
+        self._close(f"escalated: {reason}")
 
-    # -- heartbeat -------------------------------------------------------------------------
+    def _close(self, reason: str) -> None:
+        """Stop every child in reverse start order, then exit."""
+        if self._closing is not None:
+            return
+        log.info("stopping supervisor=%s children=%d reason=%s", self.path or self.name,
+                 sum(1 for c in self.children if c.address is not None), reason)
+        self._closing = reason
+        self._group = None
+        for child in self.children:
+            if child.address is None:
+                child.state = "stopped"
+        self._advance_close()
+
+    def _advance_close(self) -> None:
+        if self._stop_next(self.children) or self._exit_sent:
+            return
+        self._exit_sent = True
+        self.send(self.myAddress, ActorExitRequest())  # no child left: thespian exits at once
+
+    # -- heartbeat and stop timeout --------------------------------------------------------
     def _heartbeat(self) -> None:
         now = time.monotonic()
         self._ping_seq += 1
+        timeout = self.policy["heartbeat_timeout"]
         for child in self.children:
-            if child.state == "running":
+            if child.address is None:
+                continue
+            stopping = child.state in STOPPING
+            if child.state == "running" or (stopping and child.spec.supervisor):
                 if child.ping_sent is None:
                     child.ping_sent = now
                     self.send(child.address, Ping(self._ping_seq))
-                elif now - child.ping_sent > self.policy["heartbeat_timeout"]:
+                elif not stopping and now - child.ping_sent > timeout:
                     self._kill(child, f"hung: no heartbeat reply for {now - child.ping_sent:.2f} s")
             elif child.state == "starting" and now - child.started_mono > self.policy["startup_timeout"]:
                 self._kill(child, f"hung: not ready {self.policy['startup_timeout']:g} s after start")
+            if stopping and child.stop_asked is not None:
+                silent = 0.0 if child.ping_sent is None else now - child.ping_sent
+                if stop_overdue(now - child.stop_asked, silent, child.spec.supervisor, timeout):
+                    child.stop_asked = None  # one kill
+                    reason = f"did not stop within {STOP_TIMEOUT_S:g} s of the request: killed"
+                    log.error("kill child=%s pid=%s reason=%s", child.spec.name, child.pid, reason)
+                    child.reason = child.last_error = reason
+                    self._sigkill(child)  # the state stays: it still says what the exit means
 
     def _kill(self, child: Child, reason: str) -> None:
         log.error("kill child=%s pid=%s reason=%s", child.spec.name, child.pid, reason)
         child.reason = child.last_error = reason
         child.state = "killing"
-        if self.is_hosted(child.address):
-            self.send(child.address, ActorExitRequest())  # it shares our process: never kill -9 it
+        self._sigkill(child)
+
+    def _sigkill(self, child: Child) -> None:
+        if self.is_hosted(child.address) or child.pid == os.getpid():
+            # It shares our process (hosted, or simpleSystemBase): never kill -9 it.
+            self.send(child.address, ActorExitRequest())
         elif child.pid:
             try:
                 os.kill(child.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         elif child.address is not None:
+            log.error("child=%s has not said Hello: no pid to kill", child.spec.name)
             self.send(child.address, ActorExitRequest())
 
     # -- hot changes -----------------------------------------------------------------------
@@ -345,9 +462,14 @@ class Supervisor(Host, ReleventActor):
         for child in ordered:
             if child.state == "new":
                 self._start(child)
+        self._advance()  # a removed child may have been the last one a group was waiting for
         return changes
 
     def _reconfigure(self, msg: Reconfigure, sender: Any) -> None:
+        if self._closing is not None:
+            self.send(sender, Reconfigured(msg.request_id, {"added": [], "removed": [], "restarted": [],
+                                                            "reconfigured": []}))
+            return  # stopping: nothing to start any more
         site_changed = msg.site != self.site
         self.config, self.site = msg.config, msg.site
         changes = self._apply_specs(self.child_specs(), site_changed)
@@ -386,7 +508,7 @@ class Supervisor(Host, ReleventActor):
     # -- status --------------------------------------------------------------------------
     def node(self, child: Child) -> dict:
         prefix = f"{self.path}/" if self.path else ""
-        alive = child.state in ("starting", "running", "killing")
+        alive = child.address is not None
         return {
             "name": child.spec.name,
             "path": prefix + child.spec.name,

@@ -30,6 +30,7 @@ from relevent.devices import sunspec
 from relevent.protocols.mms.client import ScheduleClient, Target
 from relevent.protocols.modbus.address import parse_device_address
 from relevent.runtime.control import SiteNotRunning, request
+from relevent.runtime.status import walk as _walk
 from relevent.scl.generate import default_ld_inst
 from relevent.simulators.sunspec_inverter import SF as SIMULATOR_SF
 from relevent.topology import Topology
@@ -43,13 +44,6 @@ VOLATILE = ("SchdEntr", "Val.q", "ActStrTm.q", "NxtStrTm.q")  # may differ betwe
 
 class ChaosError(Exception):
     pass
-
-
-
-def _walk(node: dict):
-    yield node
-    for child in node.get("children") or []:
-        yield from _walk(child)
 
 
 class ChaosRun:

@@ -1,9 +1,11 @@
 """`relevent run`: bring a site up, keep its root alive, answer the control socket, stop cleanly.
 
 The runner process owns the thespian ActorSystem.  It is the supervisor of the site
-supervisor (thespian does not report the exit of a top-level actor, so the runner pings it)
-and the only door into the running site: a Unix socket in the state directory (mode 0600),
-speaking one JSON line per request.  Thespian's own ports are never that door.
+supervisor (thespian does not report the exit of a top-level actor, so the runner watches
+its heartbeats and its pid), with the restart decisions of every other supervisor
+(relevent.actors.restart_policy, [supervision.site]), and the only door into the running
+site: a Unix socket in the state directory (mode 0600), speaking one JSON line per
+request.  Thespian's own ports are never that door.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import selectors
 import signal
 import socket
 import time
-from collections import deque
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ from relevent.actors.messages import (
     Configure, FaultAck, Failed, ForecastReply, ForecastRequest, Hello, InjectFault, Pong, Ready, Reconfigure,
     Reconfigured, StatusReply, StatusRequest, FAULT_KINDS,
 )
+from relevent.actors.restart_policy import Escalate, History, RestartPolicy, on_failure, stop_overdue
 from relevent.actors.site import site_settings
+from relevent.actors.messages import Shutdown
 from relevent.runtime import hardening
 from relevent.topology import Topology, TopologyError, load_topology, parse_topology
 from relevent.topology.edit import EditError, add_endpoint, parse_snippet, remove_endpoint, write_atomic
@@ -44,6 +47,7 @@ DERS_PER_CORE_IN_PROCESS_MODE = 25
 RESTART_ONLY = {("site", "name"), ("site", "state_dir"), ("runtime", "base"), ("runtime", "admin_port"),
                 ("runtime", "convention_leader")}
 REPLY_TIMEOUT = 5.0
+ROOT = "site"  # the runner's one child, for restart_policy
 # thespian's tell() from the runner blocks until the message is taken, for up to 60 s by
 # default: a site supervisor that hangs just after its last heartbeat would stop the
 # runner (and its watchdog) that long.  The root takes messages in microseconds.
@@ -64,7 +68,8 @@ class SiteRunner:
         self._restarting = False   # _watch_root may wait for the new root: no re-entry
         self.root_started = 0.0
         self.root_alive_at = 0.0     # monotonic time of the root's last heartbeat
-        self.root_failures: deque = deque()
+        self.root_history = History()    # restart_policy's memory of the root's failures
+        self.root_due: float | None = None  # monotonic time of the root's restart after a backoff
         self.root_error = ""
         self.root_detail: dict = {}
         self.admin_pgid: int | None = None
@@ -214,6 +219,10 @@ class SiteRunner:
     def _watch_root(self, now: float, policy: dict) -> None:
         """The site supervisor sends a heartbeat (Pong) every heartbeat_interval unasked;
         none for heartbeat_timeout means hung: kill it and start it again."""
+        if self.root_due is not None:
+            if now >= self.root_due:
+                self._start_root_again()
+            return
         dead = False
         if self.root_pid and self.root_pid != os.getpid():
             try:
@@ -248,17 +257,24 @@ class SiteRunner:
             return False
 
     def _restart_root(self, policy: dict) -> None:
-        now = time.monotonic()
-        self.root_failures.append(now)
-        while self.root_failures and now - self.root_failures[0] > policy["period"]:
-            self.root_failures.popleft()
-        if len(self.root_failures) > policy["max_restarts"]:
-            log.error("site supervisor failed %d times within %g s; giving up: %s",
-                      len(self.root_failures), policy["period"], self.root_error)
+        decision, self.root_history = on_failure(RestartPolicy.from_settings(policy), self.root_history, (ROOT,),
+                                                 ROOT, time.monotonic(), error=self.root_error)
+        if isinstance(decision, Escalate):
+            # Nobody above us: the service manager restarts the runner.
+            log.error("site supervisor: giving up: %s", decision.reason)
             self.exit_code = 1
             self._stopping = True
             return
+        self.root_pid, self.root_ready = None, False
+        if decision.delay_s > 0:
+            log.warning("restarting site supervisor in %.3f s: %s", decision.delay_s, self.root_error)
+            self.root_due = time.monotonic() + decision.delay_s
+            return
         log.warning("restarting site supervisor: %s", self.root_error)
+        self._start_root_again()
+
+    def _start_root_again(self) -> None:
+        self.root_due = None
         self.root_restarts += 1
         self._start_root()
         self.root_error = ""
@@ -341,7 +357,7 @@ class SiteRunner:
         reply = self._await(StatusReply, rid) if self._tell_root(StatusRequest(rid)) else None
         root = {
             "name": self.topology.name, "path": "", "role": "site", "pid": self.root_pid,
-            "state": "running" if reply is not None else "no answer",
+            "state": "running" if reply is not None else "backoff" if self.root_due is not None else "no answer",
             "restarts": self.root_restarts, "uptime_s": round(time.time() - self.root_started, 3),
             "last_error": self.root_error, "detail": self.root_detail,
             "children": reply.children if reply is not None else [],
@@ -439,6 +455,10 @@ class SiteRunner:
             return
         started = time.monotonic()
         try:
+            self._stop_root()
+        except Exception:
+            log.exception("stopping the site supervisor")
+        try:
             if self.asys is not None:
                 self.asys.shutdown()
         except Exception:
@@ -452,6 +472,25 @@ class SiteRunner:
         if self._lock_file:
             self._lock_file.close()
         log.info("site=%s stopped in %.3f s", self.topology.name, time.monotonic() - started)
+
+    def _stop_root(self) -> None:
+        """Ask the site supervisor to stop its children in reverse start order and exit
+        (`Shutdown`), and wait for its process to go while it keeps its heartbeat
+        (restart_policy.stop_overdue).  Whatever is left then goes with asys.shutdown()
+        and the process-group teardown.  A root in this process (simpleSystemBase): only
+        those."""
+        if not self.root_pid or self.root_pid == os.getpid() or not self._tell_root(Shutdown()):
+            return
+        asked = time.monotonic()
+        timeout = self.topology.data["supervision"]["site"]["heartbeat_timeout"]
+        while process_alive(self.root_pid):
+            self._handle(self.asys.listen(0.05))
+            now = time.monotonic()
+            if stop_overdue(now - asked, now - self.root_alive_at, True, timeout):
+                log.error("site supervisor did not stop in %.3f s; shutting the actor system down",
+                          now - asked)
+                return
+        log.info("site supervisor and its children stopped in %.3f s", time.monotonic() - asked)
 
     def _kill_leftovers(self) -> None:
         """thespian's shutdown can leave actors behind; they all share the admin's process
@@ -487,6 +526,15 @@ def group_processes(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             found.append(int(entry.name))
     return found
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def run_site(path: str) -> int:
