@@ -29,10 +29,11 @@ Threads:
 * libiec61850's server thread answers reads without the GIL, at the switch priority for
   200 ms after each switch, else at nice `serve_nice` (docs/mms.md).
 
-What is applied, staged and pushed is recorded under `book` (lock order: the model lock,
-`book`, `lock`).  The record is of the model as it will be once the switcher has written
-everything pushed; a handler, which holds the model lock, first has the switcher write
-what is still pushed (`drain`), then writes itself.
+What is applied, staged and pushed is recorded in a pure `ModelBook` (book.py, unit-tested)
+that this shell reaches only through its lock (`with self.book as book:`; lock order: the
+model lock, then the book's).  The record is of the model as it will be once the switcher
+has written everything pushed; a handler, which holds the model lock, first has the
+switcher write what is still pushed (`drain`), then writes itself.
 
 After a restart the session asks every controller for its state: the model is rebuilt
 from the actors, never from the SCL defaults, and the server listens only once it is.
@@ -40,24 +41,22 @@ from the actors, never from the SCL defaults, and the server listens only once i
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
 import os
 import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from relevent.actors.messages import ControllerState, Measurement
+from relevent.clock import now_ms
 from relevent.iec61850 import lib as L
 from relevent.iec61850.server import MmsServer, MmsServerError
 from relevent.iec61850.switcher import Switcher
-from relevent.protocols.mms.model_map import (
-    ScheduleRefs, controller_updates, measurement_updates, schedule_updates, write_ref,
-)
+from relevent.protocols.mms.book import ModelBook
+from relevent.protocols.mms.model_map import ScheduleRefs, measurement_updates
 from relevent.runtime.bridge import ThreadBridge
 from relevent.scheduling.schedule import Refusal, schedule_names
 from relevent.scl.cfg import to_cfg
@@ -65,7 +64,6 @@ from relevent.scl.generate import default_ld_inst
 from relevent.scl.parser import parse_scl
 from relevent.scl.site_model import endpoint_scl
 from relevent.wan.adapter import WanContext, Write
-from relevent.clock import now_ms
 
 log = logging.getLogger("relevent.mms")
 
@@ -94,25 +92,18 @@ class MmsEndpoint:
         self.config = config
         self.bridge = ThreadBridge()
         self.server: MmsServer | None = None
-        self.applied: dict[tuple, dict] = {}    # per schedule: {"status", "settings"} in the model
-        self.applied_output: dict[tuple, tuple] = {}
-        self.applied_version: dict[tuple, tuple] = {}  # (der, kind) -> version of the state in the model
         # States to write, in order: (state, writes accepted after it), measurements, LISTEN.
         self.states: queue.SimpleQueue = queue.SimpleQueue()
         self.writer: threading.Thread | None = None
-        # What the model holds or will hold once the switcher has written what is pushed
-        # (applied*), and the announced next states: (der, kind) -> its _Plan, armed in the
-        # C switcher under a serial number of its own.
-        self.book = threading.Lock()
-        self.staged: dict[tuple, _Plan] = {}
+        # What the model holds or will hold once the switcher has written what is pushed, and
+        # the announced next states armed in the C switcher (relevent/protocols/mms/book.py),
+        # reachable only with its lock held: `with self.book as book:` (see _Guarded).
+        self.book: _Guarded | None = None
         self.switcher: Switcher | None = None
-        self.serials = itertools.count(1)
-        self.switch_keys: dict[int, tuple] = {}  # serial of a staged switch -> (der, kind)
-        self.unsettled: dict[int, Any] = {}      # serial -> applied by the switcher, not recorded yet
         self.last_switch_ms = 0
         self._gc_last = self._gc_full = 0.0
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
-        self.stats = {"writes": 0, "operates": 0, "refused": 0, "switched_on_time": 0, "gc_collections": 0}
+        self.stats = {"writes": 0, "operates": 0, "refused": 0, "gc_collections": 0}
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -136,6 +127,7 @@ class MmsEndpoint:
             for kind in der["functions"]:
                 for name in schedule_names(der["schedules"]):
                     self._install(ScheduleRefs(ied.name, ld, der["name"], kind, name))
+        self.book = _Guarded(ModelBook(ied.name, self.lds, self.server.has))
         self.switcher = Switcher(self.server, cfg.get("switch_nice", SWITCH_NICE), BOOST_LEAD_MS,
                                  self._switched, name=f"mms-switcher-{cfg['name']}")
         # The model's bookkeeping (mirrors, ~100 handlers per schedule) lives as long as the
@@ -213,8 +205,13 @@ class MmsEndpoint:
         return [self.bridge.fileno()]
 
     def detail(self) -> dict:
+        on_time = 0
+        if self.book is not None:
+            with self.book as book:
+                on_time = book.switched_on_time
         return {"serving": f"{self.config.get('address')}:{self.config['port']}",
-                "switch_priority": self.switcher is not None and self.switcher.boosts, **self.stats}
+                "switch_priority": self.switcher is not None and self.switcher.boosts, "switched_on_time": on_time,
+                **self.stats}
 
     # -- handler installation ---------------------------------------------------------------------
     def _install(self, refs: ScheduleRefs) -> None:
@@ -332,7 +329,8 @@ class MmsEndpoint:
         if now - self._gc_last < (GC_EVERY if idle else GC_AT_LATEST):
             return
         wall = now_ms()
-        armed = [plan.state.at for plan in list(self.staged.values())]  # one C-level copy
+        with self.book as book:
+            armed = book.armed_at()
         near = any(abs(at - wall) < GC_CLEAR_MS for at in armed) or wall - self.last_switch_ms < GC_CLEAR_MS
         if near and now - self._gc_last < GC_AT_LATEST:
             return
@@ -356,13 +354,14 @@ class MmsEndpoint:
         is there or will be; what clients wrote after it stays as they wrote it (`unacked`)."""
         if state.der not in self.lds or self.server is None:
             return
-        with self.book:
-            plan = self._take_locked(state, unacked)
+        with self.book as book:
+            self._collect(book)
+            plan = book.take(state, unacked, self.switcher.cancel)
             if plan is None:
                 return
-            if plan.outputs or plan.rest:
+            if plan.updates:
                 self.switcher.push(plan.outputs, plan.rest)
-            self._stage((state.der, state.kind), state.then, unacked)  # after the push: it may be due at once
+            self._stage(book, state.then, unacked)  # after the push: it may be due at once
 
     def _apply_in_handler(self, state: ControllerState) -> None:
         """libiec61850's thread, model lock held: write a state into the model now, after
@@ -370,101 +369,33 @@ class MmsEndpoint:
         if state.der not in self.lds or self.server is None:
             return
         unacked = self.ctx.unacked(state.der, state.kind, state.writes_applied.get(self.config["name"], 0))
-        with self.book:
+        with self.book as book:
             self.switcher.drain()
-            plan = self._take_locked(state, unacked)
+            self._collect(book)
+            plan = book.take(state, unacked, self.switcher.cancel)
             if plan is None:
                 return
-            if plan.outputs or plan.rest:
-                self.server.update(plan.outputs + plan.rest, locked=True)
-            self._stage((state.der, state.kind), state.then, unacked)
-
-    def _take_locked(self, state: ControllerState, unacked: list[tuple]) -> "_Plan | None":
-        """`book` held: record `state` as applied and return its plan, whose updates must
-        reach the model before anything else of this controller does (None: something as
-        new is there already).  The switch staged for this controller is dropped, or, if the
-        switcher took it already, recorded first: the plan is then made on top of it."""
-        key = (state.der, state.kind)
-        self._settle_locked(key=key)
-        plan = self._plan_locked(state, unacked)
-        if plan is not None and self._drop_staged_locked(key):
-            plan = self._plan_locked(state, unacked)
-        if plan is not None:
-            self._commit_locked(plan)
-        return plan
-
-    def _plan_locked(self, state: ControllerState, unacked: list[tuple]) -> "_Plan | None":
-        """`book` held: the updates that bring the model from what is applied to `state`
-        (None if something as new is applied), without recording anything."""
-        key = (state.der, state.kind)
-        if self.applied_version.get(key, (0, 0)) >= state.version:
-            return None
-        ld, ied = self.lds[state.der], self.server.ied_name
-        plan = _Plan(state)
-        for name, change in state.schedules.items():
-            refs = ScheduleRefs(ied, ld, state.der, state.kind, name)
-            if not self.server.has(refs.ln_ref):
-                continue
-            prev = self.applied.get(refs.key)
-            settings = change["settings"] if change["settings"] is not None else (prev and prev["settings"])
-            if settings is None:
-                log.warning("partial state for %s/%s/%s before any full state", state.der, state.kind, name)
-                continue
-            old = None if prev is None else {**prev["settings"], **prev["status"]}
-            plan.rest += schedule_updates(refs, old, {**settings, **change["status"]}, state.at,
-                                          settings_changed=change["settings"] is not None)
-            plan.applied[refs.key] = {"status": change["status"], "settings": settings}
-        if self.applied_output.get(key) != state.output:
-            plan.outputs = [u for u in controller_updates(ied, ld, state.kind, state.output, state.at)
-                            if self.server.has(u[0])]
-        # A model type may have fewer StrTm than the core (the reserve has StrTm01 only); what
-        # clients wrote after this state was made stays as they wrote it.
-        written = {write_ref(ScheduleRefs(ied, ld, state.der, state.kind, name), f, i) for name, f, i, _ in unacked}
-        plan.rest = [u for u in plan.rest if self.server.has(u[0]) and u[0] not in written]
-        return plan
-
-    def _commit_locked(self, plan: "_Plan") -> None:
-        """`book` held: record `plan` as applied (its updates are, or are about to be)."""
-        state = plan.state
-        key = (state.der, state.kind)
-        self.applied_version[key] = state.version
-        self.applied.update(plan.applied)
-        self.applied_output[key] = state.output
+            if plan.updates:
+                self.server.update(plan.updates, locked=True)
+            self._stage(book, state.then, unacked)
 
     # -- switches ---------------------------------------------------------------------------------
-    def _stage(self, key: tuple, then: ControllerState | None, unacked: list[tuple]) -> None:
-        """`book` held, nothing staged for this controller: arm `then`.  Its updates are
-        computed now; the switcher only writes them."""
-        self._drop_staged_locked(key)  # (none: every caller dropped or settled it)
-        plan = None if then is None else self._plan_locked(then, unacked)
-        if plan is None:
-            return
-        plan.serial = next(self.serials)
-        self.switcher.arm(plan.serial, then.at, plan.outputs, plan.rest)
-        self.staged[key] = plan  # only once armed (reports are collected under `book`)
-        self.switch_keys[plan.serial] = key
-
-    def _drop_staged_locked(self, key: tuple) -> bool:
-        """`book` held: no switch staged for this controller any more.  One the switcher has
-        not taken is cancelled; one it has (written, or about to be before anything pushed
-        from now on) is recorded as applied, and then this returns True."""
-        plan = self.staged.pop(key, None)
-        if plan is None:
-            return False
-        if self.switcher.cancel(plan.serial):
-            del self.switch_keys[plan.serial]
-            return False
-        self._commit_locked(plan)  # its report, when collected, finds it recorded
-        self.stats["switched_on_time"] += 1
-        return True
+    def _stage(self, book: ModelBook, then: ControllerState | None, unacked: list[tuple]) -> None:
+        """`book` held, nothing staged for this controller (its caller took or dropped it):
+        arm `then` in the switcher."""
+        plan = book.stage(then, unacked)
+        if plan is not None:
+            self.switcher.arm(plan.serial, then.at, plan.outputs, plan.rest)
+            book.armed(plan)  # only once armed (reports are collected under the book's lock)
 
     def _unstage_in_handler(self, key: tuple) -> None:
         """libiec61850's thread, model lock held: what is pushed goes into the model now, and
         the switch announced for this controller is dropped (one written is recorded)."""
-        with self.book:
+        with self.book as book:
             self.switcher.drain()
-            self._settle_locked(key=key)
-            self._drop_staged_locked(key)
+            self._collect(book)
+            book.settle(key=key)
+            book.drop_staged(key, self.switcher.cancel)
 
     def _switched(self) -> None:
         """The follower thread, after the switcher applied some switches: records them a
@@ -472,39 +403,17 @@ class MmsEndpoint:
         waits for a few of them at most."""
         more = True
         while more and self.server is not None:
-            with self.book:
-                more = self._settle_locked(limit=SETTLE_BATCH)
+            with self.book as book:
+                self._collect(book)
+                more = book.settle(limit=SETTLE_BATCH)
             if more:
-                time.sleep(0)  # let a handler waiting for `book` have it
+                time.sleep(0)  # let a handler waiting for the book have it
 
-    def _settle_locked(self, key: tuple | None = None, limit: int | None = None) -> bool:
-        """`book` held: record switches the switcher applied: this controller's (`key`), or
-        up to `limit` of any.  Called before anything reads or changes what is applied or
-        staged for a controller, so both stay true.  Returns whether some are left."""
-        if self.switcher is None:
-            return False
-        self._collect_locked()
-        if key is not None:
-            plan = self.staged.get(key)
-            todo = [plan.serial] if plan is not None and plan.serial in self.unsettled else []
-        else:
-            todo = list(itertools.islice(self.unsettled, limit))
-        for serial in todo:
-            self.unsettled.pop(serial)
-            k = self.switch_keys.pop(serial, None)
-            plan = self.staged.get(k)
-            if plan is None or plan.serial != serial:  # recorded already (_drop_staged_locked)
-                continue
-            del self.staged[k]
-            self._commit_locked(plan)
-            self.stats["switched_on_time"] += 1
-        return bool(self.unsettled)
-
-    def _collect_locked(self) -> None:
+    def _collect(self, book: ModelBook) -> None:
         """`book` held: take the switcher's reports."""
         batches: dict[int, Any] = {}
         for done in self.switcher.collect():
-            self.unsettled[done.key] = done
+            book.reported(done.key, done)
             self.last_switch_ms = max(self.last_switch_ms, done.at_ms)
             batches.setdefault(done.outputs_ns, done)
         if self.switcher.lost:
@@ -521,13 +430,20 @@ class MmsEndpoint:
             log.debug("mms switch %s", switch)
 
 
-@dataclass
-class _Plan:
-    """A state's model updates, computed against the model as it was, and what to record
-    once they are applied."""
-    state: ControllerState
-    serial: int = 0                              # its number in the switcher, once armed
-    outputs: list = field(default_factory=list)  # the controller's output (FSCC, GGIO)
-    rest: list = field(default_factory=list)     # its schedules
-    applied: dict = field(default_factory=dict)  # schedule key -> {"status", "settings"}
+class _Guarded:
+    """The model book behind its lock: the only way to reach it is `with guarded as book:`,
+    so no code can read or change it unlocked.  Lock order (by structure, too): the
+    model lock (held by libiec61850 around handlers) before this one, and nothing done
+    under this one takes another lock but the switcher's own short mutex (the session's
+    `unacked` is read before it is taken)."""
 
+    def __init__(self, book: ModelBook) -> None:
+        self._book = book
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> ModelBook:
+        self._lock.acquire()
+        return self._book
+
+    def __exit__(self, *_exc: Any) -> None:
+        self._lock.release()
