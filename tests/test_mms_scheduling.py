@@ -1,4 +1,4 @@
-"""The 90-10 scheduler as MMS clients see it (scheduling.md sections 1-5 and 7), against a
+"""The 90-10 scheduler as MMS clients see it (docs/scheduling.md rules 1-5 and 7), against a
 real site: libiec61850 server in the endpoint actor, controllers in their own processes,
 two independent clients in the test process."""
 from __future__ import annotations

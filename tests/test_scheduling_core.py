@@ -1,4 +1,4 @@
-"""The pure 90-10 core, rule by rule (../shared/spec/scheduling.md sections 2-5, 7, 8)."""
+"""The pure 90-10 core, rule by rule (docs/scheduling.md rules 2-5, 7, 8)."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
 """ctypes bindings to the libiec61850 bundled with pyiec61850-ng (GPLv3).
 
-Why ctypes and not the SWIG module (../shared/spec/iec61850-binding.md): SWIG calls hold
+Why ctypes and not the SWIG module (docs/runtime-notes.md, "libiec61850 from Python"): SWIG calls hold
 the GIL while server callbacks need it (deadlocks on lockDataModel and stop), the SWIG
 control directors abort the process on a Python exception, and there is no SWIG director
 for write handlers.  ctypes releases the GIL on every call, and our callbacks catch

@@ -1,6 +1,6 @@
 """An asyncio loop in a daemon thread of an actor (gmqtt, pymodbus), wired to the actor
 through a ThreadBridge: the loop posts events, the actor drains them when its
-ThespianWatch fires (runtime-notes: `self.send()` from a thread loses messages).
+ThespianWatch fires (docs/runtime-notes.md: `self.send()` from a thread loses messages).
 
 A coroutine that fails unexpectedly posts a Crashed event; the actor raises it, so the
 supervisor restarts the endpoint (let it crash) instead of it limping on half dead."""

@@ -4,7 +4,7 @@ No clock, thread or I/O: every call that depends on time takes ``now`` (integer 
 the Unix epoch, UTC).  The schedule actor owns one `Schedule`, calls `advance(now)` at the
 times `next_wakeup()` names, and publishes what changed.
 
-The rule the state machine implements (../shared/spec/scheduling.md, sections 2-4): while
+The rule the state machine implements (docs/scheduling.md, rules 2-4): while
 enabled, the run in force at time t is the one of the latest start s <= t with
 t < s + NumEntr * SchdIntv, entry k covering [s + k*SchdIntv, s + (k+1)*SchdIntv).  Starts
 are the set StrTmNN (erased once used) and, for a periodic schedule, the calendar

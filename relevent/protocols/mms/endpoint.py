@@ -117,7 +117,7 @@ class MmsEndpoint:
         ied = model.ied()
         self.server = MmsServer(to_cfg(model, ied.name), ied.name, str(work))
         # Every libiec61850 call releases the GIL; with the default 5 ms switch interval a
-        # thread getting it back waits behind a busy actor thread (iec61850-binding.md).
+        # thread getting it back waits behind a busy actor thread (docs/runtime-notes.md).
         sys.setswitchinterval(SWITCH_INTERVAL)
         for der in ders:
             ld = default_ld_inst(der, len(ders))

@@ -1,7 +1,7 @@
 """An MQTT connection that stays up: gmqtt on an AsyncioThread's loop.
 
 gmqtt reconnects by itself once connected, but it neither retries a first connection
-that failed nor restores subscriptions (runtime-notes): we retry the first connection
+that failed nor restores subscriptions (docs/runtime-notes.md): we retry the first connection
 forever, and subscribe, then call `on_up`, on every connect.  MQTT 3.1.1 works with both
 Mosquitto and the embedded amqtt broker, and avoids v5's downgrade round."""
 from __future__ import annotations

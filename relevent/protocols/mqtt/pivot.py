@@ -1,4 +1,4 @@
-"""FledgePower "pivot" JSON, as ReLevENT sites exchange it over MQTT (interfaces.md).
+"""FledgePower "pivot" JSON, as ReLevENT sites exchange it over MQTT (docs/interfaces.md).
 
 Pure functions: build PivotCommand / PivotSchedule payloads from controller outputs, and
 read device measurements (GTIM: power, GTIS: connection) with errors that name the field.
