@@ -336,3 +336,16 @@ def test_forecast_merges_schedules_and_returns_to_the_reserve():
     assert [(t - NOW, v, src) for t, v, src in events] == [
         (0, 11.0, "Res_FSCH01"), (2000, 1.0, "A"), (3000, 9.0, "B"), (4000, 2.0, "A"), (6000, 11.0, "Res_FSCH01")]
     assert a.status.state == State.READY, "forecast must not advance the real schedules"
+
+
+def test_a_new_start_written_into_the_running_slot_replaces_the_run_and_is_kept():
+    s = sched(values=(1.0,), intv=3600, starts=(NOW + 2 * S,))
+    assert s.enable(NOW).ok
+    s.advance(NOW + 3 * S)
+    assert s.status.state == State.RUNNING
+    assert s.write_start(1, NOW + 60 * S, NOW + 4 * S).ok   # the same slot, a later start
+    s.advance(NOW + 4 * S)                                   # the old run is over ...
+    assert s.settings.starts[0].tm == NOW + 60 * S           # ... and the new start survives it
+    assert s.status.state == State.READY and s.status.next_start == NOW + 60 * S
+    s.advance(NOW + 60 * S)
+    assert s.status.state == State.RUNNING and s.status.act_start == NOW + 60 * S

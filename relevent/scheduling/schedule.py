@@ -299,10 +299,13 @@ class Schedule:
         return st != before
 
     def _end_run(self) -> None:
-        """A run ended or was superseded: a non-periodic start is used up."""
+        """A run ended or was superseded: a non-periodic start is used up.  Only if the slot
+        still holds it: a client that wrote a new start into the running slot ended the run
+        with that write, and its new start must not be erased with the old one."""
         st = self.status
         slot = st.run_slot
-        if slot is not None and not (self.periodic and self.settings.starts[slot].cal is not None):
+        if slot is not None and not (self.periodic and self.settings.starts[slot].cal is not None) \
+                and self.settings.starts[slot].tm == st.act_start:
             self.settings.starts[slot] = replace(self.settings.starts[slot], tm=None)
         st.entry, st.act_start, st.run_slot = 0, None, None
 
