@@ -54,7 +54,10 @@ def fault_sequence(plan: Plan, data: dict) -> list[tuple[str, str, str]]:
         paths = paths_of(kind, data)
         if not paths:
             continue
+        turn = 0  # across faults, so every actor of a kind is hit (every WAN protocol, say)
         for fault in plan.faults:
-            out += [(kind, fault, paths[i % len(paths)]) for i in range(plan.count)]
+            for _ in range(plan.count):
+                out.append((kind, fault, paths[turn % len(paths)]))
+                turn += 1
     random.Random(plan.seed).shuffle(out)
     return out

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from relevent.chaos.plan import FAULTS, TARGET_KINDS, Plan
+from relevent.chaos.plan import FAULTS, TARGET_KINDS, Plan, fault_sequence
 from relevent.chaos.runner import ChaosRun
 from relevent.topology import load_topology
 from sitectl import REPO, free_port
@@ -17,10 +17,14 @@ from sitectl import REPO, free_port
 def test_every_fault_on_every_actor_kind_recovers_without_losing_or_changing_anything(tmp_path, monkeypatch):
     env = {"RELEVENT_STATE_DIR": str(tmp_path / "state"), "RELEVENT_ADMIN_PORT": str(free_port()),
            "RELEVENT_MMS_PORT": str(free_port()), "RELEVENT_MQTT_PORT": str(free_port()),
-           "RELEVENT_MODBUS_PORT": str(free_port())}
+           "RELEVENT_MODBUS_PORT": str(free_port()), "RELEVENT_HTTP_PORT": str(free_port())}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     topo = load_topology(REPO / "topologies" / "chaos.toml", env={**os.environ, **env})
+    # Every WAN endpoint kind (MMS, HTTP, the MQTT EMS) is among the targets.
+    hit = {path for kind, _fault, path in fault_sequence(Plan(count=2), topo.data) if kind == "wan"}
+    assert hit == {ep["name"] for ep in topo.data["wan"]} and {"mms", "http", "mqtt-ems"} <= \
+        {ep["protocol"] for ep in topo.data["wan"]}
     lines = []
     report = ChaosRun(topo, Plan(count=2, timeout=20.0), say=lines.append).run()
 
