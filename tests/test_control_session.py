@@ -249,3 +249,10 @@ def test_operate_futures_are_cancelled_when_the_session_stops(session):
     session.stop()
     with pytest.raises(concurrent.futures.CancelledError):
         fut.result(0)
+
+
+def test_a_forecast_given_up_by_its_client_is_forgotten(session):
+    session.on_message(state(1, schedules()))
+    fut = session.forecast("pv1", "ActPow", 1000)
+    fut.cancel()
+    assert session.forecasts == {}

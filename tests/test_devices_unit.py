@@ -197,3 +197,10 @@ def test_register_profile_writes_setpoint_and_connect_and_reads_power():
             await server.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_stretch_with_no_schedule_in_force_is_left_out_of_the_pivot_forecast_and_commands():
+    from relevent.protocols.mqtt import pivot
+    payload = pivot.pivot_schedule("ActPow", [(1000, None, None), (2000, 5.0, "FSCH01")], "TS1")
+    assert [value for _i, _c, value, _ms in pivot.parse_schedule(payload)] == [5.0]
+    assert pivot.pivot_schedule("ActPow", [(1000, None, None)], "TS1") is None

@@ -250,8 +250,13 @@ class ControlSession:
         request_id = next(self.request_ids)
         with self.lock:
             self.forecasts[request_id] = fut
+        fut.add_done_callback(lambda _f: self._forget_forecast(request_id))  # answered, or given up
         self.bridge.post(ForecastRequest(der, kind, request_id, window_ms))
         return fut
+
+    def _forget_forecast(self, request_id: int) -> None:
+        with self.lock:
+            self.forecasts.pop(request_id, None)
 
     def view(self, der: str, kind: str, now: int | None = None) -> dict | None:
         """What a reader sees of one controller now: output, and per schedule its status and

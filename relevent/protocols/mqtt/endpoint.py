@@ -76,9 +76,10 @@ class MqttEndpoint:
             return True
         if isinstance(message, ForecastReply):
             der = self.ders.get(message.der)
-            if der is not None and message.events:
-                self._publish(self.config["topic_schedule"],
-                              pivot.pivot_schedule(message.kind, message.events, pivot.label(der, message.kind)))
+            payload = None if der is None else pivot.pivot_schedule(message.kind, message.events,
+                                                                     pivot.label(der, message.kind))
+            if payload is not None:
+                self._publish(self.config["topic_schedule"], payload)
             return True
         if isinstance(message, Wakeup) and message.what == "resend":
             if message.generation == self._connects and self.link.up:
@@ -98,8 +99,8 @@ class MqttEndpoint:
         der = self.ders[cmd.der]
         now = now_ms()
         for kind in kinds:
-            if kind in cmd.outputs:
-                value = cmd.outputs[kind][0]
+            value = cmd.outputs[kind][0] if kind in cmd.outputs else None
+            if value is not None:  # None: no schedule in force, not even the reserve: nothing to command
                 self._publish(self.config["topic_command"],
                               pivot.pivot_command(kind, value, pivot.label(der, kind), cmd.at or now))
 

@@ -46,11 +46,13 @@ def pivot_command(kind: str, value: Any, identifier: str, at_ms: int) -> bytes:
                        "parameters": [{"name": "PIVOTTC", "value": _gtic(kind, value, identifier, at_ms)}]}).encode()
 
 
-def pivot_schedule(kind: str, events: list, identifier: str) -> bytes:
-    """`events`: [(ms, value, source)], the value in force now first (ForecastReply)."""
-    return json.dumps({"operation": "PivotSchedule",
-                       "parameters": [{"name": "PIVOTTC", "value": _gtic(kind, value, identifier, ms)}
-                                      for ms, value, _source in events]}).encode()
+def pivot_schedule(kind: str, events: list, identifier: str) -> bytes | None:
+    """`events`: [(ms, value, source)], the value in force now first (ForecastReply).  A
+    stretch with no schedule in force (value None: even the reserve does not cover it) has
+    no set-point to send and is left out; None when nothing is left."""
+    params = [{"name": "PIVOTTC", "value": _gtic(kind, value, identifier, ms)}
+              for ms, value, _source in events if value is not None]
+    return json.dumps({"operation": "PivotSchedule", "parameters": params}).encode() if params else None
 
 
 def parse_command(payload: bytes) -> tuple[str, str, Any, int]:
