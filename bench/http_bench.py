@@ -11,15 +11,20 @@ process timestamps them.
   wait for its start, then POST /enable; the enable makes it Running at once and the
   controller's output reaches the DER, the LAN endpoint and the broker.  Latency = the
   subscriber's receive time minus the time the POST was sent.
-* throughput: `--clients` concurrent httpx clients (one asyncio loop in this process, so
-  the figure includes the clients' own CPU on a 2-core machine) GET a controller and a
-  schedule in turn for `--seconds`; requests per second and latency percentiles.
+* throughput: `--clients` concurrent connections GET a controller for `--seconds`:
+  with wrk (Debian's package, a C load generator: `--load wrk`, the default when it is
+  installed) or with httpx clients on one asyncio loop in this process (`--load httpx`,
+  whose own CPU then competes with the site's on a 2-core machine); requests per second
+  and latency percentiles.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,8 +90,25 @@ async def throughput(api: str, clients: int, seconds: float) -> dict:
         began = time.monotonic()
         await asyncio.gather(*(one(client, k) for k in range(clients)))
         elapsed = time.monotonic() - began
-    return {"clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies), "errors": errors,
+    return {"tool": "httpx", "clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies), "errors": errors,
             "requests_per_s": round(len(latencies) / elapsed, 1), "latency_ms": summary(latencies)}
+
+
+def throughput_wrk(api: str, clients: int, seconds: float) -> dict:
+    url = f"{api}/ders/bat1/ActPow"
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(clients), "-d", f"{int(seconds)}s", "--latency", url],
+                         capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+
+    def ms(text: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    pcts = {p: ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M)}
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"tool": "wrk", "clients": clients, "seconds": seconds, "url": url,
+            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+            "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "errors": int(non2xx.group(1)) if non2xx else 0,
+            "latency_ms": {"p50_ms": pcts["50"], "p99_ms": pcts["99"]}}
 
 
 def main() -> int:
@@ -94,6 +116,7 @@ def main() -> int:
     ap.add_argument("--enables", type=int, default=50)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--load", choices=("wrk", "httpx"), default="wrk" if shutil.which("wrk") else "httpx")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp:
@@ -111,7 +134,10 @@ def main() -> int:
             watcher = MqttWatcher(ports["mqtt"], ["fledge/south-command"])
             latencies, answers = enable_to_command(api, watcher, args.enables)
             watcher.close()
-            load = asyncio.run(throughput(api, args.clients, args.seconds))
+            if args.load == "wrk":
+                load = throughput_wrk(api, args.clients, args.seconds)
+            else:
+                load = asyncio.run(throughput(api, args.clients, args.seconds))
         finally:
             site.stop()
             site.kill_everything()
