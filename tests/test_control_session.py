@@ -10,7 +10,7 @@ import concurrent.futures
 
 import pytest
 
-from relevent.actors.messages import (
+from relevent.messages import (
     ControllerState, ForecastReply, ForecastRequest, OperateResult, ScheduleOperate, ScheduleWrites, SnapshotRequest,
     WanContact, Wakeup,
 )

@@ -166,7 +166,7 @@ def test_register_profile_writes_setpoint_and_connect_and_reads_power():
     from pymodbus.server import ModbusTcpServer
     from pymodbus.simulator import DataType, SimData, SimDevice
 
-    from relevent.actors.messages import DeviceCommand
+    from relevent.messages import DeviceCommand
     from relevent.protocols.modbus.profiles import DeviceError, Io, RegistersProfile
     from sitectl import free_port
 

@@ -3,7 +3,7 @@ what changed, older states never win, clients' unacknowledged writes are left al
 a staged switch is either cancelled or recorded before anything newer is planned."""
 from __future__ import annotations
 
-from relevent.actors.messages import ControllerState
+from relevent.messages import ControllerState
 from relevent.protocols.mms.book import ModelBook
 from relevent.scheduling.schedule import Schedule, settings_snapshot, status_snapshot
 

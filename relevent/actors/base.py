@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
 
 from thespian.actors import Actor
 
-from relevent.actors.messages import (
+from relevent.messages import (
     Configure, Failed, Hello, InjectFault, Ping, Pong, Ready,
 )
 from relevent.runtime.hardening import harden_actor_process

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from relevent.actors.base import ReleventActor
-from relevent.actors.messages import (
+from relevent.messages import (
     ControllerState, ForecastReply, ForecastRequest, OperateResult, OutputChanged, ScheduleOperate, ScheduleWrite,
     ScheduleWrites, SnapshotRequest, WanContact, Wakeup,
 )

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from relevent.clock import now_ms
-from relevent.actors.messages import (
+from relevent.messages import (
     CommandSubscribe, DeviceCommand, ForecastRequest, Measurement, OutputChanged, ScheduleOperate, ScheduleWrites,
     SnapshotRequest, WanContact,
 )

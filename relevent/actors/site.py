@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from relevent.actors.messages import (
+from relevent.messages import (
     CommandSubscribe, ForecastReply, ForecastRequest, Measurement, Pong, ScheduleOperate, ScheduleWrites,
     SnapshotRequest, WanContact, Wakeup,
 )

@@ -33,7 +33,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited
 
 from relevent.actors.base import ReleventActor
 from relevent.actors.hosted import Host
-from relevent.actors.messages import (
+from relevent.messages import (
     Configure, FaultAck, Failed, ForecastReply, Hello, InjectFault, Ping, Pong, Ready, Reconfigure, Reconfigured,
     Shutdown, StatusReply, StatusRequest, Wakeup,
 )

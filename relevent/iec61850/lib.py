@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import struct
 from ctypes import CFUNCTYPE, c_bool, c_char_p, c_float, c_int, c_int32, c_uint16, c_uint64, c_void_p
 
 import pyiec61850
@@ -43,11 +44,19 @@ MMS_INTEGER = _C.MMS_INTEGER
 MMS_UNSIGNED = _C.MMS_UNSIGNED
 MMS_FLOAT = _C.MMS_FLOAT
 MMS_UTC_TIME = _C.MMS_UTC_TIME
+DATA_ATTRIBUTE_MODEL_TYPE = _C.DataAttributeModelType
+CONTROL_MODEL_DIRECT_NORMAL = _C.CONTROL_MODEL_DIRECT_NORMAL
+CONTROL_MODEL_DIRECT_ENHANCED = _C.CONTROL_MODEL_DIRECT_ENHANCED
+CONTROL_MODEL_SBO_ENHANCED = _C.CONTROL_MODEL_SBO_ENHANCED
 
 WriteAccessHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_void_p)
 ControlHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_bool)
 PerformCheckHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_bool, c_bool)
 ConnectionIndicationHandler = CFUNCTYPE(None, c_void_p, c_void_p, c_bool, c_void_p)
+# The MMS server's write handler (libiec61850's mmsWriteHandler): parameter, MmsDomain*,
+# variable id ("LN$FC$DO$DA..."), array index (-1: none), component id (NULL: none), value,
+# connection.  The strings stay pointers: passed on to libiec61850's own handler as they came.
+MmsWriteVariableHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_int, c_void_p, c_void_p, c_void_p)
 
 
 def library_path() -> str:
@@ -93,6 +102,14 @@ def _declare(lib: ctypes.CDLL) -> None:
         "MmsValue_getUtcTimeInMs": (c_uint64, [c_void_p]),
         "MmsValue_getElement": (c_void_p, [c_void_p, c_int]),
         "MmsValue_toString": (c_char_p, [c_void_p]),
+        "MmsValue_equalTypes": (c_bool, [c_void_p, c_void_p]),
+        "IedServer_getMmsServer": (c_void_p, [c_void_p]),
+        "IedServer_getAttributeValue": (c_void_p, [c_void_p, c_void_p]),
+        "IedServer_getInt32AttributeValue": (c_int32, [c_void_p, c_void_p]),
+        "ModelNode_getType": (c_int, [c_void_p]),
+        "ModelNode_getChild": (c_void_p, [c_void_p, c_char_p]),
+        "DataAttribute_getFC": (c_int, [c_void_p]),
+        "FunctionalConstraint_fromString": (c_int, [c_char_p]),
     }
     for name, (restype, argtypes) in sig.items():
         fn = getattr(lib, name)
@@ -110,3 +127,99 @@ def lib() -> ctypes.CDLL:
         _declare(_lib)
     return _lib
 
+
+# -- the MMS server's write hook ------------------------------------------------------------
+# libiec61850 keeps write access handlers in one linked list that it scans at each install
+# (MmsMapping_installWriteAccessHandler) and at each write (mmsWriteHandler): installing n
+# handlers costs n^2/2 steps, whichever public function installs them (per attribute, per
+# complex attribute or per data object: they all add one entry per attribute).  The MMS
+# layer below it calls one function for every write, the `writeHandler` of its MmsServer
+# (MmsServer_installWriteHandler, not exported).  MmsServer puts its own function there; the
+# server wraps it (server.py) after checking, in the shipped binary, that the slot holds
+# exactly libiec61850's mmsWriteHandler with its own MmsMapping as parameter.  Any other
+# build fails the check and the server falls back to installing handlers one by one.
+# Offsets in pyiec61850-ng 1.6.1.10 (libiec61850 1.6.1), read from its disassembly:
+#   IedServer_handleWriteAccess:   mov 0x20(%rdi),%rdi  -> IedServer.mmsMapping at 0x20
+#   MmsServer_installWriteHandler: mov %rsi,0x30(%rdi); mov %rdx,0x38(%rdi)
+#   MmsDomain_getName:             mov (%rdi),%rax        -> MmsDomain.domainName at 0
+MMS_SERVER_WRITE_HANDLER = 0x30
+MMS_SERVER_WRITE_PARAMETER = 0x38
+IED_SERVER_MMS_MAPPING = 0x20
+_KNOWN_FUNCTION = "IedServer_create"  # exported: gives the library's load address
+
+
+def _elf_symbols(path: str, names: set[str]) -> dict[str, int]:
+    """Values of `names` in the ELF .symtab of `path` (static symbols too), {} if none."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:  # 64-bit little-endian only
+        return {}
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    found: dict[str, int] = {}
+    for _name, sh_type, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
+        if sh_type != 2 or not entsize:  # SHT_SYMTAB
+            continue
+        str_offset = sections[link][4]
+        for st_name, _st_info, _other, _shndx, value, _size in struct.iter_unpack(
+                "<IBBHQQ", data[offset:offset + size - size % entsize]):
+            end = data.index(b"\0", str_offset + st_name)
+            name = data[str_offset + st_name:end].decode("ascii", "replace")
+            if name in names and value:
+                found.setdefault(name, value)
+    return found
+
+
+_static: dict[str, int] | None = None
+
+
+def static_function(name: str) -> int | None:
+    """Address in this process of a function of libiec61850 that it does not export."""
+    global _static
+    if _static is None:
+        try:
+            _static = _elf_symbols(library_path(), {"mmsWriteHandler", _KNOWN_FUNCTION})
+        except (OSError, ValueError, struct.error):
+            _static = {}
+    if name not in _static or _KNOWN_FUNCTION not in _static:
+        return None
+    base = ctypes.cast(getattr(lib(), _KNOWN_FUNCTION), c_void_p).value - _static[_KNOWN_FUNCTION]
+    return base + _static[name]
+
+
+def domain_name(domain: int) -> str:
+    """The name of an MmsDomain (IED name + logical device inst), as the write hook gets it."""
+    raw = c_char_p.from_address(domain).value if domain else None
+    return raw.decode(errors="replace") if raw else ""
+
+
+class WriteHook:
+    """libiec61850's MMS write handler replaced by `dispatch` (a MmsWriteVariableHandler),
+    which calls `original` for every write it does not handle itself."""
+
+    def __init__(self, ied_server: int, dispatch) -> None:
+        lib_ = lib()
+        self._dispatch = dispatch  # kept alive as long as the server may call it
+        mms = lib_.IedServer_getMmsServer(ied_server)
+        self._slot = c_void_p.from_address(mms + MMS_SERVER_WRITE_HANDLER)
+        self.original_address = self._slot.value
+        self.original = MmsWriteVariableHandler(self.original_address)
+        self._slot.value = ctypes.cast(dispatch, c_void_p).value
+
+    def remove(self) -> None:
+        self._slot.value = self.original_address
+
+    @staticmethod
+    def possible(ied_server: int) -> bool:
+        """Whether this server's MMS write handler is the one this module knows (see above)."""
+        expected = static_function("mmsWriteHandler")
+        if expected is None or not ied_server:
+            return False
+        mms = lib().IedServer_getMmsServer(ied_server)
+        if not mms:
+            return False
+        handler = c_void_p.from_address(mms + MMS_SERVER_WRITE_HANDLER).value
+        parameter = c_void_p.from_address(mms + MMS_SERVER_WRITE_PARAMETER).value
+        mapping = c_void_p.from_address(ied_server + IED_SERVER_MMS_MAPPING).value
+        return handler == expected and parameter is not None and parameter == mapping

@@ -3,18 +3,36 @@
 libiec61850 runs its own thread; write and control callbacks run there, holding the data
 model lock, so they must stay short: decode, decide, hand over, return.  Updates from the
 owner's thread take the model lock through ctypes (which releases the GIL while it waits).
+
+Handlers are installed in time independent of how many there are (bench/
+mms_startup_bench.py measures a site's start-up).  libiec61850 keeps write handlers in a
+list it scans at every install and every write, so n handlers cost n^2/2 steps to install
+(12.9 s for the 40,470 handlers of 10 DERs), whichever of its functions installs them.  Instead this server wraps
+the MMS layer's write handler (lib.WriteHook, checked against the shipped binary) with one
+callback, `_dispatch`, that finds the handler of the written attribute in a dict: `on_write`
+only records it.  A write to an attribute with a handler is then decided exactly as
+libiec61850 decides it (type check, handler, model update on success, the handler's error
+otherwise); every other write goes to libiec61850's own handler unchanged.  Control handlers
+are handed to libiec61850 at the first write to their control object (Oper, SBOw, Cancel,
+or any other attribute of the data object): its lookup of control objects is a list scan
+too.  With any other build of the library the check fails and handlers are installed
+through libiec61850's functions one by one, as before.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 from contextlib import contextmanager
 import os
 import tempfile
+import threading
+import time
 from typing import Any, Callable
 
 from relevent.iec61850 import lib as L
 
 log = logging.getLogger("relevent.mms")
+_UNRESOLVED = object()
 
 
 class MmsServerError(Exception):
@@ -22,47 +40,146 @@ class MmsServerError(Exception):
 
 
 class MmsServer:
+    """One IED model served over MMS.  The model is built by libiec61850 in a thread of its
+    own, started here (4 s of C for 100 DERs, bench/mms_startup_bench.py): meanwhile `has`,
+    `on_write` and `on_control` answer and record from the model's text, so the owner's
+    handler installation runs alongside; everything else waits for the model (and raises
+    MmsServerError if libiec61850 rejected it)."""
+
     def __init__(self, cfg_text: str, ied_name: str, work_dir: str) -> None:
         self.lib = L.lib()
         self.ied_name = ied_name
         # One ctypes callback per handler kind for the whole server, with libiec61850's
-        # `parameter` carrying an index into these tables: 40k attributes would otherwise
-        # mean 40k closures and executable thunks (tens of MB, bench/README.md).
-        self._writes: list[tuple[str, Callable]] = []
+        # `parameter` (or the dispatch) carrying an index into these tables: 40k attributes
+        # would otherwise mean 40k closures and executable thunks (tens of MB, bench/README.md).
+        # Write handlers by index: ref, handler, and whether for a complex attribute (no
+        # tuple per handler: 400,000 objects fewer for the garbage collector at 100 DERs).
+        self._write_refs: list[str] = []
+        self._write_handlers: list[Callable] = []
+        self._write_complex = bytearray()
+        self._write_index: dict[str, int] = {}   # ref -> its latest handler
         self._controls: list[tuple[str, Callable, Callable]] = []
+        self._pending_controls: dict[str, int] = {}  # DO ref -> index in _controls, not in libiec61850 yet
+        # (MmsDomain*, variable id, array index, component) -> (handler index, DataAttribute*),
+        # or None for a write libiec61850 handles itself.  Filled by _dispatch, emptied on install.
+        self._resolved: dict[tuple, tuple | None] = {}
+        self._domains: dict[int, str | None] = {}  # MmsDomain* -> logical device inst (None: not this IED's)
+        self._fcs: dict[str, int] = {}
         self._write_cb = L.WriteAccessHandler(self._on_write)
         self._check_cb = L.PerformCheckHandler(self._on_check)
         self._control_cb = L.ControlHandler(self._on_control)
+        self._dispatch_cb = L.MmsWriteVariableHandler(self._dispatch)
         self._connection_cb = L.ConnectionIndicationHandler(self._on_connection)
         self._connection_handler: Callable[[bool], None] | None = None
         self._nodes: dict[str, int] = {}
         self._missing: set[str] = set()
-        fd, self.cfg_path = tempfile.mkstemp(prefix="model-", suffix=".cfg", dir=work_dir)
-        with os.fdopen(fd, "w") as f:
-            f.write(cfg_text)
-        self.model = self.lib.ConfigFileParser_createModelFromConfigFileEx(self.cfg_path.encode())
-        if not self.model:
-            raise MmsServerError(f"libiec61850 rejected the generated model {self.cfg_path}")
-        self.server = self.lib.IedServer_create(self.model)
+        self._index: _ModelIndex | None = _ModelIndex(cfg_text)  # until the server listens
         self.running = False
+        self._hook: L.WriteHook | None = None
+        self._model: int | None = None
+        self._server: int | None = None
+        self._built = False
+        self._build_error: BaseException | None = None
+        self.build_seconds: float | None = None  # how long libiec61850 took to build the model
+        self._build_lock = threading.RLock()
+        self._handing_over = False
+        self._tables = threading.Lock()  # the handler tables, against the hand-over
+        fd, self.cfg_path = tempfile.mkstemp(prefix="model-", suffix=".cfg", dir=work_dir)
+        self._builder = threading.Thread(target=self._build, args=(fd, cfg_text), name="mms-model", daemon=True)
+        self._builder.start()
+
+    def _build(self, fd: int, cfg_text: str) -> None:
+        """Builder thread: the model and the server, in libiec61850 (which needs no GIL)."""
+        began = time.perf_counter()
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(cfg_text)
+            self._model = self.lib.ConfigFileParser_createModelFromConfigFileEx(self.cfg_path.encode())
+            if not self._model:
+                self._build_error = MmsServerError(f"libiec61850 rejected the generated model {self.cfg_path}")
+                return
+            self._server = self.lib.IedServer_create(self._model)
+        except BaseException as exc:  # reported by _ready, on the owner's thread
+            self._build_error = exc
+        finally:
+            self.build_seconds = time.perf_counter() - began
+
+    def _ready(self) -> None:
+        """Wait for the model; then hand the handlers recorded so far to the server."""
+        if self._built:
+            return
+        with self._build_lock:
+            if self._built or self._handing_over:  # (handing over uses the model: it is built)
+                return
+            self._builder.join()
+            if self._build_error is not None:
+                if isinstance(self._build_error, MmsServerError):
+                    raise self._build_error
+                raise MmsServerError(f"cannot build the model: {self._build_error}") from self._build_error
+            self._handing_over = True
+            try:
+                hook = L.WriteHook(self._server, self._dispatch_cb) if L.WriteHook.possible(self._server) else None
+                with self._tables:
+                    self._hook = hook
+                    self._hand_over()
+                    self._built = True
+            finally:
+                self._handing_over = False
+
+    def _hand_over(self) -> None:
+        """Builder done, `_tables` held: control handlers whose first use may be a read go
+        to libiec61850 now, or, without the write hook, every handler recorded so far."""
+        if self._hook is not None:
+            for do_ref, index in list(self._pending_controls.items()):
+                if not self._starts_with_write(do_ref):
+                    del self._pending_controls[do_ref]
+                    self._install_control(do_ref, index)
+            return
+        log.warning("libiec61850 is not the build this server knows (%s): write and control handlers "
+                    "are installed one by one, in time quadratic in their number", L.library_path())
+        for index, ref in enumerate(self._write_refs):
+            self._install_write(ref, index, bool(self._write_complex[index]))
+        for do_ref, index in self._pending_controls.items():
+            self._install_control(do_ref, index)
+        self._pending_controls.clear()
+
+    @property
+    def model(self) -> int | None:
+        """libiec61850's IedModel (waits for it to be built)."""
+        self._ready()
+        return self._model
+
+    @property
+    def server(self) -> int | None:
+        """libiec61850's IedServer (waits for it to be built)."""
+        self._ready()
+        return self._server
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, address: str, port: int) -> None:
-        self.lib.IedServer_setLocalIpAddress(self.server, address.encode())
-        self.lib.IedServer_start(self.server, port)
-        if not self.lib.IedServer_isRunning(self.server):
+        srv = self.server
+        self._index = None  # every handler is installed: has() asks the model from now on
+        self.lib.IedServer_setLocalIpAddress(srv, address.encode())
+        self.lib.IedServer_start(srv, port)
+        if not self.lib.IedServer_isRunning(srv):
             raise MmsServerError(f"cannot listen on {address}:{port} (in use or not permitted)")
         self.running = True
 
     def close(self) -> None:
-        if self.server:
+        self._builder.join()
+        self._built = True  # nothing to hand over any more
+        if self._server:
             if self.running:
-                self.lib.IedServer_stop(self.server)
-            self.lib.IedServer_destroy(self.server)
-            self.server = None
-        if self.model:
-            self.lib.IedModel_destroy(self.model)
-            self.model = None
+                self.lib.IedServer_stop(self._server)
+            if self._hook is not None:
+                self._hook.remove()
+                self._hook = None
+            self.lib.IedServer_destroy(self._server)
+            self._server = None
+        if self._model:
+            self.lib.IedModel_destroy(self._model)
+            self._model = None
+        self._index = None
         try:
             os.unlink(self.cfg_path)
         except OSError:
@@ -70,18 +187,38 @@ class MmsServer:
 
     # -- model access ---------------------------------------------------------------------------
     def node(self, ref: str) -> int:
-        """Pointer to the model node `LDinst/LN.DO.DA` (the IED name is prefixed here)."""
+        """Pointer to the model node `LDinst/LN.DO.DA` (the IED name is prefixed here).
+
+        Found from its parent's (cached) node: libiec61850's lookup by the whole reference
+        scans every logical device and logical node before it on each call (3.6 us a call
+        at 100 DERs, and the endpoint asks for 390,000 nodes)."""
         ptr = self._nodes.get(ref)
         if ptr is None:
-            ptr = self.lib.IedModel_getModelNodeByObjectReference(self.model, (self.ied_name + ref).encode())
+            parent, _, name = ref.rpartition(".")
+            if parent and "/" in parent and not any(c in name for c in "([$"):
+                try:
+                    ptr = self.lib.ModelNode_getChild(self.node(parent), name.encode())
+                except KeyError:
+                    ptr = None
+            else:
+                ptr = self.lib.IedModel_getModelNodeByObjectReference(self.model, (self.ied_name + ref).encode())
             if not ptr:
                 raise KeyError(f"{self.ied_name}{ref} is not in the model")
             self._nodes[ref] = ptr
         return ptr
 
     def has(self, ref: str) -> bool:
+        """Whether the model has the node `LDinst/LN.DO.DA`; answered from the model's text
+        until the server listens (no wait for libiec61850, and no call into it)."""
         if ref in self._missing:
             return False
+        index = self._index
+        if index is not None and ref not in self._nodes:
+            known = index.has(ref)
+            if known is not None:
+                if not known:
+                    self._missing.add(ref)
+                return known
         try:
             self.node(ref)
             return True
@@ -152,20 +289,69 @@ class MmsServer:
         return self.lib.MmsValue_getElement(mms_value, index)
 
     # -- handlers ------------------------------------------------------------------------------------
+    @property
+    def fast_handlers(self) -> bool:
+        """True when handlers are dispatched by this server (install in O(1)), False when
+        they are installed in libiec61850 one by one (an unknown build of the library)."""
+        self._ready()
+        return self._hook is not None
+
     def on_write(self, ref: str, handler: Callable[[int], int], complex_attribute: bool = False) -> None:
-        """handler(mms_value_ptr) -> DataAccessError code; any exception refuses the write."""
-        self._writes.append((ref, handler))
+        """handler(mms_value_ptr) -> DataAccessError code; any exception refuses the write.
+
+        Called on libiec61850's thread with the data model lock held, for a client write to
+        the data attribute `ref` (`LDinst/LN.DO.DA...`) and, with `complex_attribute`, to
+        any attribute inside it (the value passed is the one written: a structure for the
+        attribute itself, the component for one inside).  DATA_ACCESS_ERROR_SUCCESS puts
+        the value into the model, SUCCESS_NO_UPDATE accepts it without, any other code is
+        the client's answer.  A later install for the same ref replaces the handler; the
+        most specific ref wins (an attribute's own handler over its parent's complex one).
+
+        With the fast path this only records the handler (O(1)); `ref` is looked up in the
+        model at its first write, and a ref the model does not have is never called."""
+        with self._tables:
+            index = self._write_index[ref] = len(self._write_refs)
+            self._write_refs.append(ref)
+            self._write_handlers.append(handler)
+            self._write_complex.append(bool(complex_attribute))
+            if self._resolved:
+                self._resolved.clear()
+            if self._built and self._hook is None:
+                self._install_write(ref, index, complex_attribute)
+
+    def _install_write(self, ref: str, index: int, complex_attribute: bool) -> None:
         install = (self.lib.IedServer_handleWriteAccessForComplexAttribute if complex_attribute
                    else self.lib.IedServer_handleWriteAccess)
-        install(self.server, self.node(ref), self._write_cb, len(self._writes) - 1)
+        install(self._server, self.node(ref), self._write_cb, index)
 
     def on_control(self, do_ref: str, check: Callable[[int, int, bool], int],
                    execute: Callable[[int, int, bool], int]) -> None:
-        """check(action, ctlVal, test) -> CheckHandlerResult; execute(...) -> ControlHandlerResult."""
-        self._controls.append((do_ref, check, execute))
-        node, index = self.node(do_ref), len(self._controls) - 1
-        self.lib.IedServer_setPerformCheckHandler(self.server, node, self._check_cb, index)
-        self.lib.IedServer_setControlHandler(self.server, node, self._control_cb, index)
+        """check(action, ctlVal, test) -> CheckHandlerResult; execute(...) -> ControlHandlerResult.
+
+        With the fast path the handlers reach libiec61850 at the first client write to the
+        data object (every operate, select-with-value and cancel is one), or at once for a
+        control model whose select is a read (sbo-with-normal-security, status-only)."""
+        with self._tables:
+            self._controls.append((do_ref, check, execute))
+            index = len(self._controls) - 1
+            if not self._built or (self._hook is not None and self._starts_with_write(do_ref)):
+                self._pending_controls[do_ref] = index  # (decided by _hand_over when not built yet)
+                if self._resolved:
+                    self._resolved.clear()
+                return
+            self._pending_controls.pop(do_ref, None)
+            self._install_control(do_ref, index)
+
+    def _starts_with_write(self, do_ref: str) -> bool:
+        """Whether every client service that calls a control handler of `do_ref` is a write."""
+        ctl_model = self.node(do_ref + ".ctlModel") if self.has(do_ref + ".ctlModel") else None
+        return ctl_model is not None and self.lib.IedServer_getInt32AttributeValue(self._server, ctl_model) in (
+            L.CONTROL_MODEL_DIRECT_NORMAL, L.CONTROL_MODEL_DIRECT_ENHANCED, L.CONTROL_MODEL_SBO_ENHANCED)
+
+    def _install_control(self, do_ref: str, index: int) -> None:
+        node = self.node(do_ref)
+        self.lib.IedServer_setPerformCheckHandler(self._server, node, self._check_cb, index)
+        self.lib.IedServer_setControlHandler(self._server, node, self._control_cb, index)
 
     def on_connection(self, handler: Callable[[bool], None]) -> None:
         """handler(connected) on every client association opened or closed."""
@@ -181,17 +367,92 @@ class MmsServer:
 
     @property
     def handler_count(self) -> int:
-        return len(self._writes) + 2 * len(self._controls)
+        return len(self._write_refs) + 2 * len(self._controls)
 
     # Callbacks run on libiec61850's thread.  A ctypes callback that raises returns 0, which
     # libiec61850 reads as an answer: catch everything.
     def _on_write(self, _da, value, _conn, index):
-        ref, handler = self._writes[index or 0]
+        index = index or 0
+        ref, handler = self._write_refs[index], self._write_handlers[index]
         try:
-            return handler(value)
+            result = handler(value)
+            if not isinstance(result, int):
+                raise TypeError(f"returned {result!r}, not a DataAccessError code")
+            return result
         except Exception:
             log.exception("write handler for %s failed", ref)
             return L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID
+
+    def _dispatch(self, parameter, domain, variable_id, array_index, component, value, connection):
+        """Every MMS write (fast path): ours are decided here, the rest by libiec61850."""
+        try:
+            name = ctypes.string_at(variable_id) if variable_id else b""
+            part = ctypes.string_at(component) if component else b""
+            key = (domain, name, array_index, part)
+            hit = self._resolved.get(key, _UNRESOLVED)
+            if hit is _UNRESOLVED:
+                hit = self._resolve(domain, name, array_index, part)
+                self._resolved[key] = hit
+            if hit is None:
+                return self._hook.original(parameter, domain, variable_id, array_index, component, value,
+                                           connection)
+            index, da = hit
+            lib, srv = self.lib, self._server
+            # As libiec61850's mmsWriteHandler: type check, handler, the model on success.
+            if not lib.MmsValue_equalTypes(lib.IedServer_getAttributeValue(srv, da), value):
+                return L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID
+            result = self._on_write(da, value, connection, index)
+            if result == L.DATA_ACCESS_ERROR_SUCCESS:
+                lib.IedServer_updateAttributeValue(srv, da, value)
+            elif result != L.DATA_ACCESS_ERROR_SUCCESS_NO_UPDATE:
+                return result
+            return L.DATA_ACCESS_ERROR_SUCCESS
+        except Exception:  # fail closed: never let a write through unchecked
+            log.exception("write dispatch for %r failed", variable_id)
+            return L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED
+
+    def _resolve(self, domain: int, variable_id: bytes, array_index: int, component: bytes) -> tuple | None:
+        """The handler of a write to `variable_id` in `domain`: (index, DataAttribute*), or None
+        if it has none here.  Also hands a data object's control handlers to libiec61850 at
+        the first write to it (their first use is one: Oper, SBOw, Cancel)."""
+        ld = self._domains.get(domain, _UNRESOLVED)
+        if ld is _UNRESOLVED:
+            name = L.domain_name(domain)
+            ld = name[len(self.ied_name):] if name.startswith(self.ied_name) else None
+            self._domains[domain] = ld
+        if ld is None or not variable_id:
+            return None
+        parts = variable_id.decode(errors="replace").split("$")
+        if component:
+            parts += component.decode(errors="replace").split("$")
+        if len(parts) < 3:
+            return None
+        if self._pending_controls:
+            do_ref = f"{ld}/{parts[0]}.{parts[2]}"
+            with self._tables:  # (lock order: the model lock, then this)
+                index = self._pending_controls.pop(do_ref, None)
+                if index is not None:
+                    self._install_control(do_ref, index)
+        if array_index != -1:  # no handler is for an array element
+            return None
+        base = f"{ld}/{parts[0]}"
+        ref = base + "." + ".".join(parts[2:])
+        index = self._write_index.get(ref)
+        if index is None:  # a complex attribute around it?
+            for end in range(len(parts) - 1, 3, -1):
+                candidate = self._write_index.get(base + "." + ".".join(parts[2:end]))
+                if candidate is not None and self._write_complex[candidate]:
+                    index = candidate
+                    break
+        if index is None or not self.has(ref):
+            return None
+        da = self.node(ref)
+        fc = self._fcs.get(parts[1])
+        if fc is None:
+            fc = self._fcs[parts[1]] = self.lib.FunctionalConstraint_fromString(parts[1].encode())
+        if self.lib.ModelNode_getType(da) != L.DATA_ATTRIBUTE_MODEL_TYPE or self.lib.DataAttribute_getFC(da) != fc:
+            return None
+        return index, da
 
     def _on_check(self, action, index, ctl_val, test, _interlock):
         do_ref, check, _ = self._controls[index or 0]
@@ -211,3 +472,86 @@ class MmsServer:
 
     def set_add_cause(self, action: int, cause: int) -> None:
         self.lib.ControlAction_setAddCause(action, cause)
+
+
+class _ModelIndex:
+    """The names of a model's nodes, read from its .cfg text (libiec61850's format, one
+    element a line: `LD(inst){`, `LN(name){`, `DO(name count){`, `DA(name ...)[=value];` or
+    `{`, `}`, data sets and report controls), to answer `has` before libiec61850 has built
+    the model.  A logical node's lines are read at its first question, once per distinct
+    text: the schedules of a site share a few."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.blocks: dict[str, dict[str, tuple[int, int]]] | None = None  # LD -> LN -> its text's span
+        self.trees: dict[str, dict] = {}      # an LN's text -> its tree of names
+        self.lns: dict[tuple[str, str], dict | None] = {}
+
+    def _scan(self) -> dict:
+        text, blocks, ld, open_ln = self.text, {}, None, None
+        at = text.find("\nL")
+        while at >= 0:
+            kind, end = text[at + 1:at + 3], text.find("\n", at + 1)
+            end = len(text) if end < 0 else end
+            if open_ln is not None:
+                blocks[open_ln[0]][open_ln[1]] = (open_ln[2], at)
+                open_ln = None
+            if kind in ("LD", "LN") and text.endswith("){", at, end):
+                name = text[at + 4:end - 2]
+                if kind == "LD":
+                    ld = name
+                    blocks.setdefault(ld, {})
+                elif ld is not None:
+                    open_ln = (ld, name, end)
+            at = text.find("\nL", end)
+        if open_ln is not None:
+            blocks[open_ln[0]][open_ln[1]] = (open_ln[2], len(text))
+        return blocks
+
+    def _tree(self, ld: str, ln: str) -> dict | None:
+        key = (ld, ln)
+        if key in self.lns:
+            return self.lns[key]
+        if self.blocks is None:
+            self.blocks = self._scan()
+        span = self.blocks.get(ld, {}).get(ln)
+        tree = None
+        if span is not None:
+            body = self.text[span[0]:span[1]]
+            tree = self.trees.get(body)
+            if tree is None:
+                tree = self.trees[body] = _names(body)
+        self.lns[key] = tree
+        return tree
+
+    def has(self, ref: str) -> bool | None:
+        """Whether `LDinst/LN[.DO.DA...]` is in the model; None when this cannot tell."""
+        ld, slash, rest = ref.partition("/")
+        if not slash or any(c in rest for c in "([$"):
+            return None
+        ln, _, path = rest.partition(".")
+        node = self._tree(ld, ln)
+        for name in path.split(".") if path else ():
+            if node is None:
+                break
+            node = node.get(name)
+        return node is not None
+
+
+def _names(body: str) -> dict:
+    """{name: {child name: ...}} of the DOs and DAs in a logical node's lines."""
+    root: dict = {}
+    stack = [root]
+    for line in body.split("\n"):
+        if line.startswith(("DO(", "DA(")):
+            space = line.find(" ", 3)
+            node: dict = {}
+            stack[-1][line[3:space if space > 0 else line.find(")")]] = node
+            if line.endswith("{"):
+                stack.append(node)
+        elif line == "}":
+            if len(stack) > 1:
+                stack.pop()
+        elif line.endswith("{"):  # a data set or any other block: no model nodes in it
+            stack.append({})
+    return root

@@ -26,13 +26,13 @@ import thespian.system.systemBase as thespian_system_base
 from thespian.actors import ActorSystemFailure, ActorSystemRequestTimeout
 
 from relevent.clock import now_ms
-from relevent.actors.messages import (
+from relevent.messages import (
     Configure, FaultAck, Failed, ForecastReply, ForecastRequest, Hello, InjectFault, Pong, Ready, Reconfigure,
     Reconfigured, StatusReply, StatusRequest, FAULT_KINDS,
 )
 from relevent.actors.restart_policy import Escalate, History, RestartPolicy, on_failure, stop_overdue
 from relevent.actors.site import site_settings
-from relevent.actors.messages import Shutdown
+from relevent.messages import Shutdown
 from relevent.runtime import hardening
 from relevent.topology import Topology, TopologyError, load_topology, parse_topology
 from relevent.topology.edit import EditError, add_endpoint, parse_snippet, remove_endpoint, write_atomic

@@ -15,7 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 from typing import Any, Protocol
 
-from relevent.actors.messages import ControllerState, Measurement
+from relevent.messages import ControllerState, Measurement
 from relevent.wan.session import OPERATE_TIMEOUT_S, Answer, ControlSession, Write
 
 __all__ = ["Answer", "WanAdapter", "WanContext", "Write"]

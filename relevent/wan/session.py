@@ -40,7 +40,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from relevent.actors.messages import (
+from relevent.messages import (
     ControllerState, ForecastReply, ForecastRequest, Measurement, OperateResult, ScheduleOperate, ScheduleWrite,
     ScheduleWrites, SnapshotRequest, WanContact, Wakeup,
 )

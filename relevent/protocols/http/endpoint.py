@@ -24,7 +24,7 @@ import logging
 import socket
 from typing import Any
 
-from relevent.actors.messages import ControllerState
+from relevent.messages import ControllerState
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.http.api import build_app
 from relevent.wan.adapter import WanContext

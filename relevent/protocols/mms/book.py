@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from relevent.actors.messages import ControllerState
+from relevent.messages import ControllerState
 from relevent.protocols.mms.model_map import ScheduleRefs, controller_updates, schedule_updates, write_ref
 
 log = logging.getLogger("relevent.mms")

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relevent.actors.messages import ControllerState, Measurement
+from relevent.messages import ControllerState, Measurement
 from relevent.clock import now_ms
 from relevent.iec61850 import lib as L
 from relevent.iec61850.server import MmsServer, MmsServerError

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from relevent.actors.messages import CommandSubscribe, DeviceCommand, Measurement
+from relevent.messages import CommandSubscribe, DeviceCommand, Measurement
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.modbus.address import parse_device_address
 from relevent.protocols.modbus.device import DeviceEvent, ModbusDevice

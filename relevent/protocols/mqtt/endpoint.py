@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from relevent.clock import now_ms
-from relevent.actors.messages import (
+from relevent.messages import (
     CommandSubscribe, DeviceCommand, ForecastReply, ForecastRequest, Measurement, Wakeup,
 )
 from relevent.protocols.aio import AsyncioThread
