@@ -181,6 +181,11 @@ def test_a_schedule_written_over_http_is_the_same_schedule_over_mms(site):
         assert c.read_int(f"{ref}.NumEntr.setVal", "SP") == 2
         assert c.read_int(f"{ref}.SchdPrio.setVal", "SP") == 20
         assert c.read_float(f"{ref}.ValASG002.setMag.f", "SP") == 2000.0
+        # The MMS endpoint hears the enable from the controller, in parallel with the HTTP
+        # answer: within milliseconds, not necessarily before the HTTP client reads.
+        deadline = time.monotonic() + 2.0
+        while c.read_int(f"{ref}.SchdSt.stVal") not in (3, 4) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert c.read_int(f"{ref}.SchdSt.stVal") in (3, 4)
     finally:
         c.close()

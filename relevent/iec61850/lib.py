@@ -93,6 +93,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         "IedServer_handleWriteAccessForComplexAttribute": (None, [c_void_p, c_void_p, WriteAccessHandler, c_void_p]),
         "IedServer_setControlHandler": (None, [c_void_p, c_void_p, ControlHandler, c_void_p]),
         "IedServer_setPerformCheckHandler": (None, [c_void_p, c_void_p, PerformCheckHandler, c_void_p]),
+        # (ControlAction, parameter, ctlVal, test, synchroCheck) -> ControlHandlerResult: the
+        # same C signature as the check handler's.
+        "IedServer_setWaitForExecutionHandler": (None, [c_void_p, c_void_p, PerformCheckHandler, c_void_p]),
         "ControlAction_setAddCause": (None, [c_void_p, c_int]),
         "IedServer_setConnectionIndicationHandler": (None, [c_void_p, ConnectionIndicationHandler, c_void_p]),
         "MmsValue_getType": (c_int, [c_void_p]),

@@ -58,7 +58,7 @@ class MmsServer:
         self._write_handlers: list[Callable] = []
         self._write_complex = bytearray()
         self._write_index: dict[str, int] = {}   # ref -> its latest handler
-        self._controls: list[tuple[str, Callable, Callable]] = []
+        self._controls: list[tuple[str, Callable, Callable, Callable | None]] = []
         self._pending_controls: dict[str, int] = {}  # DO ref -> index in _controls, not in libiec61850 yet
         # (MmsDomain*, variable id, array index, component) -> (handler index, DataAttribute*),
         # or None for a write libiec61850 handles itself.  Filled by _dispatch, emptied on install.
@@ -68,6 +68,7 @@ class MmsServer:
         self._write_cb = L.WriteAccessHandler(self._on_write)
         self._check_cb = L.PerformCheckHandler(self._on_check)
         self._control_cb = L.ControlHandler(self._on_control)
+        self._wait_cb = L.PerformCheckHandler(self._on_wait)  # same C signature as a check
         self._dispatch_cb = L.MmsWriteVariableHandler(self._dispatch)
         self._connection_cb = L.ConnectionIndicationHandler(self._on_connection)
         self._connection_handler: Callable[[bool], None] | None = None
@@ -325,14 +326,23 @@ class MmsServer:
         install(self._server, self.node(ref), self._write_cb, index)
 
     def on_control(self, do_ref: str, check: Callable[[int, int, bool], int],
-                   execute: Callable[[int, int, bool], int]) -> None:
+                   execute: Callable[[int, int, bool], int],
+                   wait: Callable[[int, int, bool], int] | None = None) -> None:
         """check(action, ctlVal, test) -> CheckHandlerResult; execute(...) -> ControlHandlerResult.
+
+        check runs with the data model lock held: keep it short.  `wait(action, ctlVal,
+        test)` (libiec61850's wait-for-execution handler) runs after an accepted check,
+        WITHOUT the model lock, about every 10 ms until it returns CONTROL_RESULT_OK or
+        CONTROL_RESULT_FAILED (CONTROL_RESULT_WAITING: call again); the client's operate is
+        answered only then, negatively on FAILED (DataAccessError 3 and a LastApplError
+        with the AddCause set by `set_add_cause`).  So an application can decide an
+        operate elsewhere while clients' reads go on.
 
         With the fast path the handlers reach libiec61850 at the first client write to the
         data object (every operate, select-with-value and cancel is one), or at once for a
         control model whose select is a read (sbo-with-normal-security, status-only)."""
         with self._tables:
-            self._controls.append((do_ref, check, execute))
+            self._controls.append((do_ref, check, execute, wait))
             index = len(self._controls) - 1
             if not self._built or (self._hook is not None and self._starts_with_write(do_ref)):
                 self._pending_controls[do_ref] = index  # (decided by _hand_over when not built yet)
@@ -352,6 +362,8 @@ class MmsServer:
         node = self.node(do_ref)
         self.lib.IedServer_setPerformCheckHandler(self._server, node, self._check_cb, index)
         self.lib.IedServer_setControlHandler(self._server, node, self._control_cb, index)
+        if self._controls[index][3] is not None:
+            self.lib.IedServer_setWaitForExecutionHandler(self._server, node, self._wait_cb, index)
 
     def on_connection(self, handler: Callable[[bool], None]) -> None:
         """handler(connected) on every client association opened or closed."""
@@ -455,15 +467,23 @@ class MmsServer:
         return index, da
 
     def _on_check(self, action, index, ctl_val, test, _interlock):
-        do_ref, check, _ = self._controls[index or 0]
+        do_ref, check, _, _ = self._controls[index or 0]
         try:
             return check(action, ctl_val, test)
         except Exception:
             log.exception("check handler for %s failed", do_ref)
             return L.CONTROL_OBJECT_ACCESS_DENIED
 
+    def _on_wait(self, action, index, ctl_val, test, _synchro_check):
+        do_ref, _, _, wait = self._controls[index or 0]
+        try:
+            return wait(action, ctl_val, test)
+        except Exception:
+            log.exception("wait handler for %s failed", do_ref)
+            return L.CONTROL_RESULT_FAILED
+
     def _on_control(self, action, index, ctl_val, test):
-        do_ref, _, execute = self._controls[index or 0]
+        do_ref, _, execute, _ = self._controls[index or 0]
         try:
             return execute(action, ctl_val, test)
         except Exception:

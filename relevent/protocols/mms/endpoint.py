@@ -64,6 +64,7 @@ from relevent.scl.generate import default_ld_inst
 from relevent.scl.parser import parse_scl
 from relevent.scl.site_model import endpoint_scl
 from relevent.wan.adapter import WanContext, Write
+from relevent.wan.session import OPERATE_TIMEOUT_S
 
 log = logging.getLogger("relevent.mms")
 
@@ -104,6 +105,10 @@ class MmsEndpoint:
         self._gc_last = self._gc_full = 0.0
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
         self.stats = {"writes": 0, "operates": 0, "refused": 0, "gc_collections": 0}
+        # Operates decided by their controller and not answered yet: control object reference
+        # -> (future of the session's Answer, monotonic deadline), or None for one accepted
+        # with no effect.  libiec61850 has at most one operate in progress per control object.
+        self.operating: dict[str, tuple | None] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -238,7 +243,8 @@ class MmsEndpoint:
             srv.on_write(ref, self._write_handler(refs, ref, "StrTm", n, "time"))
             n += 1
         for op, do in (("enable", "EnaReq"), ("disable", "DsaReq")):
-            srv.on_control(refs.attr(do), self._check_handler(refs, op, do), self._control_handler(refs, op, do))
+            srv.on_control(refs.attr(do), self._check_handler(refs, op, do), self._control_handler(refs, op, do),
+                           wait=self._wait_handler(refs, op, do))
 
     # -- handlers (libiec61850's thread) ----------------------------------------------------------
     def _decode(self, value: int, kind: str) -> Any:
@@ -259,30 +265,54 @@ class MmsEndpoint:
         return handle
 
     def _check_handler(self, refs: ScheduleRefs, op: str, do: str):
+        """Model lock held: only hand the operate to the session (which checks the policy and
+        queues it for the controller) and accept; the decision is the wait handler's."""
         def check(action: int, ctl_val: int, test: bool) -> int:
             if test or not self.server.decode(ctl_val, "bool"):
-                return L.CONTROL_ACCEPTED  # accepted, no effect
-            self._unstage_in_handler((refs.der, refs.kind))
-            answer = self.ctx.operate_wait(refs.der, refs.kind, refs.name, op)
-            self.stats["operates"] += 1
-            if answer.state is not None:
-                self._apply_in_handler(answer.state)  # the client reads the new state right after
-            if answer.ok:
+                self.operating[refs.attr(do)] = None  # accepted, no effect
                 return L.CONTROL_ACCEPTED
-            self.stats["refused"] += 1
-            if answer.rule == "timeout":
-                log.error("operate %s: no answer from controller %s/%s", refs.attr(do), refs.der, refs.kind)
-                return L.CONTROL_OBJECT_ACCESS_DENIED
-            if answer.refusal == Refusal.ACCESS_DENIED:
-                self.server.set_add_cause(action, L._C.ADD_CAUSE_NO_ACCESS_AUTHORITY)
-                return L.CONTROL_OBJECT_ACCESS_DENIED
-            self.server.set_add_cause(action, L.ADD_CAUSE_INCONSISTENT_PARAMETERS)
-            return L.CONTROL_VALUE_INVALID
+            self._unstage_in_handler((refs.der, refs.kind))
+            self.operating[refs.attr(do)] = (self.ctx.operate(refs.der, refs.kind, refs.name, op),
+                                             time.monotonic() + OPERATE_TIMEOUT_S)
+            self.stats["operates"] += 1
+            return L.CONTROL_ACCEPTED
         return check
+
+    def _wait_handler(self, refs: ScheduleRefs, op: str, do: str):
+        """libiec61850's thread, every ~10 ms until it decides, WITHOUT the model lock (so
+        clients' reads go on meanwhile): the client's operate is answered only once this
+        returns OK (positive) or FAILED (negative, LastApplError with the AddCause)."""
+        def wait(action: int, _ctl_val: int, _test: bool) -> int:
+            pending = self.operating.get(refs.attr(do))
+            if pending is None:
+                return L.CONTROL_RESULT_OK
+            future, deadline = pending
+            if not future.done():
+                if time.monotonic() < deadline:
+                    return L.CONTROL_RESULT_WAITING
+                future.cancel()  # never applied later
+                self.operating.pop(refs.attr(do), None)
+                log.error("operate %s: no answer from controller %s/%s", refs.attr(do), refs.der, refs.kind)
+                self.stats["refused"] += 1
+                self.server.set_add_cause(action, L._C.ADD_CAUSE_TIME_LIMIT_OVER)
+                return L.CONTROL_RESULT_FAILED
+            self.operating.pop(refs.attr(do), None)
+            answer = future.result() if not future.cancelled() else None
+            if answer is not None and answer.state is not None:
+                with self.server.model_lock():
+                    self._apply_in_handler(answer.state)  # the client reads the new state right after
+            if answer is not None and answer.ok:
+                return L.CONTROL_RESULT_OK
+            self.stats["refused"] += 1
+            denied = answer is None or answer.refusal == Refusal.ACCESS_DENIED
+            self.server.set_add_cause(action, L._C.ADD_CAUSE_NO_ACCESS_AUTHORITY if denied
+                                      else L.ADD_CAUSE_INCONSISTENT_PARAMETERS)
+            return L.CONTROL_RESULT_FAILED
+        return wait
 
     def _control_handler(self, refs: ScheduleRefs, op: str, do: str):
         def execute(_action: int, _ctl_val: int, _test: bool) -> int:
-            return L.CONTROL_RESULT_OK  # decided and done in the check handler
+            return L.CONTROL_RESULT_OK  # decided and done in the wait handler
         return execute
 
     # -- actor thread ---------------------------------------------------------------------------
