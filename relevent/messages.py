@@ -184,6 +184,7 @@ class ControllerState(ShortRepr):
     # The state due at the controller's next boundary if nothing changes before (version
     # (stamp, seq, 1)); endpoints apply it on time themselves.  See ControllerActor._next_state.
     then: "ControllerState | None" = None
+    writes_saved: dict = field(default_factory=dict)  # endpoint name -> last write seq saved (durable)
 
 
 @dataclass

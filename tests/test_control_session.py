@@ -62,11 +62,14 @@ def schedules(locked: dict | None = None) -> list[Schedule]:
 
 
 def state(seq: int, scheds: list[Schedule], *, stamp: int = 1, address=CONTROLLER, acked: int = 0,
-          then: ControllerState | None = None) -> ControllerState:
+          saved: int | None = None, then: ControllerState | None = None) -> ControllerState:
+    """A controller's state that includes the endpoint's writes up to `acked`, of which those
+    up to `saved` (default: all) are durable."""
+    saved = acked if saved is None else saved
     return ControllerState("pv1", "ActPow", {s.name: {"status": status_snapshot(s), "settings": settings_snapshot(s)}
                                              for s in scheds},
                            (0.0, None, None), now_ms(), (stamp, seq), address, True,
-                           {"ep": acked} if acked else {}, then)
+                           {"ep": acked} if acked else {}, then, writes_saved={"ep": saved} if saved else {})
 
 
 @pytest.fixture
@@ -256,3 +259,15 @@ def test_a_forecast_given_up_by_its_client_is_forgotten(session):
     fut = session.forecast("pv1", "ActPow", 1000)
     fut.cancel()
     assert session.forecasts == {}
+
+
+def test_writes_applied_but_not_yet_saved_are_sent_again_to_a_restarted_controller(session):
+    session.on_message(state(1, schedules()))
+    session.write("pv1", "ActPow", "FSCH01", [Write("NumEntr", 0, 1)])
+    deliver(session)
+    seq = session.actor.to(CONTROLLER)[0].writes[-1].seq
+    session.on_message(state(2, schedules(), acked=seq, saved=0))   # applied, not flushed yet
+    # It dies before its flush: the new incarnation loaded the store without the write.
+    session.on_message(state(1, schedules(), stamp=2, address="controller-address-2"))
+    (again,) = session.actor.to("controller-address-2")
+    assert [w.field for w in again.writes] == ["NumEntr"]

@@ -424,3 +424,38 @@ def test_forecast_of_a_controller_merges_its_schedules(site):
                           [20000, 11.0, "Res_FSCH01"]]
     res = site.cli("forecast", str(site.topology), "der9", "MaxPow")
     assert res.returncode == 1 and "no controller der9/MaxPow" in res.stderr
+
+
+def test_a_pending_operate_does_not_hold_up_other_clients_reads(site):
+    """The controller hangs (its supervisor kills and restarts it, and the session re-sends
+    the enable): the operate waits for it outside libiec61850's model lock, so another
+    client's reads are answered meanwhile."""
+    import subprocess
+    import sys
+    port = port_of(site)
+    reader = Open61850Client("127.0.0.1", port)
+    try:
+        prepare(reader, "ActPow", "FSCH01", [1.0], intv=60, start=now_ms() + 30_000)
+        script = ("import sys, time; sys.path.insert(0, 'tests'); from mmsclients import Open61850Client; "
+                  f"c = Open61850Client('127.0.0.1', {port}); print('ready', flush=True); sys.stdin.readline(); "
+                  f"t = time.monotonic(); ok, _ = c.operate('{fsch('ActPow', 'FSCH01')}.EnaReq', True); "
+                  "print(ok, time.monotonic() - t); c.close()")
+        op = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert op.stdout.readline().strip() == "ready"
+        time.sleep(0.2)  # the writes are saved (FLUSH_DELAY) before the controller hangs
+        site.fault("der1/ActPow", "hang")
+        op.stdin.write("go\n")
+        op.stdin.flush()
+        worst, reads = 0.0, 0
+        while op.poll() is None:
+            t0 = time.monotonic()
+            reader.read_int(f"{fsch('ActPow', 'Res_FSCH01')}.SchdSt.stVal")
+            worst, reads = max(worst, time.monotonic() - t0), reads + 1
+        ok, took = op.stdout.read().split()
+        op.wait(10)
+        assert ok == "True"
+        assert float(took) > 0.2, "the operate did not wait for the restarted controller"
+        assert reads >= 5 and worst < 0.2, (reads, worst)
+    finally:
+        reader.close()

@@ -56,7 +56,8 @@ class ControllerActor(ReleventActor):
         self.subscribers: dict[str, Any] = {}  # endpoint name -> address
         self._published: dict[str, tuple] = {}  # schedule -> (status, settings) last sent
         self._writes_applied: dict[str, int] = {}  # endpoint -> last write seq applied
-        self._acked: dict[str, int] = {}           # ... as last published
+        self._writes_saved: dict[str, int] = {}    # ... of those, the last saved (durable)
+        self._acked: dict[str, tuple] = {}         # (applied, saved) as last published
         self._predicted: dict[str, bool] = {}      # schedules in the last `then` -> with settings
         self.locals: list[LocalSchedule] = []
         self._local_state: dict = {}               # power_up_boot, last_contact (persisted)
@@ -215,6 +216,7 @@ class ControllerActor(ReleventActor):
             self._flush_armed = False
             if self._dirty:
                 self._save()
+                self._publish(now_ms(), force=False)  # endpoints learn that the writes are durable
         elif payload.what == "boundary" and payload.generation == self._timer_generation:
             now = now_ms()
             if self._timer_at is not None and now < self._timer_at:
@@ -246,6 +248,7 @@ class ControllerActor(ReleventActor):
         self.store.save(self.store_key, {"schedules": {s.name: s.to_record() for s in self.schedules},
                                          "local": dict(self._local_state)})
         self._dirty = False
+        self._writes_saved = dict(self._writes_applied)
 
     def _state(self, now: int, full: bool = False) -> ControllerState:
         """The state to send: every schedule when `full`, else those that changed since the
@@ -265,7 +268,8 @@ class ControllerActor(ReleventActor):
             self._published[s.name] = (status, settings)
         self._seq += 1
         state = ControllerState(self.config["der"], self.config["kind"], changed, (out.value, out.source, out.start),
-                                now, (self._stamp, self._seq), self.myAddress, full, dict(self._writes_applied))
+                                now, (self._stamp, self._seq), self.myAddress, full, dict(self._writes_applied),
+                                writes_saved=dict(self._writes_saved))
         if self.subscribers:
             state.then = self._next_state(state)
         return state
@@ -290,7 +294,8 @@ class ControllerActor(ReleventActor):
                 self._predicted[sched.name] = settings is not None
         out = output_of(sims)
         return ControllerState(state.der, state.kind, changed, (out.value, out.source, out.start), at,
-                               (*state.version, 1), state.address, False, state.writes_applied)
+                               (*state.version, 1), state.address, False, state.writes_applied,
+                               writes_saved=state.writes_saved)
 
     def _publish(self, now: int, force: bool = True, state: ControllerState | None = None,
                  full: bool = False) -> None:
@@ -300,8 +305,9 @@ class ControllerActor(ReleventActor):
             self._der_output = state.output[:2]
             self.send(self.parent, OutputChanged(self.config["der"], self.config["kind"], state.output[0],
                                                  state.output[1], state.at))
-        if force or state.output != self._last_output or state.schedules or self._writes_applied != self._acked:
-            self._acked = dict(self._writes_applied)
+        acked = (self._writes_applied, self._writes_saved)
+        if force or state.output != self._last_output or state.schedules or acked != self._acked:
+            self._acked = (dict(self._writes_applied), dict(self._writes_saved))
             self._last_output = state.output
             for address in self.subscribers.values():
                 self.send(address, state)

@@ -396,10 +396,14 @@ class ControlSession:
         Returns those unacknowledged writes: (schedule, field, index, value)."""
         key = (state.der, state.kind)
         acked = state.writes_applied.get(self.name, 0)
+        saved = state.writes_saved.get(self.name, 0)
         with self.lock:
-            for k in [k for k, v in self.pending.items() if k[:2] == key and v[0] <= acked]:
+            # A write is forgotten only once saved: one applied but not yet saved is lost if its
+            # controller dies within FLUSH_DELAY, and the next incarnation gets it again.
+            for k in [k for k, v in self.pending.items() if k[:2] == key and v[0] <= saved]:
                 del self.pending[k]
-            unacked = sorted((v[0], k[2], k[3], k[4], v[1]) for k, v in self.pending.items() if k[:2] == key)
+            unacked = sorted((v[0], k[2], k[3], k[4], v[1]) for k, v in self.pending.items()
+                             if k[:2] == key and v[0] > acked)
             ctl = self.controllers.setdefault(key, _Controller())
             if state.version <= ctl.version:
                 return [u[1:] for u in unacked]
@@ -467,7 +471,7 @@ class ControlSession:
         known_before = ctl.address is not None
         ctl.address, ctl.incarnation = state.address, state.version[0]
         if known_before:
-            acked = state.writes_applied.get(self.name, 0)
+            acked = state.writes_saved.get(self.name, 0)  # what the new incarnation loaded
             with self.lock:
                 resend = sorted((v[0], k[2], k[3], k[4], v[1]) for k, v in self.pending.items()
                                 if k[:2] == key and v[0] > acked)
