@@ -1,0 +1,256 @@
+"""MMS start-up in time linear in the model (relevent/iec61850/server.py, relevent/scl/):
+handlers installed through MmsServer.on_write / on_control are called for real client
+writes and operates over loopback, their answers reach the client, with the write hook
+(the fast path) and without it (libiec61850's own handler list, the fallback); a 30-DER
+site's handlers install in well under 10 s; the shared parse of logical nodes keeps each
+instance's own values; `has` answers alike from the model's text and from libiec61850."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from open61850.data import FloatData, StructureData
+
+from mmsclients import Open61850Client
+from relevent.iec61850 import lib as L
+from relevent.iec61850.server import MmsServer
+from relevent.scl.cfg import to_cfg
+from relevent.scl.generate import default_ld_inst, generate_scl
+from relevent.scl.parser import parse_scl
+from sitectl import free_port
+
+IED = "DER_Scheduler_"
+FSCH = "Control/ActPow_FSCH02"
+SPG = "Control/OnOff_FSCH01"
+
+
+def site_model(tmp_path: Path, ders: list[dict]) -> str:
+    path = tmp_path / "site.cid"
+    path.write_bytes(generate_scl(ders))
+    return to_cfg(parse_scl(path))
+
+
+class Recorder:
+    """Write handlers that note what they were called with and answer `answer`."""
+
+    def __init__(self, server: MmsServer) -> None:
+        self.server = server
+        self.calls: list[tuple[str, object]] = []
+        self.answers: dict[str, object] = {}
+
+    def handler(self, name: str, kind: str):
+        def handle(value: int) -> int:
+            srv = self.server
+            if kind == "float" and srv.lib.MmsValue_getType(value) == L.MMS_STRUCTURE:
+                decoded = ("struct", srv.decode(srv.element(value, 0), "float"))
+            else:
+                decoded = srv.decode(value, kind)
+            self.calls.append((name, decoded))
+            answer = self.answers.get(name, L.DATA_ACCESS_ERROR_SUCCESS)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return handle
+
+
+@pytest.fixture(params=["write-hook", "libiec61850-list"])
+def served(request, tmp_path: Path, monkeypatch):
+    if request.param == "libiec61850-list":
+        monkeypatch.setattr(L.WriteHook, "possible", staticmethod(lambda _server: False))
+    ders = [{"name": "d1", "functions": ["ActPow", "OnOff"], "schedules": 2, "values": 10}]
+    server = MmsServer(site_model(tmp_path, ders), IED, str(tmp_path))
+    rec = Recorder(server)
+    operates: list[tuple[str, bool, bool]] = []
+    # As the endpoint's _install: setMag as a complex attribute, setTm, setVal.
+    n = 1
+    while server.has(f"{FSCH}.ValASG{n:03d}"):
+        server.on_write(f"{FSCH}.ValASG{n:03d}.setMag", rec.handler(f"ValASG{n:03d}", "float"),
+                        complex_attribute=True)
+        n += 1
+    assert n == 11
+    server.on_write(f"{FSCH}.StrTm01.setTm", rec.handler("StrTm01", "time"))
+    server.on_write(f"{FSCH}.NumEntr.setVal", rec.handler("NumEntr", "int"))
+    server.on_write(f"{SPG}.ValSPG001.setVal", rec.handler("ValSPG001", "bool"))
+
+    def check(action: int, ctl_val: int, test: bool) -> int:
+        value = server.decode(ctl_val, "bool")
+        operates.append(("check", value, test))
+        return L.CONTROL_ACCEPTED if value else L.CONTROL_OBJECT_ACCESS_DENIED
+
+    def execute(action: int, ctl_val: int, test: bool) -> int:
+        operates.append(("execute", server.decode(ctl_val, "bool"), test))
+        return L.CONTROL_RESULT_OK
+    server.on_control(f"{FSCH}.EnaReq", check, execute)
+    port = free_port()
+    server.start("127.0.0.1", port)
+    client = Open61850Client("127.0.0.1", port)
+    yield server, client, rec, operates, request.param
+    client.close()
+    server.close()
+
+
+def test_the_shipped_library_takes_the_fast_path(served):
+    server, _client, _rec, _operates, path = served
+    assert server.fast_handlers is (path == "write-hook")
+    assert server.handler_count == 10 + 3 + 2
+
+
+def test_client_writes_reach_their_handlers_and_the_model(served):
+    server, client, rec, _operates, _path = served
+    assert client.write_float(f"{IED}{FSCH}.ValASG007.setMag.f", 12.5) is None
+    assert client.write_time(f"{IED}{FSCH}.StrTm01.setTm", 4_102_444_800_000) is None
+    assert client.write_int(f"{IED}{FSCH}.NumEntr.setVal", 7) is None
+    assert client.write_bool(f"{IED}{SPG}.ValSPG001.setVal", True) is None
+    assert rec.calls == [("ValASG007", 12.5), ("StrTm01", 4_102_444_800_000), ("NumEntr", 7), ("ValSPG001", True)]
+    assert client.read_float(f"{IED}{FSCH}.ValASG007.setMag.f", "SP") == 12.5
+    assert client.read_time_ms(f"{IED}{FSCH}.StrTm01.setTm", "SP") == 4_102_444_800_000
+    assert client.read_int(f"{IED}{FSCH}.NumEntr.setVal", "SP") == 7
+    assert client.read_bool(f"{IED}{SPG}.ValSPG001.setVal", "SP") is True
+    # The complex attribute itself: the handler gets the structure.
+    assert client._write(f"{IED}{FSCH}.ValASG003.setMag", "SP", StructureData([FloatData(3.25)])) is None
+    assert rec.calls[-1] == ("ValASG003", ("struct", 3.25))
+    assert client.read_float(f"{IED}{FSCH}.ValASG003.setMag.f", "SP") == 3.25
+
+
+def test_a_refusal_from_the_handler_reaches_the_client_and_leaves_the_model(served):
+    _server, client, rec, _operates, _path = served
+    ref = f"{IED}{FSCH}.ValASG002.setMag.f"
+    assert client.write_float(ref, 1.5) is None
+    rec.answers["ValASG002"] = L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED
+    assert client.write_float(ref, 2.5) == "access-denied"
+    rec.answers["ValASG002"] = L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID
+    assert client.write_float(ref, 3.5) == "value-invalid"
+    rec.answers["ValASG002"] = RuntimeError("a bug in the handler")
+    assert client.write_float(ref, 4.5) == "value-invalid"
+    assert client.read_float(ref, "SP") == 1.5
+    rec.answers["NumEntr"] = L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED
+    assert client.write_int(f"{IED}{FSCH}.NumEntr.setVal", 9) == "access-denied"
+    rec.answers["StrTm01"] = L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID
+    assert client.write_time(f"{IED}{FSCH}.StrTm01.setTm", 1000) == "value-invalid"
+    # Accepted without a model update.
+    rec.answers["ValASG002"] = L.DATA_ACCESS_ERROR_SUCCESS_NO_UPDATE
+    assert client.write_float(ref, 5.5) is None
+    assert client.read_float(ref, "SP") == 1.5
+    assert [c[0] for c in rec.calls] == ["ValASG002"] * 4 + ["NumEntr", "StrTm01", "ValASG002"]
+
+
+def test_a_write_of_the_wrong_type_is_refused_before_the_handler(served):
+    _server, client, rec, _operates, _path = served
+    # MMS type-inconsistent (7), from libiec61850's MMS layer: no write handler runs.
+    assert client.write_int(f"{IED}{FSCH}.ValASG001.setMag.f", 3) == "error 7"
+    assert client.write_float(f"{IED}{FSCH}.NumEntr.setVal", 3.0) == "error 7"
+    assert rec.calls == []
+    assert client.read_float(f"{IED}{FSCH}.ValASG001.setMag.f", "SP") != 3
+
+
+def test_writes_without_a_handler_behave_as_libiec61850_decides(served):
+    """Not ours: libiec61850's own write handler and its default policy (SP writable)."""
+    _server, client, rec, _operates, _path = served
+    assert client.write_int(f"{IED}{FSCH}.SchdPrio.setVal", 42) is None
+    assert client.read_int(f"{IED}{FSCH}.SchdPrio.setVal", "SP") == 42
+    # A whole data object is no data attribute: refused, and no handler runs.
+    assert client._write(f"{IED}{FSCH}.ValASG001", "SP",
+                         StructureData([StructureData([FloatData(8.0)])])) == "access-denied"
+    assert rec.calls == []
+
+
+def test_operates_reach_the_control_handlers(served):
+    _server, client, _rec, operates, _path = served
+    assert client.operate(f"{IED}{FSCH}.EnaReq", True)[0] is True
+    deadline = time.monotonic() + 5
+    while ("execute", True, False) not in operates and time.monotonic() < deadline:
+        time.sleep(0.01)  # libiec61850 executes after it answered
+    assert operates[:2] == [("check", True, False), ("execute", True, False)]
+    assert client.operate(f"{IED}{FSCH}.EnaReq", False)[0] is False  # refused by the check handler
+    assert operates[2] == ("check", False, False)
+
+
+def test_thirty_ders_handlers_install_in_well_under_ten_seconds(tmp_path):
+    ders = [{"name": f"d{i:02d}", "functions": ["ActPow", "MaxPow", "OnOff"], "schedules": 10, "values": 100}
+            for i in range(30)]
+    server = MmsServer(site_model(tmp_path, ders), IED, str(tmp_path))
+    try:
+        calls = []
+
+        def accept(value: int) -> int:
+            calls.append(value)
+            return L.DATA_ACCESS_ERROR_SUCCESS
+        began = time.perf_counter()
+        for der in ders:  # every schedule attribute, as the endpoint's _install
+            ld = default_ld_inst(der, len(ders))
+            for kind in der["functions"]:
+                prefix = "ValSPG" if kind == "OnOff" else "ValASG"
+                for name in [f"FSCH{n:02d}" for n in range(1, 11)] + ["Res_FSCH01"]:
+                    base = f"{ld}/{kind}_{name}"
+                    for field in ("NumEntr", "SchdIntv", "SchdPrio", "SchdReuse"):
+                        server.on_write(f"{base}.{field}.setVal", accept)
+                    n = 1
+                    while server.has(f"{base}.{prefix}{n:03d}"):
+                        if prefix == "ValSPG":
+                            server.on_write(f"{base}.{prefix}{n:03d}.setVal", accept)
+                        else:
+                            server.on_write(f"{base}.{prefix}{n:03d}.setMag", accept, complex_attribute=True)
+                        n += 1
+                    n = 1
+                    while server.has(f"{base}.StrTm{n:02d}.setTm"):
+                        server.on_write(f"{base}.StrTm{n:02d}.setTm", accept)
+                        n += 1
+                    for do in ("EnaReq", "DsaReq"):
+                        server.on_control(f"{base}.{do}", lambda *a: L.CONTROL_ACCEPTED, lambda *a: L.CONTROL_RESULT_OK)
+        installed = time.perf_counter() - began
+        port = free_port()
+        server.start("127.0.0.1", port)
+        serving = time.perf_counter() - began
+        assert server.handler_count == 30 * 4047  # 40,470 for 10 DERs (bench/README.md)
+        assert installed < 10, f"installing 30 DERs' handlers took {installed:.1f} s"
+        assert serving < 30, f"serving 30 DERs took {serving:.1f} s"  # includes libiec61850's model
+        client = Open61850Client("127.0.0.1", port)
+        try:
+            ref = f"{IED}d29Control/MaxPow_FSCH10.ValASG100.setMag.f"
+            assert client.write_float(ref, 6.5) is None
+            assert len(calls) == 1
+            assert client.read_float(ref, "SP") == 6.5
+        finally:
+            client.close()
+    finally:
+        server.close()
+
+
+def test_logical_nodes_of_one_type_share_their_nodes_but_not_their_values(tmp_path):
+    ders = [{"name": f"d{i}", "functions": ["ActPow"], "schedules": 2, "values": 10} for i in range(2)]
+    path = tmp_path / "site.cid"
+    path.write_bytes(generate_scl(ders))
+    ied = parse_scl(path).ied()
+    a, b = ied.ld("d0Control"), ied.ld("d1Control")
+    fscc_a, fscc_b = a.ln("ActPow_FSCC1"), b.ln("ActPow_FSCC1")
+    assert fscc_a.find("Schd01.setSrcRef").value == "@d0Control/ActPow_FSCH01"
+    assert fscc_b.find("Schd01.setSrcRef").value == "@d1Control/ActPow_FSCH01"
+    assert fscc_a.find("Schd02.setSrcRef").value == "@d0Control/ActPow_FSCH02"
+    assert fscc_a.find("Schd01") is not fscc_b.find("Schd01")  # given values: each its own
+    assert fscc_a.find("Beh") is fscc_b.find("Beh")            # none: shared
+    fsch = [ld.ln(f"ActPow_FSCH0{i}") for ld in (a, b) for i in (1, 2)]
+    assert len({id(ln.find("ValASG005")) for ln in fsch}) == 1
+    assert all(ln.find("NumEntr.setVal").value == fsch[0].find("NumEntr.setVal").value for ln in fsch)
+
+
+def test_has_answers_alike_from_the_model_text_and_from_libiec61850(tmp_path):
+    ders = [{"name": "d1", "functions": ["ActPow", "OnOff"], "schedules": 2, "values": 10}]
+    server = MmsServer(site_model(tmp_path, ders), IED, str(tmp_path))
+    try:
+        refs = [f"{FSCH}.ValASG{n:03d}" for n in (1, 10, 11)] + [
+            f"{FSCH}.StrTm{n:02d}.setTm" for n in (1, 16, 17)] + [
+            "Control/ActPow_FSCH02", "Control/ActPow_FSCH03", "Control/OnOff_FSCH01.ValSPG001.setVal",
+            "Control/LLN0.Mod.ctlModel", "Control/LLN0.Mod.nothing", "Other/LLN0", "Control/ActPow_FSCC1.Schd03",
+            "Control/ActPow_FSCH01.ValASG001.setMag.f", "Control/ActPow_FSCH01.ValASG001.setMag.i"]
+        from_text = [server.has(ref) for ref in refs]
+        assert server._index is not None  # answered before the model was asked for
+        server.start("127.0.0.1", free_port())  # the model's own answers from now on
+        assert server._index is None
+        server._nodes.clear()
+        server._missing.clear()
+        assert [server.has(ref) for ref in refs] == from_text
+        assert from_text == [True, True, False, True, True, False, True, False, True, True, False, False, True,
+                             True, False]
+    finally:
+        server.close()
