@@ -36,12 +36,15 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # Long: about 10 minutes.  Figures and their commands: bench/README.md.
-bench: $(STAMP)
+bench: $(STAMP) mosquitto
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(PY) bench/runtime_bench.py --kills 100 --cycles 20 --json bench/results-runtime.json
 	$(PY) bench/switch_bench.py --ders 1 --entries 60 --json bench/results-switch-1der-c.json
 	$(PY) bench/switch_bench.py --ders 100 --entries 20 --pause 0.005 --isolation der --json bench/results-switch-100der-der.json
 	-$(PY) bench/switch_bench.py --ders 100 --entries 20 --pause 0.005 --serve-nice 0 --json bench/results-switch-100der-process.json  # may fail: see bench/README.md
-	$(PY) bench/mms_bench.py --ders 1 --ders 3 --ders 10 --json bench/results-mms.json
+	$(PY) bench/mms_startup_bench.py --ders 1 --ders 10 --ders 100 --json bench/results-mms-startup.json
+	$(PY) bench/http_bench.py --enables 50 --clients 50 --seconds 10 --json bench/results-http.json
 	$(PY) bench/gc_bench.py --ders 100 --functions ActPow --schedules 1
 	$(PY) bench/memory_bench.py --ders 10 --isolation process
 	$(PY) bench/memory_bench.py --ders 10 --isolation der
