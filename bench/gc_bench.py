@@ -17,6 +17,7 @@ from pathlib import Path
 from relevent.iec61850.server import MmsServer
 from relevent.protocols.mms.endpoint import MmsEndpoint
 from relevent.protocols.mms.model_map import ScheduleRefs
+from relevent.scheduling.schedule import schedule_names
 from relevent.scl.cfg import to_cfg
 from relevent.scl.generate import default_ld_inst, generate_scl
 from relevent.scl.parser import parse_scl
@@ -46,7 +47,7 @@ def main() -> None:
     for der in ders:
         ld = default_ld_inst(der, len(ders))
         for kind in functions:
-            for name in [f"FSCH{n:02d}" for n in range(1, args.schedules + 1)] + ["Res_FSCH01"]:
+            for name in schedule_names(args.schedules):
                 endpoint._install(ScheduleRefs("DER_Scheduler_", ld, der["name"], kind, name))
     full_collection_ms()  # the garbage of start-up
     before = full_collection_ms()

@@ -21,6 +21,7 @@ from sitectl import free_port  # noqa: E402
 from relevent.iec61850.server import MmsServer  # noqa: E402
 from relevent.protocols.mms.endpoint import MmsEndpoint  # noqa: E402
 from relevent.protocols.mms.model_map import ScheduleRefs  # noqa: E402
+from relevent.scheduling.schedule import schedule_names  # noqa: E402
 from relevent.scl.cfg import to_cfg  # noqa: E402
 from relevent.scl.generate import default_ld_inst, generate_scl  # noqa: E402
 from relevent.scl.parser import parse_scl  # noqa: E402
@@ -51,7 +52,7 @@ def measure(ders: int, tmp: Path) -> dict:
     for der in der_tables:
         ld = default_ld_inst(der, len(der_tables))
         for kind in der["functions"]:
-            for name in [f"FSCH{n:02d}" for n in range(1, 11)] + ["Res_FSCH01"]:
+            for name in schedule_names(10):
                 endpoint._install(ScheduleRefs("DER_Scheduler_", ld, der["name"], kind, name))
     steps["install_handlers"] = time.perf_counter() - t
     t = time.perf_counter()
