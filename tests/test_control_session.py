@@ -271,3 +271,43 @@ def test_writes_applied_but_not_yet_saved_are_sent_again_to_a_restarted_controll
     session.on_message(state(1, schedules(), stamp=2, address="controller-address-2"))
     (again,) = session.actor.to("controller-address-2")
     assert [w.field for w in again.writes] == ["NumEntr"]
+
+
+def test_a_late_message_of_a_replaced_controller_does_not_point_the_session_back_at_it(session):
+    session.on_message(state(1, schedules(), stamp=2, address="controller-address-2"))
+    session.on_message(state(9, schedules(), stamp=1, address="dead-address"))  # delayed, from before
+    session.write("pv1", "ActPow", "FSCH01", [Write("NumEntr", 0, 1)])
+    deliver(session)
+    assert session.actor.to("dead-address") == []
+    assert len(session.actor.to("controller-address-2")) == 1
+
+
+def test_after_a_restart_writes_queued_behind_an_enable_stay_behind_it(session):
+    session.on_message(state(1, schedules()))
+    session.write("pv1", "ActPow", "FSCH01", [Write("NumEntr", 0, 2)])
+    deliver(session)                                                  # in flight
+    session.operate("pv1", "ActPow", "FSCH01", "enable")
+    session.write("pv1", "ActPow", "FSCH01", [Write("SchdPrio", 0, 5)])
+    deliver(session)                                                  # both queued
+    session.on_message(state(1, schedules(), stamp=2, address="controller-address-2"))
+    sent = session.actor.to("controller-address-2")
+    assert [w.field for w in sent[0].writes] == ["NumEntr"]           # only what had been sent
+    assert len(sent) == 1                                             # the enable waits for its ack
+    session.on_message(state(2, schedules(), stamp=2, address="controller-address-2", acked=sent[0].writes[-1].seq))
+    sent = session.actor.to("controller-address-2")
+    assert isinstance(sent[1], ScheduleOperate)                       # then the enable, then the write
+
+
+def test_the_topologys_locks_hold_before_a_controllers_first_state():
+    actor, adapter = FakeActor(), FakeAdapter()
+    der = {**DER, "locks": {"ActPow": {"FSCH01": ["SchdPrio"]}}, "values": 4}
+    s = ControlSession(actor, {"name": "ep", "ders": [der]})
+    s.start(adapter)
+    assert s.write("pv1", "ActPow", "FSCH01", [Write("SchdPrio", 0, 9)]).rule == "lock:SchdPrio"
+    assert s.write("pv1", "ActPow", "FSCH01", [Write("Val", 5, 1.0)]).rule == "value"   # 4 slots
+
+
+def test_an_operate_given_up_by_its_client_is_forgotten(session):
+    fut = session.operate("pv1", "ActPow", "FSCH01", "enable")   # no controller state yet: queued
+    fut.cancel()
+    assert session.waiting == {}

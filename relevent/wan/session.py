@@ -48,7 +48,7 @@ from relevent.clock import now_ms
 from relevent.policy import Request, check
 from relevent.runtime.bridge import ThreadBridge
 from relevent.scheduling.schedule import (
-    EnaErr, Refusal, Schedule, from_snapshot, schedule_names, settings_snapshot,
+    LOCKABLE, EnaErr, Refusal, Schedule, from_snapshot, schedule_names, settings_snapshot,
 )
 
 log = logging.getLogger("relevent.wan")
@@ -94,6 +94,7 @@ class _Controller:
     incarnation: int | None = None
     outbox: list = field(default_factory=list)   # requests not sent yet, in order
     in_flight: Any = None                         # the request sent and not acknowledged
+    sent_seq: int = 0                             # the newest write sent to it (any incarnation)
     version: tuple = (0, 0)                       # of the newest state seen
     output: tuple = (None, None, None)            # (value, source schedule, run start ms)
     at: int = 0
@@ -141,10 +142,15 @@ class ControlSession:
         for der in self.ders.values():
             for kind in der["functions"]:
                 self.controllers[(der["name"], kind)] = _Controller()
+                locks = (der.get("locks") or {}).get(kind, {})
                 for name in schedule_names(der["schedules"]):
+                    # Until its controller's first state: the topology's locks and value slots,
+                    # as the controller has them, so the policy holds from the first request.
                     reserve = name.startswith("Res_")
-                    self.mirrors[(der["name"], kind, name)] = Schedule(
-                        name, boolean=kind == "OnOff", periodic=reserve, reserve=reserve)
+                    mirror = Schedule(name, boolean=kind == "OnOff", periodic=reserve, reserve=reserve,
+                                      locked=frozenset(x for x in locks.get(name, []) if x in LOCKABLE))
+                    mirror.settings.values = [False if kind == "OnOff" else 0.0] * der.get("values", 100)
+                    self.mirrors[(der["name"], kind, name)] = mirror
 
     # -- life cycle (actor thread) --------------------------------------------------------------
     def start(self, adapter: Any) -> None:
@@ -211,8 +217,9 @@ class ControlSession:
 
     def operate(self, der: str, kind: str, schedule: str, op: str) -> concurrent.futures.Future:
         """An enable or disable: a future of its Answer, set once the controller made it
-        durable (or refused it).  Cancel the future to give up: the operate is then
-        never applied later."""
+        durable (or refused it).  Cancel the future to give up: an operate still queued is
+        then never sent; one already sent may still be applied by its controller, and the
+        schedule's state shows whether it was."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self.lock:
             self.last_request = now_ms()
@@ -228,8 +235,15 @@ class ControlSession:
             request_id = next(self.request_ids)
             self.waiting[request_id] = (fut, schedule)
             self.stats["operates"] += 1
+        fut.add_done_callback(lambda f: f.cancelled() and self._forget_operate(request_id))
         self.bridge.post(ScheduleOperate(der, kind, schedule, op, request_id))
         return fut
+
+    def _forget_operate(self, request_id: int) -> None:
+        """Its client gave up: not sent yet, it never will be (_pump drops it); sent, its
+        controller may still apply it, and its state then shows that."""
+        with self.lock:
+            self.waiting.pop(request_id, None)
 
     def operate_wait(self, der: str, kind: str, schedule: str, op: str,
                      timeout: float = OPERATE_TIMEOUT_S) -> Answer:
@@ -442,6 +456,8 @@ class ControlSession:
                         self.waiting.pop(message.request_id, None)
                     continue
             ctl.in_flight = message
+            if isinstance(message, ScheduleWrites) and message.writes:
+                ctl.sent_seq = max(ctl.sent_seq, message.writes[-1].seq)
             self.actor.send(ctl.address, message)
 
     def _acknowledged(self, key: tuple, state: ControllerState | None = None,
@@ -468,13 +484,15 @@ class ControlSession:
         # process (controller_isolation = "der") keep the DER's address across restarts.
         if state.address is None or ctl.incarnation == state.version[0] and ctl.address == state.address:
             return
+        if ctl.incarnation is not None and state.version[0] < ctl.incarnation:
+            return  # a late message of an incarnation already replaced: its address is dead
         known_before = ctl.address is not None
         ctl.address, ctl.incarnation = state.address, state.version[0]
         if known_before:
             acked = state.writes_saved.get(self.name, 0)  # what the new incarnation loaded
-            with self.lock:
+            with self.lock:  # sent and possibly lost; those still queued go out in their turn
                 resend = sorted((v[0], k[2], k[3], k[4], v[1]) for k, v in self.pending.items()
-                                if k[:2] == key and v[0] > acked)
+                                if k[:2] == key and acked < v[0] <= ctl.sent_seq)
             sent, ctl.in_flight = ctl.in_flight, None
             if isinstance(sent, ScheduleOperate):
                 ctl.outbox.insert(0, sent)

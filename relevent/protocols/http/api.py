@@ -348,7 +348,7 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
         try:
             answer = await asyncio.wait_for(asyncio.wrap_future(fut), OPERATE_TIMEOUT_S)
         except TimeoutError:
-            fut.cancel()  # never applied later (the session drops a cancelled operate)
+            fut.cancel()  # still queued: never sent; already sent: its controller may apply it
             raise refuse(503, M.problem(f"controller {der}/{kind} did not answer in {OPERATE_TIMEOUT_S:g} s",
                                         "timeout", *M.refusal_body(Refusal.ACCESS_DENIED))) from None
         if not answer.ok:

@@ -290,7 +290,7 @@ class MmsEndpoint:
             if not future.done():
                 if time.monotonic() < deadline:
                     return L.CONTROL_RESULT_WAITING
-                future.cancel()  # never applied later
+                future.cancel()  # still queued: never sent; already sent: its controller may apply it
                 self.operating.pop(refs.attr(do), None)
                 log.error("operate %s: no answer from controller %s/%s", refs.attr(do), refs.der, refs.kind)
                 self.stats["refused"] += 1

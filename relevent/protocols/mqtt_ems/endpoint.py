@@ -191,11 +191,11 @@ class MqttEmsEndpoint:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(fut), OPERATE_TIMEOUT_S)
         except TimeoutError:
-            fut.cancel()  # never applied later
+            fut.cancel()  # still queued: never sent; already sent: its controller may apply it
             return Answer.refused("timeout", Refusal.ACCESS_DENIED,
                                   f"controller {self.der}/{self.kind} did not answer the enable in "
-                                  f"{OPERATE_TIMEOUT_S:g} s: the schedule's settings may be written, it is not "
-                                  "enabled; send the request again")
+                                  f"{OPERATE_TIMEOUT_S:g} s: the schedule's settings may be written and the enable "
+                                  "may still take effect; send the request again")
 
     def _answer(self, accepted: bool, echo: dict, *, rule: str = "", reason: str = "", code: int | None = None,
                 field: str | None = None, ena_err: int | None = None, correlation_id: Any = None) -> None:
