@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import shutil
 import socket
 import subprocess
@@ -215,3 +216,47 @@ def without_inverter_simulator(topology: str) -> str:
     site, so that it outlives the site or goes down on its own."""
     start = topology.index('[[simulator]]\nname = "inverter"')
     return topology[:start] + topology[topology.index('[[simulator]]\nname = "battery"'):]
+
+
+# -- a local EMS played by Mosquitto's command-line clients ----------------------------------------
+def publish(port: int, payloads: list[bytes], topic: str = "hedera-requests") -> None:
+    """mosquitto_pub, QoS 1; several payloads go back to back over one connection (-l: one per line)."""
+    if len(payloads) == 1:
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1",
+                        "-m", payloads[0]], check=True, timeout=10)
+    else:
+        assert all(b"\n" not in p for p in payloads)
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-l"],
+                       input=b"\n".join(payloads) + b"\n", check=True, timeout=10)
+
+
+def exchange(port: int, payloads: list[bytes], timeout: float = 20.0, replies_topic: str = "hedera-replies") -> list[dict]:
+    """Publish `payloads` as a local EMS would (Mosquitto's own mosquitto_pub) and return the
+    replies read by mosquitto_sub, one per payload, in arrival order.  No sleep: the
+    subscriber is known to be subscribed once a probe it published comes back."""
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", replies_topic, "-q", "1"],
+                           stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in sub.stdout], daemon=True).start()
+    try:
+        deadline = time.monotonic() + timeout
+        probe = json.dumps({"probe": time.time_ns()})
+        while True:  # subscribed once our own probe comes back
+            assert time.monotonic() < deadline, "mosquitto_sub never subscribed"
+            publish(port, [probe.encode()], replies_topic)
+            try:
+                if lines.get(timeout=0.5).strip() == probe:
+                    break
+            except queue.Empty:
+                pass
+        publish(port, payloads)
+        replies = []
+        while len(replies) < len(payloads):
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            doc = json.loads(line)
+            if "probe" not in doc:
+                replies.append(doc)
+        return replies
+    finally:
+        sub.terminate()
+        sub.wait(5)

@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import queue
 import signal
-import subprocess
-import threading
 import time
 
 import pytest
-from lanctl import Mosquitto
+from lanctl import Mosquitto, exchange
 from mmsclients import LibIec61850Client, Open61850Client
 from sitectl import Site, free_port, mms_port, small_topology
 
@@ -164,47 +161,6 @@ def test_a_request_replacing_a_running_one_is_enabled_by_the_scheduling_core():
 
 
 # -- a real site, a real broker, Mosquitto's clients as the EMS -------------------------------------------
-def publish(port: int, payloads: list[bytes], topic: str = REQUESTS) -> None:
-    """mosquitto_pub, QoS 1; several payloads go back to back over one connection (-l: one per line)."""
-    if len(payloads) == 1:
-        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1",
-                        "-m", payloads[0]], check=True, timeout=10)
-    else:
-        assert all(b"\n" not in p for p in payloads)
-        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-l"],
-                       input=b"\n".join(payloads) + b"\n", check=True, timeout=10)
-
-
-def exchange(port: int, payloads: list[bytes], timeout: float = 20.0) -> list[dict]:
-    """Publish `payloads` as the EMS and return the replies, one per payload, in arrival order."""
-    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", REPLIES, "-q", "1"],
-                           stdout=subprocess.PIPE, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in sub.stdout], daemon=True).start()
-    try:
-        deadline = time.monotonic() + timeout
-        probe = json.dumps({"probe": time.time_ns()})
-        while True:  # subscribed once our own probe comes back
-            assert time.monotonic() < deadline, "mosquitto_sub never subscribed"
-            publish(port, [probe.encode()], REPLIES)
-            try:
-                if lines.get(timeout=0.5).strip() == probe:
-                    break
-            except queue.Empty:
-                pass
-        publish(port, payloads)
-        replies = []
-        while len(replies) < len(payloads):
-            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            doc = json.loads(line)
-            if "probe" not in doc:
-                replies.append(doc)
-        return replies
-    finally:
-        sub.terminate()
-        sub.wait(5)
-
-
 def ask(port: int, doc_or_bytes) -> dict:
     payload = doc_or_bytes if isinstance(doc_or_bytes, bytes) else raw(doc_or_bytes)
     return exchange(port, [payload])[0]

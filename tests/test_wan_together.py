@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from datetime import datetime, timezone
 
 import httpx
 import pytest
 
-from lanctl import Mosquitto
+from lanctl import Mosquitto, exchange
 from mmsclients import LibIec61850Client, Open61850Client
 from sitectl import Site, free_port, now_ms
 
@@ -126,17 +125,10 @@ def mms_schedule(site, n: int, values, prio, start_ms, interval_s=3600) -> None:
 
 
 def ems_request(site, values, start_s: int) -> dict:
-    """Publish a HEDERA request with mosquitto_pub and read the reply with mosquitto_sub."""
-    port = str(site.ports["broker"])
-    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-t", "hedera-replies", "-C", "1",
-                            "-W", "20"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # subscribed before the request goes out
+    """A HEDERA request published with mosquitto_pub, its reply read with mosquitto_sub."""
     payload = {"skipHedera": True, "direction": "EXPORT", "start": {"seconds": start_s, "nanos": 0},
                "resolution": "FIFTEEN_MINUTES", "values": values}
-    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-t", "hedera-requests", "-q", "1",
-                    "-m", json.dumps(payload)], check=True, timeout=10)
-    out, _ = sub.communicate(timeout=25)
-    return json.loads(out)
+    return exchange(site.ports["broker"], [json.dumps(payload).encode()])[0]
 
 
 def output(site) -> tuple:

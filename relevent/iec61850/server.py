@@ -467,28 +467,23 @@ class MmsServer:
         return index, da
 
     def _on_check(self, action, index, ctl_val, test, _interlock):
-        do_ref, check, _, _ = self._controls[index or 0]
-        try:
-            return check(action, ctl_val, test)
-        except Exception:
-            log.exception("check handler for %s failed", do_ref)
-            return L.CONTROL_OBJECT_ACCESS_DENIED
-
-    def _on_wait(self, action, index, ctl_val, test, _synchro_check):
-        do_ref, _, _, wait = self._controls[index or 0]
-        try:
-            return wait(action, ctl_val, test)
-        except Exception:
-            log.exception("wait handler for %s failed", do_ref)
-            return L.CONTROL_RESULT_FAILED
+        return self._call_control(index, 1, "check", L.CONTROL_OBJECT_ACCESS_DENIED, action, ctl_val, test)
 
     def _on_control(self, action, index, ctl_val, test):
-        do_ref, _, execute, _ = self._controls[index or 0]
+        return self._call_control(index, 2, "control", L.CONTROL_RESULT_FAILED, action, ctl_val, test)
+
+    def _on_wait(self, action, index, ctl_val, test, _synchro_check):
+        return self._call_control(index, 3, "wait", L.CONTROL_RESULT_FAILED, action, ctl_val, test)
+
+    def _call_control(self, index, slot: int, what: str, refusal: int, *args) -> int:
+        """One of a control object's handlers (check, control, wait: `slot` in _controls);
+        an exception refuses, it never escapes into libiec61850's thread."""
+        entry = self._controls[index or 0]
         try:
-            return execute(action, ctl_val, test)
+            return entry[slot](*args)
         except Exception:
-            log.exception("control handler for %s failed", do_ref)
-            return L.CONTROL_RESULT_FAILED
+            log.exception("%s handler for %s failed", what, entry[0])
+            return refusal
 
     def set_add_cause(self, action: int, cause: int) -> None:
         self.lib.ControlAction_setAddCause(action, cause)
