@@ -224,23 +224,23 @@ class MmsEndpoint:
         int_fields = ("NumEntr", "SchdIntv", "SchdPrio")
         for f in int_fields:
             ref = refs.attr(f"{f}.setVal")
-            srv.on_write(ref, self._write_handler(refs, ref, f, 0, "int"))
+            srv.on_write(ref, self._write_handler(refs, f, 0, "int"))
         ref = refs.attr("SchdReuse.setVal")
-        srv.on_write(ref, self._write_handler(refs, ref, "SchdReuse", 0, "bool"))
+        srv.on_write(ref, self._write_handler(refs, "SchdReuse", 0, "bool"))
         prefix, kind = ("ValSPG", "bool") if refs.kind == "OnOff" else ("ValASG", "float")
         n = 1
         while srv.has(refs.attr(f"{prefix}{n:03d}")):
             if kind == "bool":
                 ref = refs.attr(f"{prefix}{n:03d}.setVal")
-                srv.on_write(ref, self._write_handler(refs, ref, "Val", n, "bool"))
+                srv.on_write(ref, self._write_handler(refs, "Val", n, "bool"))
             else:
-                handler = self._write_handler(refs, refs.attr(f"{prefix}{n:03d}.setMag.f"), "Val", n, "float")
+                handler = self._write_handler(refs, "Val", n, "float")
                 srv.on_write(refs.attr(f"{prefix}{n:03d}.setMag"), handler, complex_attribute=True)
             n += 1
         n = 1
         while srv.has(refs.attr(f"StrTm{n:02d}.setTm")):
             ref = refs.attr(f"StrTm{n:02d}.setTm")
-            srv.on_write(ref, self._write_handler(refs, ref, "StrTm", n, "time"))
+            srv.on_write(ref, self._write_handler(refs, "StrTm", n, "time"))
             n += 1
         for op, do in (("enable", "EnaReq"), ("disable", "DsaReq")):
             srv.on_control(refs.attr(do), self._check_handler(refs, op, do), self._control_handler(refs, op, do),
@@ -253,7 +253,7 @@ class MmsEndpoint:
             value = srv.element(value, 0)
         return srv.decode(value, kind)
 
-    def _write_handler(self, refs: ScheduleRefs, model_ref: str, field: str, index: int, kind: str):
+    def _write_handler(self, refs: ScheduleRefs, field: str, index: int, kind: str):
         def handle(value: int) -> int:
             answer = self.ctx.write(refs.der, refs.kind, refs.name, [Write(field, index, self._decode(value, kind))])
             if not answer.ok:
