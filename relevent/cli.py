@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from relevent import __version__
 from relevent.runtime.control import SiteNotRunning, request
 from relevent.runtime.status import walk_depths
 from relevent.topology import Topology, TopologyError, load_topology
@@ -24,6 +25,8 @@ def _load(path: str) -> Topology:
 def cmd_check(args: argparse.Namespace) -> int:
     topo = _load(args.topology)
     print(summary(topo))
+    for warning in topo.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -88,6 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reply, indent=2))
         return 0 if reply.get("ok") else 1
+    print(f"site {reply.get('site')}: relevent {reply.get('version', '?')}, runner pid {reply.get('runner_pid')}")
     print(f"{'ACTOR':<32} {'ROLE':<10} {'PID':>7} {'STATE':<10} {'RESTARTS':>8} {'UPTIME':>9}  "
           f"{'DETAIL':<34} LAST ERROR")
     for depth, node in walk_depths(reply["tree"]):
@@ -279,6 +283,61 @@ def _watch(client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a commented site file from the package: the demo, or the template of a real
+    site that `relevent check` explains until every "<fill in: ...>" is filled in."""
+    from importlib.resources import files
+
+    target = Path(args.path)
+    source = "demo.toml" if args.demo else "template.toml"
+    text = files("relevent").joinpath("sites", source).read_text(encoding="utf-8")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(target, "w" if args.force else "x", encoding="utf-8") as out:  # "x": never overwrite
+            out.write(text)
+    except FileExistsError:
+        print(f"error: {target} exists; --force to overwrite it", file=sys.stderr)
+        return 1
+    if args.demo:
+        print(f"wrote the demo site to {target}; run it with: relevent run {target}")
+    else:
+        print(f"wrote a site template to {target}; fill in every \"<fill in: ...>\", then: relevent check {target}")
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    """`relevent state export|import|check`: relevent/state/archive.py does the work."""
+    from relevent.state.archive import ArchiveError, check_state, export_state, import_state
+
+    topo = _load(args.topology)
+    try:
+        if args.action == "export":
+            manifest = export_state(topo.state_dir, topo.name, args.file)
+            print(f"exported {len(manifest['files'])} records of site {topo.name} from {topo.state_dir} to "
+                  f"{args.file} (state format {manifest['state_version']}, checksum {manifest['checksum'][:16]})")
+            return 0
+        if args.action == "import":
+            done = import_state(args.file, topo.state_dir, topo.name, force=args.force)
+            m = done["manifest"]
+            print(f"imported {done['records']} records of site {m['site']} (exported {m['created']} by relevent "
+                  f"{m['build']}) into {topo.state_dir}")
+            if done["replaced"] is not None:
+                print(f"the previous store is kept in {done['replaced']}")
+            return 0
+        count, bad = check_state(topo.state_dir)
+    except ArchiveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if bad is not None:
+        print(f"error: {bad.path}: {getattr(bad, 'reason', bad)}", file=sys.stderr)
+        return 1
+    if count == 0:
+        print(f"no records in {topo.state_dir} (the site never ran there): nothing to check")
+        return 0
+    print(f"ok: {count} records in {topo.state_dir}, every one readable by this build")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from relevent.runtime.runner import run_site
 
@@ -288,7 +347,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="relevent", description="Edge runtime for DER scheduling and control.")
+    p.add_argument("--version", action="version", version=f"relevent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("init", help="write a commented site file: a template for a real site, or --demo")
+    s.add_argument("path", help="the site file to write, e.g. /etc/relevent/SITE.toml")
+    s.add_argument("--demo", action="store_true", help="the demo site (simulated inverter and battery)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing file")
+    s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("run", help="run a site until SIGINT/SIGTERM")
     s.add_argument("topology")
@@ -381,6 +447,25 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--period", type=float, default=0.2, help="seconds between polls")
     w.add_argument("--count", type=int, help="stop after this many changes")
     w.set_defaults(func=cmd_schedule)
+
+    s = sub.add_parser("state", help="back up, move or check the site's persisted state (the store)")
+    ssub = s.add_subparsers(dest="action", required=True)
+    e = ssub.add_parser("export", help="write the store to a checksummed archive (tar.gz); the site may run")
+    e.add_argument("topology")
+    e.add_argument("file")
+    e.set_defaults(func=cmd_state)
+    i = ssub.add_parser("import", help="replace the store with an archive's (the site must be stopped)")
+    i.add_argument("topology")
+    i.add_argument("file")
+    i.add_argument("--force", action="store_true", help="import an archive of another site name")
+    i.set_defaults(func=cmd_state)
+    c = ssub.add_parser("check", help="verify every record of the store; exit 1 naming the first bad one")
+    c.add_argument("topology")
+    c.set_defaults(func=cmd_state)
+
+    from relevent.audit.cli import add_audit_parser  # handlers: relevent/audit/cli.py
+
+    add_audit_parser(sub)
     return p
 
 

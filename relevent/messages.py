@@ -134,6 +134,7 @@ class ScheduleWrite:
     value: Any
     index: int = 0
     seq: int = 0     # the endpoint's write number, acknowledged in ControllerState.writes_applied
+    party: str = ""  # who wrote it (the schedule remembers its last writer)
 
 
 @dataclass(repr=False)

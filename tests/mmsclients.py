@@ -3,21 +3,38 @@ libiec61850's C client (SWIG) and the pure-Python open61850.  The site's server 
 other processes, so a libiec61850 client in the test process cannot deadlock with it.
 
 References are `LD/LN.DO.DA` plus an FC.  Writes return None or "value-invalid" /
-"access-denied"; operates return (ok, addCause).
+"access-denied"; operates return (ok, addCause).  A client may present an ACSE password
+(`password=`); a server that refuses the association raises AssociationRefused.
 """
 from __future__ import annotations
 
 import math
+import socket
+import threading
 import time
 from datetime import datetime, timezone
 
 import open61850.mms as o61850
+import open61850.mms.association as o61850_association
+from open61850 import ber
 import pyiec61850.pyiec61850 as iec
-from open61850.data import BoolData, FloatData, IntData, TimestampData
+from open61850.data import BoolData, FloatData, IntData, TimestampData, VisibleStringData
 
 FC = {"ST": iec.IEC61850_FC_ST, "MX": iec.IEC61850_FC_MX, "SP": iec.IEC61850_FC_SP, "CF": iec.IEC61850_FC_CF}
 IED_ERRORS = {iec.IED_ERROR_OBJECT_VALUE_INVALID: "value-invalid", iec.IED_ERROR_ACCESS_DENIED: "access-denied"}
 ACCESS_ERRORS = {11: "value-invalid", 3: "access-denied"}
+
+
+class AssociationRefused(ConnectionError):
+    """The server refused the association (ACSE authentication failed or not allowed)."""
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def mms_name(ref: str, fc: str) -> str:
@@ -29,13 +46,22 @@ def mms_name(ref: str, fc: str) -> str:
 class LibIec61850Client:
     name = "libiec61850"
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, password: str | None = None) -> None:
         # A fresh libiec61850 client connection to a busy server may lose its first request
         # (binding notes): connect, confirm with a read, and start again if that fails.
         for _attempt in range(20):
             self.con = iec.IedConnection_create()
+            if password is not None:
+                auth = iec.AcseAuthenticationParameter_create()
+                iec.AcseAuthenticationParameter_setAuthMechanism(auth, iec.ACSE_AUTH_PASSWORD)
+                iec.AcseAuthenticationParameter_setPassword(auth, password)
+                params = iec.MmsConnection_getIsoConnectionParameters(iec.IedConnection_getMmsConnection(self.con))
+                iec.IsoConnectionParameters_setAcseAuthenticationParameter(params, auth)
             err = iec.IedConnection_connect(self.con, host, port)
             err = err[1] if isinstance(err, tuple) else err
+            if err == iec.IED_ERROR_ACCESS_DENIED or err == iec.IED_ERROR_CONNECTION_REJECTED and _listening(host, port):
+                iec.IedConnection_destroy(self.con)  # (rejected while listening: by the association)
+                raise AssociationRefused(f"{host}:{port} refused the association: error {err}")
             if err == iec.IED_ERROR_OK:
                 _, err = iec.IedConnection_getServerDirectory(self.con, False)
                 if err == iec.IED_ERROR_OK:
@@ -45,8 +71,10 @@ class LibIec61850Client:
         raise ConnectionError(f"cannot connect to {host}:{port}: {err}")
 
     def close(self) -> None:
-        iec.IedConnection_close(self.con)
-        iec.IedConnection_destroy(self.con)
+        if self.con is not None:  # (a second close is a no-op)
+            iec.IedConnection_close(self.con)
+            iec.IedConnection_destroy(self.con)
+            self.con = None
 
     def _check(self, result):
         value, err = result
@@ -82,6 +110,9 @@ class LibIec61850Client:
     def write_time(self, ref: str, ms: int, fc: str = "SP") -> str | None:
         return self._write(iec.IedConnection_writeObject(self.con, ref, FC[fc], iec.MmsValue_newUtcTimeByMsTime(ms)))
 
+    def write_str(self, ref: str, value: str, fc: str = "SP") -> str | None:
+        return self._write(iec.IedConnection_writeVisibleStringValue(self.con, ref, FC[fc], value))
+
     def operate(self, do_ref: str, value: bool, test: bool = False) -> tuple[bool, int]:
         ctl = iec.ControlObjectClient_create(do_ref, self.con)
         try:
@@ -93,11 +124,43 @@ class LibIec61850Client:
             iec.ControlObjectClient_destroy(ctl)
 
 
+# open61850 proposes no ACSE authentication: for a password, its AARQ gets the three fields
+# of ISO 8650-1 password authentication (sender-acse-requirements [10] = authentication,
+# mechanism-name [11] = 2.2.3.1, calling-authentication-value [12] = charstring [0]) before
+# its user information [30], while this client associates.
+_ASSOCIATING = threading.Lock()
+_PASSWORD_MECHANISM = (2, 2, 3, 1)
+
+
+def _aarq_with_password(build, password: bytes):
+    def aarq(params) -> bytes:
+        fields = list(ber.iter_tlvs(ber.decode_tlv(build(params)).value))
+        auth = (ber.encode_tlv(0x8A, b"\x07\x80") + ber.encode_tlv(0x8B, ber.encode_oid(_PASSWORD_MECHANISM))
+                + ber.encode_tlv(0xAC, ber.encode_tlv(0x80, password)))
+        body = b"".join(ber.encode_tlv(f.tag, f.value) for f in fields if f.tag != 0xBE) + auth
+        body += b"".join(ber.encode_tlv(f.tag, f.value) for f in fields if f.tag == 0xBE)
+        return ber.encode_tlv(0x60, body)
+    return aarq
+
+
 class Open61850Client:
     name = "open61850"
 
-    def __init__(self, host: str, port: int) -> None:
-        self.client = o61850.MmsClient.connect(host, port, timeout=10)
+    def __init__(self, host: str, port: int, password: str | None = None) -> None:
+        with _ASSOCIATING:
+            original = o61850_association.aarq
+            if password is not None:
+                o61850_association.aarq = _aarq_with_password(original, password.encode())
+            try:
+                self.client = o61850.MmsClient.connect(host, port, timeout=10)
+            except o61850.AssociationError as exc:
+                raise AssociationRefused(f"{host}:{port} refused the association: {exc}") from exc
+            except o61850.MmsConnectionError as exc:
+                if "during association" in str(exc):
+                    raise AssociationRefused(f"{host}:{port} refused the association: {exc}") from exc
+                raise
+            finally:
+                o61850_association.aarq = original
 
     def close(self) -> None:
         self.client.close()
@@ -142,6 +205,9 @@ class Open61850Client:
 
     def write_time(self, ref: str, ms: int, fc: str = "SP") -> str | None:
         return self._write(ref, fc, TimestampData(datetime.fromtimestamp(ms / 1000, tz=timezone.utc)))
+
+    def write_str(self, ref: str, value: str, fc: str = "SP") -> str | None:
+        return self._write(ref, fc, VisibleStringData(value))
 
     def operate(self, do_ref: str, value: bool, test: bool = False) -> tuple[bool, int]:
         try:

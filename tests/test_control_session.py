@@ -25,9 +25,8 @@ CONTROLLER = "controller-address-1"
 class FakeActor:
     parent = "site"
     myAddress = "endpoint"
-    site = {"state_dir": "/nonexistent"}
-
-    def __init__(self) -> None:
+    def __init__(self, state_dir: str = "") -> None:
+        self.site = {"state_dir": state_dir, "name": "test"}   # no state_dir: no audit chain
         self.sent: list[tuple] = []
         self.wakeups: list = []
 
@@ -73,12 +72,13 @@ def state(seq: int, scheds: list[Schedule], *, stamp: int = 1, address=CONTROLLE
 
 
 @pytest.fixture
-def session():
-    actor, adapter = FakeActor(), FakeAdapter()
+def session(tmp_path):
+    actor, adapter = FakeActor(str(tmp_path)), FakeAdapter()
     s = ControlSession(actor, {"name": "ep", "ders": [DER]})
     s.start(adapter)
     s.actor, s.adapter_ = actor, adapter
-    return s
+    yield s
+    s.stop()
 
 
 def deliver(session: ControlSession) -> None:

@@ -358,6 +358,7 @@ def test_the_openapi_document_is_3_1_and_lists_every_path(http):
     ops = {(path, method) for path, item in doc["paths"].items() for method in item}
     assert ops == {
         ("/api/v1/ders", "get"),
+        ("/api/v1/audit", "get"),
         ("/api/v1/ders/{der}/{function}", "get"),
         ("/api/v1/ders/{der}/{function}/schedules/{n}", "get"),
         ("/api/v1/ders/{der}/{function}/schedules/{n}", "put"),

@@ -37,6 +37,7 @@ OPERATIONS = [
     ("POST", "/api/v1/ders/{der}/{function}/schedules/{n}/enable"),
     ("POST", "/api/v1/ders/{der}/{function}/schedules/{n}/disable"),
     ("GET", "/api/v1/ders/{der}/{function}/forecast"),
+    ("GET", "/api/v1/audit"),
 ]
 MODES = {
     "valid": (GenerationMode.POSITIVE, None),

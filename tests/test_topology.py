@@ -80,7 +80,7 @@ def test_supervision_levels_inherit_and_override():
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda t: t.replace('port = 10102', 'port = 10102\nprot = 1'),
-     "site.toml:9: wan[0].prot: unknown key (known: address, ied_name, name, party, port, protocol, scl, serve_nice, switch_nice)"),
+     "site.toml:9: wan[0].prot: unknown key (known: address, anonymous, ied_name, name, parties, party, port, protocol, scl, serve_nice, switch_nice)"),
     (lambda t: t.replace('port = 10102', 'port = "x"'),
      "site.toml:8: wan[0].port: expected integer, got str 'x'"),
     (lambda t: t.replace('port = 10102', 'port = 70000'),
@@ -104,7 +104,7 @@ def test_supervision_levels_inherit_and_override():
     (lambda t: t + '[runtime]\nadmin_port = 10102\n',
      "site.toml:8: wan[0].port: port 10102 is the runtime admin_port"),
     (lambda t: t + '[[site2]]\n',
-     "site.toml:18: site2: unknown section (known: site, runtime, supervision, wan, lan, der, simulator)"),
+     "site.toml:18: site2: unknown section (known: site, runtime, supervision, party, wan, lan, der, simulator)"),
     (lambda t: t.replace('name = "s"\n', ''),
      "site.toml:1: site: missing required key 'name'"),
     (lambda t: t.replace('[[der]]', '[[der]\n'),

@@ -176,6 +176,8 @@ class ControllerActor(ReleventActor):
     def _apply_write(self, msg: ScheduleWrite) -> None:
         sched = self._schedule(msg.schedule)
         outcome = sched.write(msg.field, msg.index, msg.value, now_ms())
+        if outcome.ok and msg.party:
+            sched.settings.writer = msg.party
         if not outcome.ok:
             # The control session validated against its mirror; a refusal here means the mirror was stale.
             log.warning("write refused controller=%s schedule=%s field=%s reason=%s", self.path, sched.name,

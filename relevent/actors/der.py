@@ -14,6 +14,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from relevent.audit.site import open_chain
 from relevent.clock import now_ms
 from relevent.messages import (
     CommandSubscribe, DeviceCommand, ForecastRequest, Measurement, OutputChanged, ScheduleOperate, ScheduleWrites,
@@ -36,6 +37,7 @@ class DerActor(Supervisor):
         self.command: DeviceCommand | None = None
         self.measurement: Measurement | None = None
         self._seq = 0
+        self._audit: Any = None      # this DER's chain of device commands (relevent/audit/site.py)
 
     def runtime_config(self, spec: ChildSpec) -> dict:
         return {"subscribers": dict(self.subscribers)}
@@ -99,6 +101,27 @@ class DerActor(Supervisor):
                  self.config["name"], cmd.setpoint_w, cmd.limit_w, cmd.connected, msg.kind, msg.source,
                  now_ms() - msg.at)
         self._send_command(self.command, changed=[msg.kind])
+        self._audit_command(msg, cmd)
+
+    def _audit_command(self, msg: OutputChanged, cmd: Any) -> None:
+        """Every change of the device command, in the DER's audit chain: what, and which
+        schedule caused it (the instruction behind it is in the endpoint's chain)."""
+        if not self.site.get("state_dir"):
+            return
+        try:
+            if self._audit is None:
+                self._audit = open_chain(self.site, f"der-{self.config['name']}")
+            self._audit.append({"kind": "command", "der": self.config["name"], "function": msg.kind,
+                                "schedule": msg.source, "action": "command",
+                                "detail": {"setpoint_w": cmd.setpoint_w, "limit_w": cmd.limit_w,
+                                           "connected": cmd.connected, "seq": self._seq}})
+        except Exception as exc:  # noqa: BLE001 - the device is commanded anyway (docs/audit.md)
+            log.error("audit der=%s: cannot append: %s", self.config["name"], exc)
+
+    def on_stop(self) -> None:
+        if self._audit is not None:
+            self._audit.close()
+        super().on_stop()
 
     def _send_command(self, command: DeviceCommand, changed: list) -> None:
         if self.lan_address is not None:

@@ -41,7 +41,8 @@ def site_children(data: dict) -> list[ChildSpec]:
               for ep in data["lan"] if ep.get("embedded_broker")]
     # WAN endpoints serve the site's DERs (the MMS model is built from them).
     specs += [ChildSpec(ep["name"], "wan", "relevent.actors.endpoint.EndpointActor", {**ep, "ders": data["der"],
-                                                                                       "site": data["site"]["name"]})
+                                                                                       "site": data["site"]["name"],
+                                                                                       "party_tables": data["party"]})
              for ep in data["wan"]]
     specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True)
               for der in data["der"]]
@@ -58,6 +59,7 @@ class SiteSupervisor(Supervisor):
         super().__init__()
         self.subscribers: dict[str, Any] = {}  # endpoint name -> address, handed to (re)started DERs
         self.lan_subscribers: dict[str, Any] = {}  # LAN endpoint name -> address, likewise
+        self._reported: dict | None = None  # the summary the runner last heard (see _report_change)
 
     def runtime_config(self, spec: ChildSpec) -> dict:
         if spec.role != "der":
@@ -94,6 +96,13 @@ class SiteSupervisor(Supervisor):
                     self.send(der.address, message)
         else:
             super().on_message(message, sender)
+            self._report_change()
+
+    def _report_change(self) -> None:
+        """A child became ready or failed: tell the runner now rather than at the next tick,
+        so systemd hears READY=1 as soon as the last WAN endpoint serves."""
+        if self.parent is not None and self.summary() != self._reported:
+            self.send(self.parent, Pong(self.name, 0, os.getpid(), self.detail()))
 
     def on_wakeup(self, payload: Any) -> None:
         super().on_wakeup(payload)
@@ -103,4 +112,16 @@ class SiteSupervisor(Supervisor):
             self.send(self.parent, Pong(self.name, 0, os.getpid(), self.detail()))
 
     def detail(self) -> dict:
-        return {"site": self.site.get("name"), "starts": self.lifetime.get("starts")}
+        self._reported = self.summary()
+        return {"site": self.site.get("name"), "starts": self.lifetime.get("starts"), "summary": self._reported}
+
+    def summary(self) -> dict:
+        """Counts for the service manager (relevent/runtime/notify.py): DERs running, WAN
+        endpoints serving (ready: listening, with the controllers' states in), and children
+        failing (down, or restarting after a failure; a first start is not a fault)."""
+        children = [c for c in self.children if c.state != "removing"]
+        def count(role: str, running: bool) -> int:
+            return sum(1 for c in children if c.spec.role == role and (c.state == "running" or not running))
+        faults = sum(1 for c in children if c.state != "running" and not (c.state == "starting" and c.restarts == 0))
+        return {"ders": count("der", False), "ders_running": count("der", True), "wan": count("wan", False),
+                "wan_serving": count("wan", True), "faults": faults}

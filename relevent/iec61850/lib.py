@@ -13,7 +13,8 @@ import ctypes
 import glob
 import os
 import struct
-from ctypes import CFUNCTYPE, c_bool, c_char_p, c_float, c_int, c_int32, c_uint16, c_uint64, c_void_p
+from typing import Any
+from ctypes import CFUNCTYPE, POINTER, c_bool, c_char_p, c_float, c_int, c_int32, c_uint16, c_uint64, c_void_p
 
 import pyiec61850
 import pyiec61850.pyiec61850  # noqa: F401 - constants
@@ -48,6 +49,13 @@ DATA_ATTRIBUTE_MODEL_TYPE = _C.DataAttributeModelType
 CONTROL_MODEL_DIRECT_NORMAL = _C.CONTROL_MODEL_DIRECT_NORMAL
 CONTROL_MODEL_DIRECT_ENHANCED = _C.CONTROL_MODEL_DIRECT_ENHANCED
 CONTROL_MODEL_SBO_ENHANCED = _C.CONTROL_MODEL_SBO_ENHANCED
+ACSE_AUTH_NONE = _C.ACSE_AUTH_NONE
+ACSE_AUTH_PASSWORD = _C.ACSE_AUTH_PASSWORD
+ACCESS_POLICY_ALLOW = _C.ACCESS_POLICY_ALLOW
+ACCESS_POLICY_DENY = _C.ACCESS_POLICY_DENY
+FC_SP = _C.IEC61850_FC_SP
+FC_SV = _C.IEC61850_FC_SV
+FC_SE = _C.IEC61850_FC_SE
 
 WriteAccessHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_void_p)
 ControlHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_bool)
@@ -57,6 +65,14 @@ ConnectionIndicationHandler = CFUNCTYPE(None, c_void_p, c_void_p, c_bool, c_void
 # variable id ("LN$FC$DO$DA..."), array index (-1: none), component id (NULL: none), value,
 # connection.  The strings stay pointers: passed on to libiec61850's own handler as they came.
 MmsWriteVariableHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_int, c_void_p, c_void_p, c_void_p)
+# (parameter, AcseAuthenticationParameter, void** securityToken, IsoApplicationReference*) -> accept
+AcseAuthenticator = CFUNCTYPE(c_bool, c_void_p, c_void_p, POINTER(c_void_p), c_void_p)
+# (LogicalDevice*, LogicalNode*, DataObject*, FunctionalConstraint, ClientConnection, parameter) -> DataAccessError
+ReadAccessHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_int, c_void_p, c_void_p)
+# MmsServerConnection_getSecurityToken and _getClientAddress (static in the shipped build:
+# found by their .symtab names)
+_ServerConnectionToken = CFUNCTYPE(c_void_p, c_void_p)
+_ServerConnectionPeer = CFUNCTYPE(c_char_p, c_void_p)
 
 
 def library_path() -> str:
@@ -98,6 +114,16 @@ def _declare(lib: ctypes.CDLL) -> None:
         "IedServer_setWaitForExecutionHandler": (None, [c_void_p, c_void_p, PerformCheckHandler, c_void_p]),
         "ControlAction_setAddCause": (None, [c_void_p, c_int]),
         "IedServer_setConnectionIndicationHandler": (None, [c_void_p, ConnectionIndicationHandler, c_void_p]),
+        "IedServer_setAuthenticator": (None, [c_void_p, AcseAuthenticator, c_void_p]),
+        "IedServer_setReadAccessHandler": (None, [c_void_p, ReadAccessHandler, c_void_p]),
+        "IedServer_setWriteAccessPolicy": (None, [c_void_p, c_int, c_int]),
+        "AcseAuthenticationParameter_getAuthMechanism": (c_int, [c_void_p]),
+        "AcseAuthenticationParameter_getPassword": (c_void_p, [c_void_p]),
+        "AcseAuthenticationParameter_getPasswordLength": (c_int, [c_void_p]),
+        "ClientConnection_getPeerAddress": (c_char_p, [c_void_p]),
+        "ClientConnection_getSecurityToken": (c_void_p, [c_void_p]),
+        "ControlAction_getClientConnection": (c_void_p, [c_void_p]),
+        "ModelNode_getName": (c_char_p, [c_void_p]),
         "MmsValue_getType": (c_int, [c_void_p]),
         "MmsValue_toFloat": (c_float, [c_void_p]),
         "MmsValue_toInt32": (c_int32, [c_void_p]),
@@ -149,6 +175,10 @@ MMS_SERVER_WRITE_HANDLER = 0x30
 MMS_SERVER_WRITE_PARAMETER = 0x38
 IED_SERVER_MMS_MAPPING = 0x20
 _KNOWN_FUNCTION = "IedServer_create"  # exported: gives the library's load address
+# The write hook gets libiec61850's MmsServerConnection, not the ClientConnection the public
+# API takes: the client's security token (set by the authenticator) is read with this one.
+_SERVER_CONNECTION_TOKEN = "MmsServerConnection_getSecurityToken"
+_SERVER_CONNECTION_PEER = "MmsServerConnection_getClientAddress"
 
 
 def _elf_symbols(path: str, names: set[str]) -> dict[str, int]:
@@ -182,13 +212,52 @@ def static_function(name: str) -> int | None:
     global _static
     if _static is None:
         try:
-            _static = _elf_symbols(library_path(), {"mmsWriteHandler", _KNOWN_FUNCTION})
+            _static = _elf_symbols(library_path(), {"mmsWriteHandler", _SERVER_CONNECTION_TOKEN,
+                                                    _SERVER_CONNECTION_PEER, _KNOWN_FUNCTION})
         except (OSError, ValueError, struct.error):
             _static = {}
     if name not in _static or _KNOWN_FUNCTION not in _static:
         return None
     base = ctypes.cast(getattr(lib(), _KNOWN_FUNCTION), c_void_p).value - _static[_KNOWN_FUNCTION]
     return base + _static[name]
+
+
+_statics: dict[str, Any] = {}
+
+
+def _static_call(name: str, prototype):
+    fn = _statics.get(name)
+    if fn is None:
+        address = static_function(name)
+        if address is None:
+            raise OSError(f"{name} not found in {library_path()}")
+        fn = _statics[name] = prototype(address)
+    return fn
+
+
+def server_connection_token(connection: int | None) -> int:
+    """The security token of an MmsServerConnection (what the authenticator stored for the
+    client's association; 0 when none), as the write hook's `connection` carries it."""
+    if not connection:
+        return 0
+    return _static_call(_SERVER_CONNECTION_TOKEN, _ServerConnectionToken)(connection) or 0
+
+
+def server_connection_peer(connection: int | None) -> str:
+    """The client's address ("ip:port") of an MmsServerConnection."""
+    raw = _static_call(_SERVER_CONNECTION_PEER, _ServerConnectionPeer)(connection) if connection else None
+    return raw.decode(errors="replace") if raw else ""
+
+
+def client_token(client_connection: int | None) -> int:
+    """The security token of a ClientConnection (0 when none)."""
+    return (lib().ClientConnection_getSecurityToken(client_connection) or 0) if client_connection else 0
+
+
+def client_peer(client_connection: int | None) -> str:
+    """The client's address ("ip:port") of a ClientConnection."""
+    raw = lib().ClientConnection_getPeerAddress(client_connection) if client_connection else None
+    return raw.decode(errors="replace") if raw else ""
 
 
 def domain_name(domain: int) -> str:
@@ -217,7 +286,8 @@ class WriteHook:
     def possible(ied_server: int) -> bool:
         """Whether this server's MMS write handler is the one this module knows (see above)."""
         expected = static_function("mmsWriteHandler")
-        if expected is None or not ied_server:
+        if expected is None or not ied_server or any(static_function(name) is None for name in (
+                _SERVER_CONNECTION_TOKEN, _SERVER_CONNECTION_PEER)):
             return False
         mms = lib().IedServer_getMmsServer(ied_server)
         if not mms:

@@ -17,6 +17,15 @@ are handed to libiec61850 at the first write to their control object (Oper, SBOw
 or any other attribute of the data object): its lookup of control objects is a list scan
 too.  With any other build of the library the check fails and handlers are installed
 through libiec61850's functions one by one, as before.
+
+Clients: an owner that tells clients apart installs an authenticator (`authenticate`: the
+ACSE password of each association -> a security token, or refused), and asks for the
+client's token in its handlers (`with_client=True`; the token is the same whichever path,
+fast or one by one, called the handler), in its read check (`on_read_access`) and in its
+connection handler.  Writes to SP, SV and SE attributes that have no handler are refused
+(libiec61850's write access policy: DENY), so no client changes the served model behind the
+owner's back (a `setSrcRef`, the reserve's `setCal`), once the owner asks for it
+(`deny_writes_without_handler`).
 """
 from __future__ import annotations
 
@@ -57,8 +66,9 @@ class MmsServer:
         self._write_refs: list[str] = []
         self._write_handlers: list[Callable] = []
         self._write_complex = bytearray()
+        self._write_client = bytearray()          # whether the handler takes the client's token
         self._write_index: dict[str, int] = {}   # ref -> its latest handler
-        self._controls: list[tuple[str, Callable, Callable, Callable | None]] = []
+        self._controls: list[tuple[str, Callable, Callable, Callable | None, bool]] = []
         self._pending_controls: dict[str, int] = {}  # DO ref -> index in _controls, not in libiec61850 yet
         # (MmsDomain*, variable id, array index, component) -> (handler index, DataAttribute*),
         # or None for a write libiec61850 handles itself.  Filled by _dispatch, emptied on install.
@@ -71,7 +81,17 @@ class MmsServer:
         self._wait_cb = L.PerformCheckHandler(self._on_wait)  # same C signature as a check
         self._dispatch_cb = L.MmsWriteVariableHandler(self._dispatch)
         self._connection_cb = L.ConnectionIndicationHandler(self._on_connection)
-        self._connection_handler: Callable[[bool], None] | None = None
+        self._connection_handler: Callable[[bool, int, str], None] | None = None
+        self._authenticator: Callable[[int, bytes | None], int | None] | None = None
+        self._authenticator_cb = L.AcseAuthenticator(self._on_authenticate)
+        self._read_access: Callable[[str, int], bool] | None = None
+        self._read_access_cb = L.ReadAccessHandler(self._on_read_access)
+        self._ld_names: dict[int, str] = {}  # LogicalDevice* -> its inst, for the read check
+        # Authenticated associations indicated to the owner as up (security token -> peer).
+        # libiec61850 indicates a connection before its ACSE authentication, so with an
+        # authenticator the owner hears of an association at its first request.
+        self._associations: dict[int, str] = {}
+        self._associations_lock = threading.Lock()
         self._nodes: dict[str, int] = {}
         self._missing: set[str] = set()
         self._index: _ModelIndex | None = _ModelIndex(cfg_text)  # until the server listens
@@ -297,8 +317,11 @@ class MmsServer:
         self._ready()
         return self._hook is not None
 
-    def on_write(self, ref: str, handler: Callable[[int], int], complex_attribute: bool = False) -> None:
+    def on_write(self, ref: str, handler: Callable[..., int], complex_attribute: bool = False,
+                 with_client: bool = False) -> None:
         """handler(mms_value_ptr) -> DataAccessError code; any exception refuses the write.
+        With `with_client`: handler(mms_value_ptr, client), `client` the writing client's
+        security token (what `authenticate`'s handler gave its association; 0 without one).
 
         Called on libiec61850's thread with the data model lock held, for a client write to
         the data attribute `ref` (`LDinst/LN.DO.DA...`) and, with `complex_attribute`, to
@@ -315,6 +338,7 @@ class MmsServer:
             self._write_refs.append(ref)
             self._write_handlers.append(handler)
             self._write_complex.append(bool(complex_attribute))
+            self._write_client.append(bool(with_client))
             if self._resolved:
                 self._resolved.clear()
             if self._built and self._hook is None:
@@ -325,10 +349,11 @@ class MmsServer:
                    else self.lib.IedServer_handleWriteAccess)
         install(self._server, self.node(ref), self._write_cb, index)
 
-    def on_control(self, do_ref: str, check: Callable[[int, int, bool], int],
-                   execute: Callable[[int, int, bool], int],
-                   wait: Callable[[int, int, bool], int] | None = None) -> None:
+    def on_control(self, do_ref: str, check: Callable[..., int], execute: Callable[..., int],
+                   wait: Callable[..., int] | None = None, with_client: bool = False) -> None:
         """check(action, ctlVal, test) -> CheckHandlerResult; execute(...) -> ControlHandlerResult.
+        With `with_client`, each of the three also gets the client's security token last
+        (as `on_write`'s handlers).
 
         check runs with the data model lock held: keep it short.  `wait(action, ctlVal,
         test)` (libiec61850's wait-for-execution handler) runs after an accepted check,
@@ -342,7 +367,7 @@ class MmsServer:
         data object (every operate, select-with-value and cancel is one), or at once for a
         control model whose select is a read (sbo-with-normal-security, status-only)."""
         with self._tables:
-            self._controls.append((do_ref, check, execute, wait))
+            self._controls.append((do_ref, check, execute, wait, bool(with_client)))
             index = len(self._controls) - 1
             if not self._built or (self._hook is not None and self._starts_with_write(do_ref)):
                 self._pending_controls[do_ref] = index  # (decided by _hand_over when not built yet)
@@ -365,17 +390,101 @@ class MmsServer:
         if self._controls[index][3] is not None:
             self.lib.IedServer_setWaitForExecutionHandler(self._server, node, self._wait_cb, index)
 
-    def on_connection(self, handler: Callable[[bool], None]) -> None:
-        """handler(connected) on every client association opened or closed."""
+    def deny_writes_without_handler(self) -> None:
+        """Refuse (object-access-denied) every client write to an SP, SV or SE attribute that
+        has no handler; libiec61850's default lets them change the model (security.md section
+        5: a `setSrcRef`, the reserve's `setCal`).  Attributes with a handler are decided by it,
+        on both paths: the write hook calls it itself, and libiec61850 calls a handler
+        installed for the written attribute before it applies the policy."""
+        for fc in (L.FC_SP, L.FC_SV, L.FC_SE):
+            self.lib.IedServer_setWriteAccessPolicy(self.server, fc, L.ACCESS_POLICY_DENY)
+
+    def on_connection(self, handler: Callable[[bool, int, str], None]) -> None:
+        """handler(connected, client, peer) on every client association opened or closed:
+        the client's security token (0 without one) and its address ("ip:port").  With an
+        authenticator (`authenticate`) an association is indicated as opened at its first
+        request that reaches a handler or the read check (libiec61850 indicates connections
+        before it authenticates them), and every association with a token as closed,
+        opened or not (so the owner can forget its token)."""
         self._connection_handler = handler
         self.lib.IedServer_setConnectionIndicationHandler(self.server, self._connection_cb, None)
 
-    def _on_connection(self, _server, _conn, connected, _param):
-        if self._connection_handler is not None:
-            try:
-                self._connection_handler(bool(connected))
-            except Exception:
-                log.exception("connection handler failed")
+    def _on_connection(self, _server, conn, connected, _param):
+        if self._connection_handler is None:
+            return
+        try:
+            token = L.client_token(conn)
+            if self._authenticator is not None:
+                if connected or not token:  # not authenticated yet (or refused): nothing to tell
+                    return
+                with self._associations_lock:
+                    self._associations.pop(token, None)
+            self._connection_handler(bool(connected), token, L.client_peer(conn))
+        except Exception:
+            log.exception("connection handler failed")
+
+    def _client(self, conn, token_of: Callable[[Any], int], peer_of: Callable[[Any], str]) -> int:
+        """The security token of the client on `conn`; at its association's first request
+        (with an authenticator), the owner hears that it is up."""
+        token = token_of(conn)
+        if token and token not in self._associations and self._authenticator is not None:
+            with self._associations_lock:
+                if token in self._associations:
+                    return token
+                peer = self._associations[token] = peer_of(conn)
+            if self._connection_handler is not None:
+                try:
+                    self._connection_handler(True, token, peer)
+                except Exception:
+                    log.exception("connection handler failed")
+        return token
+
+    def authenticate(self, handler: Callable[[int, bytes | None], int | None]) -> None:
+        """handler(mechanism, password) at every association (libiec61850's thread, before
+        the client's first request): the ACSE authentication mechanism (L.ACSE_AUTH_NONE,
+        L.ACSE_AUTH_PASSWORD, ...) and the password presented (None without one).  It returns
+        the association's security token (a non-zero int, handed back to the handlers of its
+        requests), or None to refuse the association.  Call before `start`."""
+        self._authenticator = handler
+        self.lib.IedServer_setAuthenticator(self.server, self._authenticator_cb, None)
+
+    def _on_authenticate(self, _param, auth, token_out, _app_reference) -> bool:
+        try:
+            mechanism = self.lib.AcseAuthenticationParameter_getAuthMechanism(auth) if auth else L.ACSE_AUTH_NONE
+            password = None
+            if mechanism == L.ACSE_AUTH_PASSWORD:
+                length = self.lib.AcseAuthenticationParameter_getPasswordLength(auth)
+                raw = self.lib.AcseAuthenticationParameter_getPassword(auth)
+                password = ctypes.string_at(raw, length) if raw and length > 0 else b""
+            token = self._authenticator(mechanism, password)
+            if not token:
+                return False
+            token_out[0] = token
+            return True
+        except Exception:  # fail closed
+            log.exception("authenticator failed")
+            return False
+
+    def on_read_access(self, handler: Callable[[str, int], bool]) -> None:
+        """handler(ld_inst, client) for every client read of model data (libiec61850's
+        thread: keep it cheap, it runs for each data object read, with the GIL): False answers
+        object-access-denied (a whole logical node's read too).  Reads of control blocks (BR,
+        RP, GO, ...) and directory services are not asked.  Call before `start`."""
+        self._read_access = handler
+        self.lib.IedServer_setReadAccessHandler(self.server, self._read_access_cb, None)
+
+    def _on_read_access(self, ld, _ln, _do, _fc, conn, _param) -> int:
+        try:
+            name = self._ld_names.get(ld)
+            if name is None:
+                raw = self.lib.ModelNode_getName(ld)
+                name = self._ld_names[ld] = raw.decode(errors="replace") if raw else ""
+            if self._read_access(name, self._client(conn, L.client_token, L.client_peer)):
+                return L.DATA_ACCESS_ERROR_SUCCESS
+            return L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED
+        except Exception:  # fail closed
+            log.exception("read access handler failed")
+            return L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED
 
     @property
     def handler_count(self) -> int:
@@ -383,11 +492,21 @@ class MmsServer:
 
     # Callbacks run on libiec61850's thread.  A ctypes callback that raises returns 0, which
     # libiec61850 reads as an answer: catch everything.
-    def _on_write(self, _da, value, _conn, index):
-        index = index or 0
+    def _on_write(self, _da, value, conn, index):
+        """libiec61850's write access handler (one-by-one installs): `conn` is a ClientConnection."""
+        return self._call_write(index or 0, value, conn, L.client_token, L.client_peer)
+
+    def _call_write(self, index: int, value, conn, token_of: Callable[[Any], int],
+                    peer_of: Callable[[Any], str]) -> int:
+        """The write handler `index`, given the client's token if it asks for it (`token_of`
+        and `peer_of` read the connection: a ClientConnection or, in the hook, an
+        MmsServerConnection)."""
         ref, handler = self._write_refs[index], self._write_handlers[index]
         try:
-            result = handler(value)
+            if self._write_client[index]:
+                result = handler(value, self._client(conn, token_of, peer_of))
+            else:
+                result = handler(value)
             if not isinstance(result, int):
                 raise TypeError(f"returned {result!r}, not a DataAccessError code")
             return result
@@ -413,7 +532,7 @@ class MmsServer:
             # As libiec61850's mmsWriteHandler: type check, handler, the model on success.
             if not lib.MmsValue_equalTypes(lib.IedServer_getAttributeValue(srv, da), value):
                 return L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID
-            result = self._on_write(da, value, connection, index)
+            result = self._call_write(index, value, connection, L.server_connection_token, L.server_connection_peer)
             if result == L.DATA_ACCESS_ERROR_SUCCESS:
                 lib.IedServer_updateAttributeValue(srv, da, value)
             elif result != L.DATA_ACCESS_ERROR_SUCCESS_NO_UPDATE:
@@ -466,6 +585,7 @@ class MmsServer:
             return None
         return index, da
 
+    # Control handlers get a ControlAction: its ClientConnection carries the client's token.
     def _on_check(self, action, index, ctl_val, test, _interlock):
         return self._call_control(index, 1, "check", L.CONTROL_OBJECT_ACCESS_DENIED, action, ctl_val, test)
 
@@ -480,6 +600,9 @@ class MmsServer:
         an exception refuses, it never escapes into libiec61850's thread."""
         entry = self._controls[index or 0]
         try:
+            if entry[4]:
+                conn = self.lib.ControlAction_getClientConnection(args[0])
+                return entry[slot](*args, self._client(conn, L.client_token, L.client_peer))
             return entry[slot](*args)
         except Exception:
             log.exception("%s handler for %s failed", what, entry[0])

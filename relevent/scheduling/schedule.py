@@ -75,6 +75,7 @@ class Settings:
     prio: int = 0
     starts: list = field(default_factory=lambda: [StartTime()] * START_SLOTS)
     reuse: bool = False
+    writer: str = ""    # the party that last wrote it (policy: who may touch it; audit); "" nobody yet
 
 
 @dataclass
@@ -340,7 +341,7 @@ class Schedule:
         return {
             "num_entr": s.num_entr, "schd_intv": s.schd_intv, "values": list(s.values), "prio": s.prio,
             "starts": [[x.tm, None if x.cal is None else list(_cal_tuple(x.cal))] for x in s.starts],
-            "reuse": s.reuse,
+            "reuse": s.reuse, "writer": s.writer,
             "state": int(st.state), "ena_err": int(st.ena_err), "act_start": st.act_start,
             "run_slot": st.run_slot,
         }
@@ -350,7 +351,7 @@ class Schedule:
         right entry (or ends it), and a Ready one starts on time."""
         self.settings = Settings(
             num_entr=record["num_entr"], schd_intv=record["schd_intv"], values=list(record["values"]),
-            prio=record["prio"], reuse=record["reuse"],
+            prio=record["prio"], reuse=record["reuse"], writer=record.get("writer", ""),
             starts=[StartTime(tm, None if cal is None else Calendar(*cal)) for tm, cal in record["starts"]])
         self.status = Status(state=State(record["state"]), ena_err=EnaErr(record["ena_err"]),
                              act_start=record["act_start"], run_slot=record["run_slot"])

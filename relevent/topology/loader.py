@@ -11,7 +11,8 @@ import copy
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from relevent.topology import schema
 from relevent.topology.locate import LineIndex
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# A value a site template (`relevent init`) leaves for the installer: "<fill in: what goes here>".
+# Reported as not filled in, naming its key, and never also as a wrong type.
+_FILL_IN = re.compile(r"<\s*fill in\s*:?\s*(.*?)\s*>", re.IGNORECASE | re.DOTALL)
 
 
 class TopologyError(ProblemsError):
@@ -32,6 +36,7 @@ class Topology:
     path: Path
     text: str
     data: dict
+    warnings: list = field(default_factory=list)   # Problems that do not stop a site (`relevent check`)
 
     @property
     def name(self) -> str:
@@ -62,12 +67,22 @@ class _Validator:
         self.index = LineIndex(text)
         self.env = env
         self.problems: list[Problem] = []
+        self.unfilled: set[tuple] = set()   # paths still holding a template's "<fill in: ...>"
+        self.warnings: list[Problem] = []
 
     def problem(self, path: tuple, message: str) -> None:
         self.problems.append(Problem(self.file, self.index.line_of(path), key_name(path), message))
 
+    def warning(self, path: tuple, message: str) -> None:
+        self.warnings.append(Problem(self.file, self.index.line_of(path), key_name(path), message))
+
     # -- interpolation -------------------------------------------------------------
     def interpolate(self, value: Any, path: tuple) -> Any:
+        if isinstance(value, str) and _FILL_IN.fullmatch(value.strip()):
+            hint = _FILL_IN.fullmatch(value.strip()).group(1)
+            self.problem(path, f"not filled in yet: {hint}" if hint else "not filled in yet")
+            self.unfilled.add(path)
+            return value
         if isinstance(value, str):
             def repl(m: re.Match) -> str:
                 name, default = m.group(1), m.group(2)
@@ -104,6 +119,8 @@ class _Validator:
         return out
 
     def value(self, v: Any, f: schema.Field, path: tuple) -> Any:
+        if path in self.unfilled:
+            return copy.deepcopy(f.default)   # reported once, as not filled in
         # ${VAR} yields strings; a numeric or boolean field accepts their text.
         if isinstance(v, str) and str not in f.types:
             v = _coerce(v, f.types)
@@ -136,6 +153,7 @@ class _Validator:
             "site": self.table(raw.get("site", {}), schema.SITE, ("site",)),
             "runtime": self.table(raw.get("runtime", {}), schema.RUNTIME, ("runtime",)),
             "supervision": self.supervision(raw.get("supervision", {})),
+            "party": self.array(raw.get("party", []), schema.PARTY, "party"),
             "wan": self.endpoints(raw.get("wan", []), "wan"),
             "lan": self.endpoints(raw.get("lan", []), "lan"),
             "der": self.ders(raw.get("der", [])),
@@ -144,6 +162,7 @@ class _Validator:
         if "site" not in raw:
             self.problem((), "missing [site] section")
         self.cross_checks(data)
+        self.party_checks(data)
         return data
 
     def supervision(self, raw: dict) -> dict:
@@ -180,10 +199,66 @@ class _Validator:
         return out
 
     def ders(self, raw: Any) -> list[dict]:
+        return self.array(raw, schema.DER, "der")
+
+    def array(self, raw: Any, fields: dict, section: str) -> list[dict]:
         if not isinstance(raw, list):
-            self.problem(("der",), f"must be an array of tables ([[der]]), got {type(raw).__name__}")
+            self.problem((section,), f"must be an array of tables ([[{section}]]), got {type(raw).__name__}")
             return []
-        return [self.table(item, schema.DER, ("der", i)) for i, item in enumerate(raw)]
+        return [self.table(item, fields, (section, i)) for i, item in enumerate(raw)]
+
+    def party_checks(self, data: dict) -> None:
+        """Parties name existing DERs, credentials are unique, every endpoint's parties
+        exist; overlapping bands and DERs no party may steer are reported, not refused."""
+        parties = data["party"]
+        names = {p["name"]: i for i, p in enumerate(parties) if p["name"]}
+        if len(names) != len([p for p in parties if p["name"]]):
+            seen: set = set()
+            for i, p in enumerate(parties):
+                if p["name"] in seen:
+                    self.problem(("party", i, "name"), f"duplicate party {p['name']!r}")
+                seen.add(p["name"])
+        ders = {d["name"]: d for d in data["der"]}
+        credentials: dict[tuple, int] = {}
+        for i, p in enumerate(parties):
+            for der in p["ders"]:
+                if der not in ders:
+                    self.problem(("party", i, "ders"), f"DER {der!r} does not exist (known: "
+                                                       f"{', '.join(ders) or 'none defined'})")
+            for key, values in (("mms_password", [p["mms_password"]]), ("http_token", [p["http_token"]]),
+                                ("peers", p["peers"])):
+                for value in values:
+                    if not value:
+                        continue
+                    other = credentials.setdefault((key, value), i)
+                    if other != i:
+                        self.problem(("party", i, key), f"party {parties[other]['name']!r} has the same {key}: "
+                                                        "a client would not know which party it is")
+        for i, a in enumerate(parties):
+            for b in parties[i + 1:]:
+                (lo1, hi1), (lo2, hi2) = a["priority"], b["priority"]
+                if lo1 <= hi2 and lo2 <= hi1:
+                    self.warning(("party", i, "priority"), f"priority bands of {a['name']!r} {lo1}..{hi1} and "
+                                                           f"{b['name']!r} {lo2}..{hi2} overlap")
+        if parties:
+            for i, der in enumerate(data["der"]):
+                if not any(("write" in p["operations"] or "enable" in p["operations"])
+                           and (not p["ders"] or der["name"] in p["ders"]) for p in parties):
+                    self.warning(("der", i, "name"), f"no party may steer DER {der['name']!r}")
+        for i, ep in enumerate(data["wan"]):
+            for name in ep.get("parties", []):
+                if name not in names:
+                    self.problem(("wan", i, "parties"), f"party {name!r} is not defined (known: "
+                                                        f"{', '.join(names) or 'none: add [[party]] tables'})")
+            anonymous = anonymous_mode(ep)
+            party = ep.get("party") or ep.get("name")
+            if anonymous == "party" and parties and party not in names:
+                self.problem(("wan", i, "party"), f"clients without credentials act as party {party!r}, which is "
+                                                  f"not defined (define it, or set anonymous = \"read\" or "
+                                                  f"\"none\")")
+            if anonymous == "party" and not parties and not _loopback(ep):
+                self.warning(("wan", i, "anonymous"), "every client of this endpoint may do everything: no "
+                                                      "[[party]] is defined and it listens beyond loopback")
 
     def cross_checks(self, data: dict) -> None:
         seen: dict[str, tuple] = {}
@@ -219,7 +294,7 @@ class _Validator:
                         int(local["schedule"][4:]) > der["schedules"]:
                     self.problem(("der", i, "local"), f"local[{j}].schedule: {local['schedule']} but the DER has "
                                                       f"{der['schedules']} schedules per function")
-            if lan is not None and not der["rated_power_w"] > 0:
+            if lan is not None and not der["rated_power_w"] > 0 and ("der", i, "rated_power_w") not in self.unfilled:
                 self.problem(("der", i, "rated_power_w"), "a DER driven over a LAN endpoint needs rated_power_w > 0 "
                                                           "(the device set-point is bounded by it)")
         for i, ep in enumerate(data["wan"]):  # what a WAN protocol needs of the site
@@ -244,6 +319,27 @@ class _Validator:
                                        f"at line {self.index.line_of(other)}")
                 else:
                     ports[port] = path
+
+
+def _loopback(endpoint: dict) -> bool:
+    """Does this WAN endpoint only face the host itself (or connect out, like the EMS's)?"""
+    bound = listen_address(endpoint)
+    if bound is None:
+        return True
+    host = bound[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def anonymous_mode(endpoint: dict) -> str:
+    """What a client without an accepted credential gets on this WAN endpoint: "party"
+    (acts as the endpoint's `party`), "read" or "none".  Default: "party" on loopback,
+    "none" beyond it (security.md: nothing for the unknown on a network)."""
+    return endpoint.get("anonymous") or ("party" if _loopback(endpoint) else "none")
 
 
 def _coerce(text: str, types: tuple) -> Any:
@@ -284,7 +380,7 @@ def parse_topology(text: str, file: str = "<topology>", env: dict[str, str] | No
         # `${RELEVENT_STATE_DIR:-./state}`; made absolute so every actor agrees.
         state_dir = (base_dir or Path.cwd()) / state_dir
     data["site"]["state_dir"] = str(state_dir.resolve())
-    return Topology(Path(file), text, data)
+    return Topology(Path(file), text, data, v.warnings)
 
 
 def load_topology(path: str | os.PathLike, env: dict[str, str] | None = None) -> Topology:

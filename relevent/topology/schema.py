@@ -58,6 +58,8 @@ SITE = {
     "name": Field((str,), required=True, doc="site name, used in logs and actor names"),
     "description": Field((str,), default=""),
     "state_dir": Field((str,), default="./state", doc="persisted state, control socket and logs"),
+    "audit_retention_days": Field(NUMBER, default=7.0, check=positive,
+                                  doc="days the audit log keeps (whole files, STATE_DIR/audit; docs/audit.md)"),
 }
 
 RUNTIME = {
@@ -138,6 +140,7 @@ DER = {
                      doc="IEC 61850 logical device; default Control (one DER) or <name>Control"),
 }
 
+from relevent.policy import OPERATIONS, PRIO_MAX  # noqa: E402 - the policy owns its vocabulary
 from relevent.scheduling.schedule import LOCKABLE  # noqa: E402 - one definition of what can be locked
 
 
@@ -207,4 +210,34 @@ def _check_locks(v: dict) -> str | None:
     return None
 
 
-TOP_LEVEL = ("site", "runtime", "supervision", "wan", "lan", "der", "simulator")
+def _check_band(v: list) -> str | None:
+    if len(v) != 2 or not 0 <= v[0] <= v[1] <= PRIO_MAX:
+        return f"expected [lowest, highest] with 0 <= lowest <= highest <= {PRIO_MAX}, got {v}"
+    return None
+
+
+# [[party]]: who sends instructions, how each protocol recognises it, and its rights
+# (relevent/policy, docs/parties.md).  A site without parties gives every endpoint's party
+# every right.
+PARTY = {
+    "name": Field((str,), required=True),
+    "description": Field((str,), default=""),
+    "mms_password": Field((str,), default="", doc="ACSE password its MMS clients present (use ${VAR} to keep "
+                                                  "it out of the file)"),
+    "http_token": Field((str,), default="", doc="bearer token its HTTP clients present (Authorization: Bearer)"),
+    "peers": Field((list,), default=[], item_types=(str,),
+                   doc="peer identities: IEC 104 controlling-station IP addresses, OpenADR VTN ids"),
+    "ders": Field((list,), default=[], item_types=(str,), doc="DERs it may steer; empty: all"),
+    "functions": Field((list,), default=[], item_types=(str,),
+                       check=lambda v: next((f"unknown control function {k!r} (use {', '.join(KINDS)})"
+                                             for k in v if k not in KINDS), None),
+                       doc="control functions it may steer; empty: all"),
+    "operations": Field((list,), default=list(OPERATIONS), item_types=(str,),
+                        check=lambda v: next((f"unknown operation {k!r} (use {', '.join(OPERATIONS)})"
+                                              for k in v if k not in OPERATIONS), None)),
+    "priority": Field((list,), default=[0, PRIO_MAX], item_types=(int,), check=_check_band,
+                      doc="its band of SchdPrio, [lowest, highest]: a priority outside it is refused"),
+    "others": Field((bool,), default=False, doc="may write, enable or disable schedules another party wrote"),
+}
+
+TOP_LEVEL = ("site", "runtime", "supervision", "party", "wan", "lan", "der", "simulator")

@@ -16,9 +16,10 @@ import concurrent.futures
 from typing import Any, Protocol
 
 from relevent.messages import ControllerState, Measurement
-from relevent.wan.session import OPERATE_TIMEOUT_S, Answer, ControlSession, Write
+from relevent.policy import Decision
+from relevent.wan.session import OPERATE_TIMEOUT_S, Answer, ControlSession, Who, Write
 
-__all__ = ["Answer", "WanAdapter", "WanContext", "Write"]
+__all__ = ["Answer", "WanAdapter", "WanContext", "Who", "Write"]
 
 
 class WanAdapter(Protocol):
@@ -67,15 +68,27 @@ class WanContext:
     def state_dir(self) -> str:
         return self._actor.site["state_dir"]
 
-    def write(self, der: str, kind: str, schedule: str, writes: list[Write]) -> Answer:
-        return self._session.write(der, kind, schedule, writes)
+    def who(self, peer: str = "", credential: tuple | None = None) -> Who:
+        """The party of a client, from the credential it presented (("mms-password", x),
+        ("http-token", x), ("peer", identity)), else the endpoint's `anonymous` rule.
+        Pass it to every request; without one, a request is the anonymous client's."""
+        return self._session.who(peer, credential)
 
-    def operate(self, der: str, kind: str, schedule: str, op: str) -> concurrent.futures.Future:
-        return self._session.operate(der, kind, schedule, op)
+    def may(self, who: Who, operation: str, der: str = "", kind: str | None = None) -> Decision:
+        """May `who` read (or ...) this DER's data?  Writes and operates are checked by the
+        session itself; an adapter asks this before serving a read or a connection."""
+        return self._session.may(who, operation, der, kind)
+
+    def write(self, der: str, kind: str, schedule: str, writes: list[Write], who: Who | None = None) -> Answer:
+        return self._session.write(der, kind, schedule, writes, who)
+
+    def operate(self, der: str, kind: str, schedule: str, op: str,
+                who: Who | None = None) -> concurrent.futures.Future:
+        return self._session.operate(der, kind, schedule, op, who)
 
     def operate_wait(self, der: str, kind: str, schedule: str, op: str,
-                     timeout: float = OPERATE_TIMEOUT_S) -> Answer:
-        return self._session.operate_wait(der, kind, schedule, op, timeout)
+                     timeout: float = OPERATE_TIMEOUT_S, who: Who | None = None) -> Answer:
+        return self._session.operate_wait(der, kind, schedule, op, timeout, who)
 
     def forecast(self, der: str, kind: str, window_ms: int) -> concurrent.futures.Future:
         return self._session.forecast(der, kind, window_ms)
@@ -91,11 +104,12 @@ class WanContext:
     def measurement(self, der: str) -> Measurement | None:
         return self._session.measurement(der)
 
-    def contact(self) -> None:
-        self._session.contact()
+    def contact(self, who: Who | None = None) -> None:
+        """A read of `who` was served: contact, if it is a recognised party."""
+        self._session.contact(who)
 
-    def connected(self, up: bool) -> None:
-        self._session.connected(up)
+    def connected(self, up: bool, who: Who | None = None) -> None:
+        self._session.connected(up, who)
 
     # actor thread only
     def defer_ready(self) -> None:

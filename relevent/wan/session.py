@@ -34,22 +34,26 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import hmac
 import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from relevent.audit.log import AuditLog
+from relevent.audit.site import open_chain
 from relevent.messages import (
     ControllerState, ForecastReply, ForecastRequest, Measurement, OperateResult, ScheduleOperate, ScheduleWrite,
     ScheduleWrites, SnapshotRequest, WanContact, Wakeup,
 )
 from relevent.clock import now_ms
-from relevent.policy import Request, check
+from relevent.policy import NOTHING, READ_ONLY, UNRESTRICTED, Decision, Request, Rights, check, may
 from relevent.runtime.bridge import ThreadBridge
 from relevent.scheduling.schedule import (
     LOCKABLE, EnaErr, Refusal, Schedule, from_snapshot, schedule_names, settings_snapshot,
 )
+from relevent.topology.loader import anonymous_mode
 
 log = logging.getLogger("relevent.wan")
 
@@ -67,6 +71,16 @@ class Write:
     field: str
     index: int
     value: Any
+
+
+@dataclass(frozen=True)
+class Who:
+    """Who makes a request: the party its credential names (or the endpoint's `anonymous`
+    rule gives it; "" for a client no party is recognised in) and its peer (for audit).
+    Only a `recognised` party's requests count as WAN contact."""
+    party: str
+    peer: str = ""
+    recognised: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,12 +135,26 @@ class ControlSession:
         self.config = config
         self.name: str = config["name"]
         self.party: str = config.get("party") or config["name"]
+        # Parties (relevent/policy): rights by name, and the credentials of those this endpoint accepts.
+        tables = config.get("party_tables") or []
+        accepted = set(config.get("parties") or [t["name"] for t in tables])
+        self.rights_of: dict[str, Rights] = {t["name"]: Rights.of(t) for t in tables}
+        self.credentials: list[tuple[str, str, str]] = []   # (kind, value, party)
+        for t in tables:
+            if t["name"] in accepted:
+                self.credentials += [(kind, value, t["name"]) for kind, value in
+                                     (("mms-password", t.get("mms_password")), ("http-token", t.get("http_token")))
+                                     if value]
+                self.credentials += [("peer", peer, t["name"]) for peer in t.get("peers", [])]
+        self.anonymous: str = anonymous_mode(config)
+        self.default_who = self.who()
+        self.audit: AuditLog | None = None     # this endpoint's chain (relevent/audit/site.py), from start
         self.ders: dict[str, dict] = {d["name"]: d for d in config.get("ders", [])}
         self.adapter: Any = None
         self.bridge = ThreadBridge()
         self.lock = threading.Lock()
         self.mirrors: dict[tuple, Schedule] = {}      # (der, kind, schedule) -> settings as clients see them
-        self.pending: dict[tuple, tuple] = {}         # (der, kind, schedule, field, index) -> (seq, value)
+        self.pending: dict[tuple, tuple] = {}         # (der, kind, schedule, field, index) -> (seq, value, party)
         self.waiting: dict[int, tuple] = {}           # operate request id -> (future, schedule)
         self.forecasts: dict[int, concurrent.futures.Future] = {}
         self.controllers: dict[tuple, _Controller] = {}
@@ -155,6 +183,9 @@ class ControlSession:
     # -- life cycle (actor thread) --------------------------------------------------------------
     def start(self, adapter: Any) -> None:
         self.adapter = adapter
+        site = getattr(self.actor, "site", None) or {}
+        if site.get("state_dir"):
+            self.audit = open_chain(site, self.name)
         self.awaiting = set(self.controllers)
         self.actor.send(self.actor.parent, SnapshotRequest(self.name, self.actor.myAddress))
         self.actor.wakeupAfter(CONTACT_TICK_S, Wakeup("contact"))
@@ -168,6 +199,8 @@ class ControlSession:
         for fut in list(self.forecasts.values()):
             fut.cancel()
         self.bridge.close()
+        if self.audit is not None:
+            self.audit.close()
 
     def fds(self) -> list[int]:
         return [self.bridge.fileno()]
@@ -185,57 +218,109 @@ class ControlSession:
         self.adapter.on_synced()
 
     # -- the adapter's side (any thread) ------------------------------------------------------------
-    def write(self, der: str, kind: str, schedule: str, writes: list[Write]) -> Answer:
+    def who(self, peer: str = "", credential: tuple | None = None) -> Who:
+        """The party a client is, from the credential it presented: ("mms-password", secret),
+        ("http-token", token) or ("peer", identity) of a party this endpoint accepts.
+        Without a credential: the endpoint's `anonymous` rule (act as its `party`, or no
+        party).  A credential that names no accepted party gives no party at all, whatever
+        the anonymous rule: the adapter refuses that client (authentication failed)."""
+        if credential is not None:
+            kind, value = credential
+            given = str(value).encode()
+            for k, v, party in self.credentials:
+                if k == kind and hmac.compare_digest(v.encode(), given):
+                    return Who(party, peer, True)
+            if kind != "peer":   # a peer address is not a secret: unknown peers are anonymous
+                return Who("", peer, False)
+        if self.anonymous == "party":
+            return Who(self.party, peer, True)
+        return Who("", peer, False)
+
+    def rights(self, who: Who) -> Rights:
+        if not who.party:
+            return READ_ONLY if self.anonymous == "read" else NOTHING
+        if not self.rights_of:
+            return UNRESTRICTED   # a site without [[party]] tables: today's behaviour
+        return self.rights_of.get(who.party, NOTHING)
+
+    def may(self, who: Who, operation: str, der: str = "", kind: str | None = None) -> Decision:
+        """May `who` do `operation` (read, ...) on this DER (and function)?  Without a DER:
+        on at least one (an adapter deciding whether to serve a client at all)."""
+        rights = self.rights(who)
+        if not der:
+            ok = operation in rights.operations
+            return Decision.allow() if ok else may(rights, operation, "", None, who.party)
+        return may(rights, operation, der, kind, who.party)
+
+    def write(self, der: str, kind: str, schedule: str, writes: list[Write], who: Who | None = None) -> Answer:
         """Validate `writes` (all or nothing) against the mirror and the policy; on success
         they are queued for the controller in order and the answer is positive."""
+        who = who or self.default_who
         now = now_ms()
         key = (der, kind, schedule)
+        rights = self.rights(who)
         with self.lock:
             mirror = self.mirrors.get(key)
             if mirror is None:
                 return self._refused_locked(Answer.refused("unknown", Refusal.ACCESS_DENIED,
-                                                           f"no schedule {der}/{kind}/{schedule}"))
+                                                           f"no schedule {der}/{kind}/{schedule}"), who,
+                                            ("write", der, kind, schedule, writes))
             trial = copy.deepcopy(mirror)
             for w in writes:
-                decision = check(Request(self.party, "write", der, kind, schedule, w.field), trial)
+                decision = check(Request(who.party, "write", der, kind, schedule, w.field, w.value), trial, rights)
                 if not decision.ok:
-                    return self._refused_locked(Answer.refused(decision.rule, decision.refusal, decision.reason))
+                    return self._refused_locked(Answer.refused(decision.rule, decision.refusal, decision.reason), who,
+                                                ("write", der, kind, schedule, writes))
                 outcome = trial.write(w.field, w.index, w.value, now)
                 if not outcome.ok:
-                    return self._refused_locked(Answer.refused("value", outcome.refusal, outcome.reason))
+                    return self._refused_locked(Answer.refused("value", outcome.refusal, outcome.reason), who,
+                                                ("write", der, kind, schedule, writes))
+            if who.party:
+                trial.settings.writer = who.party
             self.mirrors[key] = trial
             messages = []
             for w in writes:
                 seq = next(self.write_seqs)
-                self.pending[key + (w.field, w.index)] = (seq, w.value)
-                messages.append(ScheduleWrite(der, kind, schedule, w.field, w.value, w.index, seq))
+                self.pending[key + (w.field, w.index)] = (seq, w.value, who.party)
+                messages.append(ScheduleWrite(der, kind, schedule, w.field, w.value, w.index, seq, who.party))
             self.stats["writes"] += len(writes)
-            self.last_request = now
+            self._heard(who, now)
         for message in messages:
             self.bridge.post(message)
-        return Answer(True)
+        answer = Answer(True)
+        self._audit(who, "write", der, kind, schedule, answer, writes)
+        return answer
 
-    def operate(self, der: str, kind: str, schedule: str, op: str) -> concurrent.futures.Future:
+    def operate(self, der: str, kind: str, schedule: str, op: str,
+                who: Who | None = None) -> concurrent.futures.Future:
         """An enable or disable: a future of its Answer, set once the controller made it
         durable (or refused it).  Cancel the future to give up: an operate still queued is
         then never sent; one already sent may still be applied by its controller, and the
         schedule's state shows whether it was."""
+        who = who or self.default_who
         fut: concurrent.futures.Future = concurrent.futures.Future()
+        rights = self.rights(who)
         with self.lock:
-            self.last_request = now_ms()
             mirror = self.mirrors.get((der, kind, schedule))
             if mirror is None:
                 fut.set_result(self._refused_locked(Answer.refused("unknown", Refusal.ACCESS_DENIED,
-                                                                   f"no schedule {der}/{kind}/{schedule}")))
+                                                                   f"no schedule {der}/{kind}/{schedule}"), who,
+                                                    (op, der, kind, schedule, None)))
                 return fut
-            decision = check(Request(self.party, op, der, kind, schedule), mirror)
+            decision = check(Request(who.party, op, der, kind, schedule), mirror, rights)
             if not decision.ok:
-                fut.set_result(self._refused_locked(Answer.refused(decision.rule, decision.refusal, decision.reason)))
+                fut.set_result(self._refused_locked(Answer.refused(decision.rule, decision.refusal, decision.reason),
+                                                    who, (op, der, kind, schedule, None)))
                 return fut
+            self._heard(who, now_ms())
             request_id = next(self.request_ids)
             self.waiting[request_id] = (fut, schedule)
             self.stats["operates"] += 1
         fut.add_done_callback(lambda f: f.cancelled() and self._forget_operate(request_id))
+        fut.add_done_callback(lambda f: self._audit(
+            who, op, der, kind, schedule, Answer.refused("gave-up", None, "the client stopped waiting; the "
+                                                         "controller may still apply it") if f.cancelled()
+            else f.result()))
         self.bridge.post(ScheduleOperate(der, kind, schedule, op, request_id))
         return fut
 
@@ -246,16 +331,17 @@ class ControlSession:
             self.waiting.pop(request_id, None)
 
     def operate_wait(self, der: str, kind: str, schedule: str, op: str,
-                     timeout: float = OPERATE_TIMEOUT_S) -> Answer:
+                     timeout: float = OPERATE_TIMEOUT_S, who: Who | None = None) -> Answer:
         """`operate`, waiting for the answer (a thread that may block)."""
-        fut = self.operate(der, kind, schedule, op)
+        fut = self.operate(der, kind, schedule, op, who)
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
             fut.cancel()
             with self.lock:
-                return self._refused_locked(Answer.refused(
-                    "timeout", Refusal.ACCESS_DENIED, f"controller {der}/{kind} did not answer in {timeout:g} s"))
+                return self._refused_locked(Answer.refused(   # audited by operate's callback ("gave-up")
+                    "timeout", Refusal.ACCESS_DENIED, f"controller {der}/{kind} did not answer in {timeout:g} s"),
+                    who or self.default_who)
 
     def forecast(self, der: str, kind: str, window_ms: int) -> concurrent.futures.Future:
         """The controller's output over the next `window_ms`: a future of
@@ -304,20 +390,51 @@ class ControlSession:
         with self.lock:
             return [(k[2], k[3], k[4], v[1]) for k, v in self.pending.items() if k[:2] == (der, kind) and v[0] > acked]
 
-    def contact(self) -> None:
-        """A request from a remote actor (counts for "no telecom")."""
-        self.last_request = now_ms()
+    def contact(self, who: Who | None = None) -> None:
+        """A request of `who` was served (a read): WAN contact for the site's "no telecom"
+        schedules, if it is a recognised party (security.md: never from the unknown)."""
+        self._heard(who or self.default_who, now_ms())
 
-    def connected(self, up: bool) -> None:
-        """A client connected (True) or went away (False)."""
+    def connected(self, up: bool, who: Who | None = None) -> None:
+        """A client connected (True) or went away (False).  While a recognised party's
+        client is connected (an authenticated association), the site is in contact."""
+        if not (who or self.default_who).recognised:
+            return
         with self.lock:
             self.clients = max(0, self.clients + (1 if up else -1))
         self.last_request = now_ms()
 
-    def _refused_locked(self, answer: Answer) -> Answer:
+    def _heard(self, who: Who, now: int) -> None:
+        if who.recognised:
+            self.last_request = max(self.last_request, now)
+
+    def _refused_locked(self, answer: Answer, who: Who, request: tuple | None = None) -> Answer:
+        """Count and log a refusal; audit it when `request` = (action, der, kind, schedule, writes)."""
         self.stats["refused"] += 1
-        log.info("wan endpoint=%s party=%s refused rule=%s: %s", self.name, self.party, answer.rule, answer.reason)
+        log.info("wan endpoint=%s party=%s peer=%s refused rule=%s: %s", self.name, who.party or "(unrecognised)",
+                 who.peer, answer.rule, answer.reason)
+        if request is not None:
+            action, der, kind, schedule, writes = request
+            self._audit(who, action, der, kind, schedule, answer, writes)
         return answer
+
+    def _audit(self, who: Who, action: str, der: str, kind: str, schedule: str, answer: Answer,
+               writes: list | None = None) -> None:
+        """One instruction and its answer, in this endpoint's audit chain.  A log that cannot
+        be written is reported and the instruction still answered: the site keeps following
+        its grid operator when a disk is full (docs/audit.md)."""
+        if self.audit is None:
+            return
+        record = {"kind": "instruction", "party": who.party, "protocol": self.config.get("protocol", ""),
+                  "peer": who.peer, "endpoint": self.name, "der": der, "function": kind, "schedule": schedule,
+                  "action": action,
+                  "answer": "ok" if answer.ok else {"refused": answer.rule, "reason": answer.reason}}
+        if writes:
+            record["detail"] = {"writes": [[w.field, w.index, w.value] for w in writes]}
+        try:
+            self.audit.append(record)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.error("audit endpoint=%s: cannot append: %s", self.name, exc)
 
     # -- actor thread -------------------------------------------------------------------------------
     def on_ready(self, _fds: list[int]) -> None:
@@ -430,6 +547,8 @@ class ControlSession:
                 for _seq, sched, field_, index, value in unacked:
                     if sched == name:
                         mirror.write(field_, index, value, None)
+                        mirror.settings.writer = self.pending[key + (sched, field_, index)][2] or \
+                            mirror.settings.writer
                 self.mirrors[key + (name,)] = mirror
         return [u[1:] for u in unacked]
 
@@ -491,7 +610,7 @@ class ControlSession:
         if known_before:
             acked = state.writes_saved.get(self.name, 0)  # what the new incarnation loaded
             with self.lock:  # sent and possibly lost; those still queued go out in their turn
-                resend = sorted((v[0], k[2], k[3], k[4], v[1]) for k, v in self.pending.items()
+                resend = sorted((v[0], k[2], k[3], k[4], v[1], v[2]) for k, v in self.pending.items()
                                 if k[:2] == key and acked < v[0] <= ctl.sent_seq)
             sent, ctl.in_flight = ctl.in_flight, None
             if isinstance(sent, ScheduleOperate):
@@ -500,6 +619,6 @@ class ControlSession:
                 log.warning("re-sending %d unacknowledged writes to the new %s/%s", len(resend), *key)
                 self.stats["resent"] += len(resend)
                 ctl.outbox.insert(0, ScheduleWrites(key[0], key[1], [
-                    ScheduleWrite(key[0], key[1], name, field_, value, index, seq)
-                    for seq, name, field_, index, value in resend], self.name))
+                    ScheduleWrite(key[0], key[1], name, field_, value, index, seq, party)
+                    for seq, name, field_, index, value, party in resend], self.name))
         self._pump(key)

@@ -15,9 +15,10 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Path, Query
+from fastapi import APIRouter, Depends, FastAPI, Path, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import (
     AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError,
     WithJsonSchema,
@@ -28,7 +29,7 @@ from starlette.requests import Request
 
 from relevent.protocols.http import mapping as M
 from relevent.scheduling.schedule import INT32, SLOTS, START_SLOTS, Refusal
-from relevent.wan.adapter import WanContext
+from relevent.wan.adapter import WanContext, Who
 from relevent.wan.session import FORECAST_MAX_HOURS, FORECAST_TIMEOUT_S, OPERATE_TIMEOUT_S
 
 VALUE_INVALID = M.refusal_body(Refusal.VALUE_INVALID)
@@ -182,6 +183,7 @@ class ApiError(Exception):
     def __init__(self, status: int, body: dict) -> None:
         super().__init__(body["error"])
         self.status, self.body = status, body
+        self.headers: dict | None = None
 
 
 def _response(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
@@ -214,7 +216,10 @@ def _validation_problem(exc: RequestValidationError) -> dict:
 
 ERRORS = {status: {"model": Problem, "description": what} for status, what in (
     (400, "a body that is not JSON"),
-    (403, "refused by the site's locks (rule lock:<field>, code 3)"),
+    (401, "no accepted bearer token (rule auth): this endpoint serves no anonymous client, or the token "
+          "names no party"),
+    (403, "refused by the party's rights (rule party:operation, party:der, party:function, party:owner, band) "
+          "or the site's locks (rule lock:<field>); code 3"),
     (404, "no such DER, function or schedule (rule unknown)"),
     (409, "the enable failed its checks (rule SchdEnaErr, code = SchdEnaErr)"),
     (422, "a field is missing, of the wrong type or refused (rule request or value; field names it)"),
@@ -241,7 +246,8 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
                     f"Endpoint {ctx.name}, party {ctx.party}.",
         openapi_url="/openapi.json", docs_url=None, redoc_url=None,
     )
-    app.add_middleware(_Contact, ctx=ctx, stats=stats)
+    app.add_middleware(_Count, stats=stats)
+    bearer = HTTPBearer(auto_error=False, description="the party's token (`http_token` of its [[party]])")
 
     def refuse(status: int, body: dict) -> ApiError:
         stats["refused"] += 1
@@ -249,7 +255,7 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return _response(exc.status, exc.body)
+        return _response(exc.status, exc.body, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -264,6 +270,35 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
         field = "body" if exc.status_code == 400 else None
         return _response(exc.status_code, M.problem(str(exc.detail), rule, code, name, field),
                          getattr(exc, "headers", None))
+
+    # -- who is asking ------------------------------------------------------------------------------
+    def unauthorised(error: str) -> ApiError:
+        stats["refused"] += 1
+        err = ApiError(401, M.problem(error, "auth", *M.refusal_body(Refusal.ACCESS_DENIED)))
+        err.headers = {"WWW-Authenticate": "Bearer"}
+        return err
+
+    def caller(request: Request,
+               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Who:
+        """The party of this request (its bearer token, else the endpoint's anonymous rule);
+        a client that may not even read is refused here (401)."""
+        peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+        if request.headers.get("authorization") and credentials is None:
+            raise unauthorised("Authorization must be 'Bearer <token>'")
+        who = ctx.who(peer, ("http-token", credentials.credentials) if credentials else None)
+        if credentials is not None and not who.party:
+            raise unauthorised("the bearer token names no party this endpoint accepts")
+        if not ctx.may(who, "read").ok and not who.party:
+            raise unauthorised("this endpoint serves no anonymous client: send a party's bearer token")
+        ctx.contact(who)   # WAN contact, if a recognised party
+        return who
+
+    Caller = Annotated[Who, Depends(caller)]
+
+    def readable(who: Who, der: str, kind: str | None = None) -> None:
+        decision = ctx.may(who, "read", der, kind)
+        if not decision.ok:
+            raise refuse(403, M.problem(decision.reason, decision.rule, *M.refusal_body(Refusal.ACCESS_DENIED)))
 
     # -- resolving the path ---------------------------------------------------------------------
     def der_of(der: str) -> dict:
@@ -306,26 +341,29 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
     SchedulePath = Annotated[str, Path(description="1..N (FSCH01..) or reserve (Res_FSCH01)",
                                        pattern=r"^(reserve|[1-9][0-9]?)$", examples=["1", "reserve"])]
 
-    @api.get("/ders", response_model=list[Der], summary="The site's DERs")
-    async def get_ders() -> Any:
-        return M.ders_json(ders)
+    @api.get("/ders", response_model=list[Der], responses=_errors(401), summary="The site's DERs")
+    async def get_ders(who: Caller) -> Any:
+        return M.ders_json({name: d for name, d in ders.items() if ctx.may(who, "read", name).ok})
 
-    @api.get("/ders/{der}/{function}", response_model=FunctionState, responses=_errors(404, 422),
+    @api.get("/ders/{der}/{function}", response_model=FunctionState, responses=_errors(401, 403, 404, 422),
              summary="A control function's output and the schedule in force")
-    async def get_function(der: DerPath, function: FunctionPath) -> Any:
+    async def get_function(der: DerPath, function: FunctionPath, who: Caller) -> Any:
         _, kind = function_of(der, function)
+        readable(who, der, kind)
         return M.function_json(der, kind, view_of(der, kind), ctx.measurement(der))
 
-    @api.get("/ders/{der}/{function}/schedules/{n}", response_model=ScheduleOut, responses=_errors(404, 422),
-             summary="One schedule: settings and state")
-    async def get_schedule(der: DerPath, function: FunctionPath, n: SchedulePath) -> Any:
+    @api.get("/ders/{der}/{function}/schedules/{n}", response_model=ScheduleOut,
+             responses=_errors(401, 403, 404, 422), summary="One schedule: settings and state")
+    async def get_schedule(der: DerPath, function: FunctionPath, n: SchedulePath, who: Caller) -> Any:
         kind, name = schedule_of(der, function, n)
+        readable(who, der, kind)
         return schedule_now(der, kind, name)
 
     @api.put("/ders/{der}/{function}/schedules/{n}", response_model=ScheduleOut,
-             responses=_errors(400, 403, 404, 422),
+             responses=_errors(400, 401, 403, 404, 422),
              summary="Write settings (all or nothing); enable separately")
-    async def put_schedule(der: DerPath, function: FunctionPath, n: SchedulePath, body: ScheduleSettings) -> Any:
+    async def put_schedule(der: DerPath, function: FunctionPath, n: SchedulePath, body: ScheduleSettings,
+                           who: Caller) -> Any:
         kind, name = schedule_of(der, function, n)
         slots = len(view_of(der, kind)["schedules"][name]["settings"]["values"])
         try:
@@ -334,7 +372,7 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
             raise refuse(422, M.problem(f"{exc.field}: {exc.message}", "request", *VALUE_INVALID,
                                         field=exc.field)) from None
         if writes:
-            answer = ctx.write(der, kind, name, writes)
+            answer = ctx.write(der, kind, name, writes, who)
             if not answer.ok:
                 status, problem = M.refused(answer)
                 problem["field"] = M.field_of(answer)
@@ -342,9 +380,9 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
             stats["writes"] += 1
         return schedule_now(der, kind, name)
 
-    async def operate(der: str, function: Function, n: str, op: str) -> Any:
+    async def operate(der: str, function: Function, n: str, op: str, who: Who) -> Any:
         kind, name = schedule_of(der, function, n)
-        fut = ctx.operate(der, kind, name, op)
+        fut = ctx.operate(der, kind, name, op, who)
         try:
             answer = await asyncio.wait_for(asyncio.wrap_future(fut), OPERATE_TIMEOUT_S)
         except TimeoutError:
@@ -357,23 +395,24 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
         return schedule_now(der, kind, name)
 
     @api.post("/ders/{der}/{function}/schedules/{n}/enable", response_model=ScheduleOut,
-              responses=_errors(403, 404, 409, 422, 503),
+              responses=_errors(401, 403, 404, 409, 422, 503),
               summary="EnaReq: validate and enable (answered once durable)")
-    async def enable(der: DerPath, function: FunctionPath, n: SchedulePath) -> Any:
-        return await operate(der, function, n, "enable")
+    async def enable(der: DerPath, function: FunctionPath, n: SchedulePath, who: Caller) -> Any:
+        return await operate(der, function, n, "enable", who)
 
     @api.post("/ders/{der}/{function}/schedules/{n}/disable", response_model=ScheduleOut,
-              responses=_errors(403, 404, 422, 503), summary="DsaReq: disable (answered once durable)")
-    async def disable(der: DerPath, function: FunctionPath, n: SchedulePath) -> Any:
-        return await operate(der, function, n, "disable")
+              responses=_errors(401, 403, 404, 422, 503), summary="DsaReq: disable (answered once durable)")
+    async def disable(der: DerPath, function: FunctionPath, n: SchedulePath, who: Caller) -> Any:
+        return await operate(der, function, n, "disable", who)
 
     @api.get("/ders/{der}/{function}/forecast", response_model=list[ForecastEntry],
-             responses=_errors(404, 422, 503),
+             responses=_errors(401, 403, 404, 422, 503),
              summary="The output over the next hours, from every enabled schedule")
-    async def forecast(der: DerPath, function: FunctionPath,
+    async def forecast(der: DerPath, function: FunctionPath, who: Caller,
                        hours: Annotated[int, Query(ge=1, le=FORECAST_MAX_HOURS,
                                                    description="window, hours")] = 24) -> Any:
         _, kind = function_of(der, function)
+        readable(who, der, kind)
         fut = ctx.forecast(der, kind, hours * 3_600_000)
         try:
             events = await asyncio.wait_for(asyncio.wrap_future(fut), FORECAST_TIMEOUT_S)
@@ -383,18 +422,60 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
                                         "timeout", *M.refusal_body(Refusal.ACCESS_DENIED))) from None
         return M.forecast_json(events)
 
+    @api.get("/audit", response_model=list[dict[str, Any]], responses=_errors(401, 422),
+             summary="The site's audit records about the DERs this party may read (newest last)")
+    async def audit(who: Caller,
+                    since: Annotated[AwareDatetime | None, Query(description="only records from then on")] = None,
+                    limit: Annotated[int, Query(ge=1, le=AUDIT_LIMIT, description="at most this many, the "
+                                                                                  "newest")] = 100) -> Any:
+        since_ms = None if since is None else int(since.timestamp() * 1000)
+        readable_ders = {name for name in names if ctx.may(who, "read", name).ok}
+        return await asyncio.to_thread(read_audit, ctx.state_dir, readable_ders, since_ms, limit)
+
     app.include_router(api)
     return app
 
 
-class _Contact:
-    """ASGI middleware: every request is WAN contact (the site's "no telecom" schedules)."""
+AUDIT_LIMIT = 1000
 
-    def __init__(self, app: Any, ctx: WanContext, stats: dict) -> None:
-        self.app, self.ctx, self.stats = app, ctx, stats
+
+def read_audit(state_dir: str, ders: set, since_ms: int | None, limit: int) -> list[dict]:
+    """Audit records (every chain of the site) about `ders`, from `since_ms`, the newest
+    `limit`, oldest first.  Signatures are not checked here: `relevent audit verify` does."""
+    import json as _json
+
+    from relevent.audit.site import audit_dir, chains
+    from relevent.audit.verify import audit_files
+
+    folder = audit_dir(state_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for chain_dir in chains(folder):
+        for path in audit_files(chain_dir):
+            with open(path, "rb") as f:
+                for raw in f:
+                    try:
+                        record = _json.loads(raw)
+                    except ValueError:
+                        continue   # a cut last line (power loss)
+                    if not isinstance(record, dict) or record.get("der") not in ders:
+                        continue
+                    at = record.get("time")
+                    if since_ms is not None and not (isinstance(at, int) and at >= since_ms):
+                        continue
+                    found.append(record)
+    found.sort(key=lambda r: r.get("time") or 0)
+    return found[-limit:]
+
+
+class _Count:
+    """ASGI middleware: counts requests (WAN contact is a recognised party's: `caller`)."""
+
+    def __init__(self, app: Any, stats: dict) -> None:
+        self.app, self.stats = app, stats
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            self.ctx.contact()
             self.stats["requests"] += 1
         await self.app(scope, receive, send)

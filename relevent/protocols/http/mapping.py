@@ -138,8 +138,10 @@ def refused(answer: Answer) -> tuple[int, dict]:
     if rule == "SchdEnaErr" and answer.ena_err is not None:
         err = EnaErr(answer.ena_err)
         return 409, problem(answer.reason, rule, int(err), err.name)
-    if rule.startswith("lock"):
+    if rule.startswith(("lock", "party:")) or rule == "band":
         status = 403
+    elif rule.startswith("range:"):
+        status = 422
     elif rule == "unknown":
         status = 404
     elif rule == "timeout":

@@ -37,10 +37,20 @@ switcher write what is still pushed (`drain`), then writes itself.
 
 After a restart the session asks every controller for its state: the model is rebuilt
 from the actors, never from the SCL defaults, and the server listens only once it is.
+
+Parties (relevent/policy, docs/mms.md "Parties"): on a site with `[[party]]` tables, or an
+endpoint whose clients without credentials are not its own party, every association is
+authenticated: its ACSE password names the party (`ctx.who`), a password no accepted party
+has is refused, and so is a client that may do nothing at all.  The association gets a
+security token, a key into `clients` (token -> Who, the peer filled in once connected), and
+every write, operate and read of that client is made as its party: the session decides
+writes and operates; reads are checked here (the party's right to read, per DER).
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
+import itertools
 import logging
 import os
 import queue
@@ -55,6 +65,7 @@ from relevent.clock import now_ms
 from relevent.iec61850 import lib as L
 from relevent.iec61850.server import MmsServer, MmsServerError
 from relevent.iec61850.switcher import Switcher
+from relevent.policy import OPERATIONS
 from relevent.protocols.mms.book import ModelBook
 from relevent.protocols.mms.model_map import ScheduleRefs, measurement_updates
 from relevent.runtime.bridge import ThreadBridge
@@ -63,7 +74,7 @@ from relevent.scl.cfg import to_cfg
 from relevent.scl.generate import default_ld_inst
 from relevent.scl.parser import parse_scl
 from relevent.scl.site_model import endpoint_scl
-from relevent.wan.adapter import WanContext, Write
+from relevent.wan.adapter import WanContext, Who, Write
 from relevent.wan.session import OPERATE_TIMEOUT_S
 
 log = logging.getLogger("relevent.mms")
@@ -82,6 +93,7 @@ BOOST_LEAD_MS = 50           # how long before a switch the priority goes up
 SWITCHES_KEPT = 32           # recent switches shown in the status (timing)
 LISTENING = "listening"      # posted by the writer thread once the server listens
 LISTEN = "listen"            # queued for the writer thread once every controller's state is queued
+CONTACT_EVERY = 1.0          # s: a recognised party's reads count as WAN contact at most this often per client
 REFUSAL_TO_WRITE_ERROR = {Refusal.ACCESS_DENIED: L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED,
                           Refusal.VALUE_INVALID: L.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID}
 
@@ -109,6 +121,19 @@ class MmsEndpoint:
         # -> (future of the session's Answer, monotonic deadline), or None for one accepted
         # with no effect.  libiec61850 has at most one operate in progress per control object.
         self.operating: dict[str, tuple | None] = {}
+        # Clients: security token (given at authentication) -> its party (peer filled in once
+        # the association is up).  Token 0: no authenticator installed, every client is the
+        # anonymous one (`ctx.who()`).  Entries are added and removed on libiec61850's threads
+        # (single dict operations: atomic under the GIL).
+        self.clients: dict[int, Who] = {}
+        self.tokens = itertools.count(1)
+        self.up: set[int] = set()                   # tokens whose association the session counts
+        self.anonymous: Who = ctx.who()
+        self.nobody = Who("")                       # a token not (or no longer) known: no party
+        self.parties = bool(config.get("party_tables")) or not self.anonymous.recognised
+        self.der_of_ld: dict[str, str] = {}         # logical device inst -> DER name
+        self.readable: dict[int, dict[str, bool]] = {}   # token -> LD inst -> may it read there
+        self.contacted: dict[int, float] = {}       # token -> monotonic time its reads last counted
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -129,6 +154,7 @@ class MmsEndpoint:
             if ied.ld(ld) is None:
                 raise ValueError(f"{cfg.get('scl') or 'the model'} has no logical device {ld} for DER {der['name']}")
             self.lds[der["name"]] = ld
+            self.der_of_ld[ld] = der["name"]
             for kind in der["functions"]:
                 for name in schedule_names(der["schedules"]):
                     self._install(ScheduleRefs(ied.name, ld, der["name"], kind, name))
@@ -151,6 +177,10 @@ class MmsEndpoint:
         self.writer = threading.Thread(target=self._write_states, name=f"mms-writer-{cfg['name']}", daemon=True)
         self.writer.start()
         self.server.on_connection(self._connection)
+        self.server.deny_writes_without_handler()  # every SP write goes through a handler (and the policy)
+        if self.parties:
+            self.server.authenticate(self._authenticate)
+            self.server.on_read_access(self._may_read)
 
     def on_synced(self) -> None:
         """Every controller's state is queued for the writer: it listens once they are written."""
@@ -162,10 +192,72 @@ class MmsEndpoint:
     def on_measurement(self, measurement: Measurement) -> None:
         self.states.put(measurement)  # the writer thread puts it in the DER's MMXU1
 
-    def _connection(self, connected: bool) -> None:
-        """libiec61850's thread: a client association opened or closed."""
-        self.ctx.connected(connected)
-        log.info("mms endpoint=%s client %s", self.config["name"], "connected" if connected else "disconnected")
+    # -- clients (libiec61850's threads) ----------------------------------------------------------
+    def _authenticate(self, mechanism: int, password: bytes | None) -> int | None:
+        """An association's ACSE authentication: its security token, or None to refuse it."""
+        if password is not None:
+            who = self.ctx.who(credential=("mms-password", password.decode(errors="replace")))
+            if not who.recognised:  # a password no accepted party has: never the anonymous rule
+                log.warning("mms endpoint=%s association refused: wrong password", self.config["name"])
+                return None
+        else:
+            who = self.ctx.who()
+        if not any(self.ctx.may(who, op).ok for op in OPERATIONS):
+            log.warning("mms endpoint=%s association refused: %s may do nothing here", self.config["name"],
+                        f"party {who.party!r}" if who.party else "a client without credentials")
+            return None
+        token = next(self.tokens)
+        self.clients[token] = who
+        return token
+
+    def _who(self, client: int) -> Who:
+        """The party of the client with this security token."""
+        if not client:
+            return self.anonymous
+        return self.clients.get(client, self.nobody)
+
+    def _connection(self, connected: bool, client: int, peer: str) -> None:
+        """libiec61850's threads: a client association opened (authenticated: at its first
+        request) or closed.  Only a recognised party's association counts as contact (the
+        session decides)."""
+        if client:
+            who = self.clients.get(client, self.nobody)
+            if connected:
+                who = self.clients[client] = dataclasses.replace(who, peer=peer)
+                self.up.add(client)
+            else:
+                self.clients.pop(client, None)
+                self.readable.pop(client, None)
+                self.contacted.pop(client, None)
+                if client not in self.up:  # authenticated, never used: it was not counted
+                    return
+                self.up.discard(client)
+        else:
+            who = dataclasses.replace(self.anonymous, peer=peer)
+        self.ctx.connected(connected, who)
+        log.info("mms endpoint=%s client %s %s party=%s", self.config["name"], peer,
+                 "connected" if connected else "disconnected", who.party or "(none)")
+
+    def _may_read(self, ld: str, client: int) -> bool:
+        """libiec61850's thread, at every read of a data object (keep it cheap): may this
+        client read in logical device `ld`?  Decided once per client and LD; a recognised
+        party's reads count as contact, at most every CONTACT_EVERY per client."""
+        seen = self.readable.get(client)
+        if seen is None:
+            seen = self.readable[client] = {}
+        allowed = seen.get(ld)
+        if allowed is None:
+            who = self._who(client)
+            der = self.der_of_ld.get(ld, "")
+            allowed = seen[ld] = self.ctx.may(who, "read", der).ok
+        if allowed and client:
+            now = time.monotonic()
+            if now - self.contacted.get(client, 0.0) >= CONTACT_EVERY:
+                self.contacted[client] = now
+                who = self._who(client)
+                if who.recognised:
+                    self.ctx.contact(who)
+        return allowed
 
     def _listen(self) -> None:
         """Writer thread: start the server, then tell the actor thread (which reports Ready)."""
@@ -224,27 +316,27 @@ class MmsEndpoint:
         int_fields = ("NumEntr", "SchdIntv", "SchdPrio")
         for f in int_fields:
             ref = refs.attr(f"{f}.setVal")
-            srv.on_write(ref, self._write_handler(refs, f, 0, "int"))
+            srv.on_write(ref, self._write_handler(refs, f, 0, "int"), with_client=True)
         ref = refs.attr("SchdReuse.setVal")
-        srv.on_write(ref, self._write_handler(refs, "SchdReuse", 0, "bool"))
+        srv.on_write(ref, self._write_handler(refs, "SchdReuse", 0, "bool"), with_client=True)
         prefix, kind = ("ValSPG", "bool") if refs.kind == "OnOff" else ("ValASG", "float")
         n = 1
         while srv.has(refs.attr(f"{prefix}{n:03d}")):
             if kind == "bool":
                 ref = refs.attr(f"{prefix}{n:03d}.setVal")
-                srv.on_write(ref, self._write_handler(refs, "Val", n, "bool"))
+                srv.on_write(ref, self._write_handler(refs, "Val", n, "bool"), with_client=True)
             else:
                 handler = self._write_handler(refs, "Val", n, "float")
-                srv.on_write(refs.attr(f"{prefix}{n:03d}.setMag"), handler, complex_attribute=True)
+                srv.on_write(refs.attr(f"{prefix}{n:03d}.setMag"), handler, complex_attribute=True, with_client=True)
             n += 1
         n = 1
         while srv.has(refs.attr(f"StrTm{n:02d}.setTm")):
             ref = refs.attr(f"StrTm{n:02d}.setTm")
-            srv.on_write(ref, self._write_handler(refs, "StrTm", n, "time"))
+            srv.on_write(ref, self._write_handler(refs, "StrTm", n, "time"), with_client=True)
             n += 1
         for op, do in (("enable", "EnaReq"), ("disable", "DsaReq")):
             srv.on_control(refs.attr(do), self._check_handler(refs, op, do), self._control_handler(refs, op, do),
-                           wait=self._wait_handler(refs, op, do))
+                           wait=self._wait_handler(refs, op, do), with_client=True)
 
     # -- handlers (libiec61850's thread) ----------------------------------------------------------
     def _decode(self, value: int, kind: str) -> Any:
@@ -254,8 +346,9 @@ class MmsEndpoint:
         return srv.decode(value, kind)
 
     def _write_handler(self, refs: ScheduleRefs, field: str, index: int, kind: str):
-        def handle(value: int) -> int:
-            answer = self.ctx.write(refs.der, refs.kind, refs.name, [Write(field, index, self._decode(value, kind))])
+        def handle(value: int, client: int) -> int:
+            answer = self.ctx.write(refs.der, refs.kind, refs.name, [Write(field, index, self._decode(value, kind))],
+                                    who=self._who(client))
             if not answer.ok:
                 self.stats["refused"] += 1
                 return REFUSAL_TO_WRITE_ERROR.get(answer.refusal, L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED)
@@ -267,13 +360,18 @@ class MmsEndpoint:
     def _check_handler(self, refs: ScheduleRefs, op: str, do: str):
         """Model lock held: only hand the operate to the session (which checks the policy and
         queues it for the controller) and accept; the decision is the wait handler's."""
-        def check(action: int, ctl_val: int, test: bool) -> int:
+        def check(action: int, ctl_val: int, test: bool, client: int) -> int:
+            who = self._who(client)
             if test or not self.server.decode(ctl_val, "bool"):
+                if not self.ctx.may(who, op, refs.der, refs.kind).ok:  # no effect, but not for anyone
+                    self.stats["refused"] += 1
+                    return L.CONTROL_OBJECT_ACCESS_DENIED
                 self.operating[refs.attr(do)] = None  # accepted, no effect
                 return L.CONTROL_ACCEPTED
-            self._unstage_in_handler((refs.der, refs.kind))
-            self.operating[refs.attr(do)] = (self.ctx.operate(refs.der, refs.kind, refs.name, op),
-                                             time.monotonic() + OPERATE_TIMEOUT_S)
+            future = self.ctx.operate(refs.der, refs.kind, refs.name, op, who=who)
+            if not future.done() or future.result().ok:  # (one the policy refused at once changes nothing)
+                self._unstage_in_handler((refs.der, refs.kind))
+            self.operating[refs.attr(do)] = (future, time.monotonic() + OPERATE_TIMEOUT_S)
             self.stats["operates"] += 1
             return L.CONTROL_ACCEPTED
         return check
@@ -282,7 +380,7 @@ class MmsEndpoint:
         """libiec61850's thread, every ~10 ms until it decides, WITHOUT the model lock (so
         clients' reads go on meanwhile): the client's operate is answered only once this
         returns OK (positive) or FAILED (negative, LastApplError with the AddCause)."""
-        def wait(action: int, _ctl_val: int, _test: bool) -> int:
+        def wait(action: int, _ctl_val: int, _test: bool, _client: int) -> int:
             pending = self.operating.get(refs.attr(do))
             if pending is None:
                 return L.CONTROL_RESULT_OK
@@ -311,7 +409,7 @@ class MmsEndpoint:
         return wait
 
     def _control_handler(self, refs: ScheduleRefs, op: str, do: str):
-        def execute(_action: int, _ctl_val: int, _test: bool) -> int:
+        def execute(_action: int, _ctl_val: int, _test: bool, _client: int) -> int:
             return L.CONTROL_RESULT_OK  # decided and done in the wait handler
         return execute
 
