@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from relevent.protocols.iec104.mapping import site_problems as _iec104_site
 from relevent.protocols.modbus.address import parse_device_address
 from relevent.topology.schema import NUMBER, Field, nice_check, non_negative, port_check, positive
 
@@ -42,25 +43,67 @@ def _modbus_der(der: dict, lan: dict) -> list:
     return out
 
 
-def _ems_site(ep: dict, data: dict) -> list:
-    """The EMS's DER, function and schedule must exist."""
+def _target(ep: dict, data: dict) -> tuple[dict | None, list]:
+    """The DER and function a single-target WAN endpoint (`der`, `function`) steers: the
+    DER (None if it does not exist) and the problems found."""
     ders = {d["name"]: d for d in data["der"] if isinstance(d.get("name"), str)}
     name = ep.get("der") or next(iter(ders), "")
     der = ders.get(name)
     if der is None:
-        return [("der", f"DER {name!r} does not exist (known: {', '.join(ders) or 'none defined'})")]
+        return None, [("der", f"DER {name!r} does not exist (known: {', '.join(ders) or 'none defined'})")]
     out = []
     if ep.get("function") not in der["functions"]:
         out.append(("function", f"{ep.get('function')!r} is not one of {name}'s functions "
                                 f"({', '.join(der['functions'])})"))
+    return der, out
+
+
+def _ems_site(ep: dict, data: dict) -> list:
+    """The EMS's DER, function and schedule must exist."""
+    der, out = _target(ep, data)
+    if der is None:
+        return out
+    name = der["name"]
     if isinstance(ep.get("schedule"), int) and ep["schedule"] > der["schedules"]:
         out.append(("schedule", f"schedule {ep['schedule']} but {name} has {der['schedules']} per function"))
     return out
 
 
-# Every WAN endpoint speaks for one party: the control session checks each request with it.
+def _openadr_site(ep: dict, data: dict) -> list:
+    """The VEN's DER, function and schedules must exist; a SIMPLE level or a capacity
+    fraction needs powers to map to."""
+    der, out = _target(ep, data)
+    if der is None:
+        return out
+    name = der["name"]
+    numbers = ep.get("schedules") or []
+    if not numbers:
+        out.append(("schedules", "needs at least one schedule (FSCH number) for the VTN's events"))
+    elif len(set(numbers)) != len(numbers):
+        out.append(("schedules", f"{numbers}: a schedule is listed twice"))
+    elif any(not 1 <= n <= der["schedules"] for n in numbers):
+        out.append(("schedules", f"{numbers}: {name} has schedules 1..{der['schedules']} per function"))
+    levels = ep.get("simple_levels") or []
+    if levels and len(levels) != 4:
+        out.append(("simple_levels", f"{len(levels)} powers: SIMPLE has levels 0..3, give 4 (W)"))
+    if not der.get("rated_power_w") and (not levels or ep.get("capacity_unit") == "fraction"):
+        out.append(("simple_levels" if not levels else "capacity_unit",
+                    f"{name} has no rated_power_w to map SIMPLE levels or capacity fractions onto"))
+    if not str(ep.get("vtn_url", "")).startswith(("http://", "https://")):
+        out.append(("vtn_url", f"{ep.get('vtn_url')!r} is not an http:// or https:// URL"))
+    return out
+
+
+# Every WAN request is made by a party (relevent/policy): one recognised by the credential
+# its client presents, else the endpoint's `anonymous` rule.
 WAN_KEYS = {
-    "party": Field((str,), default="", doc="the party this endpoint speaks for (policy, audit); empty: its name"),
+    "party": Field((str,), default="", doc="the party of clients that present no credential of an accepted "
+                                           "party, when anonymous = \"party\"; empty: the endpoint's name"),
+    "parties": Field((list,), default=[], item_types=(str,),
+                     doc="the [[party]] names whose credentials this endpoint accepts; empty: every party"),
+    "anonymous": Field((str,), default="", choices=("", "party", "read", "none"),
+                       doc="what a client without an accepted credential gets: act as `party`, read only, or "
+                           "nothing; empty: \"party\" on a loopback address, \"none\" on any other"),
 }
 
 PROTOCOLS: dict[str, ProtocolSpec] = {
@@ -113,6 +156,79 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "relevent.protocols.mqtt_ems.endpoint.MqttEmsEndpoint",
             "schedule requests from a local EMS over MQTT (ReLevENT HEDERA format, watts; docs/mqtt-ems.md)",
             check_site=_ems_site),
+        ProtocolSpec(
+            "openadr", "wan", False,
+            {
+                **WAN_KEYS,
+                "vtn_url": Field((str,), default="http://127.0.0.1:8081/OpenADR2/Simple/2.0b",
+                                 doc="the VTN's OpenADR 2.0b simpleHttp base (services are posted below it)"),
+                "ven_name": Field((str,), default="", doc="the name this VEN registers with; empty: the "
+                                                          "endpoint's name"),
+                "ven_id": Field((str,), default="", doc="a venID agreed with the VTN; empty: the VTN assigns one"),
+                "poll_interval": Field(NUMBER, default=0.0, check=non_negative,
+                                       doc="seconds between polls; 0: the VTN's requested rate"),
+                "der": Field((str,), default="", doc="the DER the VTN's events steer; empty: the site's first DER"),
+                "function": Field((str,), default="MaxPow", choices=("ActPow", "MaxPow"),
+                                  doc="MaxPow: the event's values are limits (W); ActPow: set-points"),
+                "schedules": Field((list,), default=[1], item_types=(int,),
+                                   doc="the FSCH numbers events are armed in, one per event to come"),
+                "priority": Field((int,), default=50, doc="SchdPrio of the VTN's schedules (market: 50)"),
+                "simple_levels": Field((list,), default=[], item_types=(int, float),
+                                       doc="W for SIMPLE levels 0..3; empty: 100/70/40/0 % of rated_power_w"),
+                "capacity_unit": Field((str,), default="W", choices=("W", "fraction"),
+                                       doc="x-loadControlCapacity payloads: watts, or a fraction of rated power"),
+                "min_limit_w": Field(NUMBER, default=0.0, doc="a limit under this is opted out of"),
+                "lead_s": Field(NUMBER, default=0.5, check=non_negative,
+                                doc="a schedule's start is written at least this far ahead"),
+                "report": Field((bool,), default=True, doc="offer the DER's measured power as TELEMETRY_USAGE"),
+                "offline_polls": Field((int,), default=3, check=positive,
+                                       doc="unanswered polls after which the VEN registers again"),
+                "reconnect_delay": Field(NUMBER, default=1.0, check=positive,
+                                         doc="seconds before registering again (doubling up to backoff_max)"),
+                "backoff_max": Field(NUMBER, default=30.0, check=positive),
+            },
+            "relevent.protocols.openadr.endpoint.OpenAdrEndpoint",
+            "OpenADR 2.0b VEN: a VTN's events as schedules, opt-in/out, telemetry reports (docs/openadr.md)",
+            check_site=_openadr_site),
+        ProtocolSpec(
+            "iec104", "wan", True,
+            {
+                **WAN_KEYS,
+                "address": Field((str,), default="127.0.0.1", doc="listen address"),
+                "port": Field((int,), default=2404, check=port_check),
+                "common_address": Field((int,), default=1, check=lambda v: None if 1 <= v <= 65534 else
+                                        f"common address must be 1..65534, got {v}",
+                                        doc="the station's common address (ASDU address)"),
+                "max_connections": Field((int,), default=1, check=lambda v: None if 0 <= v <= 255 else
+                                         f"max_connections must be 0..255, got {v}",
+                                         doc="controlling-station connections open at once (0: no limit); "
+                                             "all of them must be of one party"),
+                "schedule": Field((int,), default=1, check=positive,
+                                  doc="the FSCH (1..N) each command writes, per DER function it steers"),
+                "priority": Field((int,), default=250, doc="SchdPrio of the command schedules (250: emergency)"),
+                "unit": Field((str,), default="W", choices=("W", "percent"),
+                              doc="set-points and analogue monitoring in W or per cent of rated_power_w"),
+                "scaled_step": Field(NUMBER, default=1.0, check=positive,
+                                     doc="one count of a scaled set-point (C_SE_NB_1), in `unit`"),
+                "release_value": Field(NUMBER, default=None,
+                                       doc="a set-point of this value (in `unit`) releases (disables) the command "
+                                           "schedule; absent: none"),
+                "max_age_s": Field(NUMBER, default=10.0, check=positive,
+                                   doc="a time-tagged command (C_SE_TC_1) older than this is refused"),
+                "no_contact_s": Field(NUMBER, default=60.0, check=non_negative,
+                                      doc="seconds without a connected client or a command after which the "
+                                          "command schedules end (disabled); 0: never"),
+                "functions": Field((list,), default=[], item_types=(dict,),
+                                   doc="per DER function, its IOAs: {der, function, C_SE_NC_1, C_SE_NB_1, "
+                                       "C_SE_TC_1 (set-points) or C_SC_NA_1 (OnOff), release, output, running, "
+                                       "in_force} (docs/iec104.md)"),
+                "measurements": Field((list,), default=[], item_types=(dict,),
+                                      doc="measured power points: [{der, ioa}] (M_ME_NC_1, in `unit`)"),
+            },
+            "relevent.protocols.iec104.endpoint.Iec104Endpoint",
+            "IEC 60870-5-104 controlled station: set-points and single commands as one-entry schedules, "
+            "monitoring points (c104; docs/iec104.md)",
+            check_site=_iec104_site),
         ProtocolSpec(
             "mqtt", "lan", False,
             {
@@ -184,6 +300,26 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "command_log": Field((str,), default="", doc="append every command obeyed (JSON lines, ns) here"),
             },
             "relevent.simulators.mqtt_device.MqttDevice", "a device obeying pivot commands, publishing GTIM"),
+        ProtocolSpec(
+            "openadr-vtn", "simulator", True,
+            {
+                "address": Field((str,), default="127.0.0.1", doc="listen address"),
+                "port": Field((int,), default=8081, check=port_check),
+                "vtn_id": Field((str,), default="RELEVENT_VTN", doc="not all lower case (openleadr's VENs refuse it)"),
+                "poll_s": Field(NUMBER, default=10.0, check=positive, doc="the poll rate it asks of VENs"),
+                "report_s": Field(NUMBER, default=10.0, check=positive, doc="the telemetry sampling it asks for"),
+                "first_event_s": Field(NUMBER, default=30.0, check=non_negative,
+                                       doc="seconds from a VEN's registration to its first event"),
+                "event_every_s": Field(NUMBER, default=300.0, check=positive, doc="seconds between events"),
+                "lead_s": Field(NUMBER, default=30.0, check=positive, doc="an event starts this long after it is issued"),
+                "interval_s": Field((int,), default=60, check=positive, doc="length of each interval"),
+                "signal": Field((str,), default="LOAD_CONTROL", choices=("LOAD_CONTROL", "SIMPLE"),
+                                doc="LOAD_CONTROL/x-loadControlCapacity (W) or SIMPLE/level"),
+                "values": Field((list,), default=[6000.0, 4000.0, 2000.0], item_types=(int, float),
+                                doc="one payload per interval: W, or SIMPLE levels 0..3"),
+            },
+            "relevent.simulators.openadr_vtn.OpenAdrVtn",
+            "an OpenADR 2.0b VTN (openleadr) that registers VENs, issues an event every few minutes, takes reports"),
     )
 }
 
