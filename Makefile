@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast bench chaos mosquitto compiler clean
+.PHONY: demo test test-fast bench chaos mosquitto systemd compiler clean
 
 $(STAMP): pyproject.toml relevent/iec61850/switcher.c | compiler
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ mosquitto:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; }
 	@test -x /usr/sbin/mosquitto && echo "mosquitto: $$(/usr/sbin/mosquitto -h | head -1)"
 
-test: $(STAMP) mosquitto
+# systemd-analyze checks the service unit (deploy/relevent@.service); no running systemd needed.
+systemd:
+	@command -v systemd-analyze >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq systemd >/dev/null; }
+
+test: $(STAMP) mosquitto systemd
 	$(PY) -m pytest -q
 
 # Without the 100 start/stop cycles.

@@ -28,7 +28,7 @@ from relevent.messages import (
     Configure, Failed, Hello, InjectFault, Ping, Pong, Ready,
 )
 from relevent.runtime.hardening import harden_actor_process
-from relevent.store import StateStore
+from relevent.store import StateStore, store_directory
 
 log = logging.getLogger("relevent.actor")
 
@@ -83,7 +83,7 @@ class ReleventActor(Actor):
     @property
     def store(self) -> StateStore:
         if self._store is None:
-            self._store = StateStore(os.path.join(self.site["state_dir"], "store"))
+            self._store = StateStore(store_directory(self.site["state_dir"]))
         return self._store
 
     @property

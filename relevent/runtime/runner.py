@@ -9,7 +9,6 @@ request.  Thespian's own ports are never that door.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import logging.config
@@ -33,7 +32,12 @@ from relevent.messages import (
 from relevent.actors.restart_policy import Escalate, History, RestartPolicy, on_failure, stop_overdue
 from relevent.actors.site import site_settings
 from relevent.messages import Shutdown
+from relevent import __version__
 from relevent.runtime import hardening
+from relevent.runtime.journal import stderr_is_journal
+from relevent.runtime.notify import Notifier, SiteSummary, summary_of
+from relevent.runtime.statelock import LockRefused, StateLock
+from relevent.store import newer_record, store_directory
 from relevent.topology import Topology, TopologyError, load_topology, parse_topology
 from relevent.topology.edit import EditError, add_endpoint, parse_snippet, remove_endpoint, write_atomic
 
@@ -76,12 +80,20 @@ class SiteRunner:
         self._request = 0
         self._stopping = False
         self.exit_code = 0
-        self._lock_file = None
+        self._lock = StateLock(self.state_dir)
+        self._lock_warning = ""
+        # systemd's notify protocol when NOTIFY_SOCKET is set (relevent/runtime/notify.py);
+        # read before any actor process is forked, which must not inherit it.
+        self.notify = Notifier.from_environment()
+        self._reload_asked = False
         self._sel = selectors.DefaultSelector()
         self._signal_r, self._signal_w = socket.socketpair()
 
     # -- start-up -------------------------------------------------------------------------
     def start(self) -> None:
+        newer = newer_record(store_directory(self.state_dir))  # before anything is written here
+        if newer is not None:
+            raise SystemExit(f"error: {newer}")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         runtime = self.topology.data["runtime"]
@@ -102,6 +114,8 @@ class SiteRunner:
                 capabilities["Convention Address.IPv4"] = runtime["convention_leader"]
         started = time.monotonic()
         logging.config.dictConfig(self._log_defs())
+        if self._lock_warning:
+            log.warning("%s", self._lock_warning)
         # The multiproc bases log through thespian's logger actor, configured with the same
         # definitions; simpleSystemBase runs in this process, configured just above.
         log_defs = self._log_defs() if runtime["base"] != "simpleSystemBase" else False
@@ -120,25 +134,29 @@ class SiteRunner:
                         self.topology.name, ders, cores, 2 * ders)
 
     def _take_lock(self) -> None:
-        lock_file = open(self.state_dir / "relevent.lock", "w")
+        """One site per state directory; a lock left by a dead runner is taken over with a
+        warning, a live one refused with its pid (relevent/runtime/statelock.py)."""
         try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._lock_file = lock_file
-        except BlockingIOError:
-            lock_file.close()
-            raise SystemExit(f"error: site already running with state directory {self.state_dir}") from None
+            self._lock_warning = self._lock.acquire()
+        except LockRefused as exc:
+            raise SystemExit(f"error: {exc}") from None
 
     def _log_defs(self) -> dict:
         level = self.topology.data["runtime"]["log_level"]
         fmt = "%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"
+        # Under systemd, stderr is the journal: priority prefixes, and journald stamps time.
+        journal = stderr_is_journal()
         return {
             "version": 1,
             "disable_existing_loggers": False,
-            "formatters": {"plain": {"format": fmt}},
+            "formatters": {"plain": {"format": fmt},
+                           "journal": {"()": "relevent.runtime.journal.JournalFormatter",
+                                       "fmt": "%(levelname)s %(name)s pid=%(process)d %(message)s"}},
             "handlers": {
                 "file": {"class": "logging.FileHandler", "filename": str(self.state_dir / "relevent.log"),
                          "formatter": "plain", "level": level},
-                "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "level": level},
+                "stderr": {"class": "logging.StreamHandler", "formatter": "journal" if journal else "plain",
+                           "level": level},
             },
             "root": {"handlers": ["file", "stderr"], "level": level},
         }
@@ -147,12 +165,14 @@ class SiteRunner:
         data = self.topology.data
         self.root = self.asys.createActor("relevent.actors.site.SiteSupervisor")
         self.root_pid, self.root_ready = None, False
+        self.root_detail = {}
         self.root_started = time.time()
         self.asys.tell(self.root, Configure(data["site"]["name"], "", "site", data, self._site_settings(data),
                                             self.root_restarts))
         deadline = time.monotonic() + data["supervision"]["site"]["startup_timeout"]
         while not self.root_ready and time.monotonic() < deadline:
-            self._handle(self.asys.listen(0.5))
+            self.notify.tick(time.monotonic(), self._summary())  # the watchdog also while the root (re)starts
+            self._handle(self.asys.listen(0.1))
         if not self.root_ready:
             raise RuntimeError("site supervisor did not become ready")
         if self.admin_pgid is None and self.root_pid and self.root_pid != os.getpid():
@@ -190,6 +210,14 @@ class SiteRunner:
         except OSError:
             pass
 
+    def signal_reload(self, _signum: int, _frame: Any) -> None:
+        """SIGHUP (`systemctl reload`): reload the topology file, from the main loop."""
+        self._reload_asked = True
+        try:
+            self._signal_w.send(b"r")
+        except OSError:
+            pass
+
     def serve(self) -> int:
         while not self._stopping:
             for key, _ in self._sel.select(timeout=0.05):
@@ -199,14 +227,37 @@ class SiteRunner:
                     self._signal_r.recv(64)
             if self._stopping:
                 break
+            if self._reload_asked:
+                self._reload_on_signal()
             self._handle(self.asys.listen(0.02))
             self._heartbeat()
+            self.notify.tick(time.monotonic(), self._summary())
         return self.exit_code
+
+    def _summary(self) -> SiteSummary:
+        """The site as systemd hears of it: the root's counts, if it runs and answers."""
+        running = self.root_due is None and self._root_answering()
+        return summary_of(self.root_detail, running, "" if running else self.root_error)
+
+    def _reload_on_signal(self) -> None:
+        self._reload_asked = False
+        log.info("SIGHUP: reloading %s", self.topology.path)
+        self.notify.reloading(time.monotonic_ns() // 1000)
+        reply = self.reload()
+        if reply.get("ok"):
+            changes = reply.get("changes") or {}
+            outcome = ", ".join(f"{len(v)} {k}" for k, v in changes.items() if v) or "no change"
+            log.info("reload: %s", changes)
+        else:
+            outcome = f"refused: {reply.get('error')}"
+            log.error("reload refused: %s %s", reply.get("error"), "; ".join(reply.get("problems", [])))
+        self.notify.reloaded(outcome)
 
     def _heartbeat(self) -> None:
         """Watch the root when due.  Also called while waiting for a reply: a client asking
         for status over and over must not keep a hung site supervisor from being killed."""
         now = time.monotonic()
+        self.notify.beat(now)
         if now >= self._next_ping and not self._restarting:
             policy = self.topology.data["supervision"]["site"]
             self._next_ping = now + policy["heartbeat_interval"]
@@ -286,6 +337,7 @@ class SiteRunner:
         elif isinstance(message, Ready):
             self.root_pid, self.root_ready = message.pid, True
             self.root_alive_at = time.monotonic()
+            self.root_detail = message.detail
         elif isinstance(message, Pong):
             self.root_alive_at = time.monotonic()
             self.root_detail = message.detail
@@ -362,7 +414,7 @@ class SiteRunner:
             "last_error": self.root_error, "detail": self.root_detail,
             "children": reply.children if reply is not None else [],
         }
-        return {"ok": True, "site": self.topology.name, "runner_pid": os.getpid(),
+        return {"ok": True, "site": self.topology.name, "version": __version__, "runner_pid": os.getpid(),
                 "topology": str(self.topology.path), "tree": root}
 
     def _apply(self, new: Topology, text_changed: str | None = None) -> dict:
@@ -451,8 +503,9 @@ class SiteRunner:
     def stop(self) -> None:
         """Undo what start() did, and only that: a runner refused by the lock must not
         touch the files of the site that holds it."""
-        if self._lock_file is None:
+        if self._lock.fd is None:
             return
+        self.notify.stop()
         started = time.monotonic()
         try:
             self._stop_root()
@@ -469,8 +522,7 @@ class SiteRunner:
                 (self.state_dir / name).unlink()
             except FileNotFoundError:
                 pass
-        if self._lock_file:
-            self._lock_file.close()
+        self._lock.release()
         log.info("site=%s stopped in %.3f s", self.topology.name, time.monotonic() - started)
 
     def _stop_root(self) -> None:
@@ -484,6 +536,7 @@ class SiteRunner:
         asked = time.monotonic()
         timeout = self.topology.data["supervision"]["site"]["heartbeat_timeout"]
         while process_alive(self.root_pid):
+            self.notify.beat(time.monotonic())
             self._handle(self.asys.listen(0.05))
             now = time.monotonic()
             if stop_overdue(now - asked, now - self.root_alive_at, True, timeout):
@@ -542,6 +595,7 @@ def run_site(path: str) -> int:
     runner = SiteRunner(topology)
     signal.signal(signal.SIGTERM, runner.signal_stop)
     signal.signal(signal.SIGINT, runner.signal_stop)
+    signal.signal(signal.SIGHUP, runner.signal_reload)
     try:
         runner.start()
         code = runner.serve()

@@ -17,7 +17,8 @@ from sitectl import REPO, free_port
 def test_every_fault_on_every_actor_kind_recovers_without_losing_or_changing_anything(tmp_path, monkeypatch):
     env = {"RELEVENT_STATE_DIR": str(tmp_path / "state"), "RELEVENT_ADMIN_PORT": str(free_port()),
            "RELEVENT_MMS_PORT": str(free_port()), "RELEVENT_MQTT_PORT": str(free_port()),
-           "RELEVENT_MODBUS_PORT": str(free_port()), "RELEVENT_HTTP_PORT": str(free_port())}
+           "RELEVENT_MODBUS_PORT": str(free_port()), "RELEVENT_HTTP_PORT": str(free_port()),
+           "RELEVENT_OPENADR_PORT": str(free_port()), "RELEVENT_IEC104_PORT": str(free_port())}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     topo = load_topology(REPO / "topologies" / "chaos.toml", env={**os.environ, **env})
