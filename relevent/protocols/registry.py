@@ -320,6 +320,24 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             },
             "relevent.simulators.openadr_vtn.OpenAdrVtn",
             "an OpenADR 2.0b VTN (openleadr) that registers VENs, issues an event every few minutes, takes reports"),
+        ProtocolSpec(
+            "iec104-station", "simulator", False,
+            {
+                "host": Field((str,), default="127.0.0.1", doc="the site's iec104 endpoint"),
+                "port": Field((int,), default=2404, check=port_check),
+                "common_address": Field((int,), default=1, check=lambda v: None if 1 <= v <= 65534 else
+                                        "common_address must be 1..65534"),
+                "setpoint_ioa": Field((int,), required=True, doc="IOA of a C_SE_NC_1 set-point at the endpoint"),
+                "release_ioa": Field((int,), required=True, doc="IOA of the C_SC_NA_1 release at the endpoint"),
+                "values": Field((list,), default=[60.0, 30.0], item_types=(int, float),
+                                doc="set-points sent in turn, in the endpoint's unit (W or per cent)"),
+                "first_s": Field(NUMBER, default=20.0, check=non_negative, doc="seconds before the first"),
+                "every_s": Field(NUMBER, default=240.0, check=positive, doc="seconds between set-points"),
+                "hold_s": Field(NUMBER, default=60.0, check=positive, doc="seconds a set-point holds before "
+                                                                          "its release"),
+            },
+            "relevent.simulators.iec104_station.Iec104Station",
+            "an IEC 104 controlling station (c104's client) sending set-points and releases in turn"),
     )
 }
 

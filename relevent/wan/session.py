@@ -23,8 +23,13 @@ actor thread.  The session owns:
 * **WAN contact** for the site's "no telecom" schedules (a request, or a connected client,
   once per CONTACT_TICK), and **forecasts**.
 
-Every request carries the endpoint's party (`party` in the topology, default the endpoint's
-name): the one policy check decides with it, here, never in an adapter.
+Every request carries a `Who`: the party the client's credential names (`who()`: an MMS
+password, an HTTP token, a 104 or OpenADR peer identity of a `[[party]]` this endpoint
+accepts), else what the endpoint's `anonymous` rule gives.  The one policy check
+(`relevent.policy.check`: rights, ownership, priority band, locks) decides with it, here,
+never in an adapter; only a recognised party's requests count as WAN contact; and every
+request with its answer is appended to this endpoint's audit chain
+(`relevent/audit/site.py`), refusals included.
 
 Locking: `lock` guards the mirrors, views, pending writes and waiters; it is held only for
 dictionary work, never while waiting, and no callback into the adapter runs under it.  An

@@ -285,6 +285,13 @@ class Iec104Endpoint:
 
     def _on_clock_sync(self, server: c104.Server, ip: str, date_time: datetime.datetime) -> c104.ResponseState:
         """Logged and shown, never applied: the host's clock is NTP's business."""
+        try:
+            return self._clock_sync(ip, date_time)
+        except Exception:  # noqa: BLE001 - never raise into c104 (it drops the connection)
+            log.exception("iec104 endpoint=%s: clock synchronisation from %s", self.name, ip)
+            return c104.ResponseState.FAILURE
+
+    def _clock_sync(self, ip: str, date_time: datetime.datetime) -> c104.ResponseState:
         ours = now_ms()
         theirs = int(date_time.timestamp() * 1000)   # c104 gives the CP56 time (UTC) as local naive time
         with self.lock:
@@ -330,6 +337,9 @@ class Iec104Endpoint:
         with self.lock:
             self.stats["commands"] += 1
             self.last_contact = now
+        why = mapping.cause_refusal(int(message.cot.value), bool(message.is_test), bool(message.is_negative))
+        if why:   # c104 hands on a command whatever its cause of transmission
+            return self._refuse(record, "cot", why)
         instruction = mapping.decide(command, value, self.options, self.rated.get(command.der, 0.0), now, tag_ms)
         if instruction.action == "refuse":
             return self._refuse(record, "value", instruction.reason)
