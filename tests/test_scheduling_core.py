@@ -104,10 +104,18 @@ def test_enable_validation_order_and_negative_response(setup, err):
     assert s.status.ena_err == err and s.status.state == State.NOT_READY
 
 
-def test_enable_accepts_inf_and_float32_max_and_ignores_nan_beyond_num_entr():
-    s = sched(values=(math.inf, -math.inf, 3.4028234663852886e38))
+def test_enable_accepts_float32_max_without_a_rating_and_ignores_nan_and_inf_beyond_num_entr():
+    s = sched(values=(1.0, -3.4028234663852886e38, 3.4028234663852886e38))
     s.write_value(4, math.nan)
+    s.write_value(5, math.inf)
     assert s.enable(NOW).ok
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf])
+def test_enable_refuses_an_infinite_value_as_it_refuses_nan(bad):
+    # security.md section 5: +-inf once enabled and reached the MQTT pivot as -Infinity.
+    s = sched(values=(1.0, bad))
+    assert not s.enable(NOW).ok and s.status.ena_err == EnaErr.VALUES
 
 
 def test_successful_enable_is_ready_with_next_start_before_returning():

@@ -73,11 +73,15 @@ class ControllerActor(ReleventActor):
         self.subscribers = dict(cfg.get("subscribers", {}))
         boolean = cfg["kind"] == "OnOff"
         locks = cfg.get("locks", {})
+        # An enable whose values exceed the DER's rating is refused (SchdEnaErr VALUES);
+        # a DER without a rating (0: not driven over a LAN) sets no bound.
+        rated = float(cfg.get("rated_power_w") or 0.0)
+        limit = rated if not boolean and rated > 0 else None
         self.schedules = []
         for name in schedule_names(cfg["schedules"]):
             reserve = name.startswith("Res_")
             locked = frozenset(x for x in locks.get(name, []) if x in LOCKABLE)
-            sched = Schedule(name, boolean=boolean, periodic=reserve, reserve=reserve, locked=locked)
+            sched = Schedule(name, boolean=boolean, periodic=reserve, reserve=reserve, locked=locked, limit=limit)
             sched.settings.values = [False if boolean else 0.0] * cfg.get("values", 100)
             if reserve:
                 self._reserve_defaults(sched, cfg.get("reserve", DEFAULT_RESERVE[cfg["kind"]]))

@@ -54,7 +54,7 @@ class DerActor(Supervisor):
         der = self.config
         return [ChildSpec(kind, "controller", "relevent.actors.controller.ControllerActor",
                           {"der": der["name"], "kind": kind, "schedules": der["schedules"],
-                           "values": der.get("values", 100),
+                           "values": der.get("values", 100), "rated_power_w": der.get("rated_power_w", 0.0),
                            **({"reserve": der["reserve"][kind]} if kind in der.get("reserve", {}) else {}),
                            "locks": der.get("locks", {}).get(kind, {}),
                            "local": [local for local in der.get("local", []) if local["function"] == kind]})

@@ -3,7 +3,14 @@ through a ThreadBridge: the loop posts events, the actor drains them when its
 ThespianWatch fires (docs/runtime-notes.md: `self.send()` from a thread loses messages).
 
 A coroutine that fails unexpectedly posts a Crashed event; the actor raises it, so the
-supervisor restarts the endpoint (let it crash) instead of it limping on half dead."""
+supervisor restarts the endpoint (let it crash) instead of it limping on half dead.
+
+A clean stop logs no traceback: `stop` cancels the tasks left, and a library's done
+callback that reads such a task's result then raises CancelledError inside the loop (gmqtt
+does, for the reconnect it starts when the embedded broker stops before its clients:
+"Exception in callback MqttPackageHandler._handle_exception_in_future", printed on every
+stop of the demo).  While stopping, the loop's exception handler takes a CancelledError as
+what it is, the cancellation we asked for; any other error is reported as before."""
 from __future__ import annotations
 
 import asyncio
@@ -29,6 +36,8 @@ class AsyncioThread:
         self.name = name
         self.bridge = ThreadBridge()
         self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(self._loop_exception)
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -79,7 +88,15 @@ class AsyncioThread:
         except Exception:  # noqa: BLE001 - stopping anyway
             pass
 
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if self._stopping and isinstance(context.get("exception"), asyncio.CancelledError):
+            log.debug("%s: cancelled while stopping: %s", self.name, context.get("message"))
+            return
+        loop.default_exception_handler(context)
+
     def stop(self, timeout: float = 2.0) -> None:
+        self._stopping = True
+
         async def cancel_all() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in tasks:

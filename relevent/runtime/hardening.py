@@ -9,14 +9,21 @@
   pickles.  On a single-host site we make it bind the loopback address it advertises.
   Called in the runner before the ActorSystem starts; admin and actors are forked from it
   and inherit the patch.
+* `admin_port_taken`: thespian, asked for an ActorSystem whose admin port is already
+  bound, talks to whatever listens there and unpickles its answers.  The runner checks
+  the port first (after taking the state directory's lock, so a second run of the same
+  site is still reported by the lock) and refuses to start, naming the port.
+* every actor process rate-limits repeated log messages (relevent/runtime/logs.py).
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import faulthandler
 import logging
 import os
 import signal
+import socket
 
 log = logging.getLogger("relevent.runtime")
 
@@ -54,6 +61,8 @@ def harden_actor_process(crash_log_path: str | None = None) -> None:
     else:
         faulthandler.enable(all_threads=True)
     set_parent_death_signal()
+    from relevent.runtime.logs import install_repeat_filter
+    install_repeat_filter()
     # Orphaned by a dead parent before prctl took effect: do not linger.
     if os.getppid() == 1:
         os._exit(1)
@@ -81,3 +90,22 @@ def bind_thespian_to_loopback() -> None:
 
     IPBase.IPActorAddress.__init__ = __init__
     _patched = True
+
+
+def admin_port_taken(port: int, host: str = "127.0.0.1", udp: bool = False) -> str | None:
+    """Why thespian's admin port cannot be ours (someone else has it bound), or None.
+
+    Binds a probe socket the way the admin will (SO_REUSEADDR, so a port that only has
+    connections in TIME_WAIT from our own last run counts as free) and closes it again."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            return (f"thespian's admin port {port} ({'udp' if udp else 'tcp'} {host or '*'}) is already in use by "
+                    f"another program: stop it or set [runtime] admin_port to a free port; nothing was started")
+        return f"thespian's admin port {port}: cannot bind {host or '*'}: {exc}; nothing was started"
+    finally:
+        probe.close()
+    return None

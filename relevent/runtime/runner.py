@@ -6,6 +6,13 @@ its heartbeats and its pid), with the restart decisions of every other superviso
 (relevent.actors.restart_policy, [supervision.site]), and the only door into the running
 site: a Unix socket in the state directory (mode 0600), speaking one JSON line per
 request.  Thespian's own ports are never that door.
+
+That door is bounded: a request is at most MAX_REQUEST_BYTES and must arrive within
+REQUEST_DEADLINE_S of the connection, read without blocking the main loop (which
+watches the root's heartbeat); at most MAX_CONTROL_CONNECTIONS are open at once.  A client
+that sends too much is answered with an error, one that sends nothing is dropped.  And the
+runner refuses to start when thespian's admin port is already bound by someone else
+(relevent.runtime.hardening.admin_port_taken), before anything is started.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ from relevent.messages import Shutdown
 from relevent import __version__
 from relevent.runtime import hardening
 from relevent.runtime.journal import stderr_is_journal
+from relevent.runtime.logs import log_config
 from relevent.runtime.notify import Notifier, SiteSummary, summary_of
 from relevent.runtime.statelock import LockRefused, StateLock
 from relevent.store import newer_record, store_directory
@@ -51,6 +59,9 @@ DERS_PER_CORE_IN_PROCESS_MODE = 25
 RESTART_ONLY = {("site", "name"), ("site", "state_dir"), ("runtime", "base"), ("runtime", "admin_port"),
                 ("runtime", "convention_leader")}
 REPLY_TIMEOUT = 5.0
+MAX_REQUEST_BYTES = 64 * 1024    # one control request (a JSON line), bytes
+REQUEST_DEADLINE_S = 5.0         # from accept to the request's last byte, seconds
+MAX_CONTROL_CONNECTIONS = 8      # open control connections; more are closed at once
 ROOT = "site"  # the runner's one child, for restart_policy
 # thespian's tell() from the runner blocks until the message is taken, for up to 60 s by
 # default: a site supervisor that hangs just after its last heartbeat would stop the
@@ -88,6 +99,7 @@ class SiteRunner:
         self._reload_asked = False
         self._sel = selectors.DefaultSelector()
         self._signal_r, self._signal_w = socket.socketpair()
+        self._clients: dict[socket.socket, tuple[float, bytearray]] = {}  # conn -> (deadline, bytes so far)
 
     # -- start-up -------------------------------------------------------------------------
     def start(self) -> None:
@@ -98,6 +110,11 @@ class SiteRunner:
         self._take_lock()
         runtime = self.topology.data["runtime"]
         multi_host = bool(runtime["convention_leader"])
+        if runtime["base"] != "simpleSystemBase":
+            taken = hardening.admin_port_taken(runtime["admin_port"], "" if multi_host else "127.0.0.1",
+                                               udp="UDP" in runtime["base"])
+            if taken:
+                raise SystemExit(f"error: {taken}")
         os.environ["RELEVENT_RUNNER_PID"] = str(os.getpid())
         os.environ["RELEVENT_CRASH_LOG"] = str(self.state_dir / "crash.log")
         os.environ.setdefault("THESPLOG_FILE", str(self.state_dir / "thespian.log"))
@@ -142,24 +159,9 @@ class SiteRunner:
             raise SystemExit(f"error: {exc}") from None
 
     def _log_defs(self) -> dict:
-        level = self.topology.data["runtime"]["log_level"]
-        fmt = "%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"
-        # Under systemd, stderr is the journal: priority prefixes, and journald stamps time.
-        journal = stderr_is_journal()
-        return {
-            "version": 1,
-            "disable_existing_loggers": False,
-            "formatters": {"plain": {"format": fmt},
-                           "journal": {"()": "relevent.runtime.journal.JournalFormatter",
-                                       "fmt": "%(levelname)s %(name)s pid=%(process)d %(message)s"}},
-            "handlers": {
-                "file": {"class": "logging.FileHandler", "filename": str(self.state_dir / "relevent.log"),
-                         "formatter": "plain", "level": level},
-                "stderr": {"class": "logging.StreamHandler", "formatter": "journal" if journal else "plain",
-                           "level": level},
-            },
-            "root": {"handlers": ["file", "stderr"], "level": level},
-        }
+        # relevent.log rotates and repeats are rate-limited (relevent/runtime/logs.py).  Under
+        # systemd, stderr is the journal: priority prefixes, and journald stamps time.
+        return log_config(str(self.state_dir), self.topology.data["runtime"]["log_level"], stderr_is_journal())
 
     def _start_root(self) -> None:
         data = self.topology.data
@@ -223,8 +225,11 @@ class SiteRunner:
             for key, _ in self._sel.select(timeout=0.05):
                 if key.data == "accept":
                     self._accept()
+                elif key.data == "client":
+                    self._read_client(key.fileobj)
                 elif key.data == "signal":
                     self._signal_r.recv(64)
+            self._drop_late_clients()
             if self._stopping:
                 break
             if self._reload_asked:
@@ -364,26 +369,71 @@ class SiteRunner:
 
     # -- control socket ------------------------------------------------------------------
     def _accept(self) -> None:
-        conn, _ = self._server.accept()
-        conn.settimeout(2.0)
         try:
-            line = b""
-            while not line.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                line += chunk
-            try:
-                request = json.loads(line or b"{}")
-                reply = self.dispatch(request)
-            except Exception as exc:  # a bad request must never stop the site
-                log.exception("control request failed")
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            conn, _ = self._server.accept()
+        except OSError as exc:
+            log.warning("control connection: %s", exc)
+            return
+        if len(self._clients) >= MAX_CONTROL_CONNECTIONS:
+            log.warning("control connection refused: %d already open", len(self._clients))
+            conn.close()
+            return
+        conn.setblocking(False)
+        self._clients[conn] = (time.monotonic() + REQUEST_DEADLINE_S, bytearray())
+        self._sel.register(conn, selectors.EVENT_READ, "client")
+
+    def _read_client(self, conn: socket.socket) -> None:
+        """Take what a control client sent; answer once its line is complete (or it closed)."""
+        data = self._clients[conn][1]
+        try:
+            chunk = conn.recv(MAX_REQUEST_BYTES + 1 - len(data))
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.warning("control connection: %s", exc)
+            self._close_client(conn)
+            return
+        if not chunk and not data:
+            self._close_client(conn)  # connected and left without a word
+            return
+        data += chunk
+        if len(data) > MAX_REQUEST_BYTES:
+            log.warning("control request over %d bytes: refused", MAX_REQUEST_BYTES)
+            self._answer(conn, {"ok": False, "error": f"request larger than {MAX_REQUEST_BYTES} bytes"})
+            return
+        if chunk and not data.endswith(b"\n"):
+            return  # more to come
+        try:
+            request = json.loads(bytes(data) or b"{}")
+            reply = self.dispatch(request) if isinstance(request, dict) else \
+                {"ok": False, "error": "a request is one JSON object"}
+        except Exception as exc:  # a bad request must never stop the site
+            log.exception("control request failed")
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        self._answer(conn, reply)
+
+    def _answer(self, conn: socket.socket, reply: dict) -> None:
+        try:
+            conn.settimeout(REQUEST_DEADLINE_S)  # a client that does not read is not waited for longer
             conn.sendall(json.dumps(reply).encode() + b"\n")
         except OSError as exc:
             log.warning("control connection: %s", exc)
         finally:
-            conn.close()
+            self._close_client(conn)
+
+    def _close_client(self, conn: socket.socket) -> None:
+        self._clients.pop(conn, None)
+        try:
+            self._sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
+
+    def _drop_late_clients(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c, (deadline, _) in self._clients.items() if now > deadline]:
+            log.warning("control request not complete within %.0f s: connection dropped", REQUEST_DEADLINE_S)
+            self._close_client(conn)
 
     def dispatch(self, request: dict) -> dict:
         op = request.get("op")
@@ -439,7 +489,8 @@ class SiteRunner:
         return {"ok": True, "changes": reply.changes}
 
     def _parse(self, text: str) -> Topology:
-        return parse_topology(text, str(self.topology.path), base_dir=self.topology.path.parent)
+        # The state dir is resolved as on every other path (topology.loader.resolve_state_dir).
+        return parse_topology(text, str(self.topology.path))
 
     def reload(self) -> dict:
         try:

@@ -9,6 +9,13 @@ enabled, the run in force at time t is the one of the latest start s <= t with
 t < s + NumEntr * SchdIntv, entry k covering [s + k*SchdIntv, s + (k+1)*SchdIntv).  Starts
 are the set StrTmNN (erased once used) and, for a periodic schedule, the calendar
 occurrences of each StrTm.  Values, NumEntr and SchdIntv are read live.
+
+Enable refuses (SchdEnaErr VALUES) a run whose values are not finite numbers (NaN, +-inf)
+or, when the schedule was given the DER's rating as `limit` (W), whose magnitude exceeds
+it: a schedule that enables is one a device can carry out.  Why: +-inf reached the MQTT
+pivot command as `-Infinity` (not JSON), and 1e12 W means nothing to an inverter
+(../shared/spec/security.md section 5).  The device command is clamped as well
+(relevent.devices.command): values are read live, so a later write is caught there.
 """
 from __future__ import annotations
 
@@ -108,8 +115,10 @@ class Outcome:
 class Schedule:
     def __init__(self, name: str, *, boolean: bool = False, periodic: bool = False, reserve: bool = False,
                  locked: frozenset = frozenset(), settings: Settings | None = None,
-                 status: Status | None = None) -> None:
+                 status: Status | None = None, limit: float | None = None) -> None:
         self.name = name
+        # The largest magnitude a value may have at enable (the DER's rated power, W); None: no bound.
+        self.limit = limit
         self.boolean = boolean      # ValSPG (OnOff) instead of ValASG
         self.periodic = periodic    # StrTm has setCal
         self.reserve = reserve
@@ -237,12 +246,13 @@ class Schedule:
         return Outcome.accept()
 
     # -- operates (CO) ------------------------------------------------------------------------
-    def validate(self, now: int) -> EnaErr:
-        """The enable checks, in order; the first failure wins."""
+    def validate(self, now: int, *, rating: bool = True) -> EnaErr:
+        """The enable checks, in order; the first failure wins.  `rating` False skips the
+        check against `limit` (the site's own enables: see `enable`)."""
         s = self.settings
         if not _valid_num_entr(s.num_entr, len(s.values)):
             return EnaErr.NUM_ENTR
-        if not self.boolean and any(isinstance(v, float) and math.isnan(v) for v in s.values[:s.num_entr]):
+        if self.values_problem(rating=rating) is not None:
             return EnaErr.VALUES
         if not _is_int(s.schd_intv) or s.schd_intv <= 0:
             return EnaErr.SCHD_INTV
@@ -250,18 +260,34 @@ class Schedule:
             return EnaErr.STR_TM
         return EnaErr.NONE
 
+    def values_problem(self, *, rating: bool = True) -> str | None:
+        """Why the values of a run cannot be enabled (the first bad one), or None."""
+        s = self.settings
+        if self.boolean or not _valid_num_entr(s.num_entr, len(s.values)):
+            return None
+        for index, v in enumerate(s.values[:s.num_entr], start=1):
+            if isinstance(v, float) and not math.isfinite(v):
+                return f"Val{index:03d} = {v} is not a finite number"
+            if rating and self.limit is not None and isinstance(v, (int, float)) and abs(v) > self.limit:
+                return f"Val{index:03d} = {v:g} exceeds the DER's rating of {self.limit:g} W"
+        return None
+
     def enable(self, now: int, *, by_site: bool = False) -> Outcome:
         """EnaReq ctlVal=true.  On success the schedule is Ready (or already Running,
         when a start lies in the past and its run covers now) before this returns.
         A failed enable leaves the schedule Not ready, whatever it was before.
-        ``by_site`` is the site's own policy (keeping the reserve running): no lock applies."""
+        ``by_site`` is the site's own policy (keeping the reserve running): no lock applies,
+        nor the rating (`limit`): the reserve must run whatever was written into it, and the
+        device command bounds its values anyway."""
         if "EnaReq" in self.locked and not by_site:
             return Outcome.refuse(Refusal.ACCESS_DENIED, "EnaReq is locked")
-        err = self.validate(now)
+        err = self.validate(now, rating=not by_site)
         self.status.ena_err = err
         if err != EnaErr.NONE:
             self._stop()
-            return Outcome.refuse(Refusal.VALUE_INVALID, f"SchdEnaErr {int(err)} ({err.name})")
+            detail = self.values_problem(rating=not by_site) if err == EnaErr.VALUES else None
+            return Outcome.refuse(Refusal.VALUE_INVALID, f"SchdEnaErr {int(err)} ({err.name})"
+                                  + (f": {detail}" if detail else ""))
         if self.status.state != State.RUNNING:
             self.status.state = State.READY
         self.advance(now)

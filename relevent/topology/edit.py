@@ -2,6 +2,10 @@
 
 Edits work on the text, not on a re-serialised dict, so the installer's comments and
 layout survive.  The caller validates the result with `parse_topology` before using it.
+
+What is written reads back as what was given: every key that is not a TOML bare key
+(letters, digits, `_`, `-`) is written quoted (`toml_key`), so a snippet key with a dot, a
+space or a quote in it can neither break the file nor turn into a nested table.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 from relevent.topology.locate import LineIndex
 
 _HEADER_LINE = re.compile(r"^\s*\[")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class EditError(Exception):
@@ -37,6 +42,13 @@ def parse_snippet(snippet: str) -> dict:
     return data
 
 
+def toml_key(key) -> str:
+    """A key as TOML reads it back: bare when it may be, else a quoted string."""
+    if not isinstance(key, str):
+        raise EditError(f"a TOML key must be a string, got {type(key).__name__}")
+    return key if _BARE_KEY.fullmatch(key) else toml_value(key)
+
+
 def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -47,16 +59,29 @@ def toml_value(value) -> str:
             return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        return '"' + "".join(_toml_char(c) for c in value) + '"'
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise EditError(f"cannot write {type(value).__name__} to TOML")
 
 
+def _toml_char(c: str) -> str:
+    """One character of a TOML basic string: backslash, quote and control characters escaped."""
+    if c in ('"', "\\"):
+        return "\\" + c
+    if c == "\n":
+        return "\\n"
+    if c == "\t":
+        return c
+    if ord(c) < 0x20 or ord(c) == 0x7F:
+        return f"\\u{ord(c):04X}"
+    return c
+
+
 def add_endpoint(text: str, role: str, endpoint: dict) -> str:
-    lines = [f"[[{role}]]"] + [f"{k} = {toml_value(v)}" for k, v in endpoint.items()]
+    lines = [f"[[{role}]]"] + [f"{toml_key(k)} = {toml_value(v)}" for k, v in endpoint.items()]
     sep = "" if text.endswith("\n") or not text else "\n"
     return f"{text}{sep}\n" + "\n".join(lines) + "\n"
 

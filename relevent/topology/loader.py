@@ -361,8 +361,17 @@ def _type_names(types: tuple) -> str:
     return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
 
 
-def parse_topology(text: str, file: str = "<topology>", env: dict[str, str] | None = None,
-                   base_dir: Path | None = None) -> Topology:
+def resolve_state_dir(state_dir: str) -> str:
+    """The one rule for `[site] state_dir`, on every path that reads a topology (`relevent
+    run`, the CLI finding the control socket, the runner's reload and `endpoint add`): a
+    relative path is relative to the working directory, as installers expect of
+    `${RELEVENT_STATE_DIR:-./state}` (docs/state.md), never to the topology file's folder;
+    made absolute so every actor agrees.  Two rules once made the README's `relevent
+    endpoint add topologies/demo.toml ...` fail with "[site] state_dir changed"."""
+    return str((Path.cwd() / Path(state_dir)).resolve())
+
+
+def parse_topology(text: str, file: str = "<topology>", env: dict[str, str] | None = None) -> Topology:
     """Validate topology ``text``; raise TopologyError listing every problem."""
     try:
         raw = tomllib.loads(text)
@@ -374,12 +383,7 @@ def parse_topology(text: str, file: str = "<topology>", env: dict[str, str] | No
     data = v.validate(raw)
     if v.problems:
         raise TopologyError(v.problems)
-    state_dir = Path(data["site"]["state_dir"])
-    if not state_dir.is_absolute():
-        # Relative paths are relative to the working directory, as installers expect of
-        # `${RELEVENT_STATE_DIR:-./state}`; made absolute so every actor agrees.
-        state_dir = (base_dir or Path.cwd()) / state_dir
-    data["site"]["state_dir"] = str(state_dir.resolve())
+    data["site"]["state_dir"] = resolve_state_dir(data["site"]["state_dir"])
     return Topology(Path(file), text, data, v.warnings)
 
 

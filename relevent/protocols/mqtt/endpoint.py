@@ -9,6 +9,11 @@
   delay lets devices that reconnect at the same moment subscribe first);
 * device measurements (GTIM power, GTIS connection) on `topic_measurement` go to the DER;
   a payload that is not valid pivot is logged with the field at fault and counted.
+
+Every value sent is bounded by the DER's rating first (relevent.devices.command:
+`function_values` for commands, `bound_value` for forecast events), and the pivot encoder
+refuses anything not finite: a device never gets NaN, +-inf or more than its rating,
+whatever a schedule holds (docs: ../shared/spec/security.md section 5).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import logging
 from typing import Any
 
 from relevent.clock import now_ms
+from relevent.devices.command import bound_value, function_values
 from relevent.messages import (
     CommandSubscribe, DeviceCommand, ForecastReply, ForecastRequest, Measurement, Wakeup,
 )
@@ -76,8 +82,7 @@ class MqttEndpoint:
             return True
         if isinstance(message, ForecastReply):
             der = self.ders.get(message.der)
-            payload = None if der is None else pivot.pivot_schedule(message.kind, message.events,
-                                                                     pivot.label(der, message.kind))
+            payload = None if der is None else self._schedule_payload(der, message)
             if payload is not None:
                 self._publish(self.config["topic_schedule"], payload)
             return True
@@ -98,11 +103,32 @@ class MqttEndpoint:
     def _publish_outputs(self, cmd: DeviceCommand, kinds: list) -> None:
         der = self.ders[cmd.der]
         now = now_ms()
+        try:
+            # Bounded by the rating, as the DER's own command is: never the raw output.
+            values = function_values({k: v[0] for k, v in cmd.outputs.items()}, der.get("rated_power_w"))
+        except ValueError as exc:
+            log.error("mqtt endpoint=%s der=%s: no command sent: %s", self.config["name"], cmd.der, exc)
+            return
         for kind in kinds:
-            value = cmd.outputs[kind][0] if kind in cmd.outputs else None
-            if value is not None:  # None: no schedule in force, not even the reserve: nothing to command
-                self._publish(self.config["topic_command"],
-                              pivot.pivot_command(kind, value, pivot.label(der, kind), cmd.at or now))
+            value = values.get(kind)
+            if value is None:  # None: no schedule in force, not even the reserve: nothing to command
+                continue
+            try:
+                payload = pivot.pivot_command(kind, value, pivot.label(der, kind), cmd.at or now)
+            except pivot.PivotError as exc:
+                log.error("mqtt endpoint=%s der=%s: command not sent: %s", self.config["name"], cmd.der, exc)
+                continue
+            self._publish(self.config["topic_command"], payload)
+
+    def _schedule_payload(self, der: dict, message: ForecastReply) -> bytes | None:
+        """The forecast as a PivotSchedule, each value bounded by the DER's rating."""
+        try:
+            events = [(ms, bound_value(message.kind, value, der.get("rated_power_w")), source)
+                      for ms, value, source in message.events]
+            return pivot.pivot_schedule(message.kind, events, pivot.label(der, message.kind))
+        except (ValueError, pivot.PivotError) as exc:
+            log.error("mqtt endpoint=%s der=%s: schedule not sent: %s", self.config["name"], message.der, exc)
+            return None
 
     def _publish(self, topic: str, payload: bytes) -> None:
         self.published += 1

@@ -36,6 +36,7 @@ class MqttLink:
         self.up = False
         self.connects = 0
         self.overflows = 0
+        self.closing = False   # a clean close: the link going down is expected, not a warning
 
     async def run(self) -> None:
         """Connect, retrying forever; gmqtt keeps the connection afterwards."""
@@ -59,7 +60,8 @@ class MqttLink:
 
     def _disconnected(self, client: Any, packet: Any, exc: Any = None) -> None:
         if self.up:
-            log.warning("mqtt link=%s broker=%s:%d down", self.name, self.host, self.port)
+            log.log(logging.INFO if self.closing else logging.WARNING, "mqtt link=%s broker=%s:%d down",
+                    self.name, self.host, self.port)
         self.up = False
         if self._on_down:
             self._on_down()
@@ -82,6 +84,7 @@ class MqttLink:
             return True
 
     async def close(self) -> None:
+        self.closing = True
         try:
             await self.client.disconnect()
         except Exception:  # noqa: BLE001 - closing anyway

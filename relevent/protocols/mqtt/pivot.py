@@ -2,7 +2,12 @@
 
 Pure functions: build PivotCommand / PivotSchedule payloads from controller outputs, and
 read device measurements (GTIM: power, GTIS: connection) with errors that name the field.
-Times: `t` is {SecondSinceEpoch, FractionOfSecond}, the fraction a 24-bit binary fraction."""
+Times: `t` is {SecondSinceEpoch, FractionOfSecond}, the fraction a 24-bit binary fraction.
+
+What we send is JSON and nothing else: a ctlVal that is not a finite number (NaN, +-inf,
+which `json.dumps` would write as the non-JSON `NaN`/`-Infinity`) is refused with
+PivotError, never encoded.  Callers bound the values to the DER's rating first
+(relevent.devices.command.function_values / bound_value)."""
 from __future__ import annotations
 
 import json
@@ -36,6 +41,8 @@ def time_ms(t: dict, where: str) -> int:
 
 def _gtic(kind: str, value: Any, identifier: str, at_ms: int, test: bool = False) -> dict:
     ctl = (1 if value else 0) if CDC[kind] == "SpcTyp" else float(value)
+    if not math.isfinite(ctl):
+        raise PivotError(f"{identifier}: {kind} ctlVal {value!r} is not a finite number: not sent")
     return {"GTIC": {"ComingFrom": "iec61850",
                      CDC[kind]: {"ctlVal": ctl, "q": {"test": 1 if test else 0}, "t": pivot_time(at_ms)},
                      "Identifier": identifier}}
@@ -43,7 +50,8 @@ def _gtic(kind: str, value: Any, identifier: str, at_ms: int, test: bool = False
 
 def pivot_command(kind: str, value: Any, identifier: str, at_ms: int) -> bytes:
     return json.dumps({"operation": "PivotCommand",
-                       "parameters": [{"name": "PIVOTTC", "value": _gtic(kind, value, identifier, at_ms)}]}).encode()
+                       "parameters": [{"name": "PIVOTTC", "value": _gtic(kind, value, identifier, at_ms)}]},
+                      allow_nan=False).encode()
 
 
 def pivot_schedule(kind: str, events: list, identifier: str) -> bytes | None:
@@ -52,7 +60,8 @@ def pivot_schedule(kind: str, events: list, identifier: str) -> bytes | None:
     no set-point to send and is left out; None when nothing is left."""
     params = [{"name": "PIVOTTC", "value": _gtic(kind, value, identifier, ms)}
               for ms, value, _source in events if value is not None]
-    return json.dumps({"operation": "PivotSchedule", "parameters": params}).encode() if params else None
+    return json.dumps({"operation": "PivotSchedule", "parameters": params}, allow_nan=False).encode() \
+        if params else None
 
 
 def parse_command(payload: bytes) -> tuple[str, str, Any, int]:
