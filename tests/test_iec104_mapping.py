@@ -292,3 +292,11 @@ def test_an_enabled_command_schedule_is_armed_after_a_restart():
 ])
 def test_a_refusal_by_the_sites_policy_is_told_apart_from_a_refused_value(rule, refusal, policy):
     assert mapping.policy_refusal(rule, refusal) is policy
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 63), st.booleans(), st.booleans())
+def test_only_a_plain_activation_is_executed_whatever_else_the_cause_of_transmission_says(cot, test, negative):
+    why = mapping.cause_refusal(cot, test, negative)
+    assert (why == "") == (cot == 6 and not test and not negative), (cot, test, negative, why)
+    assert "deactivation" in mapping.cause_refusal(8, False) and "test" in mapping.cause_refusal(6, True)

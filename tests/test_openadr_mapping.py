@@ -237,3 +237,12 @@ def test_a_cancellation_finds_the_schedule_armed_with_the_event():
     arm(sched, plan(ev), T0_MS - 10_000)
     cancelled = plan(event(capacity([3000.0, 1500.0]), modification=1, status="cancelled"), now_ms=T0_MS - 5000)
     assert cancelled.action == END and mapping.armed_with(cancelled, view_of(sched), 50)
+
+
+def test_an_event_whose_targets_name_only_other_vens_is_not_for_this_one():
+    mine, other = {"ven_id": "ven-a"}, {"ven_id": "ven-b"}
+    assert mapping.addressed_elsewhere({"targets": [other]}, "ven-a") == "addressed to ven-b, not to this VEN (ven-a)"
+    assert mapping.addressed_elsewhere({"targets": [other, mine]}, "ven-a") == ""
+    assert mapping.addressed_elsewhere({"targets": [{"group_id": "g1"}]}, "ven-a") == ""      # cannot be judged
+    assert mapping.addressed_elsewhere({"targets": [other, {"resource_id": "pv1"}]}, "ven-a") == ""
+    assert mapping.addressed_elsewhere({}, "ven-a") == "" and mapping.addressed_elsewhere({"targets": [other]}, "") == ""

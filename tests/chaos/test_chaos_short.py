@@ -22,9 +22,9 @@ def test_every_fault_on_every_actor_kind_recovers_without_losing_or_changing_any
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     topo = load_topology(REPO / "topologies" / "chaos.toml", env={**os.environ, **env})
-    # Every WAN endpoint kind (MMS, HTTP, the MQTT EMS) is among the targets.
+    # Every WAN endpoint kind (MMS, HTTP, the MQTT EMS, IEC 104, OpenADR) is among the targets.
     hit = {path for kind, _fault, path in fault_sequence(Plan(count=2), topo.data) if kind == "wan"}
-    assert hit == {ep["name"] for ep in topo.data["wan"]} and {"mms", "http", "mqtt-ems"} <= \
+    assert hit == {ep["name"] for ep in topo.data["wan"]} and {"mms", "http", "mqtt-ems", "iec104", "openadr"} <= \
         {ep["protocol"] for ep in topo.data["wan"]}
     lines = []
     report = ChaosRun(topo, Plan(count=2, timeout=20.0), say=lines.append).run()

@@ -228,6 +228,27 @@ def time_tag_refusal(tag_ms: int | None, now: int, max_age_ms: int) -> str:
     return ""
 
 
+ACTIVATION, DEACTIVATION = 6, 8   # causes of transmission of a command in the control direction
+
+
+def cause_refusal(cot: int, test: bool, negative: bool = False) -> str:
+    """Why a command ASDU with this cause of transmission (and test and P/N bits) must not
+    be executed ("" if it may).  Only an activation (COT 6) asks for a command; a
+    deactivation (8) has nothing to stop under direct execute (and must never run as an
+    activation); any other cause is not a command in the control direction.  A command
+    flagged test (T = 1) is not executed on the process, nor one flagged negative (P/N = 1,
+    meaningless in the control direction: a garbled frame)."""
+    if cot == DEACTIVATION:
+        return "a deactivation (COT 8): direct-execute commands cannot be stopped, nothing done"
+    if cot != ACTIVATION:
+        return f"cause of transmission {cot} is not an activation (6)"
+    if test:
+        return "a test command (T = 1): not executed on the process"
+    if negative:
+        return "an activation flagged negative (P/N = 1)"
+    return ""
+
+
 def is_release(value: float, release_value: float | None) -> bool:
     return release_value is not None and abs(value - release_value) <= RELEASE_TOLERANCE * max(1.0, abs(release_value))
 

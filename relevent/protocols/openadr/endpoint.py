@@ -30,7 +30,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from openleadr import OpenADRClient, objects
+from lxml import etree
+from openleadr import OpenADRClient, messaging, objects
 
 from relevent.clock import now_ms
 from relevent.protocols.aio import AsyncioThread
@@ -42,6 +43,13 @@ from relevent.wan.session import OPERATE_TIMEOUT_S
 log = logging.getLogger("relevent.openadr")
 for _noisy in ("openleadr", "apscheduler"):   # openleadr logs every poll at INFO
     logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+# openleadr checks every answer of the VTN with a schema-validating lxml parser that expands
+# entities: with lxml 6.0 / libxml2 2.14, one internal entity referenced in an answer
+# (`<!DOCTYPE x [<!ENTITY e 'v'>]>...&e;`) segfaults the process, and an entity bomb would
+# expand.  The same schema without entity expansion or network access: such an answer is
+# refused by the schema check like any other malformed one (tests/chaos/test_fuzz_openadr.py).
+messaging.XML_PARSER = etree.XMLParser(schema=messaging.XML_SCHEMA, resolve_entities=False, no_network=True)
 
 READY_WITHOUT_VTN_S = 20.0    # serve (Ready) anyway this long after the session synced
 REGISTERED, READY_ANYWAY = "registered", "ready-anyway"
@@ -252,6 +260,10 @@ class OpenAdrEndpoint:
 
     async def _handle(self, event: dict) -> str:
         now = now_ms()
+        elsewhere = mapping.addressed_elsewhere(event, self.client.ven_id if self.client else "")
+        if elsewhere:   # openleadr hands on every event the VTN sends, whoever it targets
+            descriptor = event.get("event_descriptor") or {}
+            return self._opt_out(str(descriptor.get("event_id", "")), elsewhere)
         p = mapping.plan(event, self.policy, now)
         self.last_event = {"event_id": p.event_id, "modification": p.modification, "action": p.action,
                            "opt": p.opt, "reason": p.reason, "at": now}

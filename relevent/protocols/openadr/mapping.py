@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from relevent.scheduling.schedule import SLOTS, START_SLOTS, State
+from relevent.scheduling.schedule import INT32, SLOTS, START_SLOTS, State
 
 OPT_IN, OPT_OUT = "optIn", "optOut"
 ARM, END, NOTHING = "arm", "end", "nothing"
@@ -47,6 +47,11 @@ DEFAULT_SIMPLE_FRACTIONS = (1.0, 0.7, 0.4, 0.0)   # of rated power, when no powe
 SCALES = {"p": 1e-12, "n": 1e-9, "micro": 1e-6, "m": 1e-3, "c": 1e-2, "d": 1e-1, "none": 1.0, None: 1.0,
           "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 POWER_UNITS = ("W",)
+# What a 90-10 schedule can hold: SchdIntv is an INT32 of seconds, a start a time stamp of
+# 32-bit seconds since 1970 (to 2106-02-07).  A longer step or a later end would reach MMS
+# clients wrapped round (a negative SchdIntv, a start in 1970).
+STEP_MAX_S = INT32[1]
+END_MAX_MS = (2 ** 32 - 1) * 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -151,6 +156,9 @@ def _arm(event: dict, policy: Policy, now: int, event_id: str, modification: int
     earliest = now + policy.lead_ms
     if end <= earliest:
         return replace(out(f"over at {_iso(end)}, before it could be armed"), over=True)
+    if end > END_MAX_MS:
+        return out(f"ends {_iso(end)}, after the last instant a 90-10 schedule's time stamps hold "
+                   f"({_iso(END_MAX_MS)})")
     lengths = [b - a for a, b, _ in segments]
     grid = math.gcd(*lengths)
     if grid % 1000:
@@ -161,10 +169,25 @@ def _arm(event: dict, policy: Policy, now: int, event_id: str, modification: int
         return out(f"needs {(end - start) // grid} entries of {grid // 1000} s; a schedule holds "
                    f"{policy.max_entries}")
     first, step_s = chosen
+    if step_s > STEP_MAX_S:
+        return out(f"a step of {step_s} s is longer than a schedule's SchdIntv holds ({STEP_MAX_S} s)")
     values = tuple(_value_at(segments, first + j * step_s * 1000) for j in range((end - first) // (step_s * 1000)))
     skipped = first - start
     reason = "" if not skipped else f"started {_iso(start)}: armed from {_iso(first)}"
     return Plan(ARM, OPT_IN, reason, event_id, modification, first, step_s, values, end, skipped)
+
+
+def addressed_elsewhere(event: dict, ven_id: str) -> str:
+    """Why an event is not for this VEN ("" if it may be): its targets name VENs only, and
+    not this one.  A target by group, resource or party cannot be judged here: followed."""
+    targets = event.get("targets") or []
+    if isinstance(targets, dict):
+        targets = [targets]
+    kinds = {k for t in targets if isinstance(t, dict) for k, v in t.items() if v}
+    vens = {str(t.get("ven_id")) for t in targets if isinstance(t, dict) and t.get("ven_id")}
+    if not ven_id or not vens or kinds != {"ven_id"} or ven_id in vens:
+        return ""
+    return f"addressed to {', '.join(sorted(vens))}, not to this VEN ({ven_id})"
 
 
 def _is_test(flag: Any) -> bool:
