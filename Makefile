@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast bench chaos mosquitto systemd compiler clean
+.PHONY: demo test test-fast bench chaos mosquitto systemd chromium compiler clean
 
 $(STAMP): pyproject.toml relevent/iec61850/switcher.c | compiler
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,14 @@ systemd:
 	@command -v systemd-analyze >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq systemd >/dev/null; }
 
-test: $(STAMP) mosquitto systemd
+# Headless Chromium for the web view's browser test (tests/test_web_view.py), Debian's package:
+# browser downloads by other tools are not used.
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@echo "chromium: $$(chromium --version 2>/dev/null)"
+
+test: $(STAMP) mosquitto systemd chromium
 	$(PY) -m pytest -q
 
 # Without the 100 start/stop cycles.

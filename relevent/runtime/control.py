@@ -10,6 +10,11 @@ class SiteNotRunning(Exception):
     pass
 
 
+def control_socket_path(state_dir: str | Path) -> Path:
+    """Where a site's runner listens: in its state directory (one per site)."""
+    return Path(state_dir) / "relevent.sock"
+
+
 def request(socket_path: Path, payload: dict, timeout: float = 15.0) -> dict:
     """Send one request to a running site and return its JSON reply."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

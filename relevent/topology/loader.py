@@ -18,6 +18,7 @@ from typing import Any
 
 from relevent.problems import Problem, ProblemsError
 from relevent.protocols.registry import PROTOCOLS, listen_address
+from relevent.runtime.control import control_socket_path
 from relevent.topology import schema
 from relevent.topology.locate import LineIndex
 
@@ -48,7 +49,7 @@ class Topology:
 
     @property
     def control_socket(self) -> Path:
-        return self.state_dir / "relevent.sock"
+        return control_socket_path(self.state_dir)
 
     def endpoints(self) -> list[dict]:
         return self.data["wan"] + self.data["lan"]

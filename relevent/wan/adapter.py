@@ -68,6 +68,10 @@ class WanContext:
     def state_dir(self) -> str:
         return self._actor.site["state_dir"]
 
+    @property
+    def site_name(self) -> str:
+        return self._actor.site["name"]
+
     def who(self, peer: str = "", credential: tuple | None = None) -> Who:
         """The party of a client, from the credential it presented (("mms-password", x),
         ("http-token", x), ("peer", identity)), else the endpoint's `anonymous` rule.

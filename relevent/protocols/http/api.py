@@ -30,6 +30,7 @@ from starlette.requests import Request
 from relevent.protocols.http import mapping as M
 from relevent.scheduling.schedule import INT32, SLOTS, START_SLOTS, Refusal
 from relevent.wan.adapter import WanContext, Who
+from relevent.web import routes as web
 from relevent.wan.session import FORECAST_MAX_HOURS, FORECAST_TIMEOUT_S, OPERATE_TIMEOUT_S
 
 VALUE_INVALID = M.refusal_body(Refusal.VALUE_INVALID)
@@ -285,6 +286,9 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
         peer = f"{request.client.host}:{request.client.port}" if request.client else ""
         if request.headers.get("authorization") and credentials is None:
             raise unauthorised("Authorization must be 'Bearer <token>'")
+        if credentials is None and request.cookies.get(web.TOKEN_COOKIE):
+            # A browser on the web view (EventSource sends no Authorization header).
+            credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=request.cookies[web.TOKEN_COOKIE])
         who = ctx.who(peer, ("http-token", credentials.credentials) if credentials else None)
         if credentials is not None and not who.party:
             raise unauthorised("the bearer token names no party this endpoint accepts")
@@ -433,6 +437,7 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
         return await asyncio.to_thread(read_audit, ctx.state_dir, readable_ders, since_ms, limit)
 
     app.include_router(api)
+    web.mount(app, ctx, caller)   # the web view, /view (docs/web.md)
     return app
 
 
