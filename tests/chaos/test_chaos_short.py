@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from relevent.audit.site import chains
+from relevent.audit.verify import PUBLIC_KEY_FILE, load_public_key, verify
 from relevent.chaos.plan import FAULTS, TARGET_KINDS, Plan, fault_sequence
 from relevent.chaos.runner import ChaosRun
 from relevent.topology import load_topology
@@ -33,7 +35,20 @@ def test_every_fault_on_every_actor_kind_recovers_without_losing_or_changing_any
     assert report["failed"] == 0, report["failures"]
     assert set(report["recovery"]) == {f"{k} {f}" for k in TARGET_KINDS for f in FAULTS}
     assert report["schedules_changed"] == {}, report["schedules_changed"]
+    assert report["device_commands"], "no simulated device was checked"
     for name, device in report["device_commands"].items():
         assert device["wrong"] == 0, (name, device)
+        # Restarted DERs and LAN endpoints re-send the command in force: devices did hear them.
+        assert device["commands"] >= 1, (name, device)
     # Every fault was really injected: each recovery needed a new process, which takes time.
     assert all(cell["p50_ms"] > 20 for cell in report["recovery"].values()), report["recovery"]
+    # The audit log survived every kill: each chain (one per WAN endpoint, one per DER's
+    # device commands) verifies from its first record, a line cut by a kill -9 included.
+    audit = tmp_path / "state" / "audit"
+    key = load_public_key(audit / PUBLIC_KEY_FILE)
+    found = {d.name: verify(d, key) for d in chains(audit)}
+    for name, result in found.items():
+        assert result.ok, f"audit chain {name}: {result.problem}"
+        assert result.from_genesis and result.records > 0, (name, result)
+    assert "mms" in found, f"the schedules were written over MMS, no mms chain: {sorted(found)}"
+    assert {f"der-{d['name']}" for d in topo.data["der"] if d.get("lan")} <= set(found), sorted(found)
