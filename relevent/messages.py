@@ -251,7 +251,9 @@ class DeviceCommand:
 
 @dataclass
 class Measurement:
-    """A device's measured active power (W, generation positive) and state, from a LAN endpoint."""
+    """A device's measured active power (W, generation positive) and state, from a LAN endpoint;
+    the grid voltage and frequency at its terminals where the device reports them (None where
+    not: a measurement trigger treats None as missing, relevent/scheduling/trigger.py)."""
     der: str
     w: float | None
     connected: bool | None
@@ -259,6 +261,8 @@ class Measurement:
     quality: str = "good"  # good | invalid | questionable (pivot Validity)
     source: str = ""       # the endpoint's name
     detail: str = ""
+    voltage_v: float | None = None     # phase A to neutral, V (SunSpec 101-103 PhVphA)
+    frequency_hz: float | None = None  # Hz (SunSpec 101-103 Hz)
 
 
 @dataclass

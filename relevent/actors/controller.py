@@ -21,12 +21,15 @@ from typing import Any
 
 from relevent.actors.base import ReleventActor
 from relevent.messages import (
-    ControllerState, ForecastReply, ForecastRequest, OperateResult, OutputChanged, ScheduleOperate, ScheduleWrite,
-    ScheduleWrites, SnapshotRequest, WanContact, Wakeup,
+    ControllerState, ForecastReply, ForecastRequest, Measurement, OperateResult, OutputChanged, ScheduleOperate,
+    ScheduleWrite, ScheduleWrites, SnapshotRequest, WanContact, Wakeup,
 )
 from relevent.scheduling.calendar import Calendar, OccPer
 from relevent.scheduling.arbitration import forecast, next_change, output_of
-from relevent.scheduling.local import LocalSchedule, arm, no_telecom_due, power_up_due
+from relevent.scheduling.local import (
+    LocalSchedule, arm, end, measurement_rearm_due, no_telecom_due, power_up_due,
+)
+from relevent.scheduling.trigger import Decision, Phase, TriggerState, step
 from relevent.scheduling.schedule import (
     LOCKABLE, Schedule, StartTime, schedule_names, settings_snapshot, status_snapshot,
 )
@@ -60,8 +63,9 @@ class ControllerActor(ReleventActor):
         self._acked: dict[str, tuple] = {}         # (applied, saved) as last published
         self._predicted: dict[str, bool] = {}      # schedules in the last `then` -> with settings
         self.locals: list[LocalSchedule] = []
-        self._local_state: dict = {}               # power_up_boot, last_contact (persisted)
+        self._local_state: dict = {}               # power_up_boot, last_contact, measurement (persisted)
         self.last_contact = 0
+        self.triggers: dict[str, TriggerState] = {}  # schedule -> its measurement trigger's state
 
     # -- set-up ----------------------------------------------------------------------------
     @property
@@ -120,6 +124,39 @@ class ControllerActor(ReleventActor):
                 self._local_state["power_up_boot"] = boot
         if any(local.trigger == "no_telecom" for local in self.locals):
             self.wakeupAfter(LOCAL_TICK, Wakeup("local"))
+        # A measurement trigger's state survives a restart as far as it is known: "active"
+        # (its schedule runs, saved with the schedule at arm and end, in the same fsync).  Its
+        # timers (pending, clearing) start again with the next sample: the time this
+        # controller did not see counts neither toward arming nor toward ending.
+        active = self._local_state.get("measurement", {})
+        self.triggers = {local.schedule: TriggerState(Phase.ACTIVE if active.get(local.schedule) else Phase.IDLE)
+                         for local in self.locals if local.trigger == "measurement"}
+
+    def _measured(self, m: Measurement) -> None:
+        """A sample through each measurement trigger (relevent/scheduling/trigger.py): arm
+        its schedule, end it, or run it again while the condition holds."""
+        for local in self.locals:
+            if local.trigger != "measurement":
+                continue
+            sched = self._schedule(local.schedule)
+            value = local.measured(m)
+            state, decision = step(local.condition, self.triggers[local.schedule], value, m.quality, m.at)
+            self.triggers[local.schedule] = state
+            if decision == Decision.NONE and not measurement_rearm_due(state, sched):
+                continue
+            now = now_ms()
+            if decision == Decision.END:
+                outcome = end(sched)
+                for other in self.schedules:
+                    other.advance(now)
+                log.warning("local schedule ends controller=%s schedule=%s trigger=measurement %s=%s ok=%s %s",
+                            self.path, sched.name, local.measure, value, outcome.ok, outcome.reason)
+            else:
+                self._arm_local(local, now, f" {local.measure}={value}")
+            self._local_state.setdefault("measurement", {})[local.schedule] = state.active
+            self._save()
+            self._publish(now, force=True)
+            self._arm(now)
 
     def _check_no_telecom(self) -> None:
         now = now_ms()
@@ -131,14 +168,14 @@ class ControllerActor(ReleventActor):
                 self._publish(now, force=True)
                 self._arm(now)
 
-    def _arm_local(self, local: LocalSchedule, now: int) -> None:
+    def _arm_local(self, local: LocalSchedule, now: int, why: str = "") -> None:
         sched = self._schedule(local.schedule)
         outcome = arm(sched, local, now)
         for other in self.schedules:
             other.advance(now)
-        log.warning("local schedule controller=%s schedule=%s trigger=%s value=%s duration_s=%d priority=%d "
-                    "ok=%s %s", self.path, sched.name, local.trigger, local.value, local.duration_s, local.priority,
-                    outcome.ok, outcome.reason)
+        log.warning("local schedule controller=%s schedule=%s trigger=%s%s value=%s duration_s=%d priority=%d "
+                    "ok=%s %s", self.path, sched.name, local.trigger, why, local.value, local.duration_s,
+                    local.priority, outcome.ok, outcome.reason)
 
     @staticmethod
     def _reserve_defaults(sched: Schedule, value: Any) -> None:
@@ -161,6 +198,9 @@ class ControllerActor(ReleventActor):
             events = forecast(self.schedules, now_ms(), message.window_ms)
             self.send(message.reply_to or sender,
                       ForecastReply(message.request_id, message.der, message.kind, events))
+        elif isinstance(message, Measurement):
+            if self.triggers:
+                self._measured(message)
         elif isinstance(message, WanContact):
             if message.at > self.last_contact:
                 self.last_contact = self._local_state["last_contact"] = message.at
@@ -320,6 +360,9 @@ class ControllerActor(ReleventActor):
 
     def detail(self) -> dict:
         out = output_of(self.schedules) if self.schedules else None
-        return {"kind": self.config.get("kind"), "starts": self.lifetime.get("starts"),
+        info = {"kind": self.config.get("kind"), "starts": self.lifetime.get("starts"),
                 "output": None if out is None else out.value, "source": None if out is None else out.source,
                 "schedules": {s.name: s.status.state.name for s in self.schedules}}
+        if self.triggers:
+            info["triggers"] = {name: t.phase.value for name, t in self.triggers.items()}
+        return info

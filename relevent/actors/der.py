@@ -6,7 +6,9 @@ Subscriptions it keeps, so that restarts re-wire themselves:
   its Configure, so a restarted controller sends its first state straight to them;
 * the LAN endpoint named by `lan` (CommandSubscribe): it gets every new command, and the
   current one again whenever it (re)subscribes or this DER restarts.
-Measurements from the device come back here and go on to the subscribed endpoints (MMXU).
+Measurements from the device come back here and go on to the subscribed endpoints (MMXU),
+and to the controllers with a measurement trigger (`local`, relevent/scheduling/trigger.py):
+only those, so a DER without one pays nothing more per measurement.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class DerActor(Supervisor):
         self.measurement: Measurement | None = None
         self._seq = 0
         self._audit: Any = None      # this DER's chain of device commands (relevent/audit/site.py)
+        self._measuring: tuple[str, ...] = ()  # controllers (kinds) with a measurement trigger
 
     def runtime_config(self, spec: ChildSpec) -> dict:
         return {"subscribers": dict(self.subscribers)}
@@ -52,6 +55,9 @@ class DerActor(Supervisor):
 
     def child_specs(self) -> list[ChildSpec]:
         der = self.config
+        # (Here because every configuration passes here: Configure and Reconfigure alike.)
+        self._measuring = tuple(kind for kind in der["functions"] if any(
+            local["trigger"] == "measurement" and local["function"] == kind for local in der.get("local", [])))
         return [ChildSpec(kind, "controller", "relevent.actors.controller.ControllerActor",
                           {"der": der["name"], "kind": kind, "schedules": der["schedules"],
                            "values": der.get("values", 100), "rated_power_w": der.get("rated_power_w", 0.0),
@@ -67,6 +73,10 @@ class DerActor(Supervisor):
             self.measurement = message
             for address in self.subscribers.values():
                 self.send(address, message)
+            for kind in self._measuring:
+                child = self._by_name(kind)
+                if child is not None and child.address is not None and child.state in ("starting", "running"):
+                    self.send(child.address, message)  # (a restarting one gets the next: no warning each poll)
         elif isinstance(message, WanContact):
             for child in self.running_children():
                 if any(local["trigger"] == "no_telecom" for local in child.spec.config.get("local", [])):
@@ -137,4 +147,6 @@ class DerActor(Supervisor):
             m = self.measurement
             info["measured"] = {"w": m.w, "connected": m.connected, "at": m.at, "quality": m.quality,
                                 "state": m.detail}
+            if m.voltage_v is not None or m.frequency_hz is not None:
+                info["measured"].update(voltage_v=m.voltage_v, frequency_hz=m.frequency_hz)
         return info

@@ -68,6 +68,31 @@ def decode(point: Point, regs: list[int]) -> int:
     return to_signed(value, 16 * point.size) if point.type in ("int16", "int32", "sunssf", "int64") else value
 
 
+# SunSpec's "not implemented" value per type: a device without the quantity reports this.
+NOT_IMPLEMENTED = {"int16": 0x8000, "sunssf": 0x8000, "uint16": 0xFFFF, "enum16": 0xFFFF,
+                   "int32": 0x80000000, "uint32": 0xFFFFFFFF}
+# The inverter models that measure at the AC side (single, split and three phase; integer
+# points with scale factors, same point names): PhVphA, Hz, W, St.
+INVERTER_MODELS = (103, 102, 101)
+
+
+def scaled(point: Point, regs: list[int], sf_regs: list[int] | None) -> float | None:
+    """The value of `point` from its registers and its scale factor's (None when the point
+    has none), or None when the device says it does not implement it."""
+    raw = 0
+    for r in regs[:point.size]:
+        raw = (raw << 16) | r
+    if NOT_IMPLEMENTED.get(point.type) == raw:
+        return None
+    exponent = 0
+    if sf_regs is not None:
+        if sf_regs[0] == NOT_IMPLEMENTED["sunssf"]:
+            return None
+        exponent = to_signed(sf_regs[0])
+    # (rounded to the scale's digits: 5012 * 10**-2 is 50.12, not 50.120000000000005)
+    return round(decode(point, regs) * 10.0 ** exponent, max(0, -exponent))
+
+
 ReadFn = Callable[[int, int], Awaitable[list[int]]]
 
 

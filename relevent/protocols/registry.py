@@ -277,6 +277,14 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                                 check=lambda v: next((f"model {m} not simulated (use 1, 103, 121, 123, 704)"
                                                       for m in v if m not in (1, 103, 121, 123, 704)), None)),
                 "write_log": Field((str,), default="", doc="append every register write (JSON lines, ns) here"),
+                "grid_voltage_v": Field(NUMBER, default=230.0, check=positive,
+                                        doc="V, phase to neutral, in model 103 PhVphA..C (a Modbus write to "
+                                            "PhVphA sets it too: the simulator's test hook)"),
+                "voltage_steps": Field((list,), default=[], item_types=(list,), check=lambda v: next(
+                    (f"{s!r} is not [after_s >= 0, volts > 0]" for s in v if len(s) != 2 or any(
+                        isinstance(x, bool) or not isinstance(x, (int, float)) for x in s) or s[0] < 0 or s[1] <= 0),
+                    None), doc="scenario: the grid voltage becomes `volts` `after_s` seconds after the start, "
+                               "e.g. [[60, 241.0], [180, 232.0]]"),
             },
             "relevent.simulators.sunspec_inverter.SunSpecInverter", "SunSpec inverter on Modbus TCP"),
         ProtocolSpec(

@@ -293,9 +293,10 @@ class Schedule:
         self.advance(now)
         return Outcome.accept()
 
-    def disable(self) -> Outcome:
-        """DsaReq ctlVal=true: accepted in every state (unless locked)."""
-        if "DsaReq" in self.locked:
+    def disable(self, *, by_site: bool = False) -> Outcome:
+        """DsaReq ctlVal=true: accepted in every state (unless locked).  ``by_site`` is the
+        site's own policy (ending a local schedule it armed): no lock applies."""
+        if "DsaReq" in self.locked and not by_site:
             return Outcome.refuse(Refusal.ACCESS_DENIED, "DsaReq is locked")
         self._stop()
         return Outcome.accept()

@@ -6,9 +6,19 @@ Behaviour, as a real inverter would:
   Conn = 0 disconnects (output 0, St = 8 standby);
 * the output ramps at `ramp_w_per_s` (0: at once);
 * reversion: a control not refreshed within its RvrtTms falls back by itself (limits off,
-  Conn back to 1), so a dead edge never leaves the device curtailed forever.
+  Conn back to 1), so a dead edge never leaves the device curtailed forever;
+* the grid at its terminals: phase voltage `grid_voltage_v` (default 230 V) in model 103's
+  PhVphA..C (V_SF -1: 0.1 V) and 50 Hz in Hz (Hz_SF -2), changed over time by the scenario
+  `voltage_steps = [[after_s, volts], ...]` (seconds from the simulator's start, again
+  after a restart of it).
 Every write is appended to `write_log` (JSON lines with the time in ns) when configured:
 benchmarks read it from outside the site.
+
+Simulator test hook (not SunSpec: a real inverter refuses writes to its measurements): a
+Modbus write to PhVphA (PhVphA..C) or Hz of model 103 sets the simulated grid voltage or
+frequency, as if the grid moved; the other phases follow PhVphA.  Tests and benchmarks set
+the grid from outside the site with any Modbus client this way.  Such a write is in the
+write log with "hook": true.
 """
 from __future__ import annotations
 
@@ -32,6 +42,8 @@ TICK = 0.05   # s, output and reversion update period
 SF = {"W_SF": 0, "WMax_SF": 0, "WMaxLimPct_SF": -2, "WSet_SF": 0, "WSetPct_SF": -2, "A_SF": -2, "V_SF": -1,
       "Hz_SF": -2, "VA_SF": 0, "VAr_SF": 0, "PF_SF": -2, "WH_SF": 0}
 ST_OFF, ST_MPPT, ST_THROTTLED, ST_STANDBY = 1, 4, 5, 8
+PHASES = {103: ("PhVphA", "PhVphB", "PhVphC"), 102: ("PhVphA", "PhVphB"), 101: ("PhVphA",)}
+HOOK_POINTS = ("PhVphA", "PhVphB", "PhVphC", "Hz")   # the test hook: writes set the simulated grid
 # A write to any of these points refreshes that control's reversion timer.
 REFRESHES = {
     "123.WMaxLimPct": {"123.WMaxLimPct", "123.WMaxLimPct_RvrtTms", "123.WMaxLim_Ena"},
@@ -44,7 +56,8 @@ REFRESHES = {
 class SunSpecImage:
     """The register image and the inverter's behaviour on it (runs on the loop thread)."""
 
-    def __init__(self, models: list[int], wmax: float, available: float, ramp: float, serial: str) -> None:
+    def __init__(self, models: list[int], wmax: float, available: float, ramp: float, serial: str,
+                 grid_v: float = 230.0, grid_hz: float = 50.0) -> None:
         self.addr: dict[int, int] = {}
         regs = [*sunspec.SUNS]
         for mid in models:
@@ -69,6 +82,15 @@ class SunSpecImage:
             self.set(121, "WMax", int(wmax))
         if 123 in self.addr:
             self.set(123, "Conn", 1)
+        # The inverter model that measures the grid (a single or split phase one leaves the
+        # phases it does not have "not implemented").
+        self.inverter = next((mid for mid in sunspec.INVERTER_MODELS if mid in self.addr), None)
+        if self.inverter is not None:
+            for name in ("PhVphA", "PhVphB", "PhVphC"):
+                if name not in PHASES[self.inverter]:
+                    self.set(self.inverter, name, sunspec.NOT_IMPLEMENTED["uint16"])
+        self.grid_v, self.grid_hz = grid_v, grid_hz
+        self.set_grid()
 
     # -- registers -----------------------------------------------------------------------------
     def _index(self, mid: int, name: str) -> tuple[int, sunspec.Point]:
@@ -113,6 +135,44 @@ class SunSpecImage:
                     names.append(f"{mid}.{name}")
         return names
 
+    # -- the grid ------------------------------------------------------------------------------
+    def set_grid(self, volts: float | None = None, hz: float | None = None) -> None:
+        """The grid's phase voltage (V) and frequency (Hz) into the inverter model's registers."""
+        if volts is not None:
+            self.grid_v = float(volts)
+        if hz is not None:
+            self.grid_hz = float(hz)
+        mid = self.inverter
+        if mid is None:
+            return
+        counts = round(self.grid_v / 10.0 ** self.get(mid, "V_SF"))
+        for name in PHASES[mid]:
+            self.set(mid, name, max(0, min(0xFFFE, counts)))
+        self.set(mid, "Hz", max(0, min(0xFFFE, round(self.grid_hz / 10.0 ** self.get(mid, "Hz_SF")))))
+
+    def hook_points(self, address: int, count: int) -> list[str]:
+        """The test hook's points a write covers if it covers nothing else, else []."""
+        if self.inverter is None:
+            return []
+        names = []
+        for reg in range(address, address + count):
+            name = next((n for n in HOOK_POINTS if self.addr[self.inverter]
+                         + sunspec.layout(self.inverter)[n].offset == reg), None)
+            if name is None:
+                return []
+            names.append(f"{self.inverter}.{name}")
+        return names
+
+    def grid_written(self, names: list[str]) -> None:
+        """After a test hook write: take the grid from the registers written."""
+        mid = self.inverter
+        if f"{mid}.Hz" in names:
+            self.grid_hz = round(self.scaled(mid, "Hz"), max(0, -self.get(mid, "Hz_SF")))
+        phase = next((n for n in names if n != f"{mid}.Hz"), None)
+        if phase is not None:
+            self.grid_v = round(self.scaled(mid, phase.split(".")[1]), max(0, -self.get(mid, "V_SF")))
+        self.set_grid()
+
     # -- behaviour ------------------------------------------------------------------------------
     def target(self) -> float:
         if 123 in self.addr and self.get(123, "Conn") == 0:
@@ -149,11 +209,11 @@ class SunSpecImage:
         target = self.target()
         step = self.ramp * dt if self.ramp > 0 else abs(target - self.output)
         self.output += max(-step, min(step, target - self.output))
-        if 103 in self.addr:
-            self.set(103, "W", round(self.output))
+        if self.inverter is not None:
+            self.set(self.inverter, "W", round(self.output))
             connected = 123 not in self.addr or self.get(123, "Conn") == 1
             limited = target < min(self.available, self.wmax)
-            self.set(103, "St", ST_STANDBY if not connected else ST_THROTTLED if limited else ST_MPPT)
+            self.set(self.inverter, "St", ST_STANDBY if not connected else ST_THROTTLED if limited else ST_MPPT)
 
 
 class SunSpecInverter:
@@ -164,8 +224,10 @@ class SunSpecInverter:
         self.aio: AsyncioThread | None = None
         available = config["available_w"] if config["available_w"] >= 0 else config["wmax"]
         self.image = SunSpecImage(config["models"], config["wmax"], available, config["ramp_w_per_s"],
-                                  serial=config["name"])
+                                  serial=config["name"], grid_v=float(config.get("grid_voltage_v", 230.0)))
+        self.steps = sorted((float(after), float(volts)) for after, volts in config.get("voltage_steps", []))
         self.writes = 0
+        self.grid_writes = 0
         self._log = open(config["write_log"], "a", buffering=1) if config.get("write_log") else None
         self._server: ModbusTcpServer | None = None
 
@@ -179,6 +241,17 @@ class SunSpecInverter:
         lo, hi = address - BASE, address - BASE + count
         if values is None:
             registers[address - start:address - start + count] = self.image.regs[lo:hi]
+            return None
+        hook = self.image.hook_points(address, count)
+        if hook:  # the simulator test hook (module doc): the grid moves
+            self.image.regs[lo:hi] = [int(v) for v in values]
+            self.image.grid_written(hook)
+            self.grid_writes += 1
+            if self._log:
+                self._log.write(json.dumps({"t_ns": time.time_ns(), "address": address, "values": list(values),
+                                            "points": hook, "hook": True}) + "\n")
+            log.info("sunspec simulator=%s grid %.1f V %.2f Hz (test hook)", self.config["name"],
+                     self.image.grid_v, self.image.grid_hz)
             return None
         if not self.image.writable(address, count):
             return ExcCodes.ILLEGAL_ADDRESS
@@ -204,10 +277,14 @@ class SunSpecInverter:
         log.info("sunspec simulator=%s listening %s:%d unit=%d models=%s", self.config["name"],
                  self.config["address"], self.config["port"], self.config["unit"], self.config["models"])
         self.aio.post("listening")
-        last = time.monotonic()
+        last = started = time.monotonic()
+        steps = list(self.steps)
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
+            while steps and steps[0][0] <= now - started:  # the scenario (voltage_steps)
+                image.set_grid(steps.pop(0)[1])
+                log.info("sunspec simulator=%s grid %.1f V (voltage_steps)", self.config["name"], image.grid_v)
             image.tick(now - last, now)
             last = now
 
@@ -232,6 +309,8 @@ class SunSpecInverter:
         img = self.image
         info = {"listen": f"{self.config['address']}:{self.config['port']}", "unit": self.config["unit"],
                 "output_w": round(img.output, 1), "writes": self.writes, "reversions": img.reverted}
+        if img.inverter is not None:
+            info.update(grid_voltage_v=img.grid_v, grid_frequency_hz=img.grid_hz)
         if 123 in img.addr:
             info.update(conn=img.get(123, "Conn"), wmaxlim_ena=img.get(123, "WMaxLim_Ena"),
                         wmaxlimpct=img.scaled(123, "WMaxLimPct"))

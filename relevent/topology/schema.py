@@ -133,8 +133,10 @@ DER = {
                            "setpoint, connect, power and a scale in W per count, e.g. "
                            "{setpoint = 100, connect = 101, power = 200, scale = 10}"),
     "local": Field((list,), default=[], check=lambda v: _check_local(v),
-                   doc="local fallback schedules (docs/scheduling.md): [{trigger = \"no_telecom\" | "
-                       "\"power_up\", function, schedule = \"FSCHnn\", value, duration_s, priority, after_s}]"),
+                   doc="local schedules (docs/scheduling.md): [{trigger = \"no_telecom\" | \"power_up\" | "
+                       "\"measurement\", function, schedule = \"FSCHnn\", value, duration_s, priority, after_s "
+                       "(no_telecom); measure = \"voltage_v\" | \"frequency_hz\" | \"power_w\", above or "
+                       "below, hysteresis, min_duration_s, clear_s (measurement)}]"),
     "ld_inst": Field((str,), default="", check=lambda v: None if not v or (v.isidentifier() and len(v) <= 64)
                      else f"ld_inst {v!r} must be letters, digits and '_' (max 64)",
                      doc="IEC 61850 logical device; default Control (one DER) or <name>Control"),
@@ -142,6 +144,8 @@ DER = {
 
 from relevent.policy import OPERATIONS, PRIO_MAX  # noqa: E402 - the policy owns its vocabulary
 from relevent.scheduling.schedule import LOCKABLE  # noqa: E402 - one definition of what can be locked
+from relevent.scheduling.local import MEASURES as LOCAL_MEASURES  # noqa: E402 - what a trigger can watch
+from relevent.scheduling.local import TRIGGERS as LOCAL_TRIGGERS  # noqa: E402
 
 
 REGISTER_KEYS = ("setpoint", "connect", "power", "scale")
@@ -160,7 +164,14 @@ def _check_registers(v: dict) -> str | None:
 
 
 LOCAL_KEYS = {"trigger": (str,), "function": (str,), "schedule": (str,), "value": (int, float, bool),
-              "duration_s": (int,), "priority": (int,), "after_s": (int, float)}
+              "duration_s": (int,), "priority": (int,), "after_s": (int, float),
+              "measure": (str,), "above": (int, float), "below": (int, float), "hysteresis": (int, float),
+              "min_duration_s": (int, float), "clear_s": (int, float)}
+# Keys of one trigger only: required (R) or optional (O, default 0).  The others are common and required.
+LOCAL_TRIGGER_KEYS = {"after_s": ("no_telecom", "R"), "measure": ("measurement", "R"),
+                      "above": ("measurement", "O"), "below": ("measurement", "O"),
+                      "hysteresis": ("measurement", "O"), "min_duration_s": ("measurement", "O"),
+                      "clear_s": ("measurement", "O")}
 
 
 def _check_local(v: list) -> str | None:
@@ -173,14 +184,23 @@ def _check_local(v: list) -> str | None:
             if key not in LOCAL_KEYS:
                 return f"{where}.{key}: unknown (use {', '.join(LOCAL_KEYS)})"
         for key, types in LOCAL_KEYS.items():
-            if key == "after_s" and item.get("trigger") != "no_telecom":
+            only = LOCAL_TRIGGER_KEYS.get(key)
+            if only is not None and item.get("trigger") != only[0]:
+                if key in item and item.get("trigger") in LOCAL_TRIGGERS:
+                    return f"{where}.{key}: only for trigger = \"{only[0]}\""
                 continue
             if key not in item:
+                if only is not None and only[1] == "O":
+                    continue
                 return f"{where}: missing {key}"
             if not isinstance(item[key], types) or (isinstance(item[key], bool) and bool not in types):
                 return f"{where}.{key}: wrong type {type(item[key]).__name__}"
-        if item["trigger"] not in ("power_up", "no_telecom"):
-            return f"{where}.trigger: {item['trigger']!r} is not power_up or no_telecom"
+        if item["trigger"] not in LOCAL_TRIGGERS:
+            return f"{where}.trigger: {item['trigger']!r} is not power_up or no_telecom or measurement"
+        if item["trigger"] == "measurement":
+            err = _check_measurement_trigger(item)
+            if err:
+                return f"{where}{err}"
         if item["function"] not in KINDS:
             return f"{where}.function: {item['function']!r} is not one of {', '.join(KINDS)}"
         if not (item["schedule"].startswith("FSCH") and item["schedule"][4:].isdigit()):
@@ -193,6 +213,19 @@ def _check_local(v: list) -> str | None:
         if key in seen:
             return f"{where}: {item['function']} {item['schedule']} is already a local schedule"
         seen.add(key)
+    return None
+
+
+def _check_measurement_trigger(item: dict) -> str | None:
+    """The keys of a measurement trigger (relevent/scheduling/trigger.py); an error starts
+    with the key (".above: ...") for the caller to put after local[i]."""
+    if item["measure"] not in LOCAL_MEASURES:
+        return f".measure: {item['measure']!r} is not one of {', '.join(LOCAL_MEASURES)}"
+    if ("above" in item) == ("below" in item):
+        return ".above: measurement trigger needs exactly one of above/below"
+    for key in ("hysteresis", "min_duration_s", "clear_s"):
+        if item.get(key, 0) < 0:
+            return f".{key}: must be >= 0, got {item[key]}"
     return None
 
 

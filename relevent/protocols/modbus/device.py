@@ -36,6 +36,8 @@ class DeviceEvent:
     seq: int = 0
     up: bool = False
     text: str = ""
+    voltage_v: float | None = None      # measured: where the profile reads them (SunSpec 101-103)
+    frequency_hz: float | None = None
 
 
 class ModbusDevice:
@@ -94,7 +96,9 @@ class ModbusDevice:
                 applied, next_write = cmd.seq, time.monotonic() + refresh
             if now >= next_poll:
                 w, conn = await profile.measure()
-                self.post(DeviceEvent(self.der["name"], "measured", now_ms(), w=w, connected=conn, text=profile.state))
+                self.post(DeviceEvent(self.der["name"], "measured", now_ms(), w=w, connected=conn, text=profile.state,
+                                      voltage_v=getattr(profile, "voltage_v", None),
+                                      frequency_hz=getattr(profile, "frequency_hz", None)))
                 next_poll = max(next_poll + self.config["poll_period"], now)
             wait = min(next_poll, next_write if cmd is not None else next_poll) - time.monotonic()
             self._wake.clear()

@@ -62,7 +62,8 @@ class ModbusEndpoint:
             state["applied_seq"] = ev.seq
         elif ev.what == "measured":
             state["w"], state["connected"], state["state"] = ev.w, ev.connected, ev.text
-            self._send(Measurement(ev.der, ev.w, ev.connected, ev.at, "good", self.config["name"], ev.text))
+            self._send(Measurement(ev.der, ev.w, ev.connected, ev.at, "good", self.config["name"], ev.text,
+                                   voltage_v=ev.voltage_v, frequency_hz=ev.frequency_hz))
 
     def _send(self, m: Measurement) -> None:
         # Straight to the DER once a command told us where it is; through the site before.

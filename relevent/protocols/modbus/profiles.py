@@ -4,7 +4,9 @@ SunSpec (profile "sunspec"): discovered from the device's model chain.
 * model 123: Conn, WMaxLimPct (of WMax) with WMaxLim_Ena, both with RvrtTms, in one write;
 * model 704, where present: WSetEna/WSetMod/WSet (absolute W, so a battery can charge) and
   WSetRvrtTms, for DERs with an ActPow function;
-* measurements: model 103 W (with W_SF) and 123 Conn.
+* measurements: from the inverter model (103 three phase, else 102 or 101) W, PhVphA and Hz,
+  each with its scale factor from the same read, and 123 Conn.  A point the device does not
+  implement (SunSpec's "not implemented" value) is measured as None.
 WMax comes from model 121 (else the DER's rated power).
 Plain registers (profile "registers"): holding registers from the topology, int16 counts
 of `scale` W."""
@@ -58,12 +60,15 @@ OPERATING_STATES = {1: "off", 2: "sleeping", 3: "starting", 4: "MPPT", 5: "throt
 class SunSpecProfile:
     name = "sunspec"
     state = ""
+    voltage_v: float | None = None      # of the last measure(), with `state`
+    frequency_hz: float | None = None
 
     def __init__(self, io: Io, der: dict, reversion_s: int) -> None:
         self.io, self.der, self.reversion_s = io, der, reversion_s
         self.models: dict[int, int] = {}
         self.sf: dict[str, int] = {}
         self.wmax = float(der["rated_power_w"])
+        self.inverter_model: int | None = None
 
     async def discover(self) -> str:
         async def read(address: int, count: int) -> list[int]:
@@ -77,7 +82,8 @@ class SunSpecProfile:
             raise DeviceError(str(exc)) from None
         if 123 not in self.models:
             raise DeviceError(f"no SunSpec model 123 (immediate controls); models: {sorted(self.models)}")
-        for mid, point in ((123, "WMaxLimPct_SF"), (103, "W_SF"), (121, "WMax_SF"), (704, "WSet_SF")):
+        self.inverter_model = next((mid for mid in sunspec.INVERTER_MODELS if mid in self.models), None)
+        for mid, point in ((123, "WMaxLimPct_SF"), (121, "WMax_SF"), (704, "WSet_SF")):
             if mid in self.models:
                 self.sf[point] = await self._get(mid, point)
         if 121 in self.models:
@@ -107,14 +113,27 @@ class SunSpecProfile:
             await self.io.write(address, regs)
 
     async def measure(self) -> tuple[float | None, bool | None]:
-        """W (one read from W to St, so the operating state comes with it) and Conn."""
-        w = None
-        if 103 in self.models:
-            points = sunspec.layout(103)
-            first, last = points["W"], points["St"]
-            regs = await self.io.read(self.models[103] + first.offset, last.offset + last.size - first.offset)
-            w = sunspec.decode(first, regs) * 10.0 ** self.sf.get("W_SF", 0)
-            st = sunspec.decode(last, regs[last.offset - first.offset:])
+        """W and Conn.  One read from PhVphA to St of the inverter model brings the phase
+        voltage, W, Hz, their scale factors (SunSpec lets a device change a scale factor:
+        each value is scaled by the one read with it) and the operating state along:
+        `voltage_v`, `frequency_hz` and `state` after the call."""
+        w = self.voltage_v = self.frequency_hz = None
+        mid = self.inverter_model
+        if mid is not None:
+            points = sunspec.layout(mid)
+            first, last = points["PhVphA"], points["St"]
+            regs = await self.io.read(self.models[mid] + first.offset, last.offset + last.size - first.offset)
+
+            def at(name: str) -> list[int]:
+                p = points[name]
+                return regs[p.offset - first.offset:p.offset - first.offset + p.size]
+
+            def value(name: str) -> float | None:
+                p = points[name]
+                return sunspec.scaled(p, at(name), at(p.sf) if p.sf else None)
+
+            w, self.voltage_v, self.frequency_hz = value("W"), value("PhVphA"), value("Hz")
+            st = sunspec.decode(last, at("St"))
             self.state = f"St {st} ({OPERATING_STATES.get(st, 'vendor')})"
         return w, await self._get(123, "Conn") == 1
 
