@@ -247,6 +247,33 @@ class DeviceCommand:
     at: int               # ms, when the change took effect at the controller
     seq: int
     der_address: Any = None  # where the endpoint sends this DER's measurements
+    ack_to: Any = None       # set: the endpoint answers CommandApplied there once the device has it
+
+
+@dataclass
+class CommandApplied:
+    """A LAN endpoint's answer to a DeviceCommand with `ack_to`: the device took command
+    `seq` (ok), or the endpoint could not give it (not ok, `detail` says why)."""
+    der: str
+    seq: int
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class LeaveDevices:
+    """The site is stopping for good (not a restart, not a reload): each DER leaves its
+    device as its `at_stop` says before any LAN endpoint stops, then answers DevicesLeft."""
+    request_id: int
+
+
+@dataclass
+class DevicesLeft:
+    der: str
+    request_id: int
+    how: str              # "keep", "reserve", or "none" (no device)
+    ok: bool = True       # reserve: the device confirmed it
+    detail: str = ""
 
 
 @dataclass

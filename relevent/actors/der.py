@@ -19,8 +19,8 @@ from typing import Any
 from relevent.audit.site import open_chain
 from relevent.clock import now_ms
 from relevent.messages import (
-    CommandSubscribe, DeviceCommand, ForecastRequest, Measurement, OutputChanged, ScheduleOperate, ScheduleWrites,
-    SnapshotRequest, WanContact,
+    CommandApplied, CommandSubscribe, DeviceCommand, DevicesLeft, ForecastRequest, LeaveDevices, Measurement,
+    OutputChanged, ScheduleOperate, ScheduleWrites, SnapshotRequest, WanContact,
 )
 from relevent.actors.supervisor import ChildSpec, Supervisor
 from relevent.devices.command import device_command
@@ -41,6 +41,7 @@ class DerActor(Supervisor):
         self._seq = 0
         self._audit: Any = None      # this DER's chain of device commands (relevent/audit/site.py)
         self._measuring: tuple[str, ...] = ()  # controllers (kinds) with a measurement trigger
+        self._left: tuple | None = None  # the site is stopping: (site address, request id) to answer
 
     def runtime_config(self, spec: ChildSpec) -> dict:
         return {"subscribers": dict(self.subscribers)}
@@ -88,6 +89,12 @@ class DerActor(Supervisor):
                     self._send_command(self.command, changed=[])
         elif isinstance(message, (ScheduleWrites, ScheduleOperate, ForecastRequest)):
             self.send_to_child(message.kind, message)
+        elif isinstance(message, LeaveDevices):
+            self._leave(message, sender)
+        elif isinstance(message, CommandApplied):
+            if self._left is not None and self._left[1] is not None and message.seq == self._seq:
+                (site, request_id), self._left = self._left, (self._left[0], None)
+                self.send(site, DevicesLeft(self.config["name"], request_id, "reserve", message.ok, message.detail))
         elif isinstance(message, SnapshotRequest):
             self.subscribers[message.subscriber] = message.reply_to
             for child in self.running_children():
@@ -95,9 +102,34 @@ class DerActor(Supervisor):
         else:
             super().on_message(message, sender)
 
+    def _leave(self, msg: LeaveDevices, site: Any) -> None:
+        """The site stops for good: leave the device as `at_stop` says (relevent/actors/site.py),
+        and send it nothing more (a schedule boundary during the stop must not undo it)."""
+        name, how = self.config["name"], self.config.get("at_stop", "keep")
+        self._left = (site, None)
+        if not self.config.get("lan") or how != "reserve":
+            self.send(site, DevicesLeft(name, msg.request_id, "keep" if self.config.get("lan") else "none"))
+            return
+        if self.lan_address is None:
+            self.send(site, DevicesLeft(name, msg.request_id, "reserve", False, "its LAN endpoint is not running"))
+            return
+        values = {k: self.config["reserve"][k] for k in self.config["functions"]}
+        cmd = device_command(values, self.config["rated_power_w"])
+        self._seq += 1
+        self._left = (site, msg.request_id)
+        self.command = DeviceCommand(name, cmd.setpoint_w, cmd.limit_w, cmd.connected,
+                                     {k: (v, "at_stop") for k, v in values.items()}, list(values), now_ms(),
+                                     self._seq, self.myAddress, ack_to=self.myAddress)
+        log.warning("at stop der=%s: reserve setpoint_w=%s limit_w=%s connected=%s", name, cmd.setpoint_w,
+                    cmd.limit_w, cmd.connected)
+        self._send_command(self.command, changed=list(values))
+        self._audit_command("*", "at_stop", cmd)
+
     def _output_changed(self, msg: OutputChanged) -> None:
         previous = self.outputs.get(msg.kind)
         self.outputs[msg.kind] = (msg.value, msg.source)
+        if self._left is not None:
+            return  # the site is stopping: the device was left as at_stop says
         if self.command is not None and previous is not None and previous[0] == msg.value:
             self.command = replace(self.command, outputs=dict(self.outputs))
             return  # another schedule, same value (or a restarted controller): the device is right already
@@ -111,9 +143,9 @@ class DerActor(Supervisor):
                  self.config["name"], cmd.setpoint_w, cmd.limit_w, cmd.connected, msg.kind, msg.source,
                  now_ms() - msg.at)
         self._send_command(self.command, changed=[msg.kind])
-        self._audit_command(msg, cmd)
+        self._audit_command(msg.kind, msg.source, cmd)
 
-    def _audit_command(self, msg: OutputChanged, cmd: Any) -> None:
+    def _audit_command(self, kind: str, source: str | None, cmd: Any) -> None:
         """Every change of the device command, in the DER's audit chain: what, and which
         schedule caused it (the instruction behind it is in the endpoint's chain)."""
         if not self.site.get("state_dir"):
@@ -121,8 +153,8 @@ class DerActor(Supervisor):
         try:
             if self._audit is None:
                 self._audit = open_chain(self.site, f"der-{self.config['name']}")
-            self._audit.append({"kind": "command", "der": self.config["name"], "function": msg.kind,
-                                "schedule": msg.source, "action": "command",
+            self._audit.append({"kind": "command", "der": self.config["name"], "function": kind,
+                                "schedule": source, "action": "command",
                                 "detail": {"setpoint_w": cmd.setpoint_w, "limit_w": cmd.limit_w,
                                            "connected": cmd.connected, "seq": self._seq}})
         except Exception as exc:  # noqa: BLE001 - the device is commanded anyway (docs/audit.md)

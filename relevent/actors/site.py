@@ -2,17 +2,33 @@
 
 Its configuration is the whole normalised topology; `Reconfigure` with an edited topology
 starts, stops or restarts only the children whose slice changed.
+
+Stopping for good (`Shutdown` from the runner: SIGTERM, `systemctl stop`) first leaves
+every device as its DER's `at_stop` says: "keep" (the last command stays until the
+device's own reversion timer, e.g. SunSpec RvrtTms) or "reserve" (the DER's reserve values
+are sent, and confirmed by the device, before any LAN endpoint stops).  Only then are the
+children stopped in reverse start order.  Why here and not in each DER's stop: the LAN
+endpoints start after the DERs, so they stop before them; and a DER also stops for a
+restart or a reload, when its device must not be sent anywhere.  Bounded: a device that
+does not confirm within AT_STOP_TIMEOUT_S is logged and the stop goes on.
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 from relevent.messages import (
-    CommandSubscribe, ForecastReply, ForecastRequest, Measurement, Pong, ScheduleOperate, ScheduleWrites,
-    SnapshotRequest, WanContact, Wakeup,
+    CommandSubscribe, DevicesLeft, ForecastReply, ForecastRequest, LeaveDevices, Measurement, Pong, ScheduleOperate,
+    ScheduleWrites, Shutdown, SnapshotRequest, WanContact, Wakeup,
 )
 from relevent.actors.supervisor import ChildSpec, Supervisor
+
+
+log = logging.getLogger("relevent.site")
+
+AT_STOP_TIMEOUT_S = 3.0   # devices get this long to confirm their at_stop command
 
 
 def site_settings(data: dict) -> dict:
@@ -60,6 +76,8 @@ class SiteSupervisor(Supervisor):
         self.subscribers: dict[str, Any] = {}  # endpoint name -> address, handed to (re)started DERs
         self.lan_subscribers: dict[str, Any] = {}  # LAN endpoint name -> address, likewise
         self._reported: dict | None = None  # the summary the runner last heard (see _report_change)
+        self._leaving: set[str] | None = None  # DERs leaving their device at stop, not answered yet
+        self._leave_started = 0.0
 
     def runtime_config(self, spec: ChildSpec) -> dict:
         if spec.role != "der":
@@ -88,6 +106,10 @@ class SiteSupervisor(Supervisor):
                 self.send(der.address, message)
         elif isinstance(message, Measurement):
             self.send_to_child(message.der, message)
+        elif isinstance(message, Shutdown):
+            self._leave_devices()
+        elif isinstance(message, DevicesLeft):
+            self._device_left(message)
         elif isinstance(message, WanContact):
             # Only DERs with a "no telecom" schedule need it: a copy to every DER each second
             # filled thespian's 20 transmit slots at 100 DERs and delayed the heartbeats.
@@ -98,6 +120,34 @@ class SiteSupervisor(Supervisor):
             super().on_message(message, sender)
             self._report_change()
 
+    # -- stopping for good: devices first (module docstring) -----------------------------------
+    def _leave_devices(self) -> None:
+        if self._leaving is not None or self._closing is not None:
+            return
+        ders = [c for c in self.running_children("der")
+                if c.spec.config.get("at_stop") == "reserve" and c.spec.config.get("lan")]
+        if not ders:
+            self._close("asked to stop")
+            return
+        self._leaving = {c.spec.name for c in ders}
+        self._leave_started = time.monotonic()
+        for child in ders:
+            self.send(child.address, LeaveDevices(0))
+        self.wakeupAfter(AT_STOP_TIMEOUT_S, Wakeup("leave-timeout"))
+
+    def _device_left(self, msg: DevicesLeft) -> None:
+        if self._leaving is None or msg.der not in self._leaving:
+            return
+        self._leaving.discard(msg.der)
+        took = time.monotonic() - self._leave_started
+        if msg.ok:
+            log.info("at stop der=%s device left at %s in %.3f s", msg.der, msg.how, took)
+        else:
+            log.warning("at stop der=%s device not confirmed at %s: %s", msg.der, msg.how, msg.detail)
+        if not self._leaving:
+            self._leaving = None
+            self._close("asked to stop")
+
     def _report_change(self) -> None:
         """A child became ready or failed: tell the runner now rather than at the next tick,
         so systemd hears READY=1 as soon as the last WAN endpoint serves."""
@@ -106,6 +156,11 @@ class SiteSupervisor(Supervisor):
 
     def on_wakeup(self, payload: Any) -> None:
         super().on_wakeup(payload)
+        if isinstance(payload, Wakeup) and payload.what == "leave-timeout" and self._leaving:
+            log.warning("at stop: ders=%s did not confirm in %.1f s; stopping anyway", sorted(self._leaving),
+                        AT_STOP_TIMEOUT_S)
+            self._leaving = None
+            self._close("asked to stop")
         if isinstance(payload, Wakeup) and payload.what == "tick" and self.parent is not None:
             # Unasked heartbeat to the runner: the runner must never `tell` a hung actor
             # (thespian's tell() then blocks for up to 60 s), so it only listens for these.

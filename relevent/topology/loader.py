@@ -295,6 +295,13 @@ class _Validator:
                         int(local["schedule"][4:]) > der["schedules"]:
                     self.problem(("der", i, "local"), f"local[{j}].schedule: {local['schedule']} but the DER has "
                                                       f"{der['schedules']} schedules per function")
+            if der["at_stop"] == "reserve":
+                missing = [k for k in der["functions"] if k not in der["reserve"]]
+                if not der["lan"]:
+                    self.problem(("der", i, "at_stop"), "at_stop = \"reserve\" needs a device: this DER has no lan")
+                elif missing:
+                    self.problem(("der", i, "at_stop"), f"at_stop = \"reserve\" sends the reserve values: give "
+                                                        f"reserve.{missing[0]} (every function needs one)")
             if lan is not None and not der["rated_power_w"] > 0 and ("der", i, "rated_power_w") not in self.unfilled:
                 self.problem(("der", i, "rated_power_w"), "a DER driven over a LAN endpoint needs rated_power_w > 0 "
                                                           "(the device set-point is bounded by it)")

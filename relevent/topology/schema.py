@@ -137,6 +137,10 @@ DER = {
                        "\"measurement\", function, schedule = \"FSCHnn\", value, duration_s, priority, after_s "
                        "(no_telecom); measure = \"voltage_v\" | \"frequency_hz\" | \"power_w\", above or "
                        "below, hysteresis, min_duration_s, clear_s (measurement)}]"),
+    "at_stop": Field((str,), default="keep", choices=("keep", "reserve"),
+                     doc="what the device is left with when the site stops for good (SIGTERM, systemctl stop): "
+                         "keep the last command until the device's own reversion timer, or send the reserve "
+                         "values (confirmed by the device) before the LAN endpoints stop"),
     "ld_inst": Field((str,), default="", check=lambda v: None if not v or (v.isidentifier() and len(v) <= 64)
                      else f"ld_inst {v!r} must be letters, digits and '_' (max 64)",
                      doc="IEC 61850 logical device; default Control (one DER) or <name>Control"),

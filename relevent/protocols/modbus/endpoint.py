@@ -2,13 +2,15 @@
 
 Thin I/O around the DER actors: a DeviceCommand from a DER goes to that device's task
 (relevent/protocols/modbus/device.py) on an asyncio loop in this actor's thread;
-measurements come back through a ThreadBridge and go to the DER."""
+measurements come back through a ThreadBridge and go to the DER.  A command that asks for
+it (`ack_to`: the site's at_stop reserve) is answered with CommandApplied once the device
+has it, or not-ok when the device's link is down."""
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from relevent.messages import CommandSubscribe, DeviceCommand, Measurement
+from relevent.messages import CommandApplied, CommandSubscribe, DeviceCommand, Measurement
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.modbus.address import parse_device_address
 from relevent.protocols.modbus.device import DeviceEvent, ModbusDevice
@@ -23,6 +25,7 @@ class ModbusEndpoint:
         self.devices: dict[str, ModbusDevice] = {}
         self.der_address: dict[str, Any] = {}
         self.state: dict[str, dict] = {}
+        self.acks: dict[str, tuple[int, Any]] = {}   # der -> (seq, ack_to) of a command to confirm
 
     def start(self) -> None:
         self.aio = AsyncioThread(f"modbus-{self.config['name']}")
@@ -43,6 +46,12 @@ class ModbusEndpoint:
                             message.der)
                 return True
             self.der_address[message.der] = message.der_address
+            if message.ack_to is not None:
+                if self.state[message.der].get("link") != "up":
+                    self.actor.send(message.ack_to, CommandApplied(message.der, message.seq, False, "device link "
+                                                                   f"down: {self.state[message.der].get('link_detail')}"))
+                else:
+                    self.acks[message.der] = (message.seq, message.ack_to)
             self.aio.call(device.set_command, message)
             return True
         return False
@@ -56,10 +65,17 @@ class ModbusEndpoint:
         if ev.what == "link":
             state["link"] = "up" if ev.up else "down"
             state["link_detail"] = ev.text
+            if not ev.up and ev.der in self.acks:
+                seq, ack_to = self.acks.pop(ev.der)
+                self.actor.send(ack_to, CommandApplied(ev.der, seq, False, f"device link down: {ev.text}"))
             if not ev.up:
                 self._send(Measurement(ev.der, None, None, ev.at, "invalid", self.config["name"], ev.text))
         elif ev.what == "applied":
             state["applied_seq"] = ev.seq
+            ack = self.acks.get(ev.der)
+            if ack is not None and ev.seq >= ack[0]:
+                del self.acks[ev.der]
+                self.actor.send(ack[1], CommandApplied(ev.der, ack[0], True))
         elif ev.what == "measured":
             state["w"], state["connected"], state["state"] = ev.w, ev.connected, ev.text
             self._send(Measurement(ev.der, ev.w, ev.connected, ev.at, "good", self.config["name"], ev.text,

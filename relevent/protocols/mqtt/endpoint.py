@@ -24,7 +24,7 @@ from typing import Any
 from relevent.clock import now_ms
 from relevent.devices.command import bound_value, function_values
 from relevent.messages import (
-    CommandSubscribe, DeviceCommand, ForecastReply, ForecastRequest, Measurement, Wakeup,
+    CommandApplied, CommandSubscribe, DeviceCommand, ForecastReply, ForecastRequest, Measurement, Wakeup,
 )
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.mqtt import pivot
@@ -79,6 +79,12 @@ class MqttEndpoint:
             self.der_address[message.der] = message.der_address
             # A re-sent command (changed == []) re-publishes every function: the device may be new.
             self._publish_outputs(message, message.changed or list(message.outputs))
+            if message.ack_to is not None:
+                # Pivot has no per-command answer from the device: handed to the broker is all
+                # this endpoint can confirm (QoS 1 queued before the link closes at stop).
+                up = bool(self.link and self.link.up)
+                self.actor.send(message.ack_to, CommandApplied(message.der, message.seq, up,
+                                                               "" if up else "broker not connected"))
             return True
         if isinstance(message, ForecastReply):
             der = self.ders.get(message.der)
