@@ -114,3 +114,16 @@ def test_schedule_cli_writes_enables_shows_and_reports_refusals(make_site):
     res = subprocess.run(relevent + ["show", "127.0.0.1:1", "ActPow", "1"], capture_output=True, text=True,
                          timeout=60, cwd=REPO)
     assert res.returncode == 2 and "cannot connect" in res.stderr
+
+
+def test_the_name_plate_says_which_relevent_serves_the_model(make_site):
+    from mmsclients import Open61850Client
+    from relevent import __version__
+
+    site = make_site(schedules=1)
+    c = Open61850Client("127.0.0.1", port_of(site))
+    try:
+        assert c.read_str(f"{LD}/LLN0.NamPlt.swRev", "DC") == __version__
+        assert c.read_str(f"{LD}/LLN0.NamPlt.vendor", "DC") == "relevent"
+    finally:
+        c.close()

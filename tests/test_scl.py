@@ -4,10 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
+from relevent import __version__
 from relevent.scl.cfg import to_cfg
 from relevent.scl.generate import generate_scl
-from relevent.scl.parser import SclError, parse_scl
+from relevent.scl.parser import NS, SclError, parse_scl
 from relevent.topology import load_topology
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,8 +53,15 @@ def test_generated_reference_topology_is_the_reference_model(tmp_path, reference
     topo = load_topology(REPO / "topologies" / "reference.toml", env={})
     path = tmp_path / "gen.cid"
     path.write_bytes(generate_scl(topo.data["der"], site="reference"))
-    # Same LNs, DOs, DAs, FCs, types, triggers and initial values, in the same order.
-    assert to_cfg(parse_scl(path)) == to_cfg(parse_scl(reference_source))
+    # Same LNs, DOs, DAs, FCs, types, triggers and initial values, in the same order; one
+    # difference by design: each LLN0's name plate names relevent and its version.
+    reference = etree.parse(str(reference_source))
+    for plate in reference.iterfind(f".//{{{NS}}}LN0/{{{NS}}}DOI[@name='NamPlt']"):
+        for name, text in (("vendor", "relevent"), ("swRev", __version__), ("d", "relevent DER der1")):
+            plate.find(f"{{{NS}}}DAI[@name='{name}']/{{{NS}}}Val").text = text
+    expected = tmp_path / "reference-with-our-name-plate.cid"
+    reference.write(str(expected))
+    assert to_cfg(parse_scl(path)) == to_cfg(parse_scl(expected))
 
 
 def test_generation_follows_the_topology(tmp_path):

@@ -15,6 +15,7 @@ from importlib import resources
 
 from lxml import etree
 
+from relevent import __version__
 from relevent.scl.parser import NS
 
 Q = "{%s}" % NS
@@ -105,7 +106,12 @@ def _set_src_ref(ln, do_name: str, value: str) -> None:
 
 def _logical_device(tpl_ld, der: dict, ld_inst: str, types: _Types):
     ld = etree.Element(Q + "LDevice", inst=ld_inst, desc=f"DER {der['name']}")
-    ld.append(copy.deepcopy(tpl_ld.find(Q + "LN0")))
+    ln0 = copy.deepcopy(tpl_ld.find(Q + "LN0"))
+    # The name plate says which software serves it (a client can read LLN0.NamPlt.swRev).
+    plate = ln0.find(f"{Q}DOI[@name='NamPlt']")
+    for name, text in (("vendor", "relevent"), ("swRev", __version__), ("d", f"relevent DER {der['name']}")):
+        plate.find(f"{Q}DAI[@name='{name}']/{Q}Val").text = text
+    ld.append(ln0)
     ld.append(copy.deepcopy(_find(tpl_ld, "LN", lnClass="LPHD")))
     n, values = der["schedules"], der.get("values", 100)
     kinds = [f"{kind}_" for kind in der["functions"]]
