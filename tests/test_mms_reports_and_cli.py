@@ -127,3 +127,25 @@ def test_the_name_plate_says_which_relevent_serves_the_model(make_site):
         assert c.read_str(f"{LD}/LLN0.NamPlt.vendor", "DC") == "relevent"
     finally:
         c.close()
+
+
+def test_mms_identify_answers_relevent_and_its_version(make_site):
+    # libiec61850's client (not open61850, not our server code) asks the Identify service.
+    import pyiec61850.pyiec61850 as iec
+    from relevent import __version__
+
+    site = make_site(schedules=1)
+    con = iec.IedConnection_create()
+    try:
+        _, error = iec.IedConnection_connect(con, "127.0.0.1", port_of(site))
+        assert error == iec.IED_ERROR_OK, error
+        mms = iec.IedConnection_getMmsConnection(con)
+        err = iec.MmsError_create()
+        identity = iec.MmsConnection_identify(mms, err)
+        assert iec.MmsError_getValue(err) == 0 and identity is not None
+        assert (identity.vendorName, identity.modelName, identity.revision) == (
+            "relevent", "relevent DER edge runtime", __version__)
+        iec.MmsServerIdentity_destroy(identity)
+    finally:
+        iec.IedConnection_close(con)
+        iec.IedConnection_destroy(con)

@@ -90,6 +90,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "IedModel_getModelNodeByObjectReference": (c_void_p, [c_void_p, c_char_p]),
         "IedServer_create": (c_void_p, [c_void_p]),
         "IedServer_setLocalIpAddress": (None, [c_void_p, c_char_p]),
+        "IedServer_setServerIdentity": (None, [c_void_p, c_char_p, c_char_p, c_char_p]),
         "IedServer_start": (None, [c_void_p, c_int]),
         "IedServer_isRunning": (c_bool, [c_void_p]),
         "IedServer_stop": (None, [c_void_p]),

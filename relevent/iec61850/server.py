@@ -38,7 +38,11 @@ import threading
 import time
 from typing import Any, Callable
 
+from relevent import __version__
 from relevent.iec61850 import lib as L
+
+# MMS Identify: vendor, model, revision (module constants: alive as long as any server).
+IDENTITY = (b"relevent", b"relevent DER edge runtime", __version__.encode())
 
 log = logging.getLogger("relevent.mms")
 _UNRESOLVED = object()
@@ -120,6 +124,8 @@ class MmsServer:
                 self._build_error = MmsServerError(f"libiec61850 rejected the generated model {self.cfg_path}")
                 return
             self._server = self.lib.IedServer_create(self._model)
+            # What MMS Identify answers (vendor, model, revision); libiec61850 keeps the pointers.
+            self.lib.IedServer_setServerIdentity(self._server, *IDENTITY)
         except BaseException as exc:  # reported by _ready, on the owner's thread
             self._build_error = exc
         finally:
