@@ -149,3 +149,40 @@ def test_mms_identify_answers_relevent_and_its_version(make_site):
     finally:
         iec.IedConnection_close(con)
         iec.IedConnection_destroy(con)
+
+
+def test_a_party_that_may_not_read_a_der_can_neither_read_nor_enable_its_report_control_block(tmp_path):
+    text = TEMPLATE.read_text(encoding="utf-8")
+    ln0_end = text.index("</LN0>")
+    scl = tmp_path / "with-reports.cid"
+    scl.write_text(text[:ln0_end] + REPORTING + "\n\t\t\t\t\t" + text[ln0_end:], encoding="utf-8")
+    state, port = tmp_path / "state", free_port()
+    # "blind" may only write (no read): it must not get der1's values through a report either.
+    (tmp_path / "site.toml").write_text(f"""[site]\nname = "rcbparty"\nstate_dir = "{state}"
+[runtime]\nadmin_port = {free_port()}
+[[party]]\nname = "reader"\nmms_password = "reader-secret"
+[[party]]\nname = "blind"\nmms_password = "blind-secret"\noperations = ["write"]
+[[wan]]\nname = "mms"\nprotocol = "mms"\nport = {port}\nscl = "{scl}"\nanonymous = "none"
+[[der]]\nname = "der1"\n""")
+    site = Site(tmp_path / "site.toml", state).start()
+    try:
+        from mmsclients import LibIec61850Client
+        import pyiec61850.pyiec61850 as iec
+        for password, allowed in (("reader-secret", True), ("blind-secret", False)):
+            c = LibIec61850Client("127.0.0.1", port, password=password)
+            try:
+                ref = f"{LD}/LLN0.RP.rcbOutputs"
+                block = iec.ClientReportControlBlock_create(ref)
+                got = iec.IedConnection_getRCBValues(c.con, ref, block)
+                err = got[1] if isinstance(got, tuple) else got
+                assert (err == iec.IED_ERROR_OK) is allowed, (password, err)
+                iec.ClientReportControlBlock_setRptEna(block, True)
+                err = iec.IedConnection_setRCBValues(c.con, block, iec.RCB_ELEMENT_RPT_ENA, True)
+                err = err[1] if isinstance(err, tuple) else err
+                assert (err == iec.IED_ERROR_OK) is allowed, (password, "enable", err)
+                iec.ClientReportControlBlock_destroy(block)
+            finally:
+                c.close()
+    finally:
+        site.stop()
+        site.kill_everything()

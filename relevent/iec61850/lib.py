@@ -69,6 +69,10 @@ MmsWriteVariableHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_int, 
 AcseAuthenticator = CFUNCTYPE(c_bool, c_void_p, c_void_p, POINTER(c_void_p), c_void_p)
 # (LogicalDevice*, LogicalNode*, DataObject*, FunctionalConstraint, ClientConnection, parameter) -> DataAccessError
 ReadAccessHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_int, c_void_p, c_void_p)
+# (parameter, ClientConnection, ACSIClass, LogicalDevice*, LogicalNode*, objectName, subObjectName,
+#  IedServer_ControlBlockAccessType) -> allowed
+ControlBlockAccessHandler = CFUNCTYPE(c_bool, c_void_p, c_void_p, c_int, c_void_p, c_void_p, c_char_p, c_char_p,
+                                      c_int)
 # MmsServerConnection_getSecurityToken and _getClientAddress (static in the shipped build:
 # found by their .symtab names)
 _ServerConnectionToken = CFUNCTYPE(c_void_p, c_void_p)
@@ -117,6 +121,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "IedServer_setConnectionIndicationHandler": (None, [c_void_p, ConnectionIndicationHandler, c_void_p]),
         "IedServer_setAuthenticator": (None, [c_void_p, AcseAuthenticator, c_void_p]),
         "IedServer_setReadAccessHandler": (None, [c_void_p, ReadAccessHandler, c_void_p]),
+        "IedServer_setControlBlockAccessHandler": (None, [c_void_p, ControlBlockAccessHandler, c_void_p]),
         "IedServer_setWriteAccessPolicy": (None, [c_void_p, c_int, c_int]),
         "AcseAuthenticationParameter_getAuthMechanism": (c_int, [c_void_p]),
         "AcseAuthenticationParameter_getPassword": (c_void_p, [c_void_p]),

@@ -90,6 +90,7 @@ class MmsServer:
         self._authenticator_cb = L.AcseAuthenticator(self._on_authenticate)
         self._read_access: Callable[[str, int], bool] | None = None
         self._read_access_cb = L.ReadAccessHandler(self._on_read_access)
+        self._control_block_cb = L.ControlBlockAccessHandler(self._on_control_block)
         self._ld_names: dict[int, str] = {}  # LogicalDevice* -> its inst, for the read check
         # Authenticated associations indicated to the owner as up (security token -> peer).
         # libiec61850 indicates a connection before its ACSE authentication, so with an
@@ -472,25 +473,42 @@ class MmsServer:
             return False
 
     def on_read_access(self, handler: Callable[[str, int], bool]) -> None:
-        """handler(ld_inst, client) for every client read of model data (libiec61850's
-        thread: keep it cheap, it runs for each data object read, with the GIL): False answers
-        object-access-denied (a whole logical node's read too).  Reads of control blocks (BR,
-        RP, GO, ...) and directory services are not asked.  Call before `start`."""
+        """handler(ld_inst, client): may this client see logical device `ld_inst`?  Asked
+        (on libiec61850's thread: keep it cheap, it runs for each data object read, with the
+        GIL) at every read of model data (False: object-access-denied, a whole logical
+        node's read too) and at every read or write of a control block (report, GOOSE, log,
+        setting group: False denies it, so no report carries another DER's values).
+        The directory (names, not values) stays visible: libiec61850 1.6 asks about the LD
+        list with no LD, and its own client's GetServerDirectory fails as a whole when one
+        LD's variable list is denied, so hiding LDs would leave a restricted party unable
+        to browse its own.  Call before `start`."""
         self._read_access = handler
         self.lib.IedServer_setReadAccessHandler(self.server, self._read_access_cb, None)
+        self.lib.IedServer_setControlBlockAccessHandler(self.server, self._control_block_cb, None)
+
+    def _ld_name(self, ld) -> str:
+        name = self._ld_names.get(ld)
+        if name is None:
+            raw = self.lib.ModelNode_getName(ld)
+            name = self._ld_names[ld] = raw.decode(errors="replace") if raw else ""
+        return name
+
+    def _may_see(self, ld, conn) -> bool:
+        return self._read_access(self._ld_name(ld), self._client(conn, L.client_token, L.client_peer))
 
     def _on_read_access(self, ld, _ln, _do, _fc, conn, _param) -> int:
         try:
-            name = self._ld_names.get(ld)
-            if name is None:
-                raw = self.lib.ModelNode_getName(ld)
-                name = self._ld_names[ld] = raw.decode(errors="replace") if raw else ""
-            if self._read_access(name, self._client(conn, L.client_token, L.client_peer)):
-                return L.DATA_ACCESS_ERROR_SUCCESS
-            return L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED
+            return L.DATA_ACCESS_ERROR_SUCCESS if self._may_see(ld, conn) else L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED
         except Exception:  # fail closed
             log.exception("read access handler failed")
             return L.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED
+
+    def _on_control_block(self, _param, conn, _acsi_class, ld, _ln, _name, _sub, _access) -> bool:
+        try:
+            return bool(ld) and self._may_see(ld, conn)
+        except Exception:  # fail closed
+            log.exception("control block access handler failed")
+            return False
 
     @property
     def handler_count(self) -> int:
