@@ -300,3 +300,19 @@ def test_only_a_plain_activation_is_executed_whatever_else_the_cause_of_transmis
     why = mapping.cause_refusal(cot, test, negative)
     assert (why == "") == (cot == 6 and not test and not negative), (cot, test, negative, why)
     assert "deactivation" in mapping.cause_refusal(8, False) and "test" in mapping.cause_refusal(6, True)
+
+
+def test_a_set_point_while_the_last_one_is_in_force_replaces_only_the_value_with_no_start_lead():
+    running = {"status": {"state": 4}, "settings": {"num_entr": 1, "schd_intv": mapping.HOLD_S, "prio": 250}}
+    assert mapping.command_writes(3000.0, 250, 1_000, running) == [("Val", 1, 3000.0)]
+
+
+def test_a_set_point_otherwise_writes_the_whole_schedule_starting_after_the_lead():
+    base = {"status": {"state": 4}, "settings": {"num_entr": 1, "schd_intv": mapping.HOLD_S, "prio": 250}}
+    others = [None, {**base, "status": {"state": 1}}, {**base, "status": {"state": 3}},
+              {**base, "settings": {**base["settings"], "prio": 100}},          # not this endpoint's
+              {**base, "settings": {**base["settings"], "num_entr": 2}},        # a client rewrote it
+              {**base, "settings": {**base["settings"], "schd_intv": 60}}]
+    for current in others:
+        writes = mapping.command_writes(3000.0, 250, 1_000, current)
+        assert writes == mapping.schedule_writes(3000.0, 250, 1_000 + mapping.START_LEAD_MS), current

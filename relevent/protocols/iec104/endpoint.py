@@ -346,8 +346,9 @@ class Iec104Endpoint:
         der, kind, schedule = command.der, command.kind, self.options.schedule
         with self.command_lock:   # this command's writes and its operate, before another command's
             if instruction.action == "set":
+                current = (self.ctx.view(der, kind) or {}).get("schedules", {}).get(schedule)
                 writes = [Write(f, i, v) for f, i, v in
-                          mapping.schedule_writes(instruction.value, self.options.priority, mapping.start_of(now_ms()))]
+                          mapping.command_writes(instruction.value, self.options.priority, now_ms(), current)]
                 answer = self.ctx.write(der, kind, schedule, writes, who=who)
                 if not answer.ok:
                     return self._refuse(record, answer.rule, answer.reason, answer)

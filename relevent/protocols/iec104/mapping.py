@@ -14,8 +14,10 @@ command therefore becomes a one-entry schedule of its own (`schedule_writes`): o
 lasting HOLD_S ("until replaced", in practice), starting START_LEAD_MS from now because the
 scheduling core only accepts a start in the future (the controller checks it again when the
 write reaches it: under load that can take longer, and the endpoint then writes it once more
-RETRY_LEAD_MS ahead), at the endpoint's priority.  A new
-command rewrites it whole and enables it again; a release disables it.
+RETRY_LEAD_MS ahead), at the endpoint's priority.  A new command while the last one is in
+force only replaces the value of that running entry (`command_writes`: no start lead, the
+device follows as soon as the controller has the write), and is enabled again for its
+durable confirmation; otherwise it rewrites the schedule whole.  A release disables it.
 """
 from __future__ import annotations
 
@@ -309,6 +311,23 @@ def schedule_writes(value: float | bool, priority: int, start_ms: int) -> list[t
 
 def start_of(now: int) -> int:
     return now + START_LEAD_MS
+
+
+def command_writes(value: float | bool, priority: int, now: int, current: dict | None) -> list[tuple[str, int, Any]]:
+    """(field, index, value) for a set-point: only the value when `current` (the command
+    schedule as the session sees it: {"status", "settings"}) is an earlier command of this
+    endpoint in force (running one entry of HOLD_S at `priority`), so the new value takes
+    effect the moment its controller applies the write, with no start lead; else the whole
+    schedule, starting START_LEAD_MS from `now` (`schedule_writes`)."""
+    if current is not None and in_force_command(current, priority):
+        return [("Val", 1, value)]
+    return schedule_writes(value, priority, start_of(now))
+
+
+def in_force_command(current: dict, priority: int) -> bool:
+    status, settings = current.get("status") or {}, current.get("settings") or {}
+    return (status.get("state") == State.RUNNING and settings.get("num_entr") == 1
+            and settings.get("schd_intv") == HOLD_S and settings.get("prio") == priority)
 
 
 # -- monitoring --------------------------------------------------------------------------------------
