@@ -185,6 +185,12 @@ def test_a_supervisor_child_that_answers_heartbeats_may_take_longer_to_stop():
     assert not stop_overdue(10 * STOP_TIMEOUT_S, silent_s=0.5, supervisor=True, heartbeat_timeout_s=0.6)
 
 
+def test_a_supervisor_that_answers_heartbeats_is_still_killed_past_the_whole_stop_budget():
+    assert not stop_overdue(19.9, silent_s=0.1, supervisor=True, heartbeat_timeout_s=0.6, limit_s=20.0)
+    assert stop_overdue(20.01, silent_s=0.1, supervisor=True, heartbeat_timeout_s=0.6, limit_s=20.0)
+    assert not stop_overdue(STOP_TIMEOUT_S, silent_s=0.1, supervisor=True, heartbeat_timeout_s=0.6, limit_s=1.0)
+
+
 def test_a_silent_supervisor_child_is_killed_after_the_stop_timeout():
     assert not stop_overdue(STOP_TIMEOUT_S, silent_s=5.0, supervisor=True, heartbeat_timeout_s=0.6)
     assert stop_overdue(STOP_TIMEOUT_S + 0.01, silent_s=5.0, supervisor=True, heartbeat_timeout_s=0.6)

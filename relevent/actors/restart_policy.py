@@ -155,10 +155,14 @@ def merge(pending: Restart, new: Restart, children: Sequence[str]) -> Restart:
 
 
 def stop_overdue(waited_s: float, silent_s: float, supervisor: bool, heartbeat_timeout_s: float,
-                 stop_timeout_s: float = STOP_TIMEOUT_S) -> bool:
+                 stop_timeout_s: float = STOP_TIMEOUT_S, limit_s: float | None = None) -> bool:
     """Whether a child asked to stop `waited_s` ago, and silent for `silent_s` (time since the
     oldest heartbeat it has not answered, 0 if none), must now be killed.  A supervisor
-    child that still answers heartbeats is busy stopping its own children: it waits."""
+    child that still answers heartbeats is busy stopping its own children: it waits, but
+    never past `limit_s` when one is given (the runner's whole-site budget, so that a site
+    of many actors on a loaded host still stops before the service manager's own timeout)."""
     if waited_s <= stop_timeout_s:
         return False
+    if limit_s is not None and waited_s > limit_s:
+        return True
     return not (supervisor and silent_s <= heartbeat_timeout_s)

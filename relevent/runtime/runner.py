@@ -590,7 +590,8 @@ class SiteRunner:
             self.notify.beat(time.monotonic())
             self._handle(self.asys.listen(0.05))
             now = time.monotonic()
-            if stop_overdue(now - asked, now - self.root_alive_at, True, timeout):
+            if stop_overdue(now - asked, now - self.root_alive_at, True, timeout,
+                            limit_s=self.topology.data["runtime"]["stop_timeout"]):
                 log.error("site supervisor did not stop in %.3f s; shutting the actor system down",
                           now - asked)
                 return

@@ -71,6 +71,9 @@ RUNTIME = {
     "allow_fault_injection": Field((bool,), default=False,
                                    doc="accept `relevent fault` (chaos tests); never in production"),
     "log_level": Field((str,), default="INFO", choices=LOG_LEVELS),
+    "stop_timeout": Field(NUMBER, default=20.0, check=positive,
+                          doc="seconds a stop for good may take (actors stopped in reverse start order) "
+                              "before what is left is killed; under systemd, below TimeoutStopSec (30)"),
     "controller_isolation": Field((str,), default="process", choices=("process", "der"),
                                   doc="process: every controller in its own process; der: a DER's "
                                       "controllers in the DER's process (~7 MiB less each; a crash "
