@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast bench chaos mosquitto systemd chromium compiler clean
+.PHONY: demo test test-fast bench chaos mosquitto systemd chromium node-charger compiler clean
 
 $(STAMP): pyproject.toml relevent/iec61850/switcher.c | compiler
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,14 @@ chromium:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 	@echo "chromium: $$(chromium --version 2>/dev/null)"
 
-test: $(STAMP) mosquitto systemd chromium
+# The OCPP tests' second charge point, from another implementation: ocpp-rpc on Node
+# (tests/node, pinned by its package-lock.json).
+node-charger:
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+
+test: $(STAMP) mosquitto systemd chromium node-charger
 	$(PY) -m pytest -q
 
 # Without the 100 start/stop cycles.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -45,8 +46,8 @@ def test_what_the_image_copies_exists_and_its_demo_command_is_real():
     for copied in ("pyproject.toml", "README.md", "relevent"):
         assert (ROOT / copied).exists(), f"the Containerfile copies {copied}, which is not in the checkout"
     assert "relevent init --demo /etc/relevent/site.toml" in text
-    out = subprocess.run([shutil.which("relevent") or str(ROOT / ".venv/bin/relevent"), "init", "--help"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-m", "relevent", "init", "--help"], capture_output=True, text=True,
+                         timeout=30, cwd=ROOT)
     assert "--demo" in out.stdout
 
 

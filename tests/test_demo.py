@@ -17,7 +17,7 @@ def test_demo_runs_side_by_side_and_obeys_schedules(tmp_path, monkeypatch):
     ports = {"RELEVENT_ADMIN_PORT": free_port(), "RELEVENT_MMS_PORT": free_port(),
              "RELEVENT_MQTT_PORT": free_port(), "RELEVENT_MODBUS_PORT": free_port(),
              "RELEVENT_HTTP_PORT": free_port(), "RELEVENT_OPENADR_PORT": free_port(),
-             "RELEVENT_IEC104_PORT": free_port()}
+             "RELEVENT_IEC104_PORT": free_port(), "RELEVENT_OCPP_PORT": free_port()}
     for key, port in ports.items():
         monkeypatch.setenv(key, str(port))
     state = tmp_path / "state"
@@ -53,6 +53,11 @@ def test_demo_runs_side_by_side_and_obeys_schedules(tmp_path, monkeypatch):
         got = httpx.get(f"{api}/pv1/MaxPow/schedules/1", timeout=10).json()
         assert (got["values"], got["priority"], got["state"]) == ([2500.0], 30, "RUNNING")
         assert httpx.get(f"{api}/bat1/ActPow", timeout=10).json()["output"] == 1500.0
+        # The EV charger over OCPP (its simulator: an EV plugged in drawing 7.4 kW) is measured.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (site.node("ev1")["detail"].get("measured") or {}).get("w") is None:
+            time.sleep(0.1)
+        assert site.node("ev1")["detail"]["measured"]["w"] < 0, site.node("ev1")["detail"]  # consumption
     finally:
         mms.close()
         site.stop()

@@ -50,7 +50,7 @@ def test_shipped_topologies_are_valid(path):
 def test_defaults_are_filled_in():
     data = parse_topology(GOOD, env={}).data
     assert data["runtime"] == {"base": "multiprocTCPBase", "admin_port": 19500, "convention_leader": "",
-                               "allow_fault_injection": False, "log_level": "INFO",
+                               "allow_fault_injection": False, "log_level": "INFO", "stop_timeout": 20.0,
                                "controller_isolation": "process"}
     assert data["der"][0]["functions"] == ["ActPow", "MaxPow", "OnOff"]
     assert data["der"][0]["schedules"] == 10
@@ -94,7 +94,7 @@ def test_supervision_levels_inherit_and_override():
     (lambda t: t.replace('protocol = "mqtt"', 'protocol = "mms"\nport = 1'),
      "site.toml:12: lan[0].protocol: protocol 'mms' is a WAN protocol, not LAN"),
     (lambda t: t.replace('protocol = "mqtt"', 'protocol = "amqp"'),
-     "site.toml:12: lan[0].protocol: unknown protocol 'amqp' (known for lan: mqtt, modbus)"),
+     "site.toml:12: lan[0].protocol: unknown protocol 'amqp' (known for lan: mqtt, modbus, ocpp)"),
     (lambda t: t + 'functions = ["ActPow", "Volt"]\n',
      "site.toml:18: der[0].functions: unknown control function 'Volt' (use ActPow, MaxPow, OnOff)"),
     (lambda t: t + '[supervision]\nstrategy = "one_for_none"\n',

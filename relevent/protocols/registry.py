@@ -43,6 +43,19 @@ def _modbus_der(der: dict, lan: dict) -> list:
     return out
 
 
+def _ocpp_der(der: dict, lan: dict) -> list:
+    """A charger: an ev_charger whose address is its charge point id (the last segment of
+    the websocket path it connects to)."""
+    out = []
+    address = der.get("address")
+    if not isinstance(address, str) or not address.strip() or "/" in address or address != address.strip():
+        out.append(("address", f"{address!r}: an OCPP charger's address is its charge point id, a non-empty "
+                               "string without '/' or surrounding spaces"))
+    if der.get("type") != "ev_charger":
+        out.append(("type", f"type {der.get('type')!r} on an OCPP endpoint: use type = \"ev_charger\""))
+    return out
+
+
 def _target(ep: dict, data: dict) -> tuple[dict | None, list]:
     """The DER and function a single-target WAN endpoint (`der`, `function`) steers: the
     DER (None if it does not exist) and the problems found."""
@@ -263,6 +276,31 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             },
             "relevent.protocols.modbus.endpoint.ModbusEndpoint",
             "Modbus TCP client, SunSpec or plain register devices", check_der=_modbus_der),
+        ProtocolSpec(
+            "ocpp", "lan", True,
+            {
+                "address": Field((str,), default="127.0.0.1", doc="listen address of the websocket server"),
+                "port": Field((int,), default=9000, check=port_check,
+                              doc="chargers connect to ws://address:port/ocpp/<charge point id>"),
+                "heartbeat_s": Field((int,), default=60, check=positive,
+                                     doc="the Heartbeat interval given in the BootNotification answer"),
+                "stack_level": Field((int,), default=0, check=non_negative,
+                                     doc="stackLevel of the profiles sent (higher wins on the charger)"),
+                "profile_purpose": Field((str,), default="ChargePointMaxProfile",
+                                         choices=("ChargePointMaxProfile", "TxDefaultProfile"),
+                                         doc="ChargePointMaxProfile (ChargingStationMaxProfile in 2.0.1) or "
+                                             "TxDefaultProfile, on connector / EVSE 0"),
+                "rate_unit": Field((str,), default="W", choices=("W", "A"),
+                                   doc="the chargers' ChargingScheduleAllowedChargingRateUnit: limits in W, "
+                                       "or in A per phase = W / (phases * voltage_v)"),
+                "phases": Field((int,), default=3, choices=(1, 2, 3), doc="numberPhases of the profiles"),
+                "voltage_v": Field(NUMBER, default=230.0, check=positive, doc="phase voltage for A = W / (phases * V)"),
+                "call_timeout_s": Field(NUMBER, default=10.0, check=positive,
+                                        doc="seconds a charger has to answer a SetChargingProfile (then retried)"),
+            },
+            "relevent.protocols.ocpp.endpoint.OcppEndpoint",
+            "OCPP 1.6J / 2.0.1 central system (CSMS) for EV chargers: commands as charging profiles, meter "
+            "values as measurements (docs/ocpp.md)", check_der=_ocpp_der),
         # Simulated devices, started by the site like endpoints (tests, demos, commissioning).
         ProtocolSpec(
             "sunspec-inverter", "simulator", True,
@@ -346,6 +384,26 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             },
             "relevent.simulators.iec104_station.Iec104Station",
             "an IEC 104 controlling station (c104's client) sending set-points and releases in turn"),
+        ProtocolSpec(
+            "ocpp-charger", "simulator", False,
+            {
+                "url": Field((str,), default="ws://127.0.0.1:9000/ocpp",
+                             check=lambda v: None if v.startswith(("ws://", "wss://")) else
+                             f"{v!r} is not a ws:// or wss:// URL",
+                             doc="the site's OCPP endpoint; the charge point id is appended as the last segment"),
+                "charge_point_id": Field((str,), required=True, doc="the charger's id: the address of its DER"),
+                "ocpp_version": Field((str,), default="1.6", choices=("1.6", "2.0.1")),
+                "rated_power_w": Field(NUMBER, default=11000.0, check=positive,
+                                       doc="what the EV draws when no profile limits it"),
+                "voltage_v": Field(NUMBER, default=230.0, check=positive, doc="to read limits given in A"),
+                "ramp_w_per_s": Field(NUMBER, default=0.0, check=non_negative, doc="0: instant"),
+                "meter_period_s": Field(NUMBER, default=1.0, check=positive, doc="seconds between meter values"),
+                "reject_profiles": Field((bool,), default=False, doc="answer every SetChargingProfile Rejected"),
+                "command_log": Field((str,), default="", doc="append every profile obeyed (JSON lines, ns) here"),
+            },
+            "relevent.simulators.ocpp_charger.OcppCharger",
+            "an EV charger (OCPP 1.6J or 2.0.1) with an EV plugged in: obeys charging profiles, ramps, reports "
+            "meter values"),
     )
 }
 
