@@ -466,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     from relevent.audit.cli import add_audit_parser  # handlers: relevent/audit/cli.py
 
     add_audit_parser(sub)
+    from relevent.registration.cli import add_register_parser  # handlers: relevent/registration/cli.py
+
+    add_register_parser(sub)
     return p
 
 

@@ -104,7 +104,7 @@ def test_supervision_levels_inherit_and_override():
     (lambda t: t + '[runtime]\nadmin_port = 10102\n',
      "site.toml:8: wan[0].port: port 10102 is the runtime admin_port"),
     (lambda t: t + '[[site2]]\n',
-     "site.toml:18: site2: unknown section (known: site, runtime, supervision, party, wan, lan, der, simulator)"),
+     "site.toml:18: site2: unknown section (known: site, runtime, supervision, party, wan, lan, der, simulator, registration)"),
     (lambda t: t.replace('name = "s"\n', ''),
      "site.toml:1: site: missing required key 'name'"),
     (lambda t: t.replace('[[der]]', '[[der]\n'),

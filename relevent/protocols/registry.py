@@ -404,6 +404,26 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "relevent.simulators.ocpp_charger.OcppCharger",
             "an EV charger (OCPP 1.6J or 2.0.1) with an EV plugged in: obeys charging profiles, ramps, reports "
             "meter values"),
+        ProtocolSpec(
+            "registration-service", "simulator", True,
+            {
+                "address": Field((str,), default="127.0.0.1", doc="listen address (HTTPS)"),
+                "port": Field((int,), default=8443, check=port_check),
+                "folder": Field((str,), default="",
+                                doc="the test PKI (root, device CA, TLS certificate, issued list), made if absent; "
+                                    "empty: STATE_DIR/registration-service/NAME"),
+                "tokens_file": Field((str,), default="",
+                                     doc="`DEVICE_CODE TOKEN` lines it accepts; empty: FOLDER/tokens.txt"),
+                "hostnames": Field((list,), default=[], item_types=(str,),
+                                   doc="names and addresses in its TLS certificate (plus address, localhost, "
+                                       "127.0.0.1)"),
+                "cert_days": Field(NUMBER, default=365.0, check=positive, doc="lifetime of an issued certificate"),
+                "crl_days": Field(NUMBER, default=7.0, check=positive, doc="the CRL's next update, from now"),
+                "down_file": Field((str,), default="", doc="while this file exists, devices get 503 (tests)"),
+            },
+            "relevent.simulators.registration_service.RegistrationService",
+            "a registration service (Dutch DSO specification) backed by a test CA: issues certificates for CSRs "
+            "with a known token, serves a CRL, revokes on request (docs/registration.md)"),
     )
 }
 

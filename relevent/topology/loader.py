@@ -159,6 +159,7 @@ class _Validator:
             "lan": self.endpoints(raw.get("lan", []), "lan"),
             "der": self.ders(raw.get("der", [])),
             "simulator": self.endpoints(raw.get("simulator", []), "simulator"),
+            "registration": self.table(raw.get("registration", {}), schema.REGISTRATION, ("registration",)),
         }
         if "site" not in raw:
             self.problem((), "missing [site] section")

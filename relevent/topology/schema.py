@@ -280,4 +280,31 @@ PARTY = {
     "others": Field((bool,), default=False, doc="may write, enable or disable schedules another party wrote"),
 }
 
-TOP_LEVEL = ("site", "runtime", "supervision", "party", "wan", "lan", "der", "simulator")
+def _https_url(v: str) -> str | None:
+    return None if not v or v.startswith("https://") else f"{v!r} is not an https:// URL (TLS 1.2+ only)"
+
+
+# [registration]: the site's identity per the Dutch DSO specification (relevent/registration,
+# docs/registration.md).  Absent or service_url = "": the site does not register.  Relative
+# paths are relative to the working directory, like [site] state_dir; empty key, cert and
+# state_file: STATE_DIR/registration/site-key.pem, site-cert.pem, state.json.
+REGISTRATION = {
+    "service_url": Field((str,), default="", check=_https_url,
+                         doc="the registration service (POST of a PEM CSR); empty: the site does not register"),
+    "device_code": Field((str,), default="", doc="the device code, the CSR's common name (no personal data)"),
+    "token_file": Field((str,), default="", doc="file holding the token: the device code signed by the "
+                                                "manufacturer, sent as the CSR's challenge password"),
+    "key": Field((str,), default="", doc="the site's EC P-256 key (PEM, mode 0600, made if missing)"),
+    "cert": Field((str,), default="", doc="where the issued certificate chain is stored (PEM, 0644): the "
+                                          "site's TLS links read `key` and this"),
+    "ca": Field((str,), default="", doc="the root to trust (PEM): for the service's TLS certificate and "
+                                        "the issued chain"),
+    "state_file": Field((str,), default="", doc="the registration state (JSON), so a restart continues the "
+                                                "back-off"),
+    "crl_url": Field((str,), default="", check=_https_url,
+                     doc="the CRL to check our certificate against; empty: the certificate's CRL "
+                         "distribution point"),
+    "timeout_s": Field(NUMBER, default=15.0, check=positive, doc="seconds one request may take"),
+}
+
+TOP_LEVEL = ("site", "runtime", "supervision", "party", "wan", "lan", "der", "simulator", "registration")
