@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast bench chaos mosquitto systemd chromium node-charger compiler clean
+.PHONY: demo test test-fast bench chaos mosquitto systemd chromium node-charger openssl promtool compiler clean
 
 $(STAMP): pyproject.toml relevent/iec61850/switcher.c | compiler
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,16 @@ demo: $(STAMP)
 compiler:
 	@command -v cc >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gcc libc6-dev >/dev/null; }
+
+# promtool (Debian's prometheus package) checks the metrics exposition (tests/test_metrics.py).
+promtool:
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+
+# openssl is the independent checker of the site PKI and TLS tests (verify -crl_check, s_client).
+openssl:
+	@command -v openssl >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openssl >/dev/null; }
 
 # Mosquitto is the real MQTT broker the LAN and EMS tests talk to; mosquitto_pub/_sub are
 # the EMS tests' peer (Debian packages).
@@ -47,7 +57,7 @@ node-charger:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 
-test: $(STAMP) mosquitto systemd chromium node-charger
+test: $(STAMP) mosquitto systemd chromium node-charger openssl promtool
 	$(PY) -m pytest -q
 
 # Without the 100 start/stop cycles.
@@ -68,6 +78,9 @@ bench: $(STAMP) mosquitto
 	$(PY) bench/memory_bench.py --ders 10 --isolation process
 	$(PY) bench/memory_bench.py --ders 10 --isolation der
 	$(PY) bench/lan_bench.py --entries 60 --json bench/results-lan.json
+	$(PY) bench/observe_bench.py lateness --observe off --json bench/results-observe-off.json
+	$(PY) bench/observe_bench.py lateness --observe on --json bench/results-observe-on.json
+	$(PY) bench/observe_bench.py size --json bench/results-observe-size.json
 
 # Long fault-injection run, outages and power loss: about two hours; figures in
 # bench/chaos/RESULTS.md.

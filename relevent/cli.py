@@ -338,6 +338,51 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    """`relevent history FILE DER`: the DER's samples (and --events) from the site's history
+    database, read-only (the site may run or not; relevent/history)."""
+    import csv
+
+    from relevent.clock import now_ms
+    from relevent.history import HistoryError, history_path, read_history
+    from relevent.history.query import COLUMNS, iso, parse_since, row, table
+
+    topo = _load(args.topology)
+    if args.der not in {d["name"] for d in topo.data["der"]}:
+        print(f"error: no DER {args.der!r} in {topo.path}", file=sys.stderr)
+        return 2
+    try:
+        since = parse_since(args.since, now_ms())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = history_path(topo.state_dir)
+    try:
+        found = read_history(path, args.der, since, limit=args.limit)
+    except HistoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        if args.events:
+            out.writerow(["time", "kind", "subject", "detail"])
+            out.writerows([iso(e["at"]), e["kind"], e["subject"], json.dumps(e["detail"])] for e in found["events"])
+        else:
+            out.writerow(COLUMNS)
+            out.writerows(["" if v is None else v for v in row(s)] for s in found["samples"])
+        return 0
+    if args.events:
+        for e in found["events"]:
+            print(f"{iso(e['at'])}  {e['kind']:<9} {e['subject']:<24} {json.dumps(e['detail'])}")
+        return 0
+    if not found["samples"]:
+        print(f"no samples of {args.der} since {iso(since)} in {path}"
+              + ("" if path.exists() else " (no history yet: the site never ran with history on)"))
+        return 0
+    print("\n".join(table(found["samples"])))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from relevent.runtime.runner import run_site
 
@@ -394,6 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hours", type=float, default=24.0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_forecast)
+
+    s = sub.add_parser("history", help="a DER's measured power, command and source schedules over time "
+                                       "(the site's history database)")
+    s.add_argument("topology")
+    s.add_argument("der")
+    s.add_argument("--since", default="1h", help="a duration back from now (90s, 15m, 12h, 7d) or an ISO 8601 "
+                                                 "time (default 1h)")
+    s.add_argument("--csv", action="store_true", help="CSV on stdout")
+    s.add_argument("--events", action="store_true", help="the DER's events instead of its samples")
+    s.add_argument("--limit", type=int, default=100_000, help="at most this many rows, the newest")
+    s.set_defaults(func=cmd_history)
 
     s = sub.add_parser("fault", help="inject a fault (needs [runtime] allow_fault_injection = true)")
     s.add_argument("topology")
@@ -469,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     from relevent.registration.cli import add_register_parser  # handlers: relevent/registration/cli.py
 
     add_register_parser(sub)
+    from relevent.security.cli import add_pki_parser  # handlers: relevent/security/cli.py
+    add_pki_parser(sub)
     return p
 
 

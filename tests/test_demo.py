@@ -17,7 +17,8 @@ def test_demo_runs_side_by_side_and_obeys_schedules(tmp_path, monkeypatch):
     ports = {"RELEVENT_ADMIN_PORT": free_port(), "RELEVENT_MMS_PORT": free_port(),
              "RELEVENT_MQTT_PORT": free_port(), "RELEVENT_MODBUS_PORT": free_port(),
              "RELEVENT_HTTP_PORT": free_port(), "RELEVENT_OPENADR_PORT": free_port(),
-             "RELEVENT_IEC104_PORT": free_port(), "RELEVENT_OCPP_PORT": free_port()}
+             "RELEVENT_IEC104_PORT": free_port(), "RELEVENT_OCPP_PORT": free_port(),
+             "RELEVENT_HEATPUMP_PORT": free_port(), "RELEVENT_METRICS_PORT": free_port()}
     for key, port in ports.items():
         monkeypatch.setenv(key, str(port))
     state = tmp_path / "state"

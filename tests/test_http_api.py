@@ -359,6 +359,7 @@ def test_the_openapi_document_is_3_1_and_lists_every_path(http):
     assert ops == {
         ("/api/v1/ders", "get"),
         ("/api/v1/audit", "get"),
+        ("/api/v1/history/{der}", "get"),
         ("/api/v1/ders/{der}/{function}", "get"),
         ("/api/v1/ders/{der}/{function}/schedules/{n}", "get"),
         ("/api/v1/ders/{der}/{function}/schedules/{n}", "put"),

@@ -38,6 +38,7 @@ OPERATIONS = [
     ("POST", "/api/v1/ders/{der}/{function}/schedules/{n}/disable"),
     ("GET", "/api/v1/ders/{der}/{function}/forecast"),
     ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/history/{der}"),
 ]
 MODES = {
     "valid": (GenerationMode.POSITIVE, None),

@@ -167,7 +167,8 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_the_demo_from_an_empty_folder(
     ports = {name: free_port() for name in ("RELEVENT_ADMIN_PORT", "RELEVENT_MMS_PORT", "RELEVENT_MQTT_PORT",
                                             "RELEVENT_MODBUS_PORT", "RELEVENT_HTTP_PORT",
                                             "RELEVENT_OPENADR_PORT", "RELEVENT_IEC104_PORT",
-                                            "RELEVENT_OCPP_PORT")}
+                                            "RELEVENT_OCPP_PORT", "RELEVENT_HEATPUMP_PORT",
+                                            "RELEVENT_METRICS_PORT")}
     env = {**clean, **{k: str(v) for k, v in ports.items()}}
     log = open(tmp_path / "run.out", "wb")
     proc = subprocess.Popen([*exe, "run", "site.toml"], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)

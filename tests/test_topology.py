@@ -51,7 +51,8 @@ def test_defaults_are_filled_in():
     data = parse_topology(GOOD, env={}).data
     assert data["runtime"] == {"base": "multiprocTCPBase", "admin_port": 19500, "convention_leader": "",
                                "allow_fault_injection": False, "log_level": "INFO", "stop_timeout": 20.0,
-                               "controller_isolation": "process"}
+                               "controller_isolation": "process", "metrics": "", "metrics_insecure": False,
+                               "history_days": 7.0, "sample_s": 5.0}
     assert data["der"][0]["functions"] == ["ActPow", "MaxPow", "OnOff"]
     assert data["der"][0]["schedules"] == 10
     assert data["wan"][0]["address"] == "127.0.0.1"
@@ -104,7 +105,7 @@ def test_supervision_levels_inherit_and_override():
     (lambda t: t + '[runtime]\nadmin_port = 10102\n',
      "site.toml:8: wan[0].port: port 10102 is the runtime admin_port"),
     (lambda t: t + '[[site2]]\n',
-     "site.toml:18: site2: unknown section (known: site, runtime, supervision, party, wan, lan, der, simulator, registration)"),
+     "site.toml:18: site2: unknown section (known: site, runtime, supervision, party, wan, lan, der, simulator, registration, tls)"),
     (lambda t: t.replace('name = "s"\n', ''),
      "site.toml:1: site: missing required key 'name'"),
     (lambda t: t.replace('[[der]]', '[[der]\n'),

@@ -37,7 +37,8 @@ def site_settings(data: dict) -> dict:
             "runtime": data["runtime"], "supervision": data["supervision"]}
 
 
-DEVICE_KEYS = ("name", "functions", "address", "profile", "rated_power_w", "points", "registers")
+DEVICE_KEYS = ("name", "functions", "address", "profile", "rated_power_w", "points", "registers", "type",
+               "guaranteed_min_w", "sgready")
 
 
 def device_slice(der: dict) -> dict:

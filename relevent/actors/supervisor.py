@@ -50,6 +50,12 @@ STATUS_TIMEOUT = 1.0
 # configuration (started again at once), removing = gone from the topology (forgotten).
 STOPPING = ("stopping", "restarting", "removing")
 
+# Why a child was restarted: killed = its process ended without reporting an error (kill -9,
+# a crash in C, os._exit, SIGTERM), crashed = it reported an exception (Failed), hung = a
+# heartbeat or its start-up went unanswered, escalated = a child supervisor gave up,
+# sibling = it was restarted with a failed sibling (rest_for_one, one_for_all).
+RESTART_CAUSES = ("killed", "crashed", "hung", "escalated", "sibling")
+
 
 
 
@@ -81,6 +87,10 @@ class Child:
     stop_asked: float | None = None  # monotonic time it was asked to exit (STOPPING states)
     sticky_fault: str = ""
     detail: dict = field(default_factory=dict)
+    # Why the current incarnation failed (killed, crashed, hung, escalated; RESTART_CAUSES),
+    # and the restarts so far by cause (their sum is `restarts`): metrics (docs/observability.md).
+    cause: str = ""
+    restart_causes: dict = field(default_factory=dict)
 
 
 class Supervisor(Host, ReleventActor):
@@ -220,7 +230,7 @@ class Supervisor(Host, ReleventActor):
         child.ready_wall = None
         child.ping_sent = None
         child.detail = {}
-        child.reason = ""
+        child.reason = child.cause = ""
         path = f"{self.path}/{child.spec.name}" if self.path else child.spec.name
         config = {**child.spec.config, **self.runtime_config(child.spec)}
         self.send(child.address, Configure(child.spec.name, path, child.spec.role, config, self.site, child.restarts))
@@ -254,6 +264,7 @@ class Supervisor(Host, ReleventActor):
             child.detail = msg.detail
         elif isinstance(msg, Failed):
             child.reason = child.last_error = msg.error
+            child.cause = "escalated" if msg.error.startswith("escalated:") else "crashed"
 
     def _child_exited(self, address: Any) -> None:
         child = self._by_address(address)
@@ -278,6 +289,7 @@ class Supervisor(Host, ReleventActor):
             self._start(child)
         else:
             child.last_error = child.reason or "process exited unexpectedly (killed or crashed)"
+            child.cause = child.cause or "killed"
             log.warning("child exited child=%s state=%s error=%s", child.spec.name, child.state, child.last_error)
             self._failed(child)
 
@@ -326,8 +338,14 @@ class Supervisor(Host, ReleventActor):
                  self.path or self.name, decision.failed, ",".join(self._group.stop),
                  ",".join(self._group.start), self._group.delay_s)
 
-    def _restart_alone(self, child: Child, delay: float) -> None:
+    @staticmethod
+    def _count_restart(child: Child) -> None:
         child.restarts += 1
+        cause = child.cause or "sibling"
+        child.restart_causes[cause] = child.restart_causes.get(cause, 0) + 1
+
+    def _restart_alone(self, child: Child, delay: float) -> None:
+        self._count_restart(child)
         if delay <= 0:
             self._start(child)
         else:
@@ -352,7 +370,7 @@ class Supervisor(Host, ReleventActor):
         group, self._group = self._group, None
         for child in self.children:  # in start order
             if child.spec.name in group.start and child.state == "backoff":
-                child.restarts += 1
+                self._count_restart(child)
                 self._start(child)
 
     # -- stopping ourselves ----------------------------------------------------------------
@@ -410,6 +428,7 @@ class Supervisor(Host, ReleventActor):
     def _kill(self, child: Child, reason: str) -> None:
         log.error("kill child=%s pid=%s reason=%s", child.spec.name, child.pid, reason)
         child.reason = child.last_error = reason
+        child.cause = "hung"
         child.state = "killing"
         self._sigkill(child)
 
@@ -517,6 +536,7 @@ class Supervisor(Host, ReleventActor):
             "hosted": self.hosts(child.spec),
             "state": child.state,
             "restarts": child.restarts,
+            "restart_causes": dict(child.restart_causes),
             "uptime_s": round(time.time() - child.started_wall, 3) if alive else None,
             "ready_at": child.ready_wall,
             "last_error": child.last_error,

@@ -12,7 +12,9 @@ from typing import Callable
 
 from relevent.protocols.iec104.mapping import site_problems as _iec104_site
 from relevent.protocols.modbus.address import parse_device_address
-from relevent.topology.schema import NUMBER, Field, nice_check, non_negative, port_check, positive
+from relevent.topology.schema import (
+    NUMBER, TLS_CLIENT_KEYS, TLS_SERVER_KEYS, Field, nice_check, non_negative, port_check, positive,
+)
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,22 @@ def _modbus_der(der: dict, lan: dict) -> list:
         parse_device_address(der["address"], lan["host"], lan["port"])
     except ValueError as exc:
         out.append(("address", str(exc)))
-    if der["profile"] not in ("sunspec", "registers"):
-        out.append(("profile", f"profile {der['profile']!r} on a Modbus endpoint: use sunspec or registers"))
+    if der["profile"] not in ("sunspec", "registers", "sgready"):
+        out.append(("profile", f"profile {der['profile']!r} on a Modbus endpoint: use sunspec, registers or sgready"))
     elif der["profile"] == "registers" and "setpoint" not in der["registers"]:
         out.append(("registers", "profile registers needs at least registers.setpoint"))
+    elif der["profile"] == "sgready" and der.get("type") != "heat_pump":
+        out.append(("type", f"profile sgready drives a load: use type = \"heat_pump\", not {der.get('type')!r}"))
     return out
+
+
+def _sgready_map(name: str) -> str | None:
+    from relevent.devices.sgready import get_map
+    try:
+        get_map(name)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _ocpp_der(der: dict, lan: dict) -> list:
@@ -147,6 +160,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "address": Field((str,), default="127.0.0.1", doc="listen address (loopback unless a proxy or TLS "
                                                                   "faces the network)"),
                 "port": Field((int,), default=8080, check=port_check),
+                **TLS_SERVER_KEYS,
             },
             "relevent.protocols.http.endpoint.HttpEndpoint",
             "HTTP/JSON with 90-10 semantics under /api/v1, OpenAPI 3.1 at /openapi.json (docs/http.md)"),
@@ -165,6 +179,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "schedule": Field((int,), default=1, check=positive, doc="which FSCH (1..N) a request writes"),
                 "priority": Field((int,), default=20, doc="SchdPrio of the EMS's schedule (the reference: 20)"),
                 "reconnect_delay": Field(NUMBER, default=1.0, check=positive, doc="seconds between reconnects"),
+                **TLS_CLIENT_KEYS,
             },
             "relevent.protocols.mqtt_ems.endpoint.MqttEmsEndpoint",
             "schedule requests from a local EMS over MQTT (ReLevENT HEDERA format, watts; docs/mqtt-ems.md)",
@@ -260,6 +275,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                                       doc="seconds after a reconnect before the current commands are re-sent"),
                 "embedded_broker": Field((bool,), default=False,
                                          doc="start a broker (amqtt) on host:port inside the site"),
+                **TLS_CLIENT_KEYS,
             },
             "relevent.protocols.mqtt.endpoint.MqttEndpoint", "FledgePower pivot commands and forecasts over MQTT"),
         ProtocolSpec(
@@ -326,6 +342,45 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             },
             "relevent.simulators.sunspec_inverter.SunSpecInverter", "SunSpec inverter on Modbus TCP"),
         ProtocolSpec(
+            "heat-pump", "simulator", True,
+            {
+                "address": Field((str,), default="127.0.0.1", doc="listen address"),
+                "port": Field((int,), default=5021, check=port_check),
+                "unit": Field((int,), default=1, check=lambda v: None if 1 <= v <= 247 else "unit must be 1..247"),
+                "map": Field((str,), default="example-register", check=_sgready_map,
+                             doc="the SG-Ready register map it serves (relevent/devices/sgready_maps.toml)"),
+                "rated_w": Field(NUMBER, default=6000.0, check=positive, doc="electrical power at full speed, W"),
+                "min_modulation": Field(NUMBER, default=0.3, check=lambda v: None if 0 <= v <= 1 else
+                                        "must be 0..1", doc="least speed (fraction of rated_w): a lower power "
+                                                            "limit stops the compressor"),
+                "min_run_s": Field(NUMBER, default=600.0, check=non_negative, doc="compressor, simulated s"),
+                "min_off_s": Field(NUMBER, default=300.0, check=non_negative, doc="compressor, simulated s"),
+                "ua_w_per_k": Field(NUMBER, default=350.0, check=positive, doc="the house's heat loss, W/K"),
+                "house_j_per_k": Field(NUMBER, default=3.0e7, check=positive, doc="the house's thermal mass, J/K"),
+                "emitter_w_per_k": Field(NUMBER, default=800.0, check=positive,
+                                         doc="radiators/floor: heat to the house per K of tank over indoor"),
+                "tank_l": Field(NUMBER, default=300.0, check=positive, doc="buffer tank, litres of water"),
+                "tank_set_c": Field(NUMBER, default=45.0, doc="tank set-point, C (state 3: +5 K, state 4: +10 K)"),
+                "tank_hysteresis_k": Field(NUMBER, default=5.0, check=positive),
+                "tank_max_c": Field(NUMBER, default=60.0, doc="the compressor stops above it, whatever the state"),
+                "carnot_fraction": Field(NUMBER, default=0.45, check=lambda v: None if 0 < v <= 1 else
+                                         "must be 0 < f <= 1", doc="COP = fraction x Carnot COP of the temperatures"),
+                "indoor_start_c": Field(NUMBER, default=20.5),
+                "tank_start_c": Field(NUMBER, default=42.0),
+                "comfort_min_c": Field(NUMBER, default=19.0,
+                                       doc="indoor below it: the heat pump leaves a block on its own (reported)"),
+                "room_set_c": Field(NUMBER, default=21.0, doc="the room thermostat: heat flows to the house below it"),
+                "outdoor_mean_c": Field(NUMBER, default=2.0, doc="daily sine: mean, C"),
+                "outdoor_amplitude_k": Field(NUMBER, default=5.0, check=non_negative, doc="daily sine: amplitude"),
+                "coldest_hour": Field(NUMBER, default=5.0, doc="daily sine: the coldest hour of the day"),
+                "start_hour": Field(NUMBER, default=0.0, doc="simulated time of day at the start, h"),
+                "time_scale": Field(NUMBER, default=1.0, check=positive,
+                                    doc="simulated seconds per real second (1440: a day in a minute)"),
+                "write_log": Field((str,), default="", doc="append every register write (JSON lines, ns) here"),
+            },
+            "relevent.simulators.heat_pump.HeatPumpSimulator",
+            "a heat pump in a house (thermal model) serving SG-Ready and a power limit on Modbus TCP"),
+        ProtocolSpec(
             "mqtt-broker", "simulator", True,
             {
                 "address": Field((str,), default="127.0.0.1", doc="listen address"),
@@ -346,6 +401,26 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "command_log": Field((str,), default="", doc="append every command obeyed (JSON lines, ns) here"),
             },
             "relevent.simulators.mqtt_device.MqttDevice", "a device obeying pivot commands, publishing GTIM"),
+        ProtocolSpec(
+            "ocpp-charger", "simulator", False,
+            {
+                "url": Field((str,), default="ws://127.0.0.1:9000/ocpp",
+                             check=lambda v: None if v.startswith(("ws://", "wss://")) else
+                             f"{v!r} is not a ws:// or wss:// URL",
+                             doc="the site's OCPP endpoint; the charge point id is appended as the last segment"),
+                "charge_point_id": Field((str,), required=True, doc="the charger's id: the address of its DER"),
+                "ocpp_version": Field((str,), default="1.6", choices=("1.6", "2.0.1")),
+                "rated_power_w": Field(NUMBER, default=11000.0, check=positive,
+                                       doc="what the EV draws when no profile limits it"),
+                "voltage_v": Field(NUMBER, default=230.0, check=positive, doc="to read limits given in A"),
+                "ramp_w_per_s": Field(NUMBER, default=0.0, check=non_negative, doc="0: instant"),
+                "meter_period_s": Field(NUMBER, default=1.0, check=positive, doc="seconds between meter values"),
+                "reject_profiles": Field((bool,), default=False, doc="answer every SetChargingProfile Rejected"),
+                "command_log": Field((str,), default="", doc="append every profile obeyed (JSON lines, ns) here"),
+            },
+            "relevent.simulators.ocpp_charger.OcppCharger",
+            "an EV charger (OCPP 1.6J or 2.0.1) with an EV plugged in: obeys charging profiles, ramps, reports "
+            "meter values"),
         ProtocolSpec(
             "openadr-vtn", "simulator", True,
             {
@@ -384,26 +459,6 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             },
             "relevent.simulators.iec104_station.Iec104Station",
             "an IEC 104 controlling station (c104's client) sending set-points and releases in turn"),
-        ProtocolSpec(
-            "ocpp-charger", "simulator", False,
-            {
-                "url": Field((str,), default="ws://127.0.0.1:9000/ocpp",
-                             check=lambda v: None if v.startswith(("ws://", "wss://")) else
-                             f"{v!r} is not a ws:// or wss:// URL",
-                             doc="the site's OCPP endpoint; the charge point id is appended as the last segment"),
-                "charge_point_id": Field((str,), required=True, doc="the charger's id: the address of its DER"),
-                "ocpp_version": Field((str,), default="1.6", choices=("1.6", "2.0.1")),
-                "rated_power_w": Field(NUMBER, default=11000.0, check=positive,
-                                       doc="what the EV draws when no profile limits it"),
-                "voltage_v": Field(NUMBER, default=230.0, check=positive, doc="to read limits given in A"),
-                "ramp_w_per_s": Field(NUMBER, default=0.0, check=non_negative, doc="0: instant"),
-                "meter_period_s": Field(NUMBER, default=1.0, check=positive, doc="seconds between meter values"),
-                "reject_profiles": Field((bool,), default=False, doc="answer every SetChargingProfile Rejected"),
-                "command_log": Field((str,), default="", doc="append every profile obeyed (JSON lines, ns) here"),
-            },
-            "relevent.simulators.ocpp_charger.OcppCharger",
-            "an EV charger (OCPP 1.6J or 2.0.1) with an EV plugged in: obeys charging profiles, ramps, reports "
-            "meter values"),
         ProtocolSpec(
             "registration-service", "simulator", True,
             {

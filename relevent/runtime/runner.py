@@ -44,9 +44,12 @@ from relevent.runtime import hardening
 from relevent.runtime.journal import stderr_is_journal
 from relevent.runtime.logs import log_config
 from relevent.runtime.notify import Notifier, SiteSummary, summary_of
+from relevent.observe.serve import MetricsAddressError, metrics_address
 from relevent.runtime.statelock import LockRefused, StateLock
+from relevent.runtime.status import walk
 from relevent.store import newer_record, store_directory
 from relevent.topology import Topology, TopologyError, load_topology, parse_topology
+from relevent.protocols.registry import listen_address  # after relevent.topology: it imports the registry
 from relevent.topology.edit import EditError, add_endpoint, parse_snippet, remove_endpoint, write_atomic
 
 log = logging.getLogger("relevent.runner")
@@ -57,7 +60,8 @@ DERS_PER_CORE_IN_PROCESS_MODE = 25
 
 # Settings that need a full restart of the site to change.
 RESTART_ONLY = {("site", "name"), ("site", "state_dir"), ("runtime", "base"), ("runtime", "admin_port"),
-                ("runtime", "convention_leader")}
+                ("runtime", "convention_leader"), ("runtime", "metrics"), ("runtime", "metrics_insecure"),
+                ("runtime", "history_days"), ("runtime", "sample_s")}
 REPLY_TIMEOUT = 5.0
 MAX_REQUEST_BYTES = 64 * 1024    # one control request (a JSON line), bytes
 REQUEST_DEADLINE_S = 5.0         # from accept to the request's last byte, seconds
@@ -86,7 +90,13 @@ class SiteRunner:
         self.root_history = History()    # restart_policy's memory of the root's failures
         self.root_due: float | None = None  # monotonic time of the root's restart after a backoff
         self.root_error = ""
+        self.root_cause = ""         # why the root failed: killed, crashed, hung, escalated (supervisor.py)
+        self.root_causes: dict[str, int] = {}   # its restarts by cause
         self.root_detail: dict = {}
+        # Metrics and history (relevent/observe): the runner gathers the status tree every
+        # [runtime] sample_s and hands it to the observer thread.
+        self.observer: Any = None    # relevent.observe.observer.Observer, once the site is up
+        self._announced = False
         self.admin_pgid: int | None = None
         self._request = 0
         self._stopping = False
@@ -106,9 +116,13 @@ class SiteRunner:
         newer = newer_record(store_directory(self.state_dir))  # before anything is written here
         if newer is not None:
             raise SystemExit(f"error: {newer}")
+        runtime = self.topology.data["runtime"]
+        try:
+            metrics_address(runtime)   # refused before anything starts (docs/observability.md)
+        except MetricsAddressError as exc:
+            raise SystemExit(f"error: {exc}") from None
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
-        runtime = self.topology.data["runtime"]
         multi_host = bool(runtime["convention_leader"])
         if runtime["base"] != "simpleSystemBase":
             taken = hardening.admin_port_taken(runtime["admin_port"], "" if multi_host else "127.0.0.1",
@@ -140,6 +154,7 @@ class SiteRunner:
         self._start_root()
         self._open_control_socket()
         self._write_pid_file()
+        self._start_observer()
         log.info("site=%s up in %.3f s base=%s admin_port=%s state_dir=%s", self.topology.name,
                  time.monotonic() - started, runtime["base"], runtime["admin_port"], self.state_dir)
         ders, cores = len(self.topology.data["der"]), os.cpu_count() or 1
@@ -149,6 +164,15 @@ class SiteRunner:
             log.warning("site=%s %d DERs on %d cores with controller_isolation=\"process\" (about %d "
                         "processes): set [runtime] controller_isolation = \"der\" (docs/runtime.md)",
                         self.topology.name, ders, cores, 2 * ders)
+
+    def _start_observer(self) -> None:
+        """Metrics and history (relevent/observe), once thespian's processes are forked: they
+        must not inherit prometheus-client, sqlite3 or the observer's thread."""
+        from relevent.observe.observer import observer_of
+
+        self.observer = observer_of(self.topology.name, __version__, self.topology.data["runtime"], self.state_dir)
+        if self.observer is not None:
+            self.observer.start()
 
     def _take_lock(self) -> None:
         """One site per state directory; a lock left by a dead runner is taken over with a
@@ -236,8 +260,26 @@ class SiteRunner:
                 self._reload_on_signal()
             self._handle(self.asys.listen(0.02))
             self._heartbeat()
-            self.notify.tick(time.monotonic(), self._summary())
+            summary = self._summary()
+            self.notify.tick(time.monotonic(), summary)
+            if not self._announced and summary.serving:
+                self._announce()
+            self._observe()
         return self.exit_code
+
+    def _observe(self) -> None:
+        """Every [runtime] sample_s: the status tree to the observer thread (metrics, history)."""
+        if self.observer is not None and self.observer.due(time.monotonic()):
+            self.observer.offer(self.status()["tree"], now_ms())
+
+    def _announce(self) -> None:
+        """Once the site serves: where each WAN endpoint listens (or what it connects to), and
+        where metrics and history are, one line each on stdout."""
+        self._announced = True
+        for line in endpoint_lines(self.status()["tree"], self.topology.data["wan"]):
+            print(f"site {self.topology.name}: {line}", flush=True)
+        for line in self.observer.where() if self.observer is not None else ["metrics off", "history off"]:
+            print(f"site {self.topology.name}: {line}", flush=True)
 
     def _summary(self) -> SiteSummary:
         """The site as systemd hears of it: the root's counts, if it runs and answers."""
@@ -286,9 +328,11 @@ class SiteRunner:
             except ProcessLookupError:
                 dead = True
                 self.root_error = self.root_error or "site supervisor process exited"
+                self.root_cause = self.root_cause or "killed"
         silent = now - self.root_alive_at
         if not dead and self.root_ready and silent > policy["heartbeat_timeout"]:
             self.root_error = f"hung: no heartbeat for {silent:.2f} s"
+            self.root_cause = "hung"
             if self.root_pid and self.root_pid != os.getpid():
                 os.kill(self.root_pid, signal.SIGKILL)
             dead = True
@@ -332,6 +376,8 @@ class SiteRunner:
     def _start_root_again(self) -> None:
         self.root_due = None
         self.root_restarts += 1
+        cause, self.root_cause = self.root_cause or "killed", ""
+        self.root_causes[cause] = self.root_causes.get(cause, 0) + 1
         self._start_root()
         self.root_error = ""
 
@@ -348,6 +394,7 @@ class SiteRunner:
             self.root_detail = message.detail
         elif isinstance(message, Failed):
             self.root_error = message.error
+            self.root_cause = "escalated" if message.error.startswith("escalated:") else "crashed"
             log.error("site supervisor failed: %s", message.error)
         return message
 
@@ -460,7 +507,8 @@ class SiteRunner:
         root = {
             "name": self.topology.name, "path": "", "role": "site", "pid": self.root_pid,
             "state": "running" if reply is not None else "backoff" if self.root_due is not None else "no answer",
-            "restarts": self.root_restarts, "uptime_s": round(time.time() - self.root_started, 3),
+            "restarts": self.root_restarts, "restart_causes": dict(self.root_causes),
+            "uptime_s": round(time.time() - self.root_started, 3),
             "last_error": self.root_error, "detail": self.root_detail,
             "children": reply.children if reply is not None else [],
         }
@@ -557,6 +605,8 @@ class SiteRunner:
         if self._lock.fd is None:
             return
         self.notify.stop()
+        if self.observer is not None:
+            self.observer.stop()   # its last sample written, the history closed
         started = time.monotonic()
         try:
             self._stop_root()
@@ -616,6 +666,24 @@ class SiteRunner:
                 log.error("processes left after shutdown: %s", left)
                 return
             time.sleep(0.05)
+
+
+def endpoint_lines(tree: dict, wan: list[dict]) -> list[str]:
+    """One line per WAN endpoint: where it listens (what its actor says it serves, else the
+    topology's address), or what it connects to."""
+    nodes = {node.get("path"): node for node in walk(tree)}
+    lines = []
+    for ep in wan:
+        detail = (nodes.get(ep["name"]) or {}).get("detail") or {}
+        listens = listen_address(ep)
+        if listens is not None:
+            where = detail.get("serving") or f"{listens[0]}:{listens[1]}"
+            lines.append(f"WAN {ep['name']} ({ep['protocol']}) listening on {where}")
+        else:
+            target = detail.get("vtn_url") or detail.get("broker") or ep.get("vtn_url") or \
+                (f"{ep.get('host')}:{ep.get('port')}" if ep.get("host") else "")
+            lines.append(f"WAN {ep['name']} ({ep['protocol']}) connects to {target or '(see its detail)'}")
+    return lines
 
 
 def group_processes(pgid: int) -> list[int]:

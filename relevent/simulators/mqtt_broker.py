@@ -6,12 +6,13 @@ import logging
 import warnings
 from typing import Any
 
+from relevent.simulators.shell import AsyncioSimulator
 from relevent.protocols.aio import AsyncioThread
 
 log = logging.getLogger("relevent.sim.broker")
 
 
-class MqttBroker:
+class MqttBroker(AsyncioSimulator):
     def __init__(self, actor: Any, config: dict) -> None:
         self.actor, self.config = actor, config
         self.aio: AsyncioThread | None = None
@@ -34,20 +35,9 @@ class MqttBroker:
                                   "auth": {"allow-anonymous": True}, "topic-check": {"enabled": False}})
             await self.broker.start()
 
-    def stop(self) -> None:
-        if self.aio:
-            if self.broker is not None:
-                self.aio.run_quietly(self.broker.shutdown(), 2.0)
-            self.aio.stop()
-
-    def fds(self) -> list[int]:
-        return [self.aio.fileno()] if self.aio else []
-
-    def on_ready(self, fds: list[int]) -> None:
-        self.aio.events(f"broker {self.config['name']}")
-
-    def on_message(self, message: Any, sender: Any) -> bool:
-        return False
+    async def aclose(self) -> None:
+        if self.broker is not None:
+            await self.broker.shutdown()
 
     def detail(self) -> dict:
         return {"listen": f"{self.config['address']}:{self.config['port']}", "kind": "amqtt"}

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from relevent.simulators.shell import AsyncioSimulator
 from relevent.clock import now_ms
 from relevent.devices.command import device_command
 from relevent.protocols.aio import AsyncioThread
@@ -22,7 +23,7 @@ from relevent.protocols.mqtt.link import MqttLink
 log = logging.getLogger("relevent.sim.mqtt")
 
 
-class MqttDevice:
+class MqttDevice(AsyncioSimulator):
     def __init__(self, actor: Any, config: dict) -> None:
         self.actor, self.config = actor, config
         der = next((d for d in config.get("ders", []) if d["name"] == config["der"]), {"name": config["der"]})
@@ -91,21 +92,8 @@ class MqttDevice:
             await asyncio.sleep(self.config["measure_period"])
             self._publish_state()
 
-    def stop(self) -> None:
-        if self.aio:
-            self.aio.run_quietly(self.link.close(), 1.0)
-            self.aio.stop()
-        if self._log:
-            self._log.close()
-
-    def fds(self) -> list[int]:
-        return [self.aio.fileno()] if self.aio else []
-
-    def on_ready(self, fds: list[int]) -> None:
-        self.aio.events(f"simulator {self.config['name']}")
-
-    def on_message(self, message: Any, sender: Any) -> bool:
-        return False
+    async def aclose(self) -> None:
+        await self.link.close()
 
     def detail(self) -> dict:
         w, on = self.state()

@@ -33,6 +33,7 @@ from ocpp.v201 import ChargePoint as ChargePoint201
 from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
 
+from relevent.simulators.shell import AsyncioSimulator
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.ocpp.endpoint import SOCKET_LOG, WIRE_LOG
 
@@ -150,7 +151,7 @@ class _Charger201(ChargePoint201):
         return result201.ClearChargingProfile(status="Accepted")
 
 
-class OcppCharger:
+class OcppCharger(AsyncioSimulator):
     def __init__(self, actor: Any, config: dict) -> None:
         self.actor, self.config = actor, config
         self.cp_id = config["charge_point_id"]
@@ -174,21 +175,6 @@ class OcppCharger:
         self.aio = AsyncioThread(f"sim-{self.config['name']}")
         self.aio.spawn(self.run(), "charger")
 
-    def stop(self) -> None:
-        if self.aio:
-            self.aio.stop()
-        if self._log:
-            self._log.close()
-            self._log = None
-
-    def fds(self) -> list[int]:
-        return [self.aio.fileno()] if self.aio else []
-
-    def on_ready(self, fds: list[int]) -> None:
-        self.aio.events(f"simulator {self.config['name']}")
-
-    def on_message(self, message: Any, sender: Any) -> bool:
-        return False
 
     # -- the charger -------------------------------------------------------------------------------
     def obey(self, purpose: str, stack_level: int, schedule: dict, where: dict) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 from openleadr import OpenADRServer, utils
 
+from relevent.simulators.shell import AsyncioSimulator
 from relevent.protocols.aio import AsyncioThread
 
 log = logging.getLogger("relevent.sim.openadr")
@@ -36,7 +37,7 @@ SIGNALS = {"LOAD_CONTROL": ("LOAD_CONTROL", "x-loadControlCapacity"), "SIMPLE": 
 PATH = "/OpenADR2/Simple/2.0b"
 
 
-class OpenAdrVtn:
+class OpenAdrVtn(AsyncioSimulator):
     def __init__(self, actor: Any, config: dict) -> None:
         self.actor, self.config = actor, config
         self.aio: AsyncioThread | None = None
@@ -124,20 +125,9 @@ class OpenAdrVtn:
                  ven_id, name, start.isoformat(), len(intervals), cfg["interval_s"])
 
     # -- the actor's side -----------------------------------------------------------------------------------
-    def stop(self) -> None:
-        if self.aio:
-            if self.server is not None and getattr(self.server, "app_runner", None) is not None:
-                self.aio.run_quietly(self.server.stop(), 2.0)
-            self.aio.stop()
-
-    def fds(self) -> list[int]:
-        return [self.aio.fileno()] if self.aio else []
-
-    def on_ready(self, fds: list[int]) -> None:
-        self.aio.events(f"simulator {self.config['name']}")
-
-    def on_message(self, message: Any, sender: Any) -> bool:
-        return False
+    async def aclose(self) -> None:
+        if self.server is not None and getattr(self.server, "app_runner", None) is not None:
+            await self.server.stop()
 
     def detail(self) -> dict:
         vens = {k: {key: v for key, v in ven.items() if key not in ("next_event", "registration_id")}

@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
+from relevent.simulators.shell import AsyncioSimulator
 from relevent.protocols.aio import AsyncioThread
 from relevent.registration.files import key_pem, load_private_key, new_key, write_atomic
 
@@ -157,7 +158,7 @@ class Refused(Exception):
         self.status = status
 
 
-class RegistrationService:
+class RegistrationService(AsyncioSimulator):
     def __init__(self, actor: Any, config: dict) -> None:
         self.actor, self.config = actor, config
         state_dir = getattr(actor, "site", {}).get("state_dir") or "."
@@ -365,21 +366,9 @@ class RegistrationService:
         log.info("simulated registration service=%s listening %s/register (PKI %s)", self.config.get("name"),
                  self.url, self.folder)
 
-    def stop(self) -> None:
-        if self.aio:
-            if self.runner is not None:
-                self.aio.run_quietly(self.runner.cleanup(), 2.0)
-            self.aio.stop()
-            self.aio = None
-
-    def fds(self) -> list[int]:
-        return [self.aio.fileno()] if self.aio else []
-
-    def on_ready(self, fds: list[int]) -> None:
-        self.aio.events(f"simulator {self.config.get('name')}")
-
-    def on_message(self, message: Any, sender: Any) -> bool:
-        return False
+    async def aclose(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
 
     def detail(self) -> dict:
         with self.lock:

@@ -32,6 +32,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from relevent.simulators.shell import AsyncioSimulator
 from relevent.devices import sunspec
 from relevent.protocols.aio import AsyncioThread
 
@@ -216,7 +217,7 @@ class SunSpecImage:
             self.set(self.inverter, "St", ST_STANDBY if not connected else ST_THROTTLED if limited else ST_MPPT)
 
 
-class SunSpecInverter:
+class SunSpecInverter(AsyncioSimulator):
     """Simulator adapter (same interface as an endpoint adapter)."""
 
     def __init__(self, actor: Any, config: dict) -> None:
@@ -288,22 +289,9 @@ class SunSpecInverter:
             image.tick(now - last, now)
             last = now
 
-    def stop(self) -> None:
-        if self.aio:
-            if self._server is not None:
-                self.aio.run_quietly(self._server.shutdown(), 2.0)
-            self.aio.stop()
-        if self._log:
-            self._log.close()
-
-    def fds(self) -> list[int]:
-        return [self.aio.fileno()] if self.aio else []
-
-    def on_ready(self, fds: list[int]) -> None:
-        self.aio.events(f"simulator {self.config['name']}")
-
-    def on_message(self, message: Any, sender: Any) -> bool:
-        return False
+    async def aclose(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()
 
     def detail(self) -> dict:
         img = self.image

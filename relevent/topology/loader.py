@@ -160,11 +160,13 @@ class _Validator:
             "der": self.ders(raw.get("der", [])),
             "simulator": self.endpoints(raw.get("simulator", []), "simulator"),
             "registration": self.table(raw.get("registration", {}), schema.REGISTRATION, ("registration",)),
+            "tls": self.table(raw.get("tls", {}), schema.TLS, ("tls",)),
         }
         if "site" not in raw:
             self.problem((), "missing [site] section")
         self.cross_checks(data)
         self.party_checks(data)
+        self.tls_checks(data)
         return data
 
     def supervision(self, raw: dict) -> dict:
@@ -228,6 +230,7 @@ class _Validator:
                     self.problem(("party", i, "ders"), f"DER {der!r} does not exist (known: "
                                                        f"{', '.join(ders) or 'none defined'})")
             for key, values in (("mms_password", [p["mms_password"]]), ("http_token", [p["http_token"]]),
+                                ("cert_cn", [p["cert_cn"]]),
                                 ("peers", p["peers"])):
                 for value in values:
                     if not value:
@@ -328,6 +331,63 @@ class _Validator:
                                        f"at line {self.index.line_of(other)}")
                 else:
                     ports[port] = path
+
+
+    def tls_checks(self, data: dict) -> None:
+        """The [tls] files (relevent/security/tls.py `policy_problems`), what each endpoint
+        with `tls = true` needs of them, and no WAN protocol served in plain text beyond
+        loopback unless `insecure = true` says so (docs/tls.md).  Each TLS endpoint gets the
+        policy as `tls_policy`, paths made absolute (not resolved: a symlinked certificate
+        renewed in place is read anew)."""
+        tls = data["tls"]
+        for key in ("cert", "key", "ca"):
+            if tls[key] and ("tls", key) not in self.unfilled:
+                tls[key] = os.path.abspath(tls[key])
+        tls["crl"] = [os.path.abspath(p) for p in tls["crl"]]
+        if any(tls[k] for k in ("cert", "key", "ca", "crl")):
+            from relevent.security.tls import policy_problems  # cryptography: only for a site with [tls] files
+
+            for key, message, error in policy_problems(tls):
+                (self.problem if error else self.warning)(("tls",) + key, message)
+        for role in ("wan", "lan"):
+            for i, ep in enumerate(data[role]):
+                path = (role, i)
+                if ep.get("password_file"):
+                    ep["password_file"] = os.path.abspath(ep["password_file"])
+                    if not ep.get("username"):
+                        self.problem(path + ("password_file",), "a password needs a username (MQTT sends none "
+                                                                "without one)")
+                    elif not os.access(ep["password_file"], os.R_OK):
+                        self.problem(path + ("password_file",), f"cannot read {ep['password_file']}")
+                if not ep.get("tls"):
+                    continue
+                spec = PROTOCOLS.get(ep.get("protocol"))
+                if spec is not None and spec.listens:
+                    if not (tls["cert"] and tls["key"]):
+                        self.problem(path + ("tls",), "serving TLS needs the site's certificate: set [tls] cert "
+                                                      "and key")
+                    if ep.get("client_cert", "none") != "none" and not tls["ca"]:
+                        self.problem(path + ("client_cert",), f"client_cert = \"{ep['client_cert']}\" needs [tls] "
+                                                              "ca, the bundle clients' certificates chain to (or "
+                                                              "client_cert = \"none\")")
+                if ep.get("embedded_broker"):
+                    self.problem(path + ("tls",), "the embedded broker serves plain MQTT only: TLS needs an "
+                                                  "external broker (Mosquitto)")
+                ep["tls_policy"] = copy.deepcopy(tls)
+        for i, ep in enumerate(data["wan"]):
+            spec = PROTOCOLS.get(ep.get("protocol"))
+            if ep.get("tls") or spec is None or _loopback(ep) or ("wan", i, "address") in self.unfilled:
+                continue
+            host, port = listen_address(ep)
+            where = f"{ep['protocol']} in plain text on {host}:{port}"
+            if "tls" in spec.keys:
+                if not ep.get("insecure"):
+                    self.problem(("wan", i, "tls"), f"endpoint {ep['name']!r} serves {where}: set tls = true (and "
+                                                    "[tls] cert and key), listen on loopback, or write insecure = "
+                                                    "true on this endpoint")
+            else:
+                self.warning(("wan", i, "address"), f"endpoint {ep['name']!r} serves {where}: {ep['protocol']} "
+                                                    "over TLS is not in this build (docs/tls.md)")
 
 
 def _loopback(endpoint: dict) -> bool:

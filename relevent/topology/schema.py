@@ -78,6 +78,17 @@ RUNTIME = {
                                   doc="process: every controller in its own process; der: a DER's "
                                       "controllers in the DER's process (~7 MiB less each; a crash "
                                       "in C or a hang takes the DER's other controllers along)"),
+    "metrics": Field((str,), default="", check=lambda v: host_port(v) if v else None,
+                     doc="HOST:PORT of the Prometheus metrics endpoint (/metrics), e.g. \"127.0.0.1:9108\"; "
+                         "\"\" (the default: two sites on a host must not fight for one port) disables it; "
+                         "a non-loopback address needs metrics_insecure (docs/observability.md)"),
+    "metrics_insecure": Field((bool,), default=False,
+                              doc="serve metrics on a non-loopback address (no authentication: a "
+                                  "trusted network only)"),
+    "history_days": Field(NUMBER, default=7.0, check=non_negative,
+                          doc="days of DER history (STATE_DIR/history.sqlite) to keep; 0 disables it"),
+    "sample_s": Field(NUMBER, default=5.0, check=positive,
+                      doc="seconds between the observer's samples of the site (metrics and history)"),
 }
 
 SUPERVISION = {
@@ -135,6 +146,14 @@ DER = {
                        doc="plain Modbus register map (profile = \"registers\"): holding register addresses "
                            "setpoint, connect, power and a scale in W per count, e.g. "
                            "{setpoint = 100, connect = 101, power = 200, scale = 10}"),
+    "guaranteed_min_w": Field(NUMBER, default=4200.0, check=non_negative,
+                              doc="a load (heat_pump): the least a DSO limit (MaxPow) leaves it, W drawn; a "
+                                  "lower limit is raised to it unless rated_power_w is smaller (§14a EnWG: 4200)"),
+    "sgready": Field((dict,), default={}, check=lambda v: _check_sgready(v),
+                     doc="profile = \"sgready\": {map = \"example-register\" (relevent/devices/sgready_maps.toml), "
+                         "min_run_s, min_off_s (the compressor's), block_max_s = 7200, blocks_per_day = 3 (the "
+                         "tariff's), forced_w (a requested consumption from which state 4 is sent; default "
+                         "rated_power_w)} (docs/devices.md)"),
     "local": Field((list,), default=[], check=lambda v: _check_local(v),
                    doc="local schedules (docs/scheduling.md): [{trigger = \"no_telecom\" | \"power_up\" | "
                        "\"measurement\", function, schedule = \"FSCHnn\", value, duration_s, priority, after_s "
@@ -167,6 +186,34 @@ def _check_registers(v: dict) -> str | None:
                 return "registers.scale: expected a positive number (W per register count)"
         elif isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= 65535:
             return f"registers.{key}: expected a register address 0..65535"
+    return None
+
+
+SGREADY_KEYS = {"map": (str,), "min_run_s": NUMBER, "min_off_s": NUMBER, "block_max_s": NUMBER,
+                "blocks_per_day": (int,), "forced_w": NUMBER}
+
+
+def _check_sgready(v: dict) -> str | None:
+    from relevent.devices import sgready
+    for key, x in v.items():
+        if key not in SGREADY_KEYS:
+            return f"sgready.{key}: unknown (use {', '.join(SGREADY_KEYS)})"
+        if isinstance(x, bool) or not isinstance(x, SGREADY_KEYS[key]):
+            return f"sgready.{key}: wrong type {type(x).__name__}"
+    if "map" in v:
+        try:
+            sgready.get_map(v["map"])
+        except ValueError as exc:
+            return f"sgready.map: {exc}"
+    if v.get("block_max_s", 7200) <= 0:
+        return "sgready.block_max_s: must be > 0"
+    if v.get("forced_w", 1) <= 0:
+        return "sgready.forced_w: must be > 0"
+    try:
+        sgready.Rules(v.get("min_run_s", 0), v.get("min_off_s", 0), v.get("block_max_s", 7200),
+                      v.get("blocks_per_day", 3))
+    except ValueError as exc:
+        return f"sgready: {exc}"
     return None
 
 
@@ -265,6 +312,8 @@ PARTY = {
     "mms_password": Field((str,), default="", doc="ACSE password its MMS clients present (use ${VAR} to keep "
                                                   "it out of the file)"),
     "http_token": Field((str,), default="", doc="bearer token its HTTP clients present (Authorization: Bearer)"),
+    "cert_cn": Field((str,), default="", doc="the common name (or a subject alternative name) of its TLS client "
+                                             "certificate (docs/tls.md)"),
     "peers": Field((list,), default=[], item_types=(str,),
                    doc="peer identities: IEC 104 controlling-station IP addresses, OpenADR VTN ids"),
     "ders": Field((list,), default=[], item_types=(str,), doc="DERs it may steer; empty: all"),
@@ -279,6 +328,7 @@ PARTY = {
                       doc="its band of SchdPrio, [lowest, highest]: a priority outside it is refused"),
     "others": Field((bool,), default=False, doc="may write, enable or disable schedules another party wrote"),
 }
+
 
 def _https_url(v: str) -> str | None:
     return None if not v or v.startswith("https://") else f"{v!r} is not an https:// URL (TLS 1.2+ only)"
@@ -307,4 +357,42 @@ REGISTRATION = {
     "timeout_s": Field(NUMBER, default=15.0, check=positive, doc="seconds one request may take"),
 }
 
-TOP_LEVEL = ("site", "runtime", "supervision", "party", "wan", "lan", "der", "simulator", "registration")
+# [tls]: the site's one TLS policy, applied by every endpoint with `tls = true`
+# (relevent/security/tls.py, docs/tls.md).  Relative paths are relative to the working
+# directory, like [site] state_dir.
+TLS = {
+    "cert": Field((str,), default="", doc="the site's certificate (PEM, may hold its chain): served by TLS "
+                                          "listeners, offered by TLS clients"),
+    "key": Field((str,), default="", doc="its private key (PEM, mode 0600)"),
+    "ca": Field((str,), default="", doc="the CA bundle (PEM) peers' certificates must chain to; empty: "
+                                        "clients trust the system's CAs, servers cannot ask for client "
+                                        "certificates"),
+    "crl": Field((list,), default=[], item_types=(str,),
+                 doc="CRL files (PEM or DER) of the CAs in `ca`, re-read every crl_refresh_s; given, every "
+                     "peer's issuer needs a current one (fail closed)"),
+    "crl_refresh_s": Field(NUMBER, default=300.0, check=positive,
+                           doc="seconds between CRL re-reads; sessions of a peer revoked or expired meanwhile "
+                               "are closed then"),
+    "min_version": Field((str,), default="1.2", choices=("1.2", "1.3"), doc="the lowest TLS version accepted"),
+}
+
+# TLS keys of a listening endpoint (http) and of a client of a broker (mqtt, mqtt-ems):
+# relevent/protocols/registry.py adds them to those protocols.
+TLS_SERVER_KEYS = {
+    "tls": Field((bool,), default=False, doc="serve over TLS with the site's [tls] certificate (docs/tls.md)"),
+    "client_cert": Field((str,), default="require", choices=("require", "optional", "none"),
+                         doc="with tls: clients must present a certificate of the [tls] ca (require), may "
+                             "(optional), or are not asked (none); its CN or a SAN names the party (cert_cn)"),
+    "insecure": Field((bool,), default=False,
+                      doc="acknowledge serving in plain text on a non-loopback address (`relevent check` "
+                          "refuses that otherwise)"),
+}
+TLS_CLIENT_KEYS = {
+    "tls": Field((bool,), default=False, doc="connect over TLS: the broker verified against [tls] ca (its "
+                                             "name checked), the site's [tls] cert offered as client "
+                                             "certificate (docs/tls.md)"),
+    "username": Field((str,), default="", doc="the site's user at the broker"),
+    "password_file": Field((str,), default="", doc="a file whose first line is that user's password"),
+}
+
+TOP_LEVEL = ("site", "runtime", "supervision", "party", "wan", "lan", "der", "simulator", "registration", "tls")

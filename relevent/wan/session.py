@@ -148,7 +148,8 @@ class ControlSession:
         for t in tables:
             if t["name"] in accepted:
                 self.credentials += [(kind, value, t["name"]) for kind, value in
-                                     (("mms-password", t.get("mms_password")), ("http-token", t.get("http_token")))
+                                     (("mms-password", t.get("mms_password")), ("http-token", t.get("http_token")),
+                                      ("cert-cn", t.get("cert_cn")))
                                      if value]
                 self.credentials += [("peer", peer, t["name"]) for peer in t.get("peers", [])]
         self.anonymous: str = anonymous_mode(config)
@@ -167,6 +168,7 @@ class ControlSession:
         self.request_ids = itertools.count(1)
         self.write_seqs = itertools.count(1)
         self.stats = {"writes": 0, "operates": 0, "refused": 0, "resent": 0}
+        self.refusals: dict[tuple[str, str], int] = {}   # (party, rule) -> refusals (under `lock`)
         self.awaiting: set[tuple] = set()
         self.synced = False
         self.clients = 0
@@ -211,7 +213,13 @@ class ControlSession:
         return [self.bridge.fileno()]
 
     def detail(self) -> dict:
-        return {"party": self.party, "synced": self.synced, "clients": self.clients, **self.stats}
+        # refusals: [party ("" unrecognised), rule, count]; contact_ms: the last WAN contact
+        # (now while a recognised party's client is connected; 0 never): metrics and history.
+        with self.lock:
+            refusals = [[party, rule, n] for (party, rule), n in self.refusals.items()]
+        contact = now_ms() if self.clients > 0 else self.last_request
+        return {"party": self.party, "synced": self.synced, "clients": self.clients, **self.stats,
+                "refusals": refusals, "contact_ms": contact}
 
     def _synced(self) -> None:
         if self.synced:
@@ -225,16 +233,19 @@ class ControlSession:
     # -- the adapter's side (any thread) ------------------------------------------------------------
     def who(self, peer: str = "", credential: tuple | None = None) -> Who:
         """The party a client is, from the credential it presented: ("mms-password", secret),
-        ("http-token", token) or ("peer", identity) of a party this endpoint accepts.
-        Without a credential: the endpoint's `anonymous` rule (act as its `party`, or no
-        party).  A credential that names no accepted party gives no party at all, whatever
-        the anonymous rule: the adapter refuses that client (authentication failed)."""
+        ("http-token", token), ("cert-cn", names) (the CN and subject alternative names of a
+        TLS client certificate the handshake verified, a name or a tuple of them: the first
+        that is a party's `cert_cn` counts) or ("peer", identity) of a party this endpoint
+        accepts.  Without a credential: the endpoint's `anonymous` rule (act as its `party`,
+        or no party).  A credential that names no accepted party gives no party at all,
+        whatever the anonymous rule: the adapter refuses that client (authentication failed)."""
         if credential is not None:
             kind, value = credential
-            given = str(value).encode()
-            for k, v, party in self.credentials:
-                if k == kind and hmac.compare_digest(v.encode(), given):
-                    return Who(party, peer, True)
+            for one in (value if isinstance(value, (tuple, list)) else (value,)):
+                given = str(one).encode()
+                for k, v, party in self.credentials:
+                    if k == kind and hmac.compare_digest(v.encode(), given):
+                        return Who(party, peer, True)
             if kind != "peer":   # a peer address is not a secret: unknown peers are anonymous
                 return Who("", peer, False)
         if self.anonymous == "party":
@@ -322,6 +333,7 @@ class ControlSession:
             self.waiting[request_id] = (fut, schedule)
             self.stats["operates"] += 1
         fut.add_done_callback(lambda f: f.cancelled() and self._forget_operate(request_id))
+        fut.add_done_callback(lambda f: f.cancelled() or f.result().ok or self._count_refusal(who, f.result().rule))
         fut.add_done_callback(lambda f: self._audit(
             who, op, der, kind, schedule, Answer.refused("gave-up", None, "the client stopped waiting; the "
                                                          "controller may still apply it") if f.cancelled()
@@ -413,9 +425,16 @@ class ControlSession:
         if who.recognised:
             self.last_request = max(self.last_request, now)
 
+    def _count_refusal(self, who: Who, rule: str) -> None:
+        """An operate its controller refused (SchdEnaErr, lock, ...): counted like the session's own."""
+        with self.lock:
+            self.refusals[(who.party, rule)] = self.refusals.get((who.party, rule), 0) + 1
+
     def _refused_locked(self, answer: Answer, who: Who, request: tuple | None = None) -> Answer:
         """Count and log a refusal; audit it when `request` = (action, der, kind, schedule, writes)."""
         self.stats["refused"] += 1
+        key = (who.party, answer.rule)
+        self.refusals[key] = self.refusals.get(key, 0) + 1
         log.info("wan endpoint=%s party=%s peer=%s refused rule=%s: %s", self.name, who.party or "(unrecognised)",
                  who.peer, answer.rule, answer.reason)
         if request is not None:

@@ -27,8 +27,11 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
+from relevent.clock import now_ms
+from relevent.history import HistoryError, history_path, read_history
 from relevent.protocols.http import mapping as M
 from relevent.scheduling.schedule import INT32, SLOTS, START_SLOTS, Refusal
+from relevent.security.tls import cert_names
 from relevent.wan.adapter import WanContext, Who
 from relevent.web import routes as web
 from relevent.wan.session import FORECAST_MAX_HOURS, FORECAST_TIMEOUT_S, OPERATE_TIMEOUT_S
@@ -179,6 +182,32 @@ class ForecastEntry(BaseModel):
     source: str | None
 
 
+class HistorySample(BaseModel):
+    at: str
+    resolution_s: int | None = Field(description="null: a raw sample; 900: a 15-minute row (measured_w its mean)")
+    measured_w: float | None = Field(description="measured active power, W (null: none, or older than 15 s)")
+    min_w: float | None = Field(description="15-minute rows: the lowest measured power, W")
+    max_w: float | None = Field(description="15-minute rows: the highest measured power, W")
+    setpoint_w: float | None = Field(description="the device command's set-point, W (a 15-minute row: its last)")
+    limit_w: float | None = Field(description="the device command's limit, W")
+    connected: bool | None = Field(description="the device command: connected")
+    sources: dict[str, str | None] = Field(description="per control function, the schedule in force")
+
+
+class HistoryEvent(BaseModel):
+    at: str
+    kind: str = Field(description="actor, restart, link, schedule (docs/observability.md)")
+    subject: str
+    detail: dict[str, Any]
+
+
+class HistoryOut(BaseModel):
+    der: str
+    since: str
+    samples: list[HistorySample]
+    events: list[HistoryEvent]
+
+
 # -- errors ---------------------------------------------------------------------------------------------
 class ApiError(Exception):
     def __init__(self, status: int, body: dict) -> None:
@@ -281,17 +310,28 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
 
     def caller(request: Request,
                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Who:
-        """The party of this request (its bearer token, else the endpoint's anonymous rule);
-        a client that may not even read is refused here (401)."""
+        """The party of this request (its bearer token, or the CN / a SAN of its verified TLS
+        client certificate, else the endpoint's anonymous rule); a client that may not even
+        read is refused here (401).  A certificate naming no party counts as none; a token
+        and a certificate naming different parties are refused."""
         peer = f"{request.client.host}:{request.client.port}" if request.client else ""
         if request.headers.get("authorization") and credentials is None:
             raise unauthorised("Authorization must be 'Bearer <token>'")
         if credentials is None and request.cookies.get(web.TOKEN_COOKIE):
             # A browser on the web view (EventSource sends no Authorization header).
             credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=request.cookies[web.TOKEN_COOKIE])
+        names = client_cert_names(request.scope)
+        by_cert = ctx.who(peer, ("cert-cn", names)) if names else None
+        if by_cert is not None and not by_cert.party:
+            by_cert = None
         who = ctx.who(peer, ("http-token", credentials.credentials) if credentials else None)
         if credentials is not None and not who.party:
             raise unauthorised("the bearer token names no party this endpoint accepts")
+        if by_cert is not None:
+            if credentials is not None and who.party != by_cert.party:
+                raise unauthorised(f"the bearer token names party {who.party!r}, the client certificate "
+                                   f"{by_cert.party!r}")
+            who = by_cert
         if not ctx.may(who, "read").ok and not who.party:
             raise unauthorised("this endpoint serves no anonymous client: send a party's bearer token")
         ctx.contact(who)   # WAN contact, if a recognised party
@@ -436,9 +476,39 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
         readable_ders = {name for name in names if ctx.may(who, "read", name).ok}
         return await asyncio.to_thread(read_audit, ctx.state_dir, readable_ders, since_ms, limit)
 
+    @api.get("/history/{der}", response_model=HistoryOut, responses=_errors(401, 403, 404, 422, 503),
+             summary="A DER's measured power, command and source schedules over time, and its events")
+    async def history(der: DerPath, who: Caller,
+                      since: Annotated[AwareDatetime | None, Query(description="from then on (default: the last "
+                                                                                "12 h)")] = None,
+                      limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT, description="at most this many "
+                                                  "samples (and events), the newest")] = 5000) -> Any:
+        der_of(der)
+        readable(who, der)
+        since_ms = now_ms() - HISTORY_DEFAULT_MS if since is None else int(since.timestamp() * 1000)
+        try:
+            found = await asyncio.to_thread(read_history, history_path(ctx.state_dir), der, since_ms, limit)
+        except HistoryError as exc:
+            raise refuse(503, M.problem(str(exc), "history", None, None)) from None
+        return {"der": der, "since": M.iso(since_ms),
+                "samples": [{**s, "at": M.iso(s["at"])} for s in found["samples"]],
+                "events": [{**e, "at": M.iso(e["at"])} for e in found["events"]]}
+
     app.include_router(api)
     web.mount(app, ctx, caller)   # the web view, /view (docs/web.md)
     return app
+
+
+def client_cert_names(scope: dict) -> tuple[str, ...]:
+    """The CN and SANs of the client certificate the TLS handshake verified, from the ASGI
+    TLS extension (set by the HTTP endpoint's protocol: relevent/protocols/http/endpoint.py)."""
+    tls = (scope.get("extensions") or {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or ()
+    return cert_names(chain[0]) if chain else ()
+
+
+HISTORY_LIMIT = 100_000
+HISTORY_DEFAULT_MS = 12 * 3_600_000
 
 
 AUDIT_LIMIT = 1000

@@ -48,6 +48,7 @@ writes and operates; reads are checked here (the party's right to read, per DER)
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import gc
 import itertools
@@ -91,6 +92,9 @@ GC_TICK = 0.2                # s: the writer looks at least this often
 READ_TAIL_MS = 200           # libiec61850's server thread keeps the switch priority this long after
 BOOST_LEAD_MS = 50           # how long before a switch the priority goes up
 SWITCHES_KEPT = 32           # recent switches shown in the status (timing)
+# Upper bounds (s) of the switch lateness histogram: boundary to outputs in the model, per
+# controller switch (relevent_switch_lateness_seconds, docs/observability.md).
+LATENESS_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LISTENING = "listening"      # posted by the writer thread once the server listens
 LISTEN = "listen"            # queued for the writer thread once every controller's state is queued
 CONTACT_EVERY = 1.0          # s: a recognised party's reads count as WAN contact at most this often per client
@@ -117,6 +121,9 @@ class MmsEndpoint:
         self._gc_last = self._gc_full = 0.0
         self.lds: dict[str, str] = {}           # DER name -> logical device inst
         self.stats = {"writes": 0, "operates": 0, "refused": 0, "gc_collections": 0}
+        # Switch lateness since this start: counts per LATENESS_BUCKETS bound (+Inf last), sum (s).
+        self.lateness = [0] * (len(LATENESS_BUCKETS) + 1)
+        self.lateness_sum = 0.0
         # Operates decided by their controller and not answered yet: control object reference
         # -> (future of the session's Answer, monotonic deadline), or None for one accepted
         # with no effect.  libiec61850 has at most one operate in progress per control object.
@@ -303,12 +310,16 @@ class MmsEndpoint:
 
     def detail(self) -> dict:
         on_time = 0
+        counts, total = list(self.lateness), self.lateness_sum
         if self.book is not None:
             with self.book as book:
                 on_time = book.switched_on_time
+                counts, total = list(self.lateness), self.lateness_sum  # _collect counts under the book's lock
+        cumulative = list(itertools.accumulate(counts))
         return {"serving": f"{self.config.get('address')}:{self.config['port']}",
                 "switch_priority": self.switcher is not None and self.switcher.boosts, "switched_on_time": on_time,
-                **self.stats}
+                **self.stats, "switch_lateness": {"le": list(LATENESS_BUCKETS), "buckets": cumulative[:-1],
+                                                  "count": cumulative[-1], "sum": round(total, 6)}}
 
     # -- handler installation ---------------------------------------------------------------------
     def _install(self, refs: ScheduleRefs) -> None:
@@ -543,6 +554,9 @@ class MmsEndpoint:
         for done in self.switcher.collect():
             book.reported(done.key, done)
             self.last_switch_ms = max(self.last_switch_ms, done.at_ms)
+            late = max(0.0, (done.outputs_ns - done.at_ms * 1_000_000) / 1e9)   # early counts as on time
+            self.lateness[bisect.bisect_left(LATENESS_BUCKETS, late)] += 1
+            self.lateness_sum += late
             batches.setdefault(done.outputs_ns, done)
         if self.switcher.lost:
             log.error("mms endpoint=%s %d applied switches not recorded (collected too late)",

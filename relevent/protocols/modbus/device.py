@@ -38,6 +38,7 @@ class DeviceEvent:
     text: str = ""
     voltage_v: float | None = None      # measured: where the profile reads them (SunSpec 101-103)
     frequency_hz: float | None = None
+    info: dict | None = None            # measured: the profile's own facts for the endpoint's detail (SG-Ready)
 
 
 class ModbusDevice:
@@ -47,6 +48,7 @@ class ModbusDevice:
         self._wake = asyncio.Event()
         self.up = False
         self._last_text = ""
+        self.keep: dict = {}   # what a profile keeps across connections (SG-Ready: its rules' history)
 
     def set_command(self, command: Any) -> None:
         """Called on the loop thread."""
@@ -63,6 +65,8 @@ class ModbusDevice:
                     raise ConnectionError(f"cannot connect to {self.where}")
                 profile = PROFILES[self.der["profile"]](Io(client, self.where.unit), self.der,
                                                         self.config["reversion_s"])
+                if hasattr(profile, "resume"):
+                    profile.resume(self.keep)
                 found = await profile.discover()
                 self._link(True, found)
                 delay = 0.1
@@ -89,7 +93,8 @@ class ModbusDevice:
         while True:
             now = time.monotonic()
             cmd = self.command
-            if cmd is not None and (cmd.seq != applied or now >= next_write):
+            due = getattr(profile, "due", None)   # wall-clock s: a switch the profile deferred (SG-Ready)
+            if cmd is not None and (cmd.seq != applied or now >= next_write or (due is not None and time.time() >= due)):
                 await profile.apply(cmd)
                 if cmd.seq != applied:
                     self.post(DeviceEvent(self.der["name"], "applied", now_ms(), seq=cmd.seq))
@@ -98,9 +103,13 @@ class ModbusDevice:
                 w, conn = await profile.measure()
                 self.post(DeviceEvent(self.der["name"], "measured", now_ms(), w=w, connected=conn, text=profile.state,
                                       voltage_v=getattr(profile, "voltage_v", None),
-                                      frequency_hz=getattr(profile, "frequency_hz", None)))
+                                      frequency_hz=getattr(profile, "frequency_hz", None),
+                                      info=getattr(profile, "info", None)))
                 next_poll = max(next_poll + self.config["poll_period"], now)
             wait = min(next_poll, next_write if cmd is not None else next_poll) - time.monotonic()
+            due = getattr(profile, "due", None)
+            if cmd is not None and due is not None:
+                wait = min(wait, due - time.time())
             self._wake.clear()
             if self.command is not None and self.command.seq != applied:
                 continue

@@ -78,6 +78,8 @@ class ModbusEndpoint:
                 self.actor.send(ack[1], CommandApplied(ev.der, ack[0], True))
         elif ev.what == "measured":
             state["w"], state["connected"], state["state"] = ev.w, ev.connected, ev.text
+            if ev.info:   # the profile's own facts (SG-Ready: state, limit, tank and indoor temperature)
+                state.update(ev.info)
             self._send(Measurement(ev.der, ev.w, ev.connected, ev.at, "good", self.config["name"], ev.text,
                                    voltage_v=ev.voltage_v, frequency_hz=ev.frequency_hz))
 

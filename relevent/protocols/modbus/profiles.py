@@ -9,14 +9,21 @@ SunSpec (profile "sunspec"): discovered from the device's model chain.
   implement (SunSpec's "not implemented" value) is measured as None.
 WMax comes from model 121 (else the DER's rated power).
 Plain registers (profile "registers"): holding registers from the topology, int16 counts
-of `scale` W."""
+of `scale` W.
+SG-Ready (profile "sgready"): a heat pump's operating state (coils or a register per a map
+of relevent/devices/sgready_maps.toml) and power limit; `SgReadyProfile`."""
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from relevent.devices import sunspec
+from relevent.devices import sgready, sunspec
+from relevent.devices.load import GUARANTEED_MIN_W, load_command
+
+log = logging.getLogger("relevent.modbus")
 
 
 class DeviceError(Exception):
@@ -39,6 +46,28 @@ class Io:
         rr = await self.client.write_registers(address, values, device_id=self.unit)
         if rr.isError():
             raise DeviceError(f"write {address}+{len(values)}: Modbus exception {getattr(rr, 'exception_code', rr)}")
+
+    async def read_table(self, table: str, address: int, count: int) -> list[int]:
+        """Read coils, discrete inputs, holding or input registers (as ints: bits 0/1)."""
+        fn = {"holding": self.client.read_holding_registers, "input": self.client.read_input_registers,
+              "coil": self.client.read_coils, "discrete": self.client.read_discrete_inputs}[table]
+        rr = await fn(address, count=count, device_id=self.unit)
+        if rr.isError():
+            raise DeviceError(f"read {table} {address}+{count}: Modbus exception {getattr(rr, 'exception_code', rr)}")
+        values = [int(b) for b in rr.bits[:count]] if table in ("coil", "discrete") else list(rr.registers[:count])
+        if len(values) < count:
+            raise DeviceError(f"read {table} {address}+{count}: {len(values)} values in the reply")
+        return values
+
+    async def write_table(self, table: str, address: int, values: list[int]) -> None:
+        """Write coils or holding registers."""
+        if table == "coil":
+            rr = await self.client.write_coils(address, [bool(v) for v in values], device_id=self.unit)
+        else:
+            rr = await self.client.write_registers(address, values, device_id=self.unit)
+        if rr.isError():
+            raise DeviceError(f"write {table} {address}+{len(values)}: Modbus exception "
+                              f"{getattr(rr, 'exception_code', rr)}")
 
 
 def _block(mid: int, base: int, values: dict[str, int]) -> tuple[int, list[int]]:
@@ -165,4 +194,120 @@ class RegistersProfile:
         return w, conn
 
 
-PROFILES = {"sunspec": SunSpecProfile, "registers": RegistersProfile}
+class SgReadyProfile:
+    """A heat pump over SG-Ready (docs/devices.md "Loads: heat pumps"): the DER's outputs as a
+    load command (relevent/devices/load.py: the §14a floor), the wanted SG-Ready state switched
+    within the compressor's and the tariff's rules (relevent/devices/sgready.py), written per
+    the DER's register map (relevent/devices/sgready_maps.toml) with the power limit where the
+    map has one.  The rules' state outlives a connection (`resume`); a switch the rules defer
+    is written when it is `due` (wall-clock s), without a new command."""
+    name = "sgready"
+    state = ""
+
+    def __init__(self, io: Io, der: dict, reversion_s: int) -> None:
+        opts = der.get("sgready") or {}
+        self.io, self.der = io, der
+        self.map = sgready.get_map(opts.get("map", "example-register"))
+        self.rules = sgready.Rules(float(opts.get("min_run_s", 0)), float(opts.get("min_off_s", 0)),
+                                   float(opts.get("block_max_s", 7200)), int(opts.get("blocks_per_day", 3)))
+        self.rated = float(der["rated_power_w"])
+        self.guaranteed = float(der.get("guaranteed_min_w", GUARANTEED_MIN_W))
+        self.forced_w = float(opts.get("forced_w") or self.rated)
+        self.keep: dict = {}
+        self.decision: sgready.Decision | None = None
+        self.limit_w: float | None = None
+        self.due: float | None = None
+        self.info: dict = {}
+        self.written: dict[str, int] = {}     # point -> value written on this connection
+
+    def resume(self, keep: dict) -> None:
+        """State kept by the device task across connections: the rules' history."""
+        self.keep = keep
+
+    async def discover(self) -> str:
+        first = self.map.points.get("readback") or self.map.writes(sgready.NORMAL)[0][0]
+        await self.io.read_table(first.table, first.address, 1)  # the device answers at the mapped address
+        return f"sgready map {self.map.name} ({self.map.status})"
+
+    async def apply(self, cmd: Any) -> None:
+        outputs = {k: v[0] if isinstance(v, tuple) else v for k, v in cmd.outputs.items()}
+        load = load_command(outputs, self.rated, self.guaranteed)
+        wanted = sgready.wanted_state(load.blocked, load.requested_w, self.forced_w)
+        before = self.keep.get("sg") or sgready.SgState()
+        d = sgready.step(before, wanted, time.time(), self.rules)
+        # The dimming limit (§14a) holds whatever the state: a block lifted by the rules, or
+        # left by the device for comfort, runs within it.
+        limit_w = load_command({**outputs, "OnOff": None}, self.rated, self.guaranteed).limit_w
+        if self.decision is None or d.text() != self.decision.text() or limit_w != self.limit_w:
+            log.info("sgready der=%s %s limit_w=%s", self.der["name"], d.text(), limit_w)
+        self.keep["sg"], self.decision, self.limit_w = d.sg, d, limit_w
+        self.due = d.due
+        writes = self.map.writes(d.state)
+        if "power_limit" in self.map.points:
+            writes.append((self.map.points["power_limit"], self.map.limit_counts(limit_w)))
+        # Only what changed on this connection (a heat pump's controller may keep these in an
+        # EEPROM with limited write cycles): a reconnect writes all, and a read-back that
+        # disagrees (`measure`) makes the next refresh write the state again.
+        for point, value in writes:
+            if self.written.get(point.name) != value:
+                await self.io.write_table(point.table, point.address, [value])
+                self.written[point.name] = value
+        self._describe({})
+
+    async def measure(self) -> tuple[float | None, bool | None]:
+        names = [n for n in ("readback", "power", "tank_c", "indoor_c", "outdoor_c", "flags") if n in self.map.points]
+        raw: dict[str, int] = {}
+        by_table: dict[str, list] = {}
+        for n in names:
+            by_table.setdefault(self.map.points[n].table, []).append(self.map.points[n])
+        for table, points in by_table.items():
+            lo, hi = min(p.address for p in points), max(p.address for p in points)
+            if hi - lo < 32:   # one read of the span
+                values = await self.io.read_table(table, lo, hi - lo + 1)
+                raw.update({p.name: values[p.address - lo] for p in points})
+            else:
+                for p in points:
+                    raw[p.name] = (await self.io.read_table(table, p.address, 1))[0]
+        self._describe(raw)
+        if "readback" in raw and self.decision is not None and raw["readback"] != self.decision.state:
+            for point, _ in self.map.writes(self.decision.state):   # the device lost it: write again
+                self.written.pop(point.name, None)
+        w = -self.map.points["power"].decode(raw["power"]) if "power" in raw else None
+        in_force = raw.get("readback") if raw.get("readback") in sgready.NAMES else \
+            (self.decision.state if self.decision else None)
+        return (w + 0.0 if w is not None else None), (None if in_force is None else in_force != sgready.BLOCKED)
+
+    def _describe(self, raw: dict) -> None:
+        """`state` (one line: the DER's measured state) and `info` (the endpoint's detail)."""
+        d = self.decision
+        info: dict = dict(self.info) if not raw else {}
+        if d is not None:
+            info["sgready"] = {"state": d.state, "name": sgready.NAMES[d.state], "wanted": d.wanted,
+                               "pending_until": d.pending_until, "note": d.note,
+                               "blocks_in_window": len(d.sg.block_starts), "map": self.map.name}
+            info["limit_w"] = self.limit_w
+        for name in ("tank_c", "indoor_c", "outdoor_c"):
+            if name in raw:
+                info[name] = round(self.map.points[name].decode(raw[name]), 2)
+        if "readback" in raw:
+            info["device_state"] = raw["readback"]
+        if "flags" in raw:
+            info["compressor"] = bool(raw["flags"] & 1)
+            info["comfort_override"] = bool(raw["flags"] & 2)
+            info["limited"] = bool(raw["flags"] & 4)
+        self.info = info
+        parts = [d.text() if d is not None else "SG-Ready: no command yet"]
+        if self.limit_w is not None and "power_limit" in self.map.points:
+            parts.append(f"limit {self.limit_w:g} W")
+        if info.get("device_state") is not None and d is not None and info["device_state"] != d.state:
+            parts.append(f"device in state {info['device_state']}")
+        if info.get("comfort_override"):
+            parts.append("device left the block for comfort")
+        if "tank_c" in info:
+            parts.append(f"tank {info['tank_c']:.1f} °C")
+        if "indoor_c" in info:
+            parts.append(f"indoor {info['indoor_c']:.1f} °C")
+        self.state = ", ".join(parts)
+
+
+PROFILES = {"sunspec": SunSpecProfile, "registers": RegistersProfile, "sgready": SgReadyProfile}

@@ -28,7 +28,7 @@ from relevent.messages import (
 )
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.mqtt import pivot
-from relevent.protocols.mqtt.link import MqttLink
+from relevent.protocols.mqtt.link import MqttLink, link_detail, security
 
 log = logging.getLogger("relevent.mqtt")
 
@@ -57,7 +57,8 @@ class MqttEndpoint:
         self.aio = AsyncioThread(f"mqtt-{cfg['name']}")
         self.link = MqttLink(cfg["name"], cfg["host"], cfg["port"], [(cfg["topic_measurement"], cfg["qos"])],
                              on_message=lambda topic, payload: self.aio.post(("message", topic, payload)),
-                             on_up=lambda: self.aio.post(("up",)), reconnect_delay=cfg["reconnect_delay"])
+                             on_up=lambda: self.aio.post(("up",)), reconnect_delay=cfg["reconnect_delay"],
+                             **security(cfg))   # TLS and credentials: docs/tls.md
         self.aio.spawn(self.link.run(), "connect")
         self.actor.send(self.actor.parent, CommandSubscribe(self.actor.name, self.actor.myAddress))
         self.actor.wakeupAfter(cfg["schedule_period"], Wakeup("forecast"))
@@ -184,4 +185,4 @@ class MqttEndpoint:
         link = self.link
         return {"broker": f"{self.config['host']}:{self.config['port']}", "connected": bool(link and link.up),
                 "connects": link.connects if link else 0, "published": self.published, "rejected": self.rejected,
-                "last_rejection": self.last_rejection, "measured": self.measured}
+                "last_rejection": self.last_rejection, "measured": self.measured, **link_detail(link)}

@@ -66,6 +66,7 @@ class MqttEmsEndpoint:
     def start(self) -> None:
         if self.der not in self.ctx.ders:
             raise ValueError(f"mqtt-ems endpoint {self.config['name']}: no DER {self.der!r}")
+        self.security = mqtt_link.security(self.config)   # TLS and credentials (docs/tls.md); files read now
         self.ctx.defer_ready()
         self.aio = AsyncioThread(f"mqtt-ems-{self.config['name']}")
 
@@ -76,7 +77,7 @@ class MqttEmsEndpoint:
         self.queue = asyncio.Queue()
         self.link = mqtt_link.MqttLink(f"ems-{cfg['name']}", cfg.get("host", "127.0.0.1"), cfg.get("port", 1883),
                                        [(self.topic, QOS)], on_message=self._received, on_up=self._up,
-                                       reconnect_delay=cfg.get("reconnect_delay", 1.0))
+                                       reconnect_delay=cfg.get("reconnect_delay", 1.0), **self.security)
         self.link.client.on_subscribe = self._suback
         self.aio.spawn(self._serve(), "serve")
         self.aio.spawn(self.link.run(), "connect")
@@ -115,7 +116,8 @@ class MqttEmsEndpoint:
                 "subscribed": self.subscribed, "topic": self.topic, "reply_topic": self.reply_topic,
                 "target": f"{self.der}/{self.kind}/{self.schedule}", "priority": self.priority,
                 "pending": self.queue.qsize() if self.queue is not None else 0,
-                **self.stats, "last_accepted": self.last_accepted, "last_refusal": self.last_refusal}
+                **self.stats, "last_accepted": self.last_accepted, "last_refusal": self.last_refusal,
+                **mqtt_link.link_detail(link)}
 
     # -- the loop thread --------------------------------------------------------------------------------
     def _received(self, topic: str, payload: bytes) -> None:
