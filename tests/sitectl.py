@@ -106,7 +106,13 @@ class Site:
         self.proc = subprocess.Popen([sys.executable, "-m", "relevent", "run", str(self.topology)],
                                      stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         out.close()
-        self.wait_running(timeout)
+        try:
+            self.wait_running(timeout)
+        except BaseException:
+            # A site that did not come up must not outlive the test (a leaked site kept two
+            # cores busy under the rest of a suite): kill it and all it started.
+            self.kill_everything()
+            raise
         self.admin_pgid = json.loads((self.state_dir / "relevent.pid").read_text())["admin_pgid"]
         return self
 

@@ -26,7 +26,7 @@ def test_demo_runs_side_by_side_and_obeys_schedules(tmp_path, monkeypatch):
     monkeypatch.delenv("RELEVENT_MQTT_EMBEDDED", raising=False)
     topo = tmp_path / "demo.toml"
     shutil.copy(REPO / "topologies" / "demo.toml", topo)
-    site = Site(topo, state).start(timeout=60)
+    site = Site(topo, state).start(timeout=120)   # 29 actors; generous for a loaded machine
     mms = LibIec61850Client("127.0.0.1", ports["RELEVENT_MMS_PORT"])
     try:
         assert site.node("mqtt-broker")["detail"]["kind"] == "amqtt"
