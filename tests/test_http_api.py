@@ -355,6 +355,8 @@ def test_the_forecast_shows_the_schedules_values(http):
 def test_the_openapi_document_is_3_1_and_lists_every_path(http):
     doc = http.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
+    from relevent import __version__
+    assert doc["info"]["version"] == __version__   # which relevent serves it (issue 22)
     ops = {(path, method) for path, item in doc["paths"].items() for method in item}
     assert ops == {
         ("/api/v1/ders", "get"),

@@ -27,6 +27,7 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
+from relevent import __version__
 from relevent.clock import now_ms
 from relevent.history import HistoryError, history_path, read_history
 from relevent.protocols.http import mapping as M
@@ -270,7 +271,7 @@ def build_app(ctx: WanContext, stats: dict) -> FastAPI:
     names = list(ders)
     app = FastAPI(
         title="ReLevENT edge: IEC 61850-90-10 schedules over HTTP/JSON",
-        version="1",
+        version=__version__,   # relevent's (the API's own version is its path: /api/v1)
         description="The site's DER schedules with 90-10 semantics (docs/http.md). Times are ISO 8601 with an "
                     "offset (answers in UTC, 'Z'); values in W (ActPow, MaxPow) or booleans (OnOff). "
                     f"Endpoint {ctx.name}, party {ctx.party}.",
