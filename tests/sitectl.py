@@ -100,7 +100,9 @@ class Site:
         self.log = state_dir.parent / f"{topology_path.stem}.out"
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self, timeout: float = 30.0) -> "Site":
+    def start(self, timeout: float = 30.0, keep_on_failure: bool = False) -> "Site":
+        """Run the site and wait until every actor runs; a site that does not get there is
+        killed (unless `keep_on_failure`: a test that expects it not to, and looks at it)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "relevent", "run", str(self.topology)],
@@ -111,7 +113,8 @@ class Site:
         except BaseException:
             # A site that did not come up must not outlive the test (a leaked site kept two
             # cores busy under the rest of a suite): kill it and all it started.
-            self.kill_everything()
+            if not keep_on_failure:
+                self.kill_everything()
             raise
         self.admin_pgid = json.loads((self.state_dir / "relevent.pid").read_text())["admin_pgid"]
         return self

@@ -390,7 +390,7 @@ def test_a_port_already_taken_crashes_the_endpoint_with_the_reason(tmp_path):
     site = Site(path, tmp_path / "state")
     try:
         with pytest.raises((TimeoutError, RuntimeError)):  # the site never gets fully running
-            site.start(timeout=4)
+            site.start(timeout=4, keep_on_failure=True)
         node = site.wait_for("http", lambda n: "cannot listen on" in (n["last_error"] or ""), timeout=10)
         assert f"cannot listen on 127.0.0.1:{ports['http']}: Address already in use" in node["last_error"]
     finally:
