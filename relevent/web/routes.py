@@ -86,7 +86,7 @@ class WebView:
         fut = self.ctx.forecast(der, kind, page.FUTURE_MS)
         try:
             events = await asyncio.wait_for(asyncio.wrap_future(fut), FORECAST_TIMEOUT_S)
-        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - the page shows the last one
+        except Exception as exc:  # noqa: BLE001 - a timeout or a restarting controller: the page keeps the last
             fut.cancel()
             log.warning("web view: forecast of %s/%s: %s", der, kind, exc or type(exc).__name__)
             return cached[2] if cached else []
