@@ -68,8 +68,8 @@ class ChaosRun:
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> dict:
         started = time.time()
-        self._start_site()
         try:
+            self._start_site()   # inside: a site that does not come up is stopped too
             self._setup_schedules()
             baseline = self._read_schedules()
             log_marks = self._log_sizes()
@@ -331,6 +331,16 @@ class ChaosRun:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                self._kill_group()
+
+    def _kill_group(self) -> None:
+        """The runner was killed before it could stop its actors: they share the thespian
+        admin's process group (relevent.pid says which); none may outlive the run."""
+        try:
+            pgid = json.loads((self.topo.state_dir / "relevent.pid").read_text())["admin_pgid"]
+            os.killpg(pgid, signal.SIGKILL)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
 
     # -- report ---------------------------------------------------------------------------------------
     def _report(self, results: list[dict], changed: list[str], commands: dict, seconds: float) -> dict:
