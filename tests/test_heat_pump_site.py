@@ -112,6 +112,14 @@ def schedule(mms, kind: str, value, start_ms: int, intv: int = 60, prio: int = 3
     assert mms.operate(f"{ref}.EnaReq", True) == (True, 0)
 
 
+def polls_after(site: Site, n: int) -> None:
+    """Wait (a marker, not a sleep) until the heat pump's DER has a measurement read at least
+    `n` poll periods after now: whatever the device path does per poll has had its chances."""
+    since = int(time.time() * 1000)
+    site.wait_for("hp1", lambda node: (node["detail"].get("measured") or {}).get("at", 0) >= since + n * 500,
+                  timeout=20)
+
+
 def writes(log: Path, point: str) -> list[tuple[int, int]]:
     """(time ms, value) of the simulator's writes of `point`."""
     return [(w["t_ns"] // 1_000_000, w["values"][w["points"].index(point)]) for w in read_write_log(log)
@@ -186,7 +194,7 @@ def test_block_waits_for_min_run_is_lifted_after_block_max_and_a_dso_limit_keeps
         # Unchanged points are not rewritten (EEPROMs), but a device that lost its state
         # (here: another client wrote state 4) gets it again at the next refresh.
         count = len(writes(log, "state"))
-        time.sleep(2.5)
+        polls_after(site, 4)   # four device polls (0.5 s each): a rewrite would have come by now
         assert len(writes(log, "state")) == count
         with ModbusTcpClient("127.0.0.1", port=ports["modbus"]) as c:
             assert not c.write_register(100, 4, device_id=1).isError()
@@ -207,7 +215,7 @@ def test_kill_9_of_the_der_during_a_block_leaves_the_block_intact(start_site):
         site.wait_for("hp1/OnOff", lambda n: n["state"] == "running" and n["pid"] not in (None, old), 10)
         restarted = site.wait_for("hp1", lambda n: n["detail"].get("command", {}).get("connected") is False, 10)
         assert restarted["restarts"] == 1
-        time.sleep(1.5)   # a few polls and command writes after the restart
+        polls_after(site, 3)   # a few polls and command writes after the restart
         assert {v for t, v in writes(log, "state") if t >= blocked[0]} == {1}   # never released meanwhile
         with ModbusTcpClient("127.0.0.1", port=ports["modbus"]) as c:
             assert c.read_holding_registers(100, count=1, device_id=1).registers == [1]
