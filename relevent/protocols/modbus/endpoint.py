@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from relevent.messages import CommandApplied, CommandSubscribe, DeviceCommand, Measurement
+from relevent.messages import CommandSubscribe, DeviceCommand, Measurement
+from relevent.protocols.confirm import Confirmations
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.modbus.address import parse_device_address
 from relevent.protocols.modbus.device import DeviceEvent, ModbusDevice
@@ -25,7 +26,7 @@ class ModbusEndpoint:
         self.devices: dict[str, ModbusDevice] = {}
         self.der_address: dict[str, Any] = {}
         self.state: dict[str, dict] = {}
-        self.acks: dict[str, tuple[int, Any]] = {}   # der -> (seq, ack_to) of a command to confirm
+        self.confirmations = Confirmations(actor.send)   # at_stop commands (relevent/protocols/confirm.py)
 
     def start(self) -> None:
         self.aio = AsyncioThread(f"modbus-{self.config['name']}")
@@ -46,12 +47,9 @@ class ModbusEndpoint:
                             message.der)
                 return True
             self.der_address[message.der] = message.der_address
-            if message.ack_to is not None:
-                if self.state[message.der].get("link") != "up":
-                    self.actor.send(message.ack_to, CommandApplied(message.der, message.seq, False, "device link "
-                                                                   f"down: {self.state[message.der].get('link_detail')}"))
-                else:
-                    self.acks[message.der] = (message.seq, message.ack_to)
+            state = self.state[message.der]
+            self.confirmations.expect(message, state.get("link") == "up",
+                                      f"device link down: {state.get('link_detail')}")
             self.aio.call(device.set_command, message)
             return True
         return False
@@ -65,17 +63,13 @@ class ModbusEndpoint:
         if ev.what == "link":
             state["link"] = "up" if ev.up else "down"
             state["link_detail"] = ev.text
-            if not ev.up and ev.der in self.acks:
-                seq, ack_to = self.acks.pop(ev.der)
-                self.actor.send(ack_to, CommandApplied(ev.der, seq, False, f"device link down: {ev.text}"))
+            if not ev.up:
+                self.confirmations.lost(ev.der, f"device link down: {ev.text}")
             if not ev.up:
                 self._send(Measurement(ev.der, None, None, ev.at, "invalid", self.config["name"], ev.text))
         elif ev.what == "applied":
             state["applied_seq"] = ev.seq
-            ack = self.acks.get(ev.der)
-            if ack is not None and ev.seq >= ack[0]:
-                del self.acks[ev.der]
-                self.actor.send(ack[1], CommandApplied(ev.der, ack[0], True))
+            self.confirmations.applied(ev.der, ev.seq)
         elif ev.what == "measured":
             state["w"], state["connected"], state["state"] = ev.w, ev.connected, ev.text
             if ev.info:   # the profile's own facts (SG-Ready: state, limit, tank and indoor temperature)

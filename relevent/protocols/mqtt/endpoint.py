@@ -24,9 +24,10 @@ from typing import Any
 from relevent.clock import now_ms
 from relevent.devices.command import bound_value, function_values
 from relevent.messages import (
-    CommandApplied, CommandSubscribe, DeviceCommand, ForecastReply, ForecastRequest, Measurement, Wakeup,
+    CommandSubscribe, DeviceCommand, ForecastReply, ForecastRequest, Measurement, Wakeup,
 )
 from relevent.protocols.aio import AsyncioThread
+from relevent.protocols.confirm import Confirmations
 from relevent.protocols.mqtt import pivot
 from relevent.protocols.mqtt.link import MqttLink, link_detail, security
 
@@ -42,6 +43,7 @@ class MqttEndpoint:
         self.labels = {pivot.label(d, key): (d["name"], key)
                        for d in self.ders.values() for key in ("W", "Conn")}
         self.aio: AsyncioThread | None = None
+        self.confirmations = Confirmations(actor.send)   # at_stop commands (relevent/protocols/confirm.py)
         self.link: MqttLink | None = None
         self.commands: dict[str, DeviceCommand] = {}
         self.der_address: dict[str, Any] = {}
@@ -80,12 +82,10 @@ class MqttEndpoint:
             self.der_address[message.der] = message.der_address
             # A re-sent command (changed == []) re-publishes every function: the device may be new.
             self._publish_outputs(message, message.changed or list(message.outputs))
-            if message.ack_to is not None:
-                # Pivot has no per-command answer from the device: handed to the broker is all
-                # this endpoint can confirm (QoS 1 queued before the link closes at stop).
-                up = bool(self.link and self.link.up)
-                self.actor.send(message.ack_to, CommandApplied(message.der, message.seq, up,
-                                                               "" if up else "broker not connected"))
+            # Pivot has no per-command answer from the device: handed to the broker is all this
+            # endpoint can confirm (QoS 1, queued before the link closes at stop).
+            self.confirmations.expect(message, bool(self.link and self.link.up), "broker not connected")
+            self.confirmations.applied(message.der, message.seq)
             return True
         if isinstance(message, ForecastReply):
             der = self.ders.get(message.der)

@@ -49,7 +49,8 @@ from ocpp.v201 import call_result as result201
 from websockets.asyncio.server import serve
 
 from relevent.clock import now_ms
-from relevent.messages import CommandApplied, CommandSubscribe, DeviceCommand, Measurement
+from relevent.messages import CommandSubscribe, DeviceCommand, Measurement
+from relevent.protocols.confirm import Confirmations
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.ocpp import profile as P
 
@@ -463,7 +464,7 @@ class OcppEndpoint:
         self.listening = False
         self.refused = 0
         self.last_refused = ""
-        self.acks: dict[str, tuple[int, Any]] = {}   # der -> (seq, ack_to) of a command to confirm
+        self.confirmations = Confirmations(actor.send)   # at_stop commands (relevent/protocols/confirm.py)
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -497,11 +498,8 @@ class OcppEndpoint:
             log.error("ocpp endpoint=%s der=%s: no profile sent: %s", self.config["name"], message.der, exc)
             return True
         self.state[message.der].command_limit_w = limit
-        if message.ack_to is not None:   # the site's at_stop: answered once the charger accepts (or not)
-            if self.state[message.der].link != "up":
-                self.actor.send(message.ack_to, CommandApplied(message.der, message.seq, False, "charger offline"))
-            else:
-                self.acks[message.der] = (message.seq, message.ack_to)
+        # The site's at_stop: answered once the charger accepts the profile (or not).
+        self.confirmations.expect(message, self.state[message.der].link == "up", "charger offline")
         start = message.at if isinstance(message.at, int) and message.at > 0 else now_ms()
         self.aio.call(self.server.set_limit, message.der, limit, start, message.seq)
         return True
@@ -529,9 +527,7 @@ class OcppEndpoint:
             s.connects += 1
             s.connectors = {}
         else:
-            if der in self.acks:
-                seq, ack_to = self.acks.pop(der)
-                self.actor.send(ack_to, CommandApplied(der, seq, False, f"charger offline: {text}"))
+            self.confirmations.lost(der, f"charger offline: {text}")
             self._send(Measurement(der, None, None, at, "invalid", self.config["name"], f"charger offline: {text}"))
 
     def _on_boot(self, der: str, info: dict) -> None:
@@ -547,11 +543,9 @@ class OcppEndpoint:
         s.profile = {**summary, "at": at}
         s.profile_status, s.profile_detail, s.profile_rtt_ms = status, text, round(rtt_ms, 3)
         s.profiles_sent += 1
-        ack = self.acks.get(der)
-        if ack is not None and summary.get("seq", -1) >= ack[0] and status != "timeout":
-            del self.acks[der]
-            self.actor.send(ack[1], CommandApplied(der, ack[0], status == "Accepted",
-                                                   "" if status == "Accepted" else f"{status}: {text or '-'}"))
+        if status != "timeout":   # (a timeout is retried: the confirmation waits for its answer)
+            self.confirmations.applied(der, summary.get("seq", -1), status == "Accepted",
+                                       "" if status == "Accepted" else f"{status}: {text or '-'}")
         if status == "Accepted":
             log.info("ocpp endpoint=%s der=%s charge point=%s: %s %s %s at stack level %d Accepted (%s) in %.1f ms",
                      self.config["name"], der, s.charge_point, summary["purpose"], summary.get("limit"),
