@@ -12,10 +12,10 @@ would carry them (~7 MB of modules).
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from typing import Any
+
 
 log = logging.getLogger("relevent.observe")
 
@@ -36,22 +36,15 @@ def metrics_address(runtime: dict) -> tuple[str, int] | None:
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise MetricsAddressError(f"[runtime] metrics = {text!r}: expected HOST:PORT")
-    if not _loopback(host) and not runtime.get("metrics_insecure"):
+    from relevent.protocols.registry import is_loopback  # (here: the registry imports the topology package)
+
+    if not is_loopback(host) and not runtime.get("metrics_insecure"):
         raise MetricsAddressError(
             f"[runtime] metrics = {text!r} is not a loopback address: the metrics endpoint has no "
             f"authentication, so it serves on 127.0.0.1 (or ::1) unless the topology also says "
             f"[runtime] metrics_insecure = true (a trusted network only); or scrape it through an SSH "
             f"tunnel or a reverse proxy (docs/observability.md)")
     return host, int(port)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def url_of(address: tuple[str, int]) -> str:

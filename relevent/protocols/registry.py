@@ -7,6 +7,7 @@ this build yet, and the endpoint actor reports that state instead of pretending.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Callable
 
@@ -481,6 +482,17 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "with a known token, serves a CRL, revokes on request (docs/registration.md)"),
     )
 }
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host (a name or an address) only reaches this machine: "localhost" or a
+    loopback address; any other name counts as facing the network."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def listen_address(endpoint: dict) -> tuple[str, int] | None:

@@ -317,10 +317,9 @@ class RegistrationService(AsyncioSimulator):
 
     @staticmethod
     def _loopback(request: web.Request) -> bool:
-        try:
-            return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
-        except ValueError:
-            return False
+        from relevent.protocols.registry import is_loopback  # (here: the registry imports the topology package)
+
+        return is_loopback(request.remote or "")
 
     async def _admin(self, request: web.Request) -> web.Response:
         if not self._loopback(request):

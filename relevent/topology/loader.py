@@ -11,13 +11,12 @@ import copy
 import os
 import re
 import tomllib
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from relevent.problems import Problem, ProblemsError
-from relevent.protocols.registry import PROTOCOLS, listen_address
+from relevent.protocols.registry import PROTOCOLS, is_loopback, listen_address
 from relevent.runtime.control import control_socket_path
 from relevent.topology import schema
 from relevent.topology.locate import LineIndex
@@ -393,15 +392,7 @@ class _Validator:
 def _loopback(endpoint: dict) -> bool:
     """Does this WAN endpoint only face the host itself (or connect out, like the EMS's)?"""
     bound = listen_address(endpoint)
-    if bound is None:
-        return True
-    host = bound[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return bound is None or is_loopback(bound[0])
 
 
 def anonymous_mode(endpoint: dict) -> str:
