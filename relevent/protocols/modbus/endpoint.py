@@ -26,7 +26,7 @@ class ModbusEndpoint:
         self.devices: dict[str, ModbusDevice] = {}
         self.der_address: dict[str, Any] = {}
         self.state: dict[str, dict] = {}
-        self.confirmations = Confirmations(actor.send)   # at_stop commands (relevent/protocols/confirm.py)
+        self.confirmations = Confirmations(lambda to, message: self.actor.send(to, message))   # at_stop commands (relevent/protocols/confirm.py)
 
     def start(self) -> None:
         self.aio = AsyncioThread(f"modbus-{self.config['name']}")

@@ -43,7 +43,7 @@ class MqttEndpoint:
         self.labels = {pivot.label(d, key): (d["name"], key)
                        for d in self.ders.values() for key in ("W", "Conn")}
         self.aio: AsyncioThread | None = None
-        self.confirmations = Confirmations(actor.send)   # at_stop commands (relevent/protocols/confirm.py)
+        self.confirmations = Confirmations(lambda to, message: self.actor.send(to, message))   # at_stop commands (relevent/protocols/confirm.py)
         self.link: MqttLink | None = None
         self.commands: dict[str, DeviceCommand] = {}
         self.der_address: dict[str, Any] = {}

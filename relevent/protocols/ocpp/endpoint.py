@@ -464,7 +464,7 @@ class OcppEndpoint:
         self.listening = False
         self.refused = 0
         self.last_refused = ""
-        self.confirmations = Confirmations(actor.send)   # at_stop commands (relevent/protocols/confirm.py)
+        self.confirmations = Confirmations(lambda to, message: self.actor.send(to, message))   # at_stop commands (relevent/protocols/confirm.py)
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
