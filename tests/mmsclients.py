@@ -4,7 +4,8 @@ other processes, so a libiec61850 client in the test process cannot deadlock wit
 
 References are `LD/LN.DO.DA` plus an FC.  Writes return None or "value-invalid" /
 "access-denied"; operates return (ok, addCause).  A client may present an ACSE password
-(`password=`); a server that refuses the association raises AssociationRefused.
+(`password=`), and libiec61850's client may speak TLS (`tls=TlsClient(...)`); a server
+that refuses the association raises AssociationRefused.
 """
 from __future__ import annotations
 
@@ -43,14 +44,36 @@ def mms_name(ref: str, fc: str) -> str:
     return f"{ld}/{ln}${fc}${path.replace('.', '$')}"
 
 
+class TlsClient:
+    """What a libiec61850 client offers over TLS (IEC 62351-3): the CA bundle it verifies
+    the server with, its own certificate and key (None: none), the TLS versions it offers.
+    libiec61850's client keeps its TLSConfiguration: a fresh one per connection attempt."""
+
+    def __init__(self, ca: str, cert: str | None = None, key: str | None = None,
+                 max_version: int | None = None) -> None:
+        self.ca, self.cert, self.key, self.max_version = ca, cert, key, max_version
+
+    def config(self):
+        cfg = iec.TLSConfiguration_create()
+        iec.TLSConfiguration_setClientMode(cfg)
+        assert iec.TLSConfiguration_addCACertificateFromFile(cfg, self.ca)
+        if self.cert:
+            assert iec.TLSConfiguration_setOwnCertificateFromFile(cfg, self.cert)
+            assert iec.TLSConfiguration_setOwnKeyFromFile(cfg, self.key, None)
+        iec.TLSConfiguration_setChainValidation(cfg, True)
+        if self.max_version is not None:
+            iec.TLSConfiguration_setMaxTlsVersion(cfg, self.max_version)
+        return cfg
+
+
 class LibIec61850Client:
     name = "libiec61850"
 
-    def __init__(self, host: str, port: int, password: str | None = None) -> None:
+    def __init__(self, host: str, port: int, password: str | None = None, tls: "TlsClient | None" = None) -> None:
         # A fresh libiec61850 client connection to a busy server may lose its first request
         # (binding notes): connect, confirm with a read, and start again if that fails.
         for _attempt in range(20):
-            self.con = iec.IedConnection_create()
+            self.con = iec.IedConnection_createWithTlsSupport(tls.config()) if tls else iec.IedConnection_create()
             if password is not None:
                 auth = iec.AcseAuthenticationParameter_create()
                 iec.AcseAuthenticationParameter_setAuthMechanism(auth, iec.ACSE_AUTH_PASSWORD)

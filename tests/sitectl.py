@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from relevent.runtime.control import SiteNotRunning, request
@@ -206,3 +207,35 @@ class Site:
 
 
 alive = process_alive  # tests read better with the short name
+
+
+@contextmanager
+def running(site: Site, timeout: float = 60.0, leftovers: bool = False):
+    """The site started, then stopped (and, with `leftovers`, checked to leave no process
+    behind); killed whatever happens, a start that failed included."""
+    try:
+        site.start(timeout=timeout)
+        yield site
+        site.stop()
+        if leftovers:
+            assert site.leftovers() == [], f"processes left behind: {site.leftovers()}"
+    finally:
+        site.kill_everything()
+
+
+def relevent_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`relevent ARGS...` in a subprocess, from the repository."""
+    return subprocess.run([sys.executable, "-m", "relevent", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout)
+
+
+def make_pki(folder: Path, *issues: tuple[str, str]) -> Path:
+    """A site PKI made with `relevent pki init FOLDER` then `issue FOLDER NAME --KIND` for
+    each (name, kind); a "site" certificate names 127.0.0.1.  Returns the folder."""
+    res = relevent_cli("pki", "init", str(folder))
+    assert res.returncode == 0, res.stderr
+    for name, kind in issues:
+        extra = ("--ip", "127.0.0.1") if kind == "site" else ()
+        res = relevent_cli("pki", "issue", str(folder), name, f"--{kind}", *extra)
+        assert res.returncode == 0, res.stderr
+    return folder

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import httpx
@@ -17,6 +16,7 @@ import pytest
 
 from mmsclients import Open61850Client
 from sitectl import Site, free_port, now_ms, walk
+from sitectl import running as _running
 
 MMS_LD = "DER_Scheduler_der1Control"   # two DERs: one logical device each
 
@@ -103,17 +103,9 @@ def new_site(tmp, name: str = "site", *, devices: bool = True, mms: bool = False
     return site
 
 
-@contextmanager
 def running(site: Site):
-    """The site started, then stopped and checked to leave no process behind; killed
-    whatever happens, a start that failed included."""
-    try:
-        site.start(timeout=60)
-        yield site
-        site.stop()
-        assert site.leftovers() == [], f"processes left behind: {site.leftovers()}"
-    finally:
-        site.kill_everything()
+    """The site started, then stopped and checked to leave no process behind."""
+    return _running(site, leftovers=True)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import httpx
 import pytest
 
-from sitectl import Site, free_port, now_ms
+from sitectl import Site, free_port, now_ms, running
 from test_http_api import iso
 
 TOPOLOGY = """
@@ -56,16 +55,6 @@ name = "der2"
 functions = ["MaxPow"]
 schedules = 2
 """
-
-
-@contextmanager
-def running(site: Site):
-    try:
-        site.start(timeout=60)
-        yield site
-        site.stop()
-    finally:
-        site.kill_everything()
 
 
 @pytest.fixture(scope="module")

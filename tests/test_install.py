@@ -62,6 +62,9 @@ def test_the_template_is_explained_by_check_naming_each_field_until_filled_in(tm
                        ("rated_power_w", "10000"), ("host", '"192.168.1.20"')):
         text = re.sub(rf'^{key} = "<fill in:[^"]*"', f"{key} = {value}", text, count=1, flags=re.M)
     (tmp_path / "site.toml").write_text(text)
+    res = relevent("check", "site.toml", cwd=tmp_path)   # plain MMS beyond loopback: refused, naming why
+    assert res.returncode == 1 and "wan[0].tls: endpoint 'dso' serves mms in plain text on 0.0.0.0:102" in res.stderr
+    (tmp_path / "site.toml").write_text(text.replace('address = "0.0.0.0"', 'address = "0.0.0.0"\ninsecure = true', 1))
     res = relevent("check", "site.toml", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     # One DER, one LAN endpoint, no simulators, the protocols' default ports.

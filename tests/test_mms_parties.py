@@ -262,7 +262,7 @@ def bare(request, tmp_path: Path, monkeypatch):
     server.on_control(f"{FSCH}.EnaReq", lambda _a, _v, _t, client: seen["checks"].append(client) or L.CONTROL_ACCEPTED,
                       lambda *_args: L.CONTROL_RESULT_OK, with_client=True)
     tokens = {b"pw-a": 7, b"pw-b": 9}
-    server.authenticate(lambda _mechanism, password: tokens.get(password))  # no password: refused
+    server.authenticate(lambda _mechanism, password, _cert: tokens.get(password))  # no password: refused
     server.on_read_access(lambda ld, client: seen["reads"].append((ld, client)) or client == 7)
     server.on_connection(lambda up, client, peer: seen["connections"].append((up, client, peer)))
     server.deny_writes_without_handler()

@@ -252,6 +252,8 @@ def test_overlapping_bands_and_a_der_no_party_may_steer_are_reported_not_refused
 
 def test_an_endpoint_beyond_loopback_serves_no_anonymous_client_by_default():
     from relevent.topology.loader import anonymous_mode
-    t = topo(address="0.0.0.0")
+    text = SITE.format(tso_password="b", tso_lo=250, tso_ders='"pv1"', address="0.0.0.0", party="dso")
+    t = parse_topology(text.replace('party = "dso"\n\n[[der]]', 'party = "dso"\ninsecure = true\n\n[[der]]'),
+                       "site.toml", env={})   # (plain text beyond loopback: acknowledged)
     assert anonymous_mode(t.data["wan"][0]) == "none"
     assert anonymous_mode(topo().data["wan"][0]) == "party"

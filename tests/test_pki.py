@@ -8,7 +8,6 @@ import json
 import shutil
 import stat
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,16 +16,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sitectl import relevent_cli as relevent
+
 from relevent.security import pki
 from relevent.security.tls import check_peer, policy_problems
 
-REPO = Path(__file__).resolve().parent.parent
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
-
-
-def relevent(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relevent", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=60)
 
 
 def mode(path: Path) -> int:

@@ -10,22 +10,20 @@ import json
 import socket
 import ssl
 import subprocess
-import sys
 import time
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
 
-from sitectl import Site, free_port, now_ms
+from sitectl import REPO, Site, free_port, make_pki, now_ms, running
+from sitectl import relevent_cli as relevent
 from test_http_api import iso
 
 from relevent.security import pki
 from relevent.topology import parse_topology
 
-REPO = Path(__file__).resolve().parent.parent
 REFRESH_S = 1.0
 
 TOPOLOGY = """
@@ -95,30 +93,10 @@ schedules = 2
 """
 
 
-def relevent(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relevent", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=60)
-
-
-@contextmanager
-def running(site: Site):
-    try:
-        site.start(timeout=60)
-        yield site
-        site.stop()
-    finally:
-        site.kill_everything()
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls-http")
-    ca = tmp / "pki"
-    for args in (("init", str(ca)), ("issue", str(ca), "site", "--site", "--ip", "127.0.0.1"),
-                 ("issue", str(ca), "aggregator", "--party"), ("issue", str(ca), "customer", "--party"),
-                 ("issue", str(ca), "victim", "--party")):
-        res = relevent("pki", *args)
-        assert res.returncode == 0, res.stderr
+    ca = make_pki(tmp / "pki", ("site", "site"), ("aggregator", "party"), ("customer", "party"), ("victim", "party"))
     pki.issue(ca, "expired", "party", days=1, now=datetime.now(timezone.utc) - timedelta(days=3))
     other = tmp / "other-pki"
     pki.init(other)

@@ -11,20 +11,18 @@ import json
 import queue
 import socket
 import subprocess
-import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from lanctl import MOSQUITTO
-from sitectl import Site, free_port, now_ms
+from sitectl import Site, free_port, make_pki, now_ms, running
+from sitectl import relevent_cli as relevent
 from test_http_api import iso
 
-REPO = Path(__file__).resolve().parent.parent
 MARK = 4321.0     # the set-point a schedule sends, to find among the reserve's commands
 
 SITE = """
@@ -91,11 +89,6 @@ user ems1
 topic readwrite hedera-requests
 topic readwrite hedera-replies
 """
-
-
-def relevent(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relevent", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=60)
 
 
 class TlsMosquitto:
@@ -179,25 +172,10 @@ def publish(port: int, ca: Path, name: str, topic: str, payload: str) -> None:
                     "-q", "1", "-m", payload], check=True, timeout=10)
 
 
-@contextmanager
-def running(site: Site, timeout: float = 60):
-    try:
-        site.start(timeout=timeout)
-        yield site
-        site.stop()
-    finally:
-        site.kill_everything()
-
-
 @pytest.fixture(scope="module")
 def pki_dir(tmp_path_factory) -> Path:
-    ca = tmp_path_factory.mktemp("tls-mqtt") / "pki"
-    for args in (("init", str(ca)), ("issue", str(ca), "broker", "--site", "--ip", "127.0.0.1"),
-                 ("issue", str(ca), "site1", "--site"), ("issue", str(ca), "dev1", "--device"),
-                 ("issue", str(ca), "ems1", "--device")):
-        res = relevent("pki", *args)
-        assert res.returncode == 0, res.stderr
-    return ca
+    return make_pki(tmp_path_factory.mktemp("tls-mqtt") / "pki", ("broker", "site"), ("site1", "site"),
+                    ("dev1", "device"), ("ems1", "device"))
 
 
 @pytest.fixture(scope="module")

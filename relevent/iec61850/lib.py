@@ -51,6 +51,11 @@ CONTROL_MODEL_DIRECT_ENHANCED = _C.CONTROL_MODEL_DIRECT_ENHANCED
 CONTROL_MODEL_SBO_ENHANCED = _C.CONTROL_MODEL_SBO_ENHANCED
 ACSE_AUTH_NONE = _C.ACSE_AUTH_NONE
 ACSE_AUTH_PASSWORD = _C.ACSE_AUTH_PASSWORD
+ACSE_AUTH_TLS = _C.ACSE_AUTH_TLS   # the association came over TLS without an ACSE password: the peer's certificate
+TLS_VERSIONS = {"1.2": _C.TLS_VERSION_TLS_1_2, "1.3": _C.TLS_VERSION_TLS_1_3}
+TLS_EVENT_INCIDENT = _C.TLS_SEC_EVT_INCIDENT
+# TLS events that mean a handshake was refused (a warning level in some builds)
+TLS_REFUSALS = frozenset(getattr(_C, name) for name in dir(_C) if name.startswith("TLS_EVENT_CODE_ALM_"))
 ACCESS_POLICY_ALLOW = _C.ACCESS_POLICY_ALLOW
 ACCESS_POLICY_DENY = _C.ACCESS_POLICY_DENY
 FC_SP = _C.IEC61850_FC_SP
@@ -73,6 +78,18 @@ ReadAccessHandler = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_int, c_void
 #  IedServer_ControlBlockAccessType) -> allowed
 ControlBlockAccessHandler = CFUNCTYPE(c_bool, c_void_p, c_void_p, c_int, c_void_p, c_void_p, c_char_p, c_char_p,
                                       c_int)
+# (parameter, TLSEventLevel, event code, message, TLSConnection): libiec61850's TLS events
+# (handshake failures, a peer's certificate refused), for the log and the refusal count.
+TlsEventHandler = CFUNCTYPE(None, c_void_p, c_int, c_int, c_char_p, c_void_p)
+
+
+class AcseAuthenticationParameter(ctypes.Structure):
+    """struct sAcseAuthenticationParameter (iso_connection_parameters.h): the mechanism, and
+    for ACSE_AUTH_TLS the peer's certificate (DER) in the union's certificate member (1.6 has
+    no getter for it)."""
+    _fields_ = [("mechanism", c_int), ("cert_buf", c_void_p), ("cert_length", c_int)]
+
+
 # MmsServerConnection_getSecurityToken and _getClientAddress (static in the shipped build:
 # found by their .symtab names)
 _ServerConnectionToken = CFUNCTYPE(c_void_p, c_void_p)
@@ -127,6 +144,20 @@ def _declare(lib: ctypes.CDLL) -> None:
         "AcseAuthenticationParameter_getPassword": (c_void_p, [c_void_p]),
         "AcseAuthenticationParameter_getPasswordLength": (c_int, [c_void_p]),
         "ClientConnection_getPeerAddress": (c_char_p, [c_void_p]),
+        "ClientConnection_claimOwnership": (c_void_p, [c_void_p]),
+        "ClientConnection_release": (None, [c_void_p]),
+        "ClientConnection_abort": (c_bool, [c_void_p]),
+        "TLSConfiguration_create": (c_void_p, []),
+        "TLSConfiguration_destroy": (None, [c_void_p]),
+        "TLSConfiguration_setOwnCertificateFromFile": (c_bool, [c_void_p, c_char_p]),
+        "TLSConfiguration_setOwnKeyFromFile": (c_bool, [c_void_p, c_char_p, c_char_p]),
+        "TLSConfiguration_addCACertificateFromFile": (c_bool, [c_void_p, c_char_p]),
+        "TLSConfiguration_setChainValidation": (None, [c_void_p, c_bool]),
+        "TLSConfiguration_setTimeValidation": (None, [c_void_p, c_bool]),
+        "TLSConfiguration_setAllowOnlyKnownCertificates": (None, [c_void_p, c_bool]),
+        "TLSConfiguration_setMinTlsVersion": (None, [c_void_p, c_int]),
+        "TLSConfiguration_setEventHandler": (None, [c_void_p, TlsEventHandler, c_void_p]),
+        "IedServer_createWithTlsSupport": (c_void_p, [c_void_p, c_void_p]),
         "ClientConnection_getSecurityToken": (c_void_p, [c_void_p]),
         "ControlAction_getClientConnection": (c_void_p, [c_void_p]),
         "ModelNode_getName": (c_char_p, [c_void_p]),

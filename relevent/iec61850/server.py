@@ -59,8 +59,20 @@ class MmsServer:
     handler installation runs alongside; everything else waits for the model (and raises
     MmsServerError if libiec61850 rejected it)."""
 
-    def __init__(self, cfg_text: str, ied_name: str, work_dir: str) -> None:
+    def __init__(self, cfg_text: str, ied_name: str, work_dir: str, tls: dict | None = None) -> None:
         self.lib = L.lib()
+        # MMS over TLS (IEC 62351-3): `tls` holds the site policy's cert, key, ca and
+        # min_version; the server is then created with libiec61850's TLS support (mbedtls).
+        self._tls = tls
+        self._tls_config: int | None = None
+        self._tls_event_cb = L.TlsEventHandler(self._on_tls_event)
+        self._tls_events: Callable[[int, int, str], None] | None = None
+        # With TLS, every open ClientConnection is claimed (libiec61850 keeps it alive until
+        # released) so the owner can abort a client's association from its own thread
+        # (`abort`); closed ones are released there too, never on libiec61850's thread,
+        # so a pointer taken for an abort is never freed under it.
+        self._claimed: dict[int, bool] = {}
+        self._to_release: list[int] = []
         self.ied_name = ied_name
         # One ctypes callback per handler kind for the whole server, with libiec61850's
         # `parameter` (or the dispatch) carrying an index into these tables: 40k attributes
@@ -124,13 +136,54 @@ class MmsServer:
             if not self._model:
                 self._build_error = MmsServerError(f"libiec61850 rejected the generated model {self.cfg_path}")
                 return
-            self._server = self.lib.IedServer_create(self._model)
+            if self._tls is not None:
+                self._tls_config = self._tls_configuration(self._tls)
+                self._server = self.lib.IedServer_createWithTlsSupport(self._model, self._tls_config)
+            else:
+                self._server = self.lib.IedServer_create(self._model)
             # What MMS Identify answers (vendor, model, revision); libiec61850 keeps the pointers.
             self.lib.IedServer_setServerIdentity(self._server, *IDENTITY)
         except BaseException as exc:  # reported by _ready, on the owner's thread
             self._build_error = exc
         finally:
             self.build_seconds = time.perf_counter() - began
+
+    def _tls_configuration(self, tls: dict) -> int:
+        """libiec61850's TLSConfiguration from the site policy: own certificate and key, the
+        CA bundle every client's certificate must chain to (chain and validity checked by
+        mbedtls at the handshake), the lowest version.  Revocation is the owner's check, in
+        its authenticator, on the certificate the handshake verified: its CRLs are
+        refreshed while the server runs, which libiec61850's CRL list cannot be safely."""
+        config = self.lib.TLSConfiguration_create()
+        try:
+            for setter, key, args in (("setOwnCertificateFromFile", "cert", ()),
+                                      ("setOwnKeyFromFile", "key", (None,)),
+                                      ("addCACertificateFromFile", "ca", ())):
+                path = tls.get(key) or ""
+                if not path or not getattr(self.lib, "TLSConfiguration_" + setter)(config, path.encode(), *args):
+                    raise MmsServerError(f"MMS over TLS: [tls] {key} {path or '(not set)'}: libiec61850 cannot "
+                                         "load it (PEM expected)")
+            self.lib.TLSConfiguration_setChainValidation(config, True)
+            self.lib.TLSConfiguration_setTimeValidation(config, True)
+            self.lib.TLSConfiguration_setAllowOnlyKnownCertificates(config, False)
+            self.lib.TLSConfiguration_setMinTlsVersion(config, L.TLS_VERSIONS[tls.get("min_version") or "1.2"])
+            self.lib.TLSConfiguration_setEventHandler(config, self._tls_event_cb, None)
+        except BaseException:
+            self.lib.TLSConfiguration_destroy(config)
+            raise
+        return config
+
+    def on_tls_event(self, handler: Callable[[int, int, str], None]) -> None:
+        """handler(level, code, message) for libiec61850's TLS events (a handshake refused,
+        a session established: pyiec61850's TLS_EVENT_CODE_*), on libiec61850's threads."""
+        self._tls_events = handler
+
+    def _on_tls_event(self, _param, level, code, message, _connection) -> None:
+        try:
+            if self._tls_events is not None:
+                self._tls_events(level, code, (message or b"").decode(errors="replace"))
+        except Exception:
+            log.exception("TLS event handler failed")
 
     def _ready(self) -> None:
         """Wait for the model; then hand the handlers recorded so far to the server."""
@@ -202,8 +255,15 @@ class MmsServer:
             if self._hook is not None:
                 self._hook.remove()
                 self._hook = None
+            self._reap()
+            for conn in list(self._claimed):
+                self.lib.ClientConnection_release(conn)
+            self._claimed.clear()
             self.lib.IedServer_destroy(self._server)
             self._server = None
+        if self._tls_config:
+            self.lib.TLSConfiguration_destroy(self._tls_config)
+            self._tls_config = None
         if self._model:
             self.lib.IedModel_destroy(self._model)
             self._model = None
@@ -417,6 +477,11 @@ class MmsServer:
         self.lib.IedServer_setConnectionIndicationHandler(self.server, self._connection_cb, None)
 
     def _on_connection(self, _server, conn, connected, _param):
+        if self._tls is not None and conn:
+            if connected:
+                self._claimed[conn] = bool(self.lib.ClientConnection_claimOwnership(conn))
+            elif self._claimed.pop(conn, None) is not None:
+                self._to_release.append(conn)
         if self._connection_handler is None:
             return
         try:
@@ -446,12 +511,30 @@ class MmsServer:
                     log.exception("connection handler failed")
         return token
 
-    def authenticate(self, handler: Callable[[int, bytes | None], int | None]) -> None:
-        """handler(mechanism, password) at every association (libiec61850's thread, before
-        the client's first request): the ACSE authentication mechanism (L.ACSE_AUTH_NONE,
-        L.ACSE_AUTH_PASSWORD, ...) and the password presented (None without one).  It returns
-        the association's security token (a non-zero int, handed back to the handlers of its
-        requests), or None to refuse the association.  Call before `start`."""
+    def abort(self, tokens: set[int]) -> list[str]:
+        """Abort the associations of these security tokens (owner's thread; MMS over TLS
+        only): the peers ("ip:port") aborted.  Also releases the connections closed since."""
+        aborted = []
+        for conn in list(self._claimed):
+            if L.client_token(conn) in tokens:
+                peer = L.client_peer(conn)
+                if self.lib.ClientConnection_abort(conn):
+                    aborted.append(peer)
+        self._reap()
+        return aborted
+
+    def _reap(self) -> None:
+        while self._to_release:
+            self.lib.ClientConnection_release(self._to_release.pop())
+
+    def authenticate(self, handler: Callable[[int, bytes | None, bytes | None], int | None]) -> None:
+        """handler(mechanism, password, certificate) at every association (libiec61850's
+        thread, before the client's first request): the ACSE authentication mechanism
+        (L.ACSE_AUTH_NONE, L.ACSE_AUTH_PASSWORD, L.ACSE_AUTH_TLS), the password presented
+        (None without one) and, over TLS without a password, the client's certificate (DER,
+        verified by the handshake; None otherwise).  It returns the association's security
+        token (a non-zero int, handed back to the handlers of its requests), or None to
+        refuse the association.  Call before `start`."""
         self._authenticator = handler
         self.lib.IedServer_setAuthenticator(self.server, self._authenticator_cb, None)
 
@@ -463,7 +546,12 @@ class MmsServer:
                 length = self.lib.AcseAuthenticationParameter_getPasswordLength(auth)
                 raw = self.lib.AcseAuthenticationParameter_getPassword(auth)
                 password = ctypes.string_at(raw, length) if raw and length > 0 else b""
-            token = self._authenticator(mechanism, password)
+            cert = None
+            if mechanism == L.ACSE_AUTH_TLS:
+                param = L.AcseAuthenticationParameter.from_address(auth)
+                if param.cert_buf and param.cert_length > 0:
+                    cert = ctypes.string_at(param.cert_buf, param.cert_length)
+            token = self._authenticator(mechanism, password, cert)
             if not token:
                 return False
             token_out[0] = token

@@ -141,7 +141,10 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             {
                 **WAN_KEYS,
                 "address": Field((str,), default="127.0.0.1", doc="listen address"),
-                "port": Field((int,), default=102, check=port_check),
+                "port": Field((int,), default=102, check=port_check,
+                              doc="102 for plain MMS; 3782 by convention for MMS over TLS (IEC 62351-3)"),
+                # MMS over TLS always asks for a client certificate (it names the party)
+                **{k: v for k, v in TLS_SERVER_KEYS.items() if k != "client_cert"},
                 "scl": Field((str,), default="", doc="SCL file to serve; empty: generate from the DERs"),
                 "ied_name": Field((str,), default="DER_Scheduler_"),
                 "switch_nice": Field((int,), default=-20, check=nice_check,

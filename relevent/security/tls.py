@@ -389,13 +389,14 @@ class PeerSessions:
     re-checks, closing those refused now."""
 
     def __init__(self) -> None:
-        self._open: dict[int, _Session] = {}
+        self._open: dict[Any, _Session] = {}
 
     def opened(self, key: Any, cert_der: bytes, close: Callable[[], None], label: str) -> None:
-        self._open[id(key)] = _Session(cert_der, close, label)
+        """`key`: the connection object, or any hashable that names the session."""
+        self._open[key] = _Session(cert_der, close, label)
 
     def closed(self, key: Any) -> None:
-        self._open.pop(id(key), None)
+        self._open.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._open)

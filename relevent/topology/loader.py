@@ -365,7 +365,10 @@ class _Validator:
                     if not (tls["cert"] and tls["key"]):
                         self.problem(path + ("tls",), "serving TLS needs the site's certificate: set [tls] cert "
                                                       "and key")
-                    if ep.get("client_cert", "none") != "none" and not tls["ca"]:
+                    if "client_cert" not in spec.keys and not tls["ca"]:
+                        self.problem(path + ("tls",), f"{ep['protocol']} over TLS asks every client for a "
+                                                      "certificate: set [tls] ca, the bundle they chain to")
+                    elif ep.get("client_cert", "none") != "none" and not tls["ca"]:
                         self.problem(path + ("client_cert",), f"client_cert = \"{ep['client_cert']}\" needs [tls] "
                                                               "ca, the bundle clients' certificates chain to (or "
                                                               "client_cert = \"none\")")

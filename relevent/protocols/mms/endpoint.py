@@ -45,6 +45,15 @@ has is refused, and so is a client that may do nothing at all.  The association 
 security token, a key into `clients` (token -> Who, the peer filled in once connected), and
 every write, operate and read of that client is made as its party: the session decides
 writes and operates; reads are checked here (the party's right to read, per DER).
+
+MMS over TLS (`tls = true`, IEC 62351-3/4, docs/tls.md): libiec61850 serves with the site
+policy's certificate and verifies each client's against its CA bundle (chain, validity,
+TLS 1.2 at least) during the handshake.  The authenticator then gets the certificate it
+verified: `SiteTls.peer_problem` refuses a revoked or expired one (libiec61850's own CRL
+list cannot be replaced while it serves), and its CN or a SAN names the party (`cert_cn`;
+a certificate naming none is the endpoint's anonymous client).  An ACSE password over TLS
+is refused: the certificate, which the revocation check sees, is the credential.  A thread
+re-reads the CRLs every `crl_refresh_s` and aborts the associations of a peer refused now.
 """
 from __future__ import annotations
 
@@ -75,6 +84,7 @@ from relevent.scl.cfg import to_cfg
 from relevent.scl.generate import default_ld_inst
 from relevent.scl.parser import parse_scl
 from relevent.scl.site_model import endpoint_scl
+from relevent.security.tls import PeerSessions, SiteTls, cert_names
 from relevent.wan.adapter import WanContext, Who, Write
 from relevent.wan.session import OPERATE_TIMEOUT_S
 
@@ -141,6 +151,13 @@ class MmsEndpoint:
         self.der_of_ld: dict[str, str] = {}         # logical device inst -> DER name
         self.readable: dict[int, dict[str, bool]] = {}   # token -> LD inst -> may it read there
         self.contacted: dict[int, float] = {}       # token -> monotonic time its reads last counted
+        # MMS over TLS: the site policy (revocation, status), the open sessions by token with
+        # their certificates, and the thread that refreshes the CRLs and sweeps them.
+        self.tls: SiteTls | None = SiteTls(config["tls_policy"]) if config.get("tls") else None
+        self.sessions = PeerSessions()
+        self.tls_events = {"handshakes_refused": 0, "last_handshake_refusal": ""}
+        self._tls_stop = threading.Event()
+        self._tls_thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -152,7 +169,8 @@ class MmsEndpoint:
         scl_path.write_bytes(endpoint_scl(cfg, ders, cfg.get("site", "site")))
         model = parse_scl(scl_path)
         ied = model.ied()
-        self.server = MmsServer(to_cfg(model, ied.name), ied.name, str(work))
+        self.server = MmsServer(to_cfg(model, ied.name), ied.name, str(work),
+                                tls=cfg["tls_policy"] if self.tls is not None else None)
         # Every libiec61850 call releases the GIL; with the default 5 ms switch interval a
         # thread getting it back waits behind a busy actor thread (docs/runtime-notes.md).
         sys.setswitchinterval(SWITCH_INTERVAL)
@@ -185,9 +203,14 @@ class MmsEndpoint:
         self.writer.start()
         self.server.on_connection(self._connection)
         self.server.deny_writes_without_handler()  # every SP write goes through a handler (and the policy)
-        if self.parties:
+        if self.parties or self.tls is not None:
             self.server.authenticate(self._authenticate)
+        if self.parties:
             self.server.on_read_access(self._may_read)
+        if self.tls is not None:
+            self.server.on_tls_event(self._tls_event)
+            self._tls_thread = threading.Thread(target=self._refresh_tls, name=f"mms-tls-{cfg['name']}", daemon=True)
+            self._tls_thread.start()
 
     def on_synced(self) -> None:
         """Every controller's state is queued for the writer: it listens once they are written."""
@@ -200,9 +223,25 @@ class MmsEndpoint:
         self.states.put(measurement)  # the writer thread puts it in the DER's MMXU1
 
     # -- clients (libiec61850's threads) ----------------------------------------------------------
-    def _authenticate(self, mechanism: int, password: bytes | None) -> int | None:
+    def _authenticate(self, mechanism: int, password: bytes | None, cert: bytes | None) -> int | None:
         """An association's ACSE authentication: its security token, or None to refuse it."""
-        if password is not None:
+        name = self.config["name"]
+        if self.tls is not None:
+            if cert is None:
+                log.warning("mms endpoint=%s association refused: %s", name,
+                            "an ACSE password over TLS (the client certificate names the party)"
+                            if password is not None else "no client certificate")
+                self.tls.refuse("association without a client certificate")
+                return None
+            problem = self.tls.peer_problem(cert)
+            if problem:
+                log.warning("mms endpoint=%s association refused: %s", name, problem)
+                self.tls.refuse(problem)
+                return None
+            who = self.ctx.who(credential=("cert-cn", cert_names(cert)))
+            if not who.party:   # a certificate naming no party: the endpoint's anonymous client
+                who = self.ctx.who()
+        elif password is not None:
             who = self.ctx.who(credential=("mms-password", password.decode(errors="replace")))
             if not who.recognised:  # a password no accepted party has: never the anonymous rule
                 log.warning("mms endpoint=%s association refused: wrong password", self.config["name"])
@@ -215,7 +254,31 @@ class MmsEndpoint:
             return None
         token = next(self.tokens)
         self.clients[token] = who
+        if cert is not None:
+            label = f"party {who.party!r}" if who.party else "a client without a party"
+            self.sessions.opened(token, cert, lambda: self.server.abort({token}), label)
         return token
+
+    def _tls_event(self, level: int, code: int, message: str) -> None:
+        """libiec61850's TLS events (its threads): a refused handshake is logged and counted."""
+        if level >= L.TLS_EVENT_INCIDENT or code in L.TLS_REFUSALS:
+            self.tls_events["handshakes_refused"] += 1
+            self.tls_events["last_handshake_refusal"] = message
+            log.warning("mms endpoint=%s TLS handshake refused: %s", self.config["name"], message)
+
+    def _refresh_tls(self) -> None:
+        """TLS thread: every crl_refresh_s, re-read the CRLs and abort the associations of a
+        peer refused now (revoked, expired, its CRL out of date)."""
+        while not self._tls_stop.wait(self.tls.refresh_s):
+            try:
+                self.tls.refresh()
+                for label, reason in self.sessions.sweep(self.tls.peer_problem):
+                    self.tls.refuse(reason, closed=True)
+                    log.warning("mms endpoint=%s closed the association of %s: %s", self.config["name"], label,
+                                reason)
+                self.server.abort(set())   # releases the connections closed since
+            except Exception:  # noqa: BLE001 - the next round tries again; the status shows the errors
+                log.exception("mms endpoint=%s TLS refresh failed", self.config["name"])
 
     def _who(self, client: int) -> Who:
         """The party of the client with this security token."""
@@ -233,6 +296,7 @@ class MmsEndpoint:
                 who = self.clients[client] = dataclasses.replace(who, peer=peer)
                 self.up.add(client)
             else:
+                self.sessions.closed(client)
                 self.clients.pop(client, None)
                 self.readable.pop(client, None)
                 self.contacted.pop(client, None)
@@ -294,6 +358,10 @@ class MmsEndpoint:
                 return
 
     def stop(self) -> None:
+        self._tls_stop.set()
+        if self._tls_thread is not None:
+            self._tls_thread.join(timeout=2)
+            self._tls_thread = None
         if self.switcher is not None:
             self.switcher.close()
         if self.writer is not None and self.writer.is_alive():
@@ -316,7 +384,8 @@ class MmsEndpoint:
                 on_time = book.switched_on_time
                 counts, total = list(self.lateness), self.lateness_sum  # _collect counts under the book's lock
         cumulative = list(itertools.accumulate(counts))
-        return {"serving": f"{self.config.get('address')}:{self.config['port']}",
+        tls = {"tls": {**self.tls.status(), **self.tls_events, "sessions": len(self.sessions)}} if self.tls else {}
+        return {**tls, "serving": f"{self.config.get('address')}:{self.config['port']}",
                 "switch_priority": self.switcher is not None and self.switcher.boosts, "switched_on_time": on_time,
                 **self.stats, "switch_lateness": {"le": list(LATENESS_BUCKETS), "buckets": cumulative[:-1],
                                                   "count": cumulative[-1], "sum": round(total, 6)}}
