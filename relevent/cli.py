@@ -120,6 +120,12 @@ def short_detail(node: dict) -> str:
         return f"{d['listen']} output {d['output_w']:g} W"
     if node["role"] == "simulator" and "w" in d:
         return f"{d['der']}: {d['w']:g} W, {d['commands']} commands"
+    if node["role"] == "registration" and "state" in d:
+        if d.get("error"):
+            return f"{d['state']}: error (see --json)"
+        if d["state"] == "registered":
+            return f"registered, expires {(d.get('cert_expiry') or '?')[:10]}"
+        return d["state"] + (f", next {d['next_attempt'][:19]}" if d.get("next_attempt") else "")
     if node["role"] in ("wan", "lan", "simulator"):
         return d.get("serving") or d.get("listen") or (
             f"{d.get('protocol')}: adapter not in this build" if "adapter" in d else str(d.get("protocol", "")))

@@ -372,3 +372,63 @@ ca = "{pki / 'root-ca.pem'}"
     assert [i["device_code"] for i in issued.values()] == [CODE]
     done = site.cli("register", str(site.topology), "--status")
     assert done.returncode == 0 and "registered" in done.stdout
+
+
+def test_the_wait_before_the_next_step_follows_the_persisted_state():
+    from relevent.actors.registration import MAX_SLEEP_S, seconds_until_next_step as wait
+    now = 1_000_000_000
+    assert wait("unregistered", None, None, now, 3600) == 0 and wait("revoked", None, None, now, 3600) == 0
+    assert wait("failed", now + 30 * S, None, now, 3600) == 30.0
+    assert wait("failed", now - S, None, now, 3600) == 0                        # overdue: at once
+    assert wait("failed", now + 7 * DAY, None, now, 3600) == MAX_SLEEP_S         # looks again within the hour
+    assert wait("registered", None, None, now, 3600) == 0                       # never checked by this actor
+    assert wait("registered", None, now - 600 * S, now, 3600) == 3000.0
+    assert wait("registered", None, now - 7200 * S, now, 3600) == 0
+    from relevent.actors.registration import RETRY_AFTER_ERROR_S, seconds_after_errors
+    assert [seconds_after_errors(n) for n in (1, 2, 3, 6, 7, 100)] == [1, 2, 4, 32, RETRY_AFTER_ERROR_S,
+                                                                      RETRY_AFTER_ERROR_S]
+
+
+def test_a_running_site_registers_by_itself_and_again_after_a_revocation(make_site, tmp_path):
+    """`relevent run` runs the registration (an actor of the site): it registers at start
+    with no command, `relevent status` shows the state, and a revocation found at its next
+    certificate check (check_s = 1) sends it back to registration, which issues a new
+    certificate for a new key."""
+    port = free_port()
+    state = tmp_path / "site-state"
+    pki = state / "registration-service" / "dso"
+    token, tokens = tmp_path / "token", tmp_path / "tokens.txt"
+    token.write_text(TOKEN)
+    tokens.write_text(f"{CODE} {TOKEN}\n")
+    site = make_site(extra=f"""
+[[simulator]]
+name = "dso"
+protocol = "registration-service"
+port = {port}
+tokens_file = "{tokens}"
+
+[registration]
+service_url = "https://localhost:{port}/register"
+device_code = "{CODE}"
+token_file = "{token}"
+ca = "{pki / 'root-ca.pem'}"
+check_s = 1
+""")
+    node = site.wait_for("registration", lambda n: n["detail"].get("state") == "registered", timeout=30)
+    first = node["detail"]
+    assert first["device_code"] == CODE and first["serial"] and first["cert_expiry"], first
+    cert = state / "registration" / "site-cert.pem"
+    assert openssl_verify(pki / "root-ca.pem", cert).returncode == 0
+    old_key = (state / "registration" / "site-key.pem").read_bytes()
+    status = site.cli("status", str(site.topology))
+    row = next(line for line in status.stdout.splitlines() if line.split()[:2] == ["registration", "registration"])
+    assert f"registered, expires {first['cert_expiry'][:10]}" in row, status.stdout
+    # Revoked at the service: the site finds it on its next check and registers again.
+    svc = HttpsTransport(pki / "root-ca.pem").request(
+        "POST", f"https://localhost:{port}/admin/revoke", json.dumps({"device_code": CODE}).encode(),
+        {"Content-Type": "application/json"})
+    assert svc.status == 200, svc
+    again = site.wait_for("registration", lambda n: n["detail"].get("state") == "registered"
+                          and n["detail"].get("serial") != first["serial"], timeout=30)["detail"]
+    assert again["attempts"] >= 2 and (state / "registration" / "site-key.pem").read_bytes() != old_key
+    assert openssl_verify(pki / "root-ca.pem", cert).returncode == 0

@@ -23,6 +23,7 @@ from relevent.messages import (
     CommandSubscribe, DevicesLeft, ForecastReply, ForecastRequest, LeaveDevices, Measurement, Pong, ScheduleOperate,
     ScheduleWrites, Shutdown, SnapshotRequest, WanContact, Wakeup,
 )
+from relevent.actors.registration import registration_child
 from relevent.actors.supervisor import ChildSpec, Supervisor
 
 
@@ -56,6 +57,11 @@ def site_children(data: dict) -> list[ChildSpec]:
                         {"name": f"{ep['name']}-broker", "protocol": "mqtt-broker", "address": ep["host"],
                          "port": ep["port"]})
               for ep in data["lan"] if ep.get("embedded_broker")]
+    # The site's registration with its DSO (docs/registration.md), once its service may be up.
+    registration = registration_child(data)
+    if registration is not None:
+        specs.append(ChildSpec("registration", "registration", "relevent.actors.registration.RegistrationActor",
+                               registration))
     # WAN endpoints serve the site's DERs (the MMS model is built from them).
     specs += [ChildSpec(ep["name"], "wan", "relevent.actors.endpoint.EndpointActor", {**ep, "ders": data["der"],
                                                                                        "site": data["site"]["name"],

@@ -355,6 +355,9 @@ REGISTRATION = {
                      doc="the CRL to check our certificate against; empty: the certificate's CRL "
                          "distribution point"),
     "timeout_s": Field(NUMBER, default=15.0, check=positive, doc="seconds one request may take"),
+    "check_s": Field(NUMBER, default=3600.0, check=positive,
+                     doc="while registered, the site checks its certificate and the CRL this often (a "
+                         "revocation sends it back to registration)"),
 }
 
 # [tls]: the site's one TLS policy, applied by every endpoint with `tls = true`
