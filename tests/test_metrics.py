@@ -380,3 +380,21 @@ def test_relevent_run_says_where_endpoints_and_metrics_are(site):
     assert f"site {name}: WAN mms (mms) listening on" in out and str(site.ports["mms"]) in out
     assert f"site {name}: metrics http://127.0.0.1:{site.ports['metrics']}/metrics" in out
     assert f"site {name}: history " in out
+
+
+def test_certificate_expiry_crl_next_update_and_registration_state_from_the_tree():
+    t = tree()
+    t["children"][0]["detail"]["tls"] = {"cert_not_after": "2027-01-02T03:04:05Z",
+                                         "crls": [{"file": "/pki/crl.pem", "next_update": "2026-12-20T00:00:00Z"}]}
+    t["children"].append(node("registration", "registration", detail={
+        "state": "registered", "cert_expiry": "2027-06-01T00:00:00+00:00"}))
+    text = scrape(t)
+    assert value(text, "relevent_tls_certificate_expiry_timestamp_seconds", path="mms", which="site") == 1798859045.0
+    assert value(text, "relevent_tls_certificate_expiry_timestamp_seconds", path="registration",
+                 which="registered") == 1811808000.0
+    assert value(text, "relevent_tls_crl_next_update_timestamp_seconds", path="mms", file="/pki/crl.pem") == 1797724800.0
+    assert value(text, "relevent_registration_state", state="registered") == 1.0
+    assert value(text, "relevent_registration_state", state="revoked") == 0.0
+    plain = scrape(tree())   # no TLS, no registration: no series (the families stay empty)
+    assert "relevent_registration_state" not in plain
+    assert value(plain, "relevent_tls_certificate_expiry_timestamp_seconds", path="mms", which="site") is None

@@ -9,12 +9,16 @@ nodes); these functions only read it, through `walk_depths`.  Where a detail key
   the MMS endpoint's `switch_lateness` (relevent/protocols/mms/endpoint.py);
 * LAN endpoints: `connected` (MQTT), `devices[..].link` (Modbus);
 * DERs: `command` and `measured` (relevent/actors/der.py), their controllers' `output`,
-  `source` and `schedules` (relevent/actors/controller.py).
+  `source` and `schedules` (relevent/actors/controller.py);
+* TLS endpoints: `tls` (relevent/security/tls.py `SiteTls.status`): the certificate's
+  `cert_not_after`, each CRL's `next_update`; the registration actor: `state`, `cert_expiry`
+  (relevent/actors/registration.py).
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from relevent.runtime.status import walk, walk_depths
@@ -203,3 +207,49 @@ def schedules(tree: dict) -> dict[tuple[str, str, str], str]:
         for name, state in (d.get("schedules") or {}).items():
             out[(parent["name"], d["kind"], name)] = state
     return out
+
+
+def _epoch_s(iso: str | None) -> float | None:
+    """Unix time of an ISO 8601 time from a status detail ("...Z" or "+00:00"), or None."""
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def certificates(tree: dict) -> dict[tuple[str, str], float]:
+    """(endpoint path, "site") -> the expiry (Unix time) of the certificate each TLS
+    endpoint serves or offers, and ("registration", "registered") -> the registered one's."""
+    out = {}
+    for node in walk(tree):
+        d = node.get("detail") or {}
+        expiry = _epoch_s((d.get("tls") or {}).get("cert_not_after"))
+        if expiry is not None:
+            out[(path_of(node), "site")] = expiry
+        if node.get("role") == "registration":
+            expiry = _epoch_s(d.get("cert_expiry"))
+            if expiry is not None and d.get("state") == "registered":
+                out[(path_of(node), "registered")] = expiry
+    return out
+
+
+def crls(tree: dict) -> dict[tuple[str, str], float]:
+    """(endpoint path, CRL file) -> the CRL's next update (Unix time): past it, every peer of
+    its CA is refused (docs/tls.md)."""
+    out = {}
+    for node in walk(tree):
+        for crl in ((node.get("detail") or {}).get("tls") or {}).get("crls") or []:
+            when = _epoch_s(crl.get("next_update"))
+            if when is not None:
+                out[(path_of(node), crl.get("file", ""))] = when
+    return out
+
+
+def registration(tree: dict) -> str | None:
+    """The site's registration state (docs/registration.md), None when it does not register."""
+    for node in walk(tree):
+        if node.get("role") == "registration":
+            return (node.get("detail") or {}).get("state") or "unknown"
+    return None

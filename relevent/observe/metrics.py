@@ -46,6 +46,7 @@ def families(tree: dict | None, now_ms: int, totals: dict, site: str = "", versi
     out += _schedules(tree)
     out += _refusals(totals)
     out += _lateness(totals)
+    out += _certificates(tree)
     return out
 
 
@@ -143,3 +144,31 @@ def _lateness(totals: dict) -> list[Metric]:
         buckets.append(("+Inf", count))
         family.add_metric([endpoint], buckets, totals.get(("lateness_sum", endpoint), 0.0))
     return [family]
+
+
+REGISTRATION_STATES = ("unregistered", "requesting", "registered", "failed", "revoked")
+
+
+def _certificates(tree: dict) -> list[Metric]:
+    """Certificate expiry and CRL next update as timestamps, so an alert reads
+    `relevent_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400`."""
+    cert = GaugeMetricFamily("relevent_tls_certificate_expiry_timestamp_seconds",
+                             "When a certificate of the site expires (Unix time): the one a TLS endpoint "
+                             "serves or offers (which = site), or the registered one (which = registered).",
+                             labels=["path", "which"])
+    for (path, which), expiry in sorted(extract.certificates(tree).items()):
+        cert.add_metric([path, which], expiry)
+    crl = GaugeMetricFamily("relevent_tls_crl_next_update_timestamp_seconds",
+                            "A CRL's next update (Unix time): past it, the peers of its CA are refused.",
+                            labels=["path", "file"])
+    for (path, file), when in sorted(extract.crls(tree).items()):
+        crl.add_metric([path, file], when)
+    out: list[Metric] = [cert, crl]
+    state = extract.registration(tree)
+    if state is not None:
+        family = GaugeMetricFamily("relevent_registration_state", "The site's registration state with its DSO's "
+                                   "service (1 for the current one; docs/registration.md).", labels=["state"])
+        for name in REGISTRATION_STATES:
+            family.add_metric([name], 1.0 if state == name else 0.0)
+        out.append(family)
+    return out
