@@ -180,3 +180,23 @@ def test_policy_problems_name_the_file(ca, tmp_path):
     assert any(key == ("crl", 0) and "not in the CA bundle" in text and error for key, text, error in foreign)
     wrong_key = policy_problems({**section, "key": str(ca / "dso.key")})
     assert any(key == ("key",) and "cannot be used together" in text for key, text, _ in wrong_key)
+
+
+def test_a_renewed_pair_is_seen_only_once_key_and_certificate_match(tmp_path):
+    from relevent.security.tls import SiteTls
+    ca = tmp_path / "pki"
+    pki.init(ca)
+    pki.issue(ca, "site", "site")
+    tls = SiteTls({"cert": str(ca / "site.crt"), "key": str(ca / "site.key"), "ca": str(ca / "ca.crt")})
+    assert tls.renewed() is None
+    old_cert = (ca / "site.crt").read_bytes()
+    issued = pki.issue(ca, "site", "site")
+    (ca / "site.crt.new").write_bytes((ca / "site.crt").read_bytes())
+    (ca / "site.crt").write_bytes(old_cert)        # the key already new, its certificate not yet
+    assert tls.renewed() is None
+    (ca / "site.crt.new").rename(ca / "site.crt")
+    why = tls.renewed()
+    assert why and f"serial {issued.serial:x}" in why and "restarting to serve it" in why
+    client = tls.client_context()
+    tls.reload_own()                               # a client takes the new pair; then nothing is new
+    assert tls.renewed() is None and client is not None

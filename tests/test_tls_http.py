@@ -295,3 +295,21 @@ def test_status_reports_the_certificate_expiry_and_the_crl(site):
     assert 360 < tls["cert_days_left"] <= 365 and tls["min_version"] == "1.2" and tls["errors"] == []
     assert tls["crls"][0]["file"] == str(site.ca / "crl.pem") and tls["crls"][0]["next_update"]
     assert endpoint_detail(site, "https")["serving"].startswith("https://")
+
+
+def test_a_renewed_site_certificate_is_served_after_the_endpoint_restarts_itself(site):
+    def served_serial() -> int:
+        with tls_socket(site, "aggregator") as s:
+            der = s.getpeercert(binary_form=True)
+        from cryptography import x509
+        return x509.load_der_x509_certificate(der).serial_number
+
+    restarts, before = site.node("https")["restarts"], served_serial()
+    issued = pki.issue(site.ca, "site", "site", ips=("127.0.0.1",))
+    assert before != issued.serial
+    node = site.wait_for("https", lambda n: n["restarts"] > restarts and n["state"] == "running", timeout=REFRESH_S + 15)
+    assert "restarting to serve it" in node["last_error"], node
+    deadline = time.monotonic() + 10
+    while served_serial() != issued.serial:
+        assert time.monotonic() < deadline, "the renewed certificate is not served"
+        time.sleep(0.2)

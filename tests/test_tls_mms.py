@@ -248,3 +248,26 @@ def test_status_reports_the_certificate_expiry_and_the_crl(site):
     t = mms_tls(site)
     assert 360 < t["cert_days_left"] <= 365 and t["min_version"] == "1.2" and t["errors"] == []
     assert t["crls"][0]["file"] == str(site.ca / "crl.pem") and t["crls"][0]["next_update"]
+
+
+def served_serial(site) -> str:
+    res = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{site.port}", "-cert", str(site.ca / "dso.crt"),
+                          "-key", str(site.ca / "dso.key")], input="", capture_output=True, text=True, timeout=30)
+    cert = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=res.stdout, capture_output=True, text=True,
+                          timeout=30)
+    return cert.stdout.strip().split("=")[-1].lower().lstrip("0")
+
+
+def test_a_renewed_site_certificate_is_served_after_the_endpoint_restarts_itself(site):
+    before = served_serial(site)
+    restarts = site.node("mms")["restarts"]
+    issued = pki.issue(site.ca, "site", "site", ips=("127.0.0.1",))    # renewed in place: new key, new certificate
+    assert f"{issued.serial:x}" != before
+    node = site.wait_for("mms", lambda n: n["restarts"] > restarts and n["state"] == "running", timeout=REFRESH_S + 15)
+    assert "restarting to serve it" in node["last_error"], node
+    deadline = time.monotonic() + 10
+    while served_serial(site) != f"{issued.serial:x}":
+        assert time.monotonic() < deadline, "the renewed certificate is not served"
+        time.sleep(0.2)
+    with connected(site, "dso") as dso:     # and parties connect as before
+        assert dso.read_int(f"{LD}/MaxPow_FSCH02.SchdSt.stVal") == 1

@@ -15,6 +15,13 @@ endpoint that speaks TLS: HTTP serves with it, the MQTT links connect with it.
   CRL is verified against the CA bundle and loaded into every context made so far.  The
   caller then re-checks its open sessions (`PeerSessions.sweep`) and closes those of a
   peer that is revoked or expired now: within one refresh interval.
+* **Renewal**: a new certificate and key on disk (renewed, or issued by a new registration,
+  docs/registration.md) are not swapped into running listeners: libiec61850's cannot be.
+  `renewed()` says when the files hold a different, matching pair; a listener then ends
+  with `CertificateRenewed` and its supervisor restarts it at once with the new pair (no
+  schedule is lost: they live in the controllers), while a client loads it into its
+  contexts (`reload_own`) for its next connect.  A pair caught half-written (the key
+  already new, the certificate not yet) is not a renewal yet; the next refresh sees it.
 * **Errors name the file**: a missing, unreadable, badly signed or expired CRL is kept in
   `errors` (shown by `relevent status`) and fails closed: a peer whose issuer has no
   current CRL is refused.  A CRL that goes missing later keeps the last good one in force
@@ -46,6 +53,10 @@ CRL_REFRESH_S = 300.0
 
 class TlsError(Exception):
     pass
+
+
+class CertificateRenewed(Exception):
+    """The site's certificate and key changed on disk: the endpoint restarts to use them."""
 
 
 def _read(path: str) -> bytes:
@@ -241,10 +252,12 @@ class SiteTls:
         self.crls: dict[str, x509.CertificateRevocationList] = {}
         self.errors: dict[str, str] = {}          # CRL path -> what is wrong with it now
         self._contexts: list[ssl.SSLContext] = []
+        self._client_contexts: list[ssl.SSLContext] = []
         self.refused = 0
         self.closed = 0
         self.last_refusal = ""
         self.refreshed_at = 0.0
+        self._own_pair = self._read_own_pair()
         self.refresh()
 
     def now(self) -> datetime:
@@ -282,6 +295,7 @@ class SiteTls:
             self._own_chain(ctx)
         self._revocation(ctx)
         self._contexts.append(ctx)
+        self._client_contexts.append(ctx)
         return ctx
 
     def _own_chain(self, ctx: ssl.SSLContext) -> None:
@@ -329,6 +343,40 @@ class SiteTls:
                 log.info("tls: CRL %s is fine again", path)
         self.refreshed_at = self.clock()
         return changed
+
+    def _read_own_pair(self) -> tuple[bytes, bytes] | None:
+        if not (self.cert and self.key):
+            return None
+        try:
+            return _read(self.cert), _read(self.key)
+        except OSError:
+            return None
+
+    def renewed(self) -> str | None:
+        """Why this endpoint must restart to serve the site's certificate: the files hold a
+        different pair than at start, and the new key matches the new certificate; else None."""
+        pair = self._read_own_pair()
+        if pair is None or self._own_pair is None or pair == self._own_pair:
+            return None
+        try:
+            cert = x509.load_pem_x509_certificate(pair[0])
+            key = serialization.load_pem_private_key(pair[1], password=None)
+        except ValueError:
+            return None     # half-written or not PEM: the next refresh looks again
+        if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) \
+                != cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo):
+            return None     # the key replaced before its certificate (registration, point 7): not yet
+        return (f"the site's certificate {self.cert} changed (now {_subject(cert)}, serial {cert.serial_number:x}, "
+                f"until {_iso(cert.not_valid_after_utc)}): restarting to serve it")
+
+    def reload_own(self) -> None:
+        """Load the files' pair into every client context made so far (their next handshake
+        offers it); listeners restart instead (`CertificateRenewed`)."""
+        self._own_pair = self._read_own_pair()
+        self.own = x509.load_pem_x509_certificate(self._own_pair[0]) if self._own_pair else self.own
+        for ctx in self._client_contexts:
+            self._own_chain(ctx)
 
     def _error(self, path: str, message: str) -> None:
         if self.errors.get(path) != message:

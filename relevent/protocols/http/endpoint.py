@@ -37,7 +37,7 @@ from typing import Any
 from relevent.messages import ControllerState
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.http.api import build_app
-from relevent.security.tls import PeerSessions, SiteTls, cert_names
+from relevent.security.tls import CertificateRenewed, PeerSessions, SiteTls, cert_names
 from relevent.wan.adapter import WanContext
 
 log = logging.getLogger("relevent.http")
@@ -183,6 +183,9 @@ class HttpEndpoint:
         while True:
             await asyncio.sleep(self.tls.refresh_s)
             self.tls.refresh()
+            renewed = self.tls.renewed()
+            if renewed:
+                raise CertificateRenewed(renewed)   # the actor crashes with it and is restarted at once
             for label, reason in self.sessions.sweep(self.tls.peer_problem):
                 self.tls.refuse(reason, closed=True)
                 log.warning("http endpoint=%s closed the session of %s: %s", self.config["name"], label, reason)

@@ -84,7 +84,7 @@ from relevent.scl.cfg import to_cfg
 from relevent.scl.generate import default_ld_inst
 from relevent.scl.parser import parse_scl
 from relevent.scl.site_model import endpoint_scl
-from relevent.security.tls import PeerSessions, SiteTls, cert_names
+from relevent.security.tls import CertificateRenewed, PeerSessions, SiteTls, cert_names
 from relevent.wan.adapter import WanContext, Who, Write
 from relevent.wan.session import OPERATE_TIMEOUT_S
 
@@ -272,6 +272,10 @@ class MmsEndpoint:
         while not self._tls_stop.wait(self.tls.refresh_s):
             try:
                 self.tls.refresh()
+                renewed = self.tls.renewed()
+                if renewed:
+                    self.bridge.post(CertificateRenewed(renewed))   # the actor crashes with it, restarted at once
+                    return
                 for label, reason in self.sessions.sweep(self.tls.peer_problem):
                     self.tls.refuse(reason, closed=True)
                     log.warning("mms endpoint=%s closed the association of %s: %s", self.config["name"], label,
@@ -498,7 +502,7 @@ class MmsEndpoint:
         for message in self.bridge.drain():
             if message == LISTENING:
                 self.ctx.mark_ready()
-            elif isinstance(message, MmsServerError):
+            elif isinstance(message, (MmsServerError, CertificateRenewed)):
                 raise message
 
     # -- writer thread ----------------------------------------------------------------------------

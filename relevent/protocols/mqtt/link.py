@@ -176,6 +176,10 @@ class MqttLink:
         while True:
             await asyncio.sleep(self.tls.refresh_s)
             try:
+                renewed = self.tls.renewed()
+                if renewed:   # a client context takes the new pair for its next connect
+                    self.tls.reload_own()
+                    log.info("mqtt link=%s: %s", self.name, renewed.replace("restarting to serve", "offering"))
                 self.tls.refresh()
                 self._check_broker()
             except Exception:  # noqa: BLE001 - the next round tries again
