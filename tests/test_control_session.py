@@ -311,3 +311,76 @@ def test_an_operate_given_up_by_its_client_is_forgotten(session):
     fut = session.operate("pv1", "ActPow", "FSCH01", "enable")   # no controller state yet: queued
     fut.cancel()
     assert session.waiting == {}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs the test fills up: a real full disk under the audit log (root only)."""
+    import os
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder) -> None:
+    with open(folder / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def audited_values(folder) -> list:
+    """NumEntr values of the write instructions recorded in the endpoint's chain."""
+    import json
+    return [r["detail"]["writes"][0][2] for f in sorted((folder / "audit" / "ep").glob("audit-*.jsonl"))
+            for line in f.read_text().splitlines() if line.endswith("}")
+            for r in [json.loads(line)] if r["kind"] == "instruction" and r["action"] == "write"]
+
+
+@pytest.mark.parametrize("mode", ["continue", "refuse"])
+def test_a_full_disk_under_the_audit_log_refuses_instructions_only_when_the_site_says_so(small_disk, mode):
+    actor = FakeActor(str(small_disk))
+    actor.site["audit_failure"] = mode
+    s = ControlSession(actor, {"name": "ep", "ders": [DER]})
+    s.start(FakeAdapter())
+    try:
+        s.on_message(state(1, schedules()))
+        assert s.write("pv1", "ActPow", "FSCH01", [Write("NumEntr", 0, 2)]).ok
+        fill(small_disk)
+        # The log's last page may still hold a few records: write until one cannot be.
+        answers = {n: s.write("pv1", "ActPow", "FSCH01", [Write("NumEntr", 0, n)]) for n in range(3, 60)}
+        refused = [n for n, a in answers.items() if not a.ok]
+        recorded = audited_values(small_disk)
+        assert recorded[:1] == [2] and len(recorded) < 58, recorded        # the disk did fill up
+        if mode == "refuse":     # every instruction that took effect is recorded, and only those
+            assert refused and all(answers[n].rule == "audit" and "cannot be written" in answers[n].reason
+                                   for n in refused)
+            assert recorded == [2] + [n for n in range(3, 60) if answers[n].ok]
+            last = max(recorded)
+            assert s.view("pv1", "ActPow")["schedules"]["FSCH01"]["settings"]["num_entr"] == last
+            assert s.operate("pv1", "ActPow", "FSCH01", "enable").result(0).rule == "audit"
+            deliver(s)
+            sent = s.actor.to(CONTROLLER)
+            assert [w.value for m in sent if isinstance(m, ScheduleWrites) for w in m.writes] == recorded
+            assert not [m for m in sent if isinstance(m, ScheduleOperate)]
+        else:                    # the site keeps following its grid operator; the failure is logged
+            assert not refused and s.view("pv1", "ActPow")["schedules"]["FSCH01"]["settings"]["num_entr"] == 59
+        (small_disk / "filler").unlink()                                             # space again: recorded again
+        assert s.write("pv1", "ActPow", "FSCH01", [Write("NumEntr", 0, 61)]).ok
+        assert audited_values(small_disk)[-1] == 61
+    finally:
+        s.stop()
+    # The partial lines the full disk left were cut off again: the chain verifies whole.
+    from relevent.audit.verify import load_public_key, verify
+    result = verify(small_disk / "audit" / "ep", load_public_key(small_disk / "audit" / "audit-key.pub"))
+    assert result.ok and result.problem is None and result.from_genesis, result

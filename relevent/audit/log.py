@@ -278,9 +278,14 @@ class AuditLog:
             while view:                      # a regular file takes it whole, but be sure
                 view = view[os.write(self._fd, view):]
         except OSError:
-            # Not (fully) written: the chain goes on from the last record on disk; a partial
-            # line left by a full disk shows in verify as a bad record at that place.
+            # Not (fully) written: a partial line (a full disk) is cut off again, so the file
+            # ends with the last whole record and the chain goes on from it.  Should even the
+            # cut fail, the partial line shows in verify as a bad record at that place.
             self._chain.seq, self._chain.prev = before
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
             raise
         self._size += len(line)
         self._dirty = True

@@ -60,6 +60,10 @@ SITE = {
     "state_dir": Field((str,), default="./state", doc="persisted state, control socket and logs"),
     "audit_retention_days": Field(NUMBER, default=7.0, check=positive,
                                   doc="days the audit log keeps (whole files, STATE_DIR/audit; docs/audit.md)"),
+    "audit_failure": Field((str,), default="continue", choices=("continue", "refuse"),
+                           doc="when the audit log cannot be written (a full disk): continue (the site keeps "
+                               "following its grid operator, the failure is logged) or refuse every instruction "
+                               "until it can (docs/audit.md)"),
 }
 
 RUNTIME = {

@@ -66,6 +66,7 @@ OPERATE_TIMEOUT_S = 5.0      # an enable/disable not answered by its controller 
 FORECAST_TIMEOUT_S = 5.0
 CONTACT_TICK_S = 1.0         # s between WanContact reports while clients are connected
 FIRST_STATES_TIMEOUT_S = 10.0  # serve anyway if a controller has not sent its state by then
+AUDIT_DOWN = "the audit log cannot be written (audit_failure = \"refuse\"): nothing was applied"
 FORECAST_MAX_HOURS = 168     # 7 days: what the edge keeps of control data
 
 
@@ -155,6 +156,7 @@ class ControlSession:
         self.anonymous: str = anonymous_mode(config)
         self.default_who = self.who()
         self.audit: AuditLog | None = None     # this endpoint's chain (relevent/audit/site.py), from start
+        self.audit_refuses = False              # [site] audit_failure = "refuse": no unrecorded instruction
         self.ders: dict[str, dict] = {d["name"]: d for d in config.get("ders", [])}
         self.adapter: Any = None
         self.bridge = ThreadBridge()
@@ -193,6 +195,7 @@ class ControlSession:
         site = getattr(self.actor, "site", None) or {}
         if site.get("state_dir"):
             self.audit = open_chain(site, self.name)
+        self.audit_refuses = self.audit is not None and site.get("audit_failure") == "refuse"
         self.awaiting = set(self.controllers)
         self.actor.send(self.actor.parent, SnapshotRequest(self.name, self.actor.myAddress))
         self.actor.wakeupAfter(CONTACT_TICK_S, Wakeup("contact"))
@@ -293,6 +296,9 @@ class ControlSession:
                                                 ("write", der, kind, schedule, writes))
             if who.party:
                 trial.settings.writer = who.party
+            if self.audit_refuses and not self._audit(who, "write", der, kind, schedule, Answer(True), writes):
+                # audit_failure = "refuse": no instruction takes effect unrecorded (docs/audit.md)
+                return self._refused_locked(Answer.refused("audit", Refusal.ACCESS_DENIED, AUDIT_DOWN), who)
             self.mirrors[key] = trial
             messages = []
             for w in writes:
@@ -304,7 +310,8 @@ class ControlSession:
         for message in messages:
             self.bridge.post(message)
         answer = Answer(True)
-        self._audit(who, "write", der, kind, schedule, answer, writes)
+        if not self.audit_refuses:
+            self._audit(who, "write", der, kind, schedule, answer, writes)
         return answer
 
     def operate(self, der: str, kind: str, schedule: str, op: str,
@@ -327,6 +334,9 @@ class ControlSession:
             if not decision.ok:
                 fut.set_result(self._refused_locked(Answer.refused(decision.rule, decision.refusal, decision.reason),
                                                     who, (op, der, kind, schedule, None)))
+                return fut
+            if self.audit_refuses and not self._audit(who, op, der, kind, schedule, Answer(True), requested=True):
+                fut.set_result(self._refused_locked(Answer.refused("audit", Refusal.ACCESS_DENIED, AUDIT_DOWN), who))
                 return fut
             self._heard(who, now_ms())
             request_id = next(self.request_ids)
@@ -443,22 +453,28 @@ class ControlSession:
         return answer
 
     def _audit(self, who: Who, action: str, der: str, kind: str, schedule: str, answer: Answer,
-               writes: list | None = None) -> None:
-        """One instruction and its answer, in this endpoint's audit chain.  A log that cannot
-        be written is reported and the instruction still answered: the site keeps following
-        its grid operator when a disk is full (docs/audit.md)."""
+               writes: list | None = None, requested: bool = False) -> bool:
+        """One instruction and its answer, in this endpoint's audit chain; whether it was
+        written.  With [site] audit_failure = "continue" (the default) a log that cannot be
+        written is reported and the instruction still answered: the site keeps following its
+        grid operator when a disk is full.  With "refuse" the caller writes the record first
+        (an operate as `requested`, its answer in a second record) and refuses the
+        instruction when it cannot be written (docs/audit.md)."""
         if self.audit is None:
-            return
+            return True
         record = {"kind": "instruction", "party": who.party, "protocol": self.config.get("protocol", ""),
                   "peer": who.peer, "endpoint": self.name, "der": der, "function": kind, "schedule": schedule,
                   "action": action,
-                  "answer": "ok" if answer.ok else {"refused": answer.rule, "reason": answer.reason}}
+                  "answer": "requested" if requested else "ok" if answer.ok else {"refused": answer.rule,
+                                                                                    "reason": answer.reason}}
         if writes:
             record["detail"] = {"writes": [[w.field, w.index, w.value] for w in writes]}
         try:
             self.audit.append(record)
+            return True
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.error("audit endpoint=%s: cannot append: %s", self.name, exc)
+            return False
 
     # -- actor thread -------------------------------------------------------------------------------
     def on_ready(self, _fds: list[int]) -> None:
