@@ -50,7 +50,7 @@ def test_shipped_topologies_are_valid(path):
 def test_defaults_are_filled_in():
     data = parse_topology(GOOD, env={}).data
     assert data["runtime"] == {"base": "multiprocTCPBase", "admin_port": 19500, "convention_leader": "",
-                               "allow_fault_injection": False, "log_level": "INFO", "stop_timeout": 20.0,
+                               "private_network": "", "allow_fault_injection": False, "log_level": "INFO", "stop_timeout": 20.0,
                                "controller_isolation": "process", "metrics": "", "metrics_insecure": False,
                                "history_days": 7.0, "sample_s": 5.0}
     assert data["der"][0]["functions"] == ["ActPow", "MaxPow", "OnOff"]
@@ -81,7 +81,7 @@ def test_supervision_levels_inherit_and_override():
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda t: t.replace('port = 10102', 'port = 10102\nprot = 1'),
-     "site.toml:9: wan[0].prot: unknown key (known: address, anonymous, ied_name, name, parties, party, port, protocol, scl, serve_nice, switch_nice)"),
+     "site.toml:9: wan[0].prot: unknown key (known: address, anonymous, ied_name, insecure, name, parties, party, port, protocol, scl, serve_nice, switch_nice, tls)"),
     (lambda t: t.replace('port = 10102', 'port = "x"'),
      "site.toml:8: wan[0].port: expected integer, got str 'x'"),
     (lambda t: t.replace('port = 10102', 'port = 70000'),
