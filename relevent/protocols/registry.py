@@ -70,6 +70,72 @@ def _ocpp_der(der: dict, lan: dict) -> list:
     return out
 
 
+OCPP_PROFILES = {0: "no check", 1: "HTTP Basic auth over ws", 2: "TLS and HTTP Basic auth",
+                 3: "TLS and a client certificate"}
+OCPP_MIN_PASSWORD = 16   # OCPP 2.0.1 BasicAuthPassword: 16..40 characters (1.6 AuthorizationKey: 16..20 bytes)
+
+
+def ocpp_security(ep: dict, ders: list[dict], tls: dict, address_known: bool = True) -> list:
+    """What an `ocpp` endpoint's security profile needs of the site: [(key, message,
+    is_error)].  Profiles 2 and 3 serve wss:// (`tls` follows from the profile, and
+    writing it otherwise is refused), 3 needs [tls] ca; on 1 and 2 every charger of the
+    endpoint needs a readable, non-empty password file (`password_files`, by DER name).
+    Profiles 0 and 1 in plain text beyond loopback need `insecure = true` (1 would send
+    the chargers' passwords in clear)."""
+    out: list = []
+    profile = ep.get("security_profile", 0)
+    over_tls = profile >= 2
+    if ep.get("tls") is not None and bool(ep["tls"]) != over_tls:
+        out.append(("tls", f"tls = true but security_profile = {profile} ({OCPP_PROFILES[profile]}): OCPP over TLS "
+                           "is security_profile = 2 (with passwords) or 3 (with client certificates)" if ep["tls"]
+                    else f"tls = false but security_profile = {profile} is over TLS: remove tls (it follows "
+                         "from the profile)", True))
+    if over_tls and not (tls.get("cert") and tls.get("key")):
+        out.append(("security_profile", f"security_profile = {profile} serves wss:// with the site's certificate: "
+                                        "set [tls] cert and key", True))
+    if profile == 3 and not tls.get("ca"):
+        out.append(("security_profile", "security_profile = 3 verifies every charger's certificate: set [tls] ca, "
+                                        "the bundle the chargers' certificates chain to", True))
+    mine = [d for d in ders if d.get("lan") == ep.get("name") and isinstance(d.get("name"), str)]
+    files = ep.get("password_files") or {}
+    for name in files:
+        if name not in {d["name"] for d in mine}:
+            out.append(("password_files", f"{name!r} is not a charger of this endpoint (its DERs: "
+                                          f"{', '.join(d['name'] for d in mine) or 'none'})", True))
+    if profile in (1, 2):
+        for d in mine:
+            path = files.get(d["name"])
+            if path and not isinstance(path, str):
+                continue   # reported by the key's own check
+            if not path:
+                out.append(("password_files", f"charger {d['name']!r} (charge point {d.get('address')!r}) has no "
+                                              f"password: security_profile = {profile} checks every charger's "
+                                              f"password: add {d['name']} = \"FILE\" to password_files", True))
+                continue
+            try:
+                with open(path, encoding="utf-8") as f:
+                    password = f.readline().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                out.append(("password_files", f"{d['name']}: cannot read {path}: "
+                                              f"{getattr(exc, 'strerror', None) or exc}", True))
+                continue
+            if not password:
+                out.append(("password_files", f"{d['name']}: the first line of {path} (the password) is empty", True))
+            elif len(password) < OCPP_MIN_PASSWORD:
+                out.append(("password_files", f"{d['name']}: the password in {path} has {len(password)} characters; "
+                                              f"OCPP asks for at least {OCPP_MIN_PASSWORD}", False))
+    elif files:
+        out.append(("password_files", f"not used: security_profile = {profile} checks no password", False))
+    bound = listen_address(ep)
+    if not over_tls and address_known and bound is not None and not is_loopback(bound[0]) and not ep.get("insecure"):
+        out.append(("security_profile", f"endpoint {ep.get('name')!r} serves ocpp in plain text on "
+                                        f"{bound[0]}:{bound[1]}"
+                                        + (" (the chargers' passwords in clear)" if profile == 1 else "")
+                                        + ": set security_profile = 2 or 3 (and [tls] cert and key), listen on "
+                                          "loopback, or write insecure = true on this endpoint", True))
+    return out
+
+
 def _target(ep: dict, data: dict) -> tuple[dict | None, list]:
     """The DER and function a single-target WAN endpoint (`der`, `function`) steers: the
     DER (None if it does not exist) and the problems found."""
@@ -317,6 +383,22 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "voltage_v": Field(NUMBER, default=230.0, check=positive, doc="phase voltage for A = W / (phases * V)"),
                 "call_timeout_s": Field(NUMBER, default=10.0, check=positive,
                                         doc="seconds a charger has to answer a SetChargingProfile (then retried)"),
+                "security_profile": Field((int,), default=0, choices=(0, 1, 2, 3),
+                                          doc="OCPP security profile: 0 none (a known charge point id is enough), "
+                                              "1 HTTP Basic auth over ws (loopback or insecure only), 2 wss:// "
+                                              "and Basic auth, 3 wss:// and a client certificate of [tls] ca "
+                                              "naming the charge point id (CN or SAN) (docs/ocpp.md)"),
+                "tls": Field((bool,), default=None,
+                             doc="follows from security_profile (2 and 3 serve wss:// with the site's [tls] "
+                                 "certificate); written, it must agree"),
+                "password_files": Field((dict,), default={}, check=lambda v: next(
+                    (f"password_files.{k}: expected a file name" for k, x in v.items()
+                     if not isinstance(x, str) or not x), None),
+                    doc="security_profile 1 and 2: per charger, DER name = a file whose first line is its "
+                        "Basic auth password (the user is its charge point id), e.g. {ev1 = \"secrets/cp1.pw\"}"),
+                "insecure": Field((bool,), default=False,
+                                  doc="acknowledge security_profile 0 or 1 (plain ws) on a non-loopback address "
+                                      "(`relevent check` refuses that otherwise)"),
             },
             "relevent.protocols.ocpp.endpoint.OcppEndpoint",
             "OCPP 1.6J / 2.0.1 central system (CSMS) for EV chargers: commands as charging profiles, meter "
@@ -421,6 +503,15 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "meter_period_s": Field(NUMBER, default=1.0, check=positive, doc="seconds between meter values"),
                 "reject_profiles": Field((bool,), default=False, doc="answer every SetChargingProfile Rejected"),
                 "command_log": Field((str,), default="", doc="append every profile obeyed (JSON lines, ns) here"),
+                "ca": Field((str,), default="", doc="wss://: the CA bundle the site's certificate must chain to "
+                                                   "(its name checked against the URL's host); empty: the "
+                                                   "system's CAs"),
+                "cert": Field((str,), default="", doc="wss://, security profile 3: the charger's certificate (PEM; "
+                                                     "CN or SAN = charge point id)"),
+                "key": Field((str,), default="", doc="its private key (PEM)"),
+                "password_file": Field((str,), default="",
+                                       doc="security profiles 1 and 2: a file whose first line is the charger's "
+                                           "Basic auth password (user: charge point id)"),
             },
             "relevent.simulators.ocpp_charger.OcppCharger",
             "an EV charger (OCPP 1.6J or 2.0.1) with an EV plugged in: obeys charging profiles, ramps, reports "

@@ -10,14 +10,23 @@ wants)), ramps at `ramp_w_per_s`, and reports its power and energy every `meter_
 (MeterValues in 1.6, TransactionEvent Updated in 2.0.1).  When the site goes away it
 reconnects with back-off (0.1 s doubling to 5 s) and boots again; its transaction goes on.
 
+Security profiles (docs/ocpp.md): `password_file` sends HTTP Basic auth (user = the charge
+point id, password = the file's first line; profiles 1 and 2); a `wss://` url connects over
+TLS, verifying the site's certificate against `ca` (else the system's CAs) and its name
+against the url's host, and offers `cert`/`key` as the charger's certificate (profile 3).
+A refused connection (401, 403, a failed handshake) is retried with the same back-off and
+its reason kept in `last_error`.
+
 `reject_profiles = true` answers every SetChargingProfile Rejected (tests).  Every profile
 obeyed is appended to `command_log` (JSON lines, with the time in ns it arrived):
 benchmarks and tests read it from outside the site."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import ssl
 import time
 import uuid
 from datetime import datetime, timezone
@@ -36,6 +45,7 @@ from ocpp.v201 import call_result as result201
 from relevent.simulators.shell import AsyncioSimulator
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.ocpp.endpoint import SOCKET_LOG, WIRE_LOG
+from relevent.security.tls import TlsError, read_password
 
 log = logging.getLogger("relevent.sim.ocpp")
 
@@ -198,13 +208,28 @@ class OcppCharger(AsyncioSimulator):
         self.ev.profiles.clear()
         self.ev.update(time.monotonic())
 
+    def security(self) -> dict:
+        """The websockets.connect arguments of the charger's security profile: its TLS
+        context (wss://) and its Basic credentials (password_file).  Files are read at each
+        connection, like a charger whose password the CSMS changed."""
+        cfg, out = self.config, {}
+        if self.url.startswith("wss://"):
+            ctx = ssl.create_default_context(cafile=cfg.get("ca") or None)
+            if cfg.get("cert"):
+                ctx.load_cert_chain(cfg["cert"], cfg.get("key") or None)
+            out["ssl"] = ctx
+        if cfg.get("password_file"):
+            token = base64.b64encode(f"{self.cp_id}:{read_password(cfg['password_file'])}".encode()).decode()
+            out["additional_headers"] = {"Authorization": f"Basic {token}"}
+        return out
+
     async def run(self) -> None:
         delay = 0.1
         subprotocol = "ocpp1.6" if self.version == "1.6" else "ocpp2.0.1"
         while True:
             try:
                 async with websockets.connect(self.url, subprotocols=[subprotocol], open_timeout=5,
-                                              logger=SOCKET_LOG) as ws:
+                                              logger=SOCKET_LOG, **self.security()) as ws:
                     cp = (_Charger16 if self.version == "1.6" else _Charger201)(self, ws)
                     self.up = True
                     self.connects += 1
@@ -219,7 +244,7 @@ class OcppCharger(AsyncioSimulator):
                     for task in done:
                         task.result()
             except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.ConnectionClosed,
-                    websockets.InvalidURI, OCPPError) as exc:
+                    websockets.InvalidURI, OCPPError, TlsError) as exc:
                 text = f"{type(exc).__name__}: {exc}"
                 if text != self.last_error:
                     log.warning("sim=%s charge point=%s: %s; reconnecting", self.config["name"], self.cp_id, text)
@@ -315,4 +340,6 @@ class OcppCharger(AsyncioSimulator):
                 "connected": self.up, "connects": self.connects, "boots": self.boots, "transaction": self.transaction,
                 "commands": self.profiles, "rejected": self.rejected, "limit_w": self.ev.limit_w(),
                 "w": round(self.ev.power(now), 1), "energy_wh": round(self.ev.energy_wh, 1),
-                "meter_values": self.meter_values, "last_error": self.last_error}
+                "meter_values": self.meter_values, "last_error": self.last_error,
+                "tls": self.url.startswith("wss://"), "certificate": bool(self.config.get("cert")),
+                "password": bool(self.config.get("password_file"))}

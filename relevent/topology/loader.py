@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from relevent.problems import Problem, ProblemsError
-from relevent.protocols.registry import PROTOCOLS, is_loopback, listen_address
+from relevent.protocols.registry import PROTOCOLS, is_loopback, listen_address, ocpp_security
 from relevent.runtime.control import control_socket_path
 from relevent.topology import schema
 from relevent.topology.locate import LineIndex
@@ -335,7 +335,9 @@ class _Validator:
     def tls_checks(self, data: dict) -> None:
         """The [tls] files (relevent/security/tls.py `policy_problems`), what each endpoint
         with `tls = true` needs of them, and no WAN protocol served in plain text beyond
-        loopback unless `insecure = true` says so (docs/tls.md).  Each TLS endpoint gets the
+        loopback unless `insecure = true` says so (docs/tls.md); the same for an OCPP LAN
+        listener on security profile 0 or 1, whose profile 2 or 3 sets its `tls` (registry
+        `ocpp_security`, docs/ocpp.md).  Each TLS endpoint gets the
         policy as `tls_policy`, paths made absolute (not resolved: a symlinked certificate
         renewed in place is read anew)."""
         tls = data["tls"]
@@ -348,6 +350,14 @@ class _Validator:
 
             for key, message, error in policy_problems(tls):
                 (self.problem if error else self.warning)(("tls",) + key, message)
+        for i, ep in enumerate(data["lan"]):
+            if ep.get("protocol") == "ocpp":   # OCPP security profiles (registry.ocpp_security, docs/ocpp.md)
+                ep["password_files"] = {k: os.path.abspath(v) if isinstance(v, str) and v else v
+                                       for k, v in ep["password_files"].items()}
+                for key, message, error in ocpp_security(ep, data["der"], tls,
+                                                         ("lan", i, "address") not in self.unfilled):
+                    (self.problem if error else self.warning)(("lan", i, key), message)
+                ep["tls"] = ep["security_profile"] >= 2   # wss:// follows from the profile
         for role in ("wan", "lan"):
             for i, ep in enumerate(data[role]):
                 path = (role, i)
@@ -361,7 +371,7 @@ class _Validator:
                 if not ep.get("tls"):
                     continue
                 spec = PROTOCOLS.get(ep.get("protocol"))
-                if spec is not None and spec.listens:
+                if spec is not None and spec.listens and spec.name != "ocpp":   # ocpp: checked above
                     if not (tls["cert"] and tls["key"]):
                         self.problem(path + ("tls",), "serving TLS needs the site's certificate: set [tls] cert "
                                                       "and key")

@@ -23,13 +23,34 @@ routes and validates every message against the OCPP JSON schemas.
 * A charger whose socket closes: its measurement turns `invalid` (like an unreachable
   Modbus device).
 
+Security profiles (`security_profile`, docs/ocpp.md "Security profiles"; OCPP 1.6
+Security Whitepaper, OCPP 2.0.1 part 2): every check runs in the websocket upgrade
+(`process_request`, after the TLS handshake and before any OCPP frame), so a refused
+charger gets an HTTP answer and never a session.
+* 0: a known charge point id is enough (as before).
+* 1 and 2: HTTP Basic auth, user = the charge point id of the path, password = the first
+  line of that charger's file in `password_files` (read at every connection: a changed
+  password needs no restart), compared in constant time; else 401.  2 is over TLS with
+  the site's certificate (`[tls]`, relevent/security/tls.py), no client certificate.
+* 3: TLS with a client certificate of `[tls] ca` (the handshake); after it the
+  certificate must pass `SiteTls.peer_problem` (revoked, expired, its CRL out of date)
+  and name the charge point id of the path (CN or a SAN); else 403.  Every
+  `crl_refresh_s` the CRLs are re-read and every open charger re-checked: a revoked
+  charger's websocket is closed (1008).
+Refusals are logged with the reason and counted (`refused`, and certificate refusals in
+`tls` too); a refusal never ends the server.
+
 The loop thread only posts events (tuples) to the actor through the AsyncioThread's
 bridge; state shown by `relevent status` is kept on the actor's side."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
 import itertools
 import logging
+import ssl
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -53,6 +74,7 @@ from relevent.messages import CommandSubscribe, DeviceCommand, Measurement
 from relevent.protocols.confirm import Confirmations
 from relevent.protocols.aio import AsyncioThread
 from relevent.protocols.ocpp import profile as P
+from relevent.security.tls import CertificateRenewed, PeerSessions, SiteTls, TlsError, cert_names, read_password
 
 log = logging.getLogger("relevent.ocpp")
 
@@ -78,6 +100,8 @@ class _SocketLog(_WireLog):
 WIRE_LOG = _WireLog(logging.getLogger("relevent.ocpp.wire"), {})
 SOCKET_LOG = _SocketLog(logging.getLogger("relevent.ocpp.ws"), {})
 OFFLINE_STATES = ("Unavailable", "Faulted")
+PROFILE_NAMES = {0: "no check", 1: "password", 2: "wss://, password", 3: "wss://, client certificate"}
+REVOKED_CLOSE = (1008, "charger certificate refused on CRL refresh")   # policy violation
 
 
 def utc_now() -> str:
@@ -308,7 +332,9 @@ class ChargerLink:
             asyncio.ensure_future(previous.ws.close(1000, "replaced by a new connection"))
         session = self.session = Session(self, ws, version)
         self.power.clear()
-        self.post(("link", self.der, True, version, f"from {ws.remote_address[0]}:{ws.remote_address[1]}", now_ms()))
+        how = PROFILE_NAMES[self.config.get("security_profile", 0)]
+        self.post(("link", self.der, True, version,
+                   f"from {ws.remote_address[0]}:{ws.remote_address[1]} ({how})", now_ms()))
         sender = asyncio.ensure_future(session.send_profiles())
         text = "closed"
         try:
@@ -374,11 +400,17 @@ _transaction_ids = itertools.count(int(time.time()) % (1 << 30))  # 1.6 transact
 class CsmsServer:
     """The websocket server and the chargers, on the endpoint's asyncio loop."""
 
-    def __init__(self, config: dict, ders: list[dict], settings: P.ProfileSettings, post: Callable[[Any], None]):
+    def __init__(self, config: dict, ders: list[dict], settings: P.ProfileSettings, post: Callable[[Any], None],
+                 tls: SiteTls | None = None, ssl_context: ssl.SSLContext | None = None):
         self.config, self.post = config, post
         self.links = {str(d["address"]): ChargerLink(d, config, settings, post) for d in ders}
         self.by_der = {link.der: link for link in self.links.values()}
         self.server: Any = None
+        self.profile = int(config.get("security_profile", 0))
+        self.tls, self.ssl = tls, ssl_context
+        files = config.get("password_files") or {}
+        self.password_files = {str(d["address"]): files.get(d["name"], "") for d in ders}   # cp id -> file
+        self.sessions = PeerSessions()      # profile 3: open chargers and their certificates
 
     def set_limit(self, der: str, limit_w: float, start_ms: int, seq: int) -> None:
         self.by_der[der].set_limit(limit_w, start_ms, seq)
@@ -387,30 +419,92 @@ class CsmsServer:
         host, port = self.config["address"], self.config["port"]
         try:
             self.server = await serve(self._handler, host, port, subprotocols=["ocpp2.0.1", "ocpp1.6"],
-                                      process_request=self._check_id, logger=SOCKET_LOG)
+                                      process_request=self._check_request, logger=SOCKET_LOG, ssl=self.ssl)
         except OSError as exc:
             raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        if self.profile >= 2:
+            asyncio.ensure_future(self._refresh_forever())
         self.post(("listening", host, port))
         await self.server.serve_forever()
 
-    def _check_id(self, connection: Any, request: Any) -> Any:
-        """Before the handshake: a known charge point id, offering an OCPP version we speak
-        (websockets would refuse the latter too, but logs it as a server error)."""
+    def _check_request(self, connection: Any, request: Any) -> Any:
+        """Before the websocket handshake (after TLS's): a known charge point id, its
+        credentials on security profiles 1 to 3, and an OCPP version we speak (websockets
+        would refuse the latter too, but logs it as a server error)."""
         cp_id = charge_point_id(request.path)
         peer = connection.remote_address
-        if cp_id not in self.links:
-            reason = f"charge point id {cp_id!r} from {peer[0]}:{peer[1]}: no DER of this endpoint has that address"
-            status, text = 404, f"unknown charge point id {cp_id!r}\n"
-        else:
-            offered = [p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")]
-            if any(p in P.SUBPROTOCOLS for p in offered):
-                return None
-            reason = (f"charge point id {cp_id!r} from {peer[0]}:{peer[1]}: offers no OCPP version we speak "
-                      f"({', '.join(offered) or 'no subprotocol'}; ocpp1.6 or ocpp2.0.1)")
-            status, text = 400, "offer subprotocol ocpp1.6 or ocpp2.0.1\n"
+        where = f"charge point id {cp_id!r} from {peer[0]}:{peer[1]}"
+        www_authenticate = False
+        try:
+            if cp_id not in self.links:
+                reason = f"{where}: no DER of this endpoint has that address"
+                status, text = 404, f"unknown charge point id {cp_id!r}\n"
+            elif self.profile in (1, 2) and (why := self._password_problem(cp_id, request)):
+                reason, status, text, www_authenticate = f"{where}: {why}", 401, "authentication required\n", True
+            elif self.profile == 3 and (why := self._certificate_problem(cp_id, connection)):
+                self.tls.refuse(f"{where}: {why}")
+                reason, status, text = f"{where}: {why}", 403, "client certificate refused\n"
+            else:
+                offered = [p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")]
+                if any(p in P.SUBPROTOCOLS for p in offered):
+                    return None
+                reason = (f"{where}: offers no OCPP version we speak "
+                          f"({', '.join(offered) or 'no subprotocol'}; ocpp1.6 or ocpp2.0.1)")
+                status, text = 400, "offer subprotocol ocpp1.6 or ocpp2.0.1\n"
+        except Exception as exc:  # noqa: BLE001 - a refusal, never the end of the server
+            log.exception("ocpp endpoint=%s: checking %s", self.config["name"], where)
+            reason, status, text = f"{where}: the check failed: {type(exc).__name__}: {exc}", 500, "error\n"
         log.warning("ocpp endpoint=%s refused %s", self.config["name"], reason)
         self.post(("refused", cp_id, reason))
-        return connection.respond(status, text)
+        response = connection.respond(status, text)
+        if www_authenticate:
+            response.headers["WWW-Authenticate"] = 'Basic realm="OCPP", charset="UTF-8"'
+        return response
+
+    def _password_problem(self, cp_id: str, request: Any) -> str | None:
+        """Profiles 1 and 2: why the request's Basic credentials are not this charger's
+        (user = the charge point id of the path, password = its file's first line)."""
+        header = request.headers.get("Authorization")
+        if header is None:
+            return "no Authorization header (security profile %d asks for the charger's password)" % self.profile
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return f"Authorization {scheme!r}, not Basic"
+        try:
+            user, colon, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return "Authorization Basic: not base64"
+        if not colon:
+            return "Authorization Basic: no user:password"
+        path = self.password_files.get(cp_id, "")
+        try:
+            expected = read_password(path).encode() if path else b""
+        except TlsError as exc:
+            log.error("ocpp endpoint=%s: %s", self.config["name"], exc)
+            return f"its password cannot be read ({exc})"
+        if not expected:
+            return "no password configured for it (password_files)"
+        # Both compared in full, in constant time: a wrong user and a wrong password look alike.
+        user_ok = hmac.compare_digest(user, cp_id.encode())
+        if not (hmac.compare_digest(password, expected) and user_ok):
+            return "wrong user or password" if user_ok else \
+                f"user {user.decode('utf-8', 'replace')!r} is not the charge point id of the path"
+        return None
+
+    def _certificate_problem(self, cp_id: str, connection: Any) -> str | None:
+        """Profile 3: the certificate the handshake verified must still pass the policy
+        (revocation, expiry) and name this charge point (CN or a SAN)."""
+        ssl_object = connection.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der is None:
+            return "no client certificate"
+        problem = self.tls.peer_problem(der)
+        if problem:
+            return problem
+        names = cert_names(der)
+        if cp_id not in names:
+            return f"its certificate names {', '.join(map(repr, names)) or 'nobody'}, not {cp_id!r}"
+        return None
 
     async def _handler(self, ws: Any) -> None:
         link = self.links.get(charge_point_id(ws.request.path))
@@ -418,7 +512,33 @@ class CsmsServer:
         if link is None or version is None:   # the handshake checks both; never reached
             await ws.close(1002, "no charge point id or OCPP subprotocol")
             return
-        await link.serve(ws, version)
+        if self.profile == 3:   # re-checked on every CRL refresh
+            der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            peer = f"{ws.remote_address[0]}:{ws.remote_address[1]}"
+            self.sessions.opened(ws, der, lambda: asyncio.ensure_future(ws.close(*REVOKED_CLOSE)),
+                                 f"charge point {link.cp_id!r} ({link.der}) from {peer}")
+        try:
+            await link.serve(ws, version)
+        finally:
+            self.sessions.closed(ws)
+
+    async def _refresh_forever(self) -> None:
+        """Profiles 2 and 3, every crl_refresh_s: a renewed site certificate ends the endpoint
+        (restarted at once to serve it, docs/tls.md "Renewal"); profile 3: the CRLs again,
+        and every open charger whose certificate is refused now (revoked, expired) closed."""
+        while True:
+            await asyncio.sleep(self.tls.refresh_s)
+            try:
+                renewed = self.tls.renewed()
+                if renewed:
+                    self.post(("renewed", renewed))
+                    return
+                self.tls.refresh()
+                for label, reason in self.sessions.sweep(self.tls.peer_problem):
+                    self.tls.refuse(f"{label}: {reason}", closed=True)
+                    log.warning("ocpp endpoint=%s closed %s: %s", self.config["name"], label, reason)
+            except Exception:  # noqa: BLE001 - the next refresh tries again
+                log.exception("ocpp endpoint=%s: CRL refresh", self.config["name"])
 
     async def close(self) -> None:
         if self.server is not None:
@@ -464,13 +584,20 @@ class OcppEndpoint:
         self.listening = False
         self.refused = 0
         self.last_refused = ""
+        self.profile = int(config.get("security_profile", 0))
+        self.tls: SiteTls | None = None
+        self.ssl: ssl.SSLContext | None = None
         self.confirmations = Confirmations(lambda to, message: self.actor.send(to, message))   # at_stop commands (relevent/protocols/confirm.py)
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.actor.defer_ready()   # Ready once the port is bound
+        if self.profile >= 2:      # a missing file raises, naming it: the actor crashes with it
+            self.tls = SiteTls(self.config["tls_policy"])
+            self.ssl = self.tls.server_context("require" if self.profile == 3 else "none")
         self.aio = AsyncioThread(f"ocpp-{self.config['name']}")
-        self.server = CsmsServer(self.config, list(self.ders.values()), self.settings, self.aio.post)
+        self.server = CsmsServer(self.config, list(self.ders.values()), self.settings, self.aio.post, self.tls,
+                                 self.ssl)
         self.aio.spawn(self.server.run(), "serve")
         self.actor.send(self.actor.parent, CommandSubscribe(self.actor.name, self.actor.myAddress))
 
@@ -509,9 +636,14 @@ class OcppEndpoint:
         for event in self.aio.events(f"ocpp endpoint {self.config['name']}"):
             getattr(self, f"_on_{event[0]}")(*event[1:])
 
+    def _on_renewed(self, why: str) -> None:
+        raise CertificateRenewed(why)   # the actor crashes with it and is restarted at once
+
     def _on_listening(self, host: str, port: int) -> None:
         self.listening = True
-        log.info("ocpp endpoint=%s listening on ws://%s:%d/ocpp/<charge point id>", self.config["name"], host, port)
+        log.info("ocpp endpoint=%s listening on %s://%s:%d/ocpp/<charge point id> (security profile %d: %s)",
+                 self.config["name"], "wss" if self.ssl else "ws", host, port, self.profile,
+                 PROFILE_NAMES[self.profile])
         self.actor.mark_ready()
 
     def _on_refused(self, cp_id: str, reason: str) -> None:
@@ -596,9 +728,15 @@ class OcppEndpoint:
 
     def detail(self) -> dict:
         cfg = self.config
-        return {"serving": f"ws://{cfg['address']}:{cfg['port']}/ocpp/<charge point id>", "listening": self.listening,
-                "profile": {"purpose": self.settings.purpose, "stack_level": self.settings.stack_level,
-                            "rate_unit": self.settings.rate_unit, "phases": self.settings.phases,
-                            "voltage_v": self.settings.voltage_v},
-                "devices": {der: asdict(s) for der, s in self.state.items()},
-                "refused": self.refused, "last_refused": self.last_refused}
+        scheme = "wss" if self.ssl is not None else "ws"
+        out = {"serving": f"{scheme}://{cfg['address']}:{cfg['port']}/ocpp/<charge point id>",
+               "listening": self.listening, "security_profile": self.profile,
+               "profile": {"purpose": self.settings.purpose, "stack_level": self.settings.stack_level,
+                           "rate_unit": self.settings.rate_unit, "phases": self.settings.phases,
+                           "voltage_v": self.settings.voltage_v},
+               "devices": {der: asdict(s) for der, s in self.state.items()},
+               "refused": self.refused, "last_refused": self.last_refused}
+        if self.tls is not None:
+            out["tls"] = {**self.tls.status(), "client_cert": "require" if self.profile == 3 else "none",
+                          "sessions": len(self.server.sessions) if self.server is not None else 0}
+        return out
