@@ -5,10 +5,15 @@
   put them back to SIG_DFL (with faulthandler writing the traceback) so the process dies
   and the supervisor hears of it.  PR_SET_PDEATHSIG makes an actor die with its parent, so
   a SIGKILLed supervisor never leaves orphans.
-* `bind_thespian_to_loopback`: thespian binds every actor socket to 0.0.0.0 and speaks
-  pickles.  On a single-host site we make it bind the loopback address it advertises.
-  Called in the runner before the ActorSystem starts; admin and actors are forked from it
-  and inherit the patch.
+* `bind_thespian_to(address)`: thespian binds every actor socket to 0.0.0.0 and speaks
+  pickles.  We make it bind the address it advertises: loopback on a single-host site
+  (`bind_thespian_to_loopback`), the host's address on the private network a multi-host
+  site declares (`[runtime] private_network`, found by `private_address`).  Called in the
+  runner before the ActorSystem starts; admin and actors are forked from it and inherit
+  the patch.
+* `private_address`: this host's IPv4 address inside `private_network`, chosen by
+  `choose_private_address` among the (interface, address) pairs the kernel lists
+  (`interface_addresses`, the SIOCGIFCONF ioctl: every IPv4 address, secondary ones too).
 * `admin_port_taken`: thespian, asked for an ActorSystem whose admin port is already
   bound, talks to whatever listens there and unpickles its answers.  The runner checks
   the port first (after taking the state directory's lock, so a second run of the same
@@ -17,13 +22,18 @@
 """
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 import faulthandler
+import fcntl
+import ipaddress
 import logging
 import os
 import signal
 import socket
+import struct
+from typing import Iterable
 
 log = logging.getLogger("relevent.runtime")
 
@@ -68,28 +78,105 @@ def harden_actor_process(crash_log_path: str | None = None) -> None:
         os._exit(1)
 
 
-_patched = False
+_bound_to: str | None = None   # the address thespian binds, once patched
 
 
-def bind_thespian_to_loopback() -> None:
-    """Make thespian bind the address it advertises instead of 0.0.0.0.
+def _advertised(host: str) -> bool:
+    if _bound_to is None:
+        return False
+    return host.startswith("127.") if _bound_to.startswith("127.") else host == _bound_to
 
-    With THESPIAN_BASE_IPADDR=127.0.0.1 every address thespian creates is on loopback,
-    but "external" addresses still bind ''.  Narrow that to the advertised address."""
-    global _patched
-    if _patched:
-        return
+
+def bind_thespian_to(address: str) -> None:
+    """Make thespian bind `address`, the address it advertises, instead of 0.0.0.0.
+
+    With THESPIAN_BASE_IPADDR=`address` every address thespian creates for itself is
+    `address`, but "external" addresses (admin, actors, the runner's own endpoint) still
+    bind ''.  Narrow those to the advertised address.  For a loopback `address` every
+    127.x address counts as advertised (as before for single-host sites).  Patched once
+    per process; a later call changes the address."""
+    global _bound_to
     from thespian.system.transport import IPBase
 
+    IPBase.thisSystem.add_local_addr(address)   # in case IPBase was imported before THESPIAN_BASE_IPADDR was set
+    first = _bound_to is None
+    _bound_to = address
+    if not first:
+        return
     original = IPBase.IPActorAddress.__init__
 
     def __init__(self, *args, **kwargs):  # noqa: N807 - replaces a constructor
         original(self, *args, **kwargs)
-        if self.bindname and self.bindname[0] == "" and self.sockname[0].startswith("127."):
+        if self.bindname and self.bindname[0] == "" and _advertised(self.sockname[0]):
             self.bindname = self.sockname
 
     IPBase.IPActorAddress.__init__ = __init__
-    _patched = True
+
+
+def bind_thespian_to_loopback() -> None:
+    """A single-host site: thespian binds the loopback address it advertises."""
+    bind_thespian_to("127.0.0.1")
+
+
+# -- this host's address on the private network (multi-host sites) -----------------------
+_SIOCGIFCONF = 0x8912
+_IFNAMSIZ = 16
+# struct ifreq: the name, then a union whose largest member is struct ifmap (two unsigned
+# longs, an unsigned short and three bytes, padded to an unsigned long).
+_IFREQ_SIZE = _IFNAMSIZ + max(16, struct.calcsize("LLHBBB0L"))
+
+
+def interface_addresses() -> list[tuple[str, str]]:
+    """Every IPv4 address of this host (its network namespace) as (interface, address),
+    in the kernel's order: SIOCGIFCONF lists one entry per address, secondary addresses
+    included (SIOCGIFADDR would give an interface's first address only)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        size = 64 * _IFREQ_SIZE
+        while True:
+            buf = array.array("B", bytes(size))
+            pointer = buf.buffer_info()[0]
+            request = struct.pack("iL", size, pointer)       # struct ifconf {int len; char *buf}
+            used = struct.unpack("iL", fcntl.ioctl(sock.fileno(), _SIOCGIFCONF, request))[0]
+            if used + _IFREQ_SIZE <= size:                    # room left: nothing was cut off
+                break
+            size *= 2
+    raw = buf.tobytes()[:used]
+    out = []
+    for offset in range(0, used - _IFREQ_SIZE + 1, _IFREQ_SIZE):
+        name = raw[offset:offset + _IFNAMSIZ].split(b"\0", 1)[0].decode("utf-8", "replace")
+        family = struct.unpack_from("H", raw, offset + _IFNAMSIZ)[0]
+        if family == socket.AF_INET:   # sockaddr_in: family, port, then the address
+            out.append((name, socket.inet_ntoa(raw[offset + _IFNAMSIZ + 4:offset + _IFNAMSIZ + 8])))
+    return out
+
+
+def choose_private_address(network: str, addresses: Iterable[tuple[str, str]]) -> tuple[str, str] | None:
+    """The first (interface, address) whose address lies inside `network` (a CIDR such as
+    "10.8.0.0/24"), or None.  The network's own address and its broadcast address are no
+    host's; entries that are not IPv4 addresses are skipped."""
+    net = ipaddress.IPv4Network(network, strict=False)
+    for interface, address in addresses:
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            continue
+        if ip in net and (net.prefixlen >= 31 or ip not in (net.network_address, net.broadcast_address)):
+            return interface, address
+    return None
+
+
+def private_address(network: str, addresses: list[tuple[str, str]] | None = None) -> tuple[str, str]:
+    """This host's (interface, address) inside `network` (the kernel's list unless
+    `addresses` is given); SystemExit (nothing was started) if it has none."""
+    seen = interface_addresses() if addresses is None else addresses
+    found = choose_private_address(network, seen)
+    if found is None:
+        listed = ", ".join(f"{address} ({interface})" for interface, address in seen) or "none"
+        raise SystemExit(f"error: [runtime] private_network = \"{network}\": this host has no address on it, so "
+                         f"thespian's convention traffic would leave the private network (addresses seen: "
+                         f"{listed}); bring the private interface up (WireGuard: `wg-quick up wg0`) or correct "
+                         f"private_network; nothing was started")
+    return found
 
 
 def admin_port_taken(port: int, host: str = "127.0.0.1", udp: bool = False) -> str | None:

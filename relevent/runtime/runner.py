@@ -12,7 +12,9 @@ REQUEST_DEADLINE_S of the connection, read without blocking the main loop (which
 watches the root's heartbeat); at most MAX_CONTROL_CONNECTIONS are open at once.  A client
 that sends too much is answered with an error, one that sends nothing is dropped.  And the
 runner refuses to start when thespian's admin port is already bound by someone else
-(relevent.runtime.hardening.admin_port_taken), before anything is started.
+(relevent.runtime.hardening.admin_port_taken), before anything is started.  Thespian binds
+loopback only, or on a multi-host site (convention_leader) only this host's address on
+[runtime] private_network: a host without one is refused (docs/deploy.md).
 """
 from __future__ import annotations
 
@@ -60,8 +62,8 @@ DERS_PER_CORE_IN_PROCESS_MODE = 25
 
 # Settings that need a full restart of the site to change.
 RESTART_ONLY = {("site", "name"), ("site", "state_dir"), ("runtime", "base"), ("runtime", "admin_port"),
-                ("runtime", "convention_leader"), ("runtime", "metrics"), ("runtime", "metrics_insecure"),
-                ("runtime", "history_days"), ("runtime", "sample_s")}
+                ("runtime", "convention_leader"), ("runtime", "private_network"), ("runtime", "metrics"),
+                ("runtime", "metrics_insecure"), ("runtime", "history_days"), ("runtime", "sample_s")}
 REPLY_TIMEOUT = 5.0
 MAX_REQUEST_BYTES = 64 * 1024    # one control request (a JSON line), bytes
 REQUEST_DEADLINE_S = 5.0         # from accept to the request's last byte, seconds
@@ -123,19 +125,26 @@ class SiteRunner:
             raise SystemExit(f"error: {exc}") from None
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
+        # Thespian speaks unauthenticated pickles: it binds loopback on a single-host site and,
+        # on a multi-host one, only this host's address on [runtime] private_network (which
+        # `relevent check` requires with convention_leader); no address there: refused.
         multi_host = bool(runtime["convention_leader"])
+        private = ("", "127.0.0.1")
+        if multi_host:
+            if not runtime["private_network"]:   # the loader refuses this; a hand-made dict may not
+                raise SystemExit("error: [runtime] convention_leader needs private_network, the network thespian's "
+                                 "traffic stays on (docs/deploy.md); nothing was started")
+            private = hardening.private_address(runtime["private_network"])
         if runtime["base"] != "simpleSystemBase":
-            taken = hardening.admin_port_taken(runtime["admin_port"], "" if multi_host else "127.0.0.1",
-                                               udp="UDP" in runtime["base"])
+            taken = hardening.admin_port_taken(runtime["admin_port"], private[1], udp="UDP" in runtime["base"])
             if taken:
                 raise SystemExit(f"error: {taken}")
         os.environ["RELEVENT_RUNNER_PID"] = str(os.getpid())
         os.environ["RELEVENT_CRASH_LOG"] = str(self.state_dir / "crash.log")
         os.environ.setdefault("THESPLOG_FILE", str(self.state_dir / "thespian.log"))
         os.environ.setdefault("THESPLOG_FILE_MAXSIZE", str(1 << 20))
-        if not multi_host:
-            os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
-            hardening.bind_thespian_to_loopback()
+        os.environ["THESPIAN_BASE_IPADDR"] = private[1]
+        hardening.bind_thespian_to(private[1])
         from thespian.actors import ActorSystem
 
         capabilities: dict = {}
@@ -147,6 +156,10 @@ class SiteRunner:
         logging.config.dictConfig(self._log_defs())
         if self._lock_warning:
             log.warning("%s", self._lock_warning)
+        if multi_host:
+            log.info("site=%s thespian bound to %s on %s (private_network %s), convention leader %s",
+                     self.topology.name, private[1], private[0], runtime["private_network"],
+                     runtime["convention_leader"])
         # The multiproc bases log through thespian's logger actor, configured with the same
         # definitions; simpleSystemBase runs in this process, configured just above.
         log_defs = self._log_defs() if runtime["base"] != "simpleSystemBase" else False

@@ -8,6 +8,7 @@ installer fixes a file in one pass.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import re
 import tomllib
@@ -164,6 +165,7 @@ class _Validator:
         if "site" not in raw:
             self.problem((), "missing [site] section")
         self.cross_checks(data)
+        self.convention_checks(data)
         self.party_checks(data)
         self.tls_checks(data)
         return data
@@ -331,6 +333,45 @@ class _Validator:
                 else:
                     ports[port] = path
 
+
+    def convention_checks(self, data: dict) -> None:
+        """A multi-host site (convention_leader set) keeps thespian's traffic, unauthenticated
+        pickles, on the private network it declares: private_network is required and the
+        leader is an IP address inside it (the runner binds thespian to this host's address
+        there, docs/deploy.md)."""
+        runtime = data["runtime"]
+        leader, network = runtime["convention_leader"], runtime["private_network"]
+        leader_path, network_path = ("runtime", "convention_leader"), ("runtime", "private_network")
+        if leader_path in self.unfilled or network_path in self.unfilled:
+            return
+        if not leader:
+            if network:
+                self.warning(network_path, "unused: private_network only matters for a multi-host site "
+                                           "(convention_leader)")
+            return
+        if not network:
+            self.problem(network_path, "a multi-host site (convention_leader) needs the private network its "
+                                       "thespian traffic stays on (a WireGuard tunnel or an isolated VLAN): e.g. "
+                                       "private_network = \"10.8.0.0/24\"")
+        host = leader.rpartition(":")[0]
+        if not host:
+            return   # not HOST:PORT: reported by the field's check
+        try:
+            address = ipaddress.IPv4Address(host)
+        except ValueError:
+            self.problem(leader_path, f"{host!r} is not an IPv4 address: write the leader's address on the "
+                                      f"private network (e.g. \"10.8.0.1:{runtime['admin_port']}\"), not a host "
+                                      "name, so thespian's traffic cannot be resolved elsewhere")
+            return
+        if not network or schema.private_network_check(network):
+            return   # missing or malformed: reported above or by the field's check
+        net = ipaddress.IPv4Network(network)
+        if address not in net:
+            self.problem(leader_path, f"{address} is outside private_network {network}: thespian's traffic would "
+                                      "leave the private network; write the leader's address on it")
+        elif net.prefixlen < 31 and address in (net.network_address, net.broadcast_address):
+            which = "network" if address == net.network_address else "broadcast"
+            self.problem(leader_path, f"{address} is the {which} address of {network}, not a host's")
 
     def tls_checks(self, data: dict) -> None:
         """The [tls] files (relevent/security/tls.py `policy_problems`), what each endpoint

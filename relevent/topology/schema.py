@@ -5,6 +5,7 @@ Protocol-specific endpoint keys come from `relevent.protocols.registry`.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -52,6 +53,31 @@ def host_port(v: Any) -> str | None:
     return port_check(int(port))
 
 
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+
+
+def private_network_check(v: Any) -> str | None:
+    """An IPv4 network in CIDR form inside PRIVATE_RANGES (RFC 1918, and the 100.64.0.0/10
+    shared space some VPNs use): thespian's unauthenticated pickles must not leave it."""
+    try:
+        net = ipaddress.IPv4Network(v)
+    except ipaddress.NetmaskValueError:
+        return f"{v!r} is not an IPv4 network: expected a CIDR such as \"10.8.0.0/24\""
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            fixed = ipaddress.IPv4Network(v, strict=False)
+            return f"{v!r} has host bits set: write the network, \"{fixed}\""
+        return f"{v!r} is not an IPv4 network: expected a CIDR such as \"10.8.0.0/24\""
+    if "/" not in v:
+        return f"{v!r} has no prefix length: write a CIDR such as \"{v}/24\""
+    if net.is_loopback:
+        return f"{v} is loopback: a multi-host site's hosts cannot reach each other on it"
+    if not any(net.subnet_of(ipaddress.IPv4Network(p)) for p in PRIVATE_RANGES):
+        return (f"{v} is not a private network (RFC 1918 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, or "
+                f"100.64.0.0/10): thespian's traffic must stay on a WireGuard tunnel or an isolated VLAN")
+    return None
+
+
 NUMBER = (int, float)
 
 SITE = {
@@ -69,9 +95,15 @@ SITE = {
 RUNTIME = {
     "base": Field((str,), default="multiprocTCPBase", choices=BASES,
                   doc="thespian system base; simpleSystemBase runs everything in one process"),
-    "admin_port": Field((int,), default=19500, check=port_check, doc="thespian admin port (loopback)"),
+    "admin_port": Field((int,), default=19500, check=port_check,
+                        doc="thespian admin port (loopback; a multi-host site's address on private_network)"),
     "convention_leader": Field((str,), default="", check=lambda v: host_port(v) if v else None,
-                               doc="HOST:PORT of the convention leader for multi-host sites"),
+                               doc="HOST:PORT of the convention leader for multi-host sites: the "
+                                   "leader's address on private_network (docs/deploy.md)"),
+    "private_network": Field((str,), default="", check=lambda v: private_network_check(v) if v else None,
+                             doc="CIDR of the private network (a WireGuard tunnel or an isolated VLAN) "
+                                 "thespian's convention traffic stays on, e.g. \"10.8.0.0/24\"; needed "
+                                 "with convention_leader: thespian binds this host's address in it"),
     "allow_fault_injection": Field((bool,), default=False,
                                    doc="accept `relevent fault` (chaos tests); never in production"),
     "log_level": Field((str,), default="INFO", choices=LOG_LEVELS),
