@@ -35,8 +35,9 @@ def summary(topo: Topology) -> str:
     rt = d["runtime"]
     lines = [f"site {topo.name}: topology {topo.path} is valid",
              f"  state dir   {topo.state_dir}",
-             f"  runtime     {rt['base']}, admin port {rt['admin_port']} (loopback)"
-             + (f", convention leader {rt['convention_leader']}" if rt["convention_leader"] else "")]
+             f"  runtime     {rt['base']}, admin port {rt['admin_port']} "
+             + (f"(on {rt['private_network']}), convention leader {rt['convention_leader']}"
+                if rt["convention_leader"] else "(loopback)")]
     sup = d["supervision"]["site"]
     lines.append(f"  supervision {sup['strategy']}, max {sup['max_restarts']} restarts in {sup['period']:g} s, "
                  f"heartbeat {sup['heartbeat_interval']:g}/{sup['heartbeat_timeout']:g} s")
@@ -218,20 +219,34 @@ def cmd_scl(args: argparse.Namespace) -> int:
     return 0
 
 
-def _target(text: str, ld: str | None):
-    from relevent.protocols.mms.client import Target
+def _target(text: str, ld: str | None, args: argparse.Namespace | None = None):
+    from relevent.protocols.mms.client import Target, tls_context
 
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
         raise SystemExit(f"error: expected HOST:PORT, got {text!r}")
-    return Target(host, int(port), ld)
+    tls = None
+    if args is not None and getattr(args, "ca", None):
+        try:
+            tls = tls_context(args.ca, args.cert, args.key)
+        except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError
+            raise SystemExit(f"error: TLS: {args.ca}, {args.cert}, {args.key}: {exc}") from None
+    elif args is not None and getattr(args, "cert", None):
+        raise SystemExit("error: --cert needs --ca (the CA the server's certificate chains to)")
+    return Target(host, int(port), ld, tls)
+
+
+def _tls_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ca", help="MMS over TLS: the CA bundle the server's certificate chains to")
+    parser.add_argument("--cert", help="MMS over TLS: the client certificate (it names the party)")
+    parser.add_argument("--key", help="its private key")
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     from relevent.protocols.mms.client import ClientError, ScheduleClient, format_schedule, parse_time
 
     try:
-        client = ScheduleClient(_target(args.server, args.ld))
+        client = ScheduleClient(_target(args.server, args.ld, args))
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -496,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("kind", choices=["ActPow", "MaxPow", "OnOff"])
         a.add_argument("number", help="1..NN, or res for the reserve")
         a.add_argument("--ld", help="logical device (default: the only scheduling LD)")
+        _tls_arguments(a)
         if action == "write":
             a.add_argument("--values", help="comma-separated: watts (ActPow, MaxPow) or 0/1 (OnOff)")
             a.add_argument("--interval", type=int, help="seconds per entry (SchdIntv)")
@@ -506,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = ssub.add_parser("watch", help="live controller outputs and active schedules")
     w.add_argument("server", help="HOST:PORT")
     w.add_argument("--ld")
+    _tls_arguments(w)
     w.add_argument("--period", type=float, default=0.2, help="seconds between polls")
     w.add_argument("--count", type=int, help="stop after this many changes")
     w.set_defaults(func=cmd_schedule)

@@ -218,6 +218,24 @@ def test_plain_mms_on_the_tls_port_is_refused(site):
     assert not answer.startswith(b"\x03\x00"), answer.hex()   # no TPKT back: never a COTP connection confirm
 
 
+def test_the_schedule_command_speaks_mms_over_tls_with_pythons_openssl(site):
+    """A second, independent TLS client: `relevent schedule` (Python's ssl, OpenSSL, and
+    the pure-Python open61850 MMS stack) against libiec61850's mbedtls server."""
+    server, pki_dir = f"127.0.0.1:{site.port}", site.ca
+    tls = ("--ca", str(pki_dir / "ca.crt"), "--cert", str(pki_dir / "dso.crt"), "--key", str(pki_dir / "dso.key"))
+    res = relevent("schedule", "write", server, "MaxPow", "1", "--ld", LD.split("/")[0], "--values", "3000",
+                   "--interval", "600", "--start", "+120", "--priority", "120", "--enable", *tls)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = relevent("schedule", "show", server, "MaxPow", "1", "--ld", LD.split("/")[0], *tls)
+    assert res.returncode == 0 and "3000" in res.stdout, res.stdout + res.stderr
+    res = relevent("schedule", "write", server, "MaxPow", "1", "--ld", LD.split("/")[0], "--priority", "250", *tls)
+    assert res.returncode == 1 and "access" in (res.stdout + res.stderr).lower(), res.stdout + res.stderr   # band
+    res = relevent("schedule", "show", server, "MaxPow", "1", "--ld", LD.split("/")[0], "--ca", str(pki_dir / "ca.crt"))
+    assert res.returncode == 2 and "over TLS" in res.stderr, res.stderr    # no client certificate: refused
+    res = relevent("schedule", "show", server, "MaxPow", "1", "--ld", LD.split("/")[0])
+    assert res.returncode == 2, res.stdout                                  # plain MMS on the TLS port
+
+
 def test_revoking_a_party_aborts_its_open_association_and_refuses_its_next(site):
     victim = LibIec61850Client("127.0.0.1", site.port, tls=tls(site, "victim"))
     ref = f"{LD}/MaxPow_FSCH02.SchdSt.stVal"

@@ -7,6 +7,8 @@ One read request fetches a whole schedule (read_many), one write request sets it
 from __future__ import annotations
 
 import math
+import socket
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -47,14 +49,63 @@ class Target:
     host: str
     port: int
     ld: str | None = None
+    tls: ssl.SSLContext | None = None   # MMS over TLS (IEC 62351-3): the server verified, our certificate offered
+
+
+def tls_context(ca: str, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+    """A client context for MMS over TLS: the server's certificate verified against `ca`
+    (its name or address checked), `cert`/`key` offered as the client certificate."""
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _connect_tls(target: Target, timeout: float) -> "mms.MmsClient":
+    """open61850's connect over a TLS socket: it makes its own plain socket, so its steps
+    are taken here on ours (COTP connection request and confirm in TPKTs, then the MMS
+    association).  Pinned to open61850 0.9 (pyproject); tests/test_tls_mms.py runs it."""
+    from open61850.mms import client as oc, transport as ot
+
+    raw = socket.create_connection((target.host, target.port), timeout=timeout)
+    try:
+        sock = target.tls.wrap_socket(raw, server_hostname=target.host)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ot.send_tpkt(sock, ot.connection_request(calling_tsap=b"\x00\x01", called_tsap=b"\x00\x01"))
+        cc = ot.recv_tpkt(sock)
+        if cc is None or len(cc) < 2 or cc[1] & 0xF0 != ot._CC:
+            raise mms.MmsConnectionError("no COTP connection confirm over TLS")
+        sock.settimeout(None)
+        conn = ot.IsoConnection(sock, tpdu_size=ot.IsoConnection._negotiated_tpdu_size(cc))
+    except BaseException:
+        raw.close()
+        raise
+    try:
+        params = oc.AssociationParameters()
+        conn.send(oc.association_request(params))
+        response = oc._recv_with_timeout(conn, timeout)
+        if response is None:
+            raise mms.MmsConnectionError("connection closed during association")
+        accepted = oc.decode_association_response(response)
+    except BaseException:
+        conn.close()
+        raise
+    client = mms.MmsClient(conn, request_timeout=timeout, association=accepted)
+    client._start()
+    return client
 
 
 class ScheduleClient:
     def __init__(self, target: Target, timeout: float = 10.0) -> None:
         try:
-            self.c = mms.MmsClient.connect(target.host, target.port, timeout=timeout)
-        except mms.MmsError as exc:
-            raise ClientError(f"cannot connect to {target.host}:{target.port}: {exc}") from None
+            if target.tls is not None:
+                self.c = _connect_tls(target, timeout)
+            else:
+                self.c = mms.MmsClient.connect(target.host, target.port, timeout=timeout)
+        except (mms.MmsError, OSError) as exc:
+            raise ClientError(f"cannot connect to {target.host}:{target.port}"
+                              f"{' over TLS' if target.tls else ''}: {exc}") from None
         self.ld = target.ld or self._single_ld()
 
     def close(self) -> None:
