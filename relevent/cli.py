@@ -411,6 +411,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_site(args.topology)
 
 
+def cmd_member(args: argparse.Namespace) -> int:
+    from relevent.runtime.member import run_member
+
+    _load(args.topology)
+    return run_member(args.topology, args.host)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="relevent", description="Edge runtime for DER scheduling and control.")
     p.add_argument("--version", action="version", version=f"relevent {__version__}")
@@ -425,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run a site until SIGINT/SIGTERM")
     s.add_argument("topology")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("member", help="run a member host of a multi-host site (its DERs with host = NAME) "
+                                      "until SIGINT/SIGTERM")
+    s.add_argument("topology")
+    s.add_argument("--host", required=True, help="this host's name, as [[der]] host names it")
+    s.set_defaults(func=cmd_member)
 
     s = sub.add_parser("check", help="validate a topology file and summarise it")
     s.add_argument("topology")

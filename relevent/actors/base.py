@@ -32,6 +32,10 @@ from relevent.store import StateStore, store_directory
 
 log = logging.getLogger("relevent.actor")
 
+# The thespian capability that names a convention member's host (`relevent member --host`):
+# the leader's ActorSystem has none.
+HOST_CAPABILITY = "relevent host"
+
 
 class ReleventActor(Actor):
     role = "actor"
@@ -54,6 +58,15 @@ class ReleventActor(Actor):
         # that share its process (simpleSystemBase) leave its signals alone.
         if str(os.getpid()) != os.environ.get("RELEVENT_RUNNER_PID", str(os.getpid())):
             harden_actor_process(os.environ.get("RELEVENT_CRASH_LOG"))
+
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict, requirements: dict) -> bool:  # noqa: N802 - thespian API
+        """Placement (docs/deploy.md "Placing DERs on member hosts"): an actor created with
+        targetActorRequirements {"relevent host": NAME} runs only on the member started with
+        `relevent member --host NAME`; one created without runs only on an ActorSystem with no
+        host name, the leader's, so no unplaced actor ever lands on a member."""
+        wanted = (requirements or {}).get(HOST_CAPABILITY, "")
+        return (capabilities or {}).get(HOST_CAPABILITY, "") == wanted
 
     # -- hooks for subclasses -----------------------------------------------------------
     def on_configure(self) -> None:

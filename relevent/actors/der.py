@@ -49,6 +49,14 @@ class DerActor(Supervisor):
     def hosts(self, spec: ChildSpec) -> bool:
         return spec.role == "controller" and self.site["runtime"].get("controller_isolation") == "der"
 
+    @property
+    def placed(self) -> str:
+        """The member this DER runs on ("": the leader): its controllers go there too."""
+        return self.config.get("host", "")
+
+    def placed_here(self, spec: ChildSpec) -> bool:
+        return spec.host == self.placed
+
     def on_configure(self) -> None:
         self.subscribers = dict(self.config.get("subscribers", {}))  # kept by the site across our restarts
         self.lan_address = self.config.get("lan_subscribers", {}).get(self.config.get("lan") or "")
@@ -64,7 +72,8 @@ class DerActor(Supervisor):
                            "values": der.get("values", 100), "rated_power_w": der.get("rated_power_w", 0.0),
                            **({"reserve": der["reserve"][kind]} if kind in der.get("reserve", {}) else {}),
                            "locks": der.get("locks", {}).get(kind, {}),
-                           "local": [local for local in der.get("local", []) if local["function"] == kind]})
+                           "local": [local for local in der.get("local", []) if local["function"] == kind]},
+                          host=self.placed)
                 for kind in der["functions"]]
 
     def on_message(self, message: Any, sender: Any) -> None:

@@ -67,7 +67,9 @@ def site_children(data: dict) -> list[ChildSpec]:
                                                                                        "site": data["site"]["name"],
                                                                                        "party_tables": data["party"]})
              for ep in data["wan"]]
-    specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True)
+    # A DER with a member host runs there (its controllers with it); nothing else is placed.
+    specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True,
+                        host=der.get("host", ""))
               for der in data["der"]]
     specs += [ChildSpec(ep["name"], "lan", "relevent.actors.endpoint.EndpointActor",
                         {**ep, "ders": [device_slice(d) for d in data["der"] if d["lan"] == ep["name"]]})

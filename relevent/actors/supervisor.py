@@ -31,7 +31,7 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited
 
-from relevent.actors.base import ReleventActor
+from relevent.actors.base import HOST_CAPABILITY, ReleventActor
 from relevent.actors.hosted import Host
 from relevent.messages import (
     Configure, FaultAck, Failed, ForecastReply, Hello, InjectFault, Ping, Pong, Ready, Reconfigure, Reconfigured,
@@ -66,6 +66,14 @@ class ChildSpec:
     actor: str          # class path, e.g. "relevent.actors.der.DerActor"
     config: dict
     supervisor: bool = False
+    # The convention member it runs on ("": this supervisor's own ActorSystem): created with
+    # targetActorRequirements {"relevent host": host} (ReleventActor.actorSystemCapabilityCheck,
+    # docs/deploy.md "Placing DERs on member hosts").
+    host: str = ""
+
+
+def requirements(spec: ChildSpec) -> dict | None:
+    return {HOST_CAPABILITY: spec.host} if spec.host else None
 
 
 @dataclass
@@ -120,6 +128,11 @@ class Supervisor(Host, ReleventActor):
 
     def hosts(self, spec: ChildSpec) -> bool:
         """Whether this child runs in this process (relevent/actors/hosted.py) rather than its own."""
+        return False
+
+    def placed_here(self, spec: ChildSpec) -> bool:
+        """Whether a placed child runs on this supervisor's host (a DER's controllers, on the
+        DER's member): then its pid is one of this host's."""
         return False
 
     # -- hosted children: thespian's entry points, routed ----------------------------------
@@ -222,7 +235,7 @@ class Supervisor(Host, ReleventActor):
         if self.hosts(child.spec):
             child.address = self.host_actor(child.spec.actor, child.spec.name, child.generation)
         else:
-            child.address = self.createActor(child.spec.actor)
+            child.address = self.createActor(child.spec.actor, targetActorRequirements=requirements(child.spec))
         child.pid, child.stop_asked = None, None
         child.state = "starting"
         child.started_wall = time.time()
@@ -287,6 +300,14 @@ class Supervisor(Host, ReleventActor):
             child.state = "stopped"
         elif child.state == "restarting":
             self._start(child)
+        elif child.state == "starting" and child.pid is None and child.spec.host and not self.placed_here(child.spec):
+            # Placed on a member and gone before its Hello: thespian found no member with that
+            # host (not started yet, or dead).  Not a failure of the child: tried again every
+            # backoff_max without counting towards the restart intensity, which would otherwise
+            # escalate and restart the whole site while a member is away (docs/deploy.md).
+            child.state = "backoff"
+            child.last_error = f"no member host {child.spec.host!r} (relevent member --host {child.spec.host})"
+            self.wakeupAfter(self.policy["backoff_max"], Wakeup("restart", child.spec.name, child.generation))
         else:
             child.last_error = child.reason or "process exited unexpectedly (killed or crashed)"
             child.cause = child.cause or "killed"
@@ -404,7 +425,7 @@ class Supervisor(Host, ReleventActor):
         now = time.monotonic()
         self._ping_seq += 1
         timeout = self.policy["heartbeat_timeout"]
-        for child in self.children:
+        for child in list(self.children):   # a copy: a child on another host is taken as gone at its kill
             if child.address is None:
                 continue
             stopping = child.state in STOPPING
@@ -436,6 +457,15 @@ class Supervisor(Host, ReleventActor):
         if self.is_hosted(child.address) or child.pid == os.getpid():
             # It shares our process (hosted, or simpleSystemBase): never kill -9 it.
             self.send(child.address, ActorExitRequest())
+        elif child.spec.host and not self.placed_here(child.spec):
+            # On another host: its pid is not one of ours to kill.  Ask it to exit and take it
+            # as gone now: thespian reports no exit of an actor whose member died (or whose
+            # creation found no member), so waiting for ChildActorExited could wait for ever.
+            # A hung one left behind dies with its member's admin (harden_actor_process).
+            address = child.address
+            if address is not None:
+                self.send(address, ActorExitRequest())
+                self._child_exited(address)
         elif child.pid:
             try:
                 os.kill(child.pid, signal.SIGKILL)
@@ -468,7 +498,7 @@ class Supervisor(Host, ReleventActor):
                     self.send(child.address, Reconfigure(spec.config, self.site))
                 continue
             old, child.spec = child.spec, spec
-            if spec.supervisor and old.actor == spec.actor and old.role == spec.role \
+            if spec.supervisor and old.actor == spec.actor and old.role == spec.role and old.host == spec.host \
                     and child.state in ("starting", "running"):
                 self.send(child.address, Reconfigure(spec.config, self.site))
                 changes["reconfigured"].append(prefix + spec.name)
@@ -534,6 +564,7 @@ class Supervisor(Host, ReleventActor):
             "role": child.spec.role,
             "pid": child.pid,
             "hosted": self.hosts(child.spec),
+            **({"host": child.spec.host} if child.spec.host else {}),
             "state": child.state,
             "restarts": child.restarts,
             "restart_causes": dict(child.restart_causes),

@@ -166,6 +166,7 @@ class _Validator:
             self.problem((), "missing [site] section")
         self.cross_checks(data)
         self.convention_checks(data)
+        self.placement_checks(data)
         self.party_checks(data)
         self.tls_checks(data)
         return data
@@ -372,6 +373,23 @@ class _Validator:
         elif net.prefixlen < 31 and address in (net.network_address, net.broadcast_address):
             which = "network" if address == net.network_address else "broadcast"
             self.problem(leader_path, f"{address} is the {which} address of {network}, not a host's")
+
+    def placement_checks(self, data: dict) -> None:
+        """A DER placed on a member host (`[[der]] host`; "" is the leader) needs a multi-host
+        site; its LAN endpoint runs on the leader (endpoints are not placed), so its device
+        commands would cross the private network: a warning (docs/deploy.md)."""
+        runtime = data["runtime"]
+        for i, der in enumerate(data["der"]):
+            host = der.get("host", "")
+            if not host or ("der", i, "host") in self.unfilled:
+                continue
+            if not runtime["convention_leader"] or not runtime["private_network"]:
+                self.problem(("der", i, "host"), f"a DER on member host {host!r} needs a multi-host site: "
+                                                 "[runtime] convention_leader and private_network (or host = \"\", "
+                                                 "the leader)")
+            if der.get("lan"):
+                self.warning(("der", i, "host"), f"the DER runs on {host!r} but its LAN endpoint {der['lan']!r} "
+                                                 "on the leader: its device commands cross the private network")
 
     def tls_checks(self, data: dict) -> None:
         """The [tls] files (relevent/security/tls.py `policy_problems`), what each endpoint

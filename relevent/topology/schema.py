@@ -6,6 +6,7 @@ Protocol-specific endpoint keys come from `relevent.protocols.registry`.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -92,6 +93,13 @@ SITE = {
                                "until it can (docs/audit.md)"),
 }
 
+def _host_label(v: str) -> str | None:
+    """A host name is a label that names a convention member (thespian capability "relevent host")."""
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,62}", v):
+        return None
+    return f"host {v!r} must start with a letter and use only letters, digits, '_', '-' and '.' (at most 63)"
+
+
 RUNTIME = {
     "base": Field((str,), default="multiprocTCPBase", choices=BASES,
                   doc="thespian system base; simpleSystemBase runs everything in one process"),
@@ -161,6 +169,10 @@ DER = {
     "schedules": Field((int,), default=10, check=lambda v: None if 1 <= v <= 99 else
                        f"schedules per control function must be 1..99, got {v}"),
     "lan": Field((str,), default="", doc="name of the LAN endpoint that reaches the device"),
+    "host": Field((str,), default="", check=lambda v: _host_label(v) if v else None,
+                  doc="the host this DER (and its controllers) runs on: \"\" (the default) is the leader "
+                      "(`relevent run`), a name is the member started with `relevent member --host NAME` "
+                      "on a multi-host site (docs/deploy.md)"),
     "address": Field((int, str), default="", doc="device address on that endpoint (unit id, topic, ...)"),
     "profile": Field((str,), default="", doc="device profile, e.g. sunspec, pivot"),
     "rated_power_w": Field(NUMBER, default=0.0, check=non_negative),
