@@ -13,6 +13,7 @@ from typing import Callable
 
 from relevent.protocols.iec104.mapping import site_problems as _iec104_site
 from relevent.protocols.modbus.address import parse_device_address
+from relevent.protocols.s2.checks import der_problems as _s2_der
 from relevent.topology.schema import (
     NUMBER, TLS_CLIENT_KEYS, TLS_SERVER_KEYS, Field, nice_check, non_negative, port_check, positive,
 )
@@ -403,6 +404,28 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "relevent.protocols.ocpp.endpoint.OcppEndpoint",
             "OCPP 1.6J / 2.0.1 central system (CSMS) for EV chargers: commands as charging profiles, meter "
             "values as measurements (docs/ocpp.md)", check_der=_ocpp_der),
+        ProtocolSpec(
+            "s2", "lan", True,
+            {
+                "address": Field((str,), default="127.0.0.1", doc="listen address of the websocket server"),
+                "port": Field((int,), default=8765, check=port_check,
+                              doc="resource managers connect to ws://address:port/s2/<resource id> (or /s2, "
+                                  "known then by their ResourceManagerDetails); S2 assigns no port"),
+                "envelope_s": Field(NUMBER, default=900.0, check=positive,
+                                    doc="s each PEBC power envelope lasts; refreshed every envelope_s / 3, so it "
+                                        "ends (and the device runs by itself) only when the site stops"),
+                "call_timeout_s": Field(NUMBER, default=10.0, check=positive,
+                                        doc="s an RM has to answer an instruction's ReceptionStatus (then retried)"),
+                "symmetric_power": Field((str,), default="total", choices=("total", "per_phase"),
+                                         doc="what a value on ELECTRIC.POWER.3_PHASE_SYMMETRIC is: the device's "
+                                             "total W, or W per phase (x 3); S2 does not say"),
+                "insecure": Field((bool,), default=False,
+                                  doc="acknowledge plain ws:// on a non-loopback address (`relevent check` "
+                                      "refuses that otherwise: S2 over TLS is not in this build)"),
+            },
+            "relevent.protocols.s2.endpoint.S2Endpoint",
+            "S2 (EN 50491-12-2) CEM for smart devices' resource managers: commands as PEBC power envelopes, "
+            "PowerMeasurements as measurements (docs/s2.md)", check_der=_s2_der),
         # Simulated devices, started by the site like endpoints (tests, demos, commissioning).
         ProtocolSpec(
             "sunspec-inverter", "simulator", True,
