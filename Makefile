@@ -57,8 +57,9 @@ node-charger:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 
+# --durations: the slowest tests named at the end, to keep the whole run under 20 minutes.
 test: $(STAMP) mosquitto systemd chromium node-charger openssl promtool
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # Without the 100 start/stop cycles.
 test-fast: $(STAMP)
