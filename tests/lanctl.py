@@ -57,11 +57,15 @@ class MqttWatcher:
         self.client.set_config({"reconnect_retries": -1, "reconnect_delay": 0.2})
         self.client.on_connect = lambda c, *a: [c.subscribe(t, qos=1) for t in self.topics]
         self.client.on_message = self._message
+        subacks = threading.Semaphore(0)
+        self.client.on_subscribe = lambda *a: subacks.release()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.client.connect("127.0.0.1", port, version=MQTTv311),
                                          self.loop).result(5)
-        time.sleep(0.2)
+        # Watching once the broker acknowledged every subscription (a marker, not a sleep).
+        for topic in self.topics:
+            assert subacks.acquire(timeout=10), f"the broker never acknowledged the subscription to {topic}"
 
     def _message(self, client, topic, payload, qos, properties) -> int:
         t = time.time_ns()

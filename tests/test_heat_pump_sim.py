@@ -241,7 +241,10 @@ def test_fast_time_leaves_a_block_for_comfort_and_reports_it_in_its_flags(runnin
 def test_time_scale_runs_a_day_in_seconds(running):
     sim, c = running(time_scale=86400 / 4.0)            # a day in 4 s: 6 simulated hours a second
     h0, t0 = sim.detail()["sim_hours"], time.monotonic()
-    time.sleep(1.0)
+    time.sleep(2.0)   # the window measured over (12 simulated hours), not a wait for something
     h1, t1 = sim.detail()["sim_hours"], time.monotonic()
-    assert abs((h1 - h0) - 6.0 * (t1 - t0)) < 0.7, (h1 - h0, t1 - t0)   # (the model ticks every 50 ms)
+    # The simulated clock trails the wall clock by up to a 50 ms tick plus the wait for a core
+    # at each end: measured |error| <= 0.19 h (31 ms) on the 2-core box; 1 h is 5 times that
+    # and still tells 6 h/s from 5 h/s over these 2 s.
+    assert abs((h1 - h0) - 6.0 * (t1 - t0)) < 1.0, (h1 - h0, t1 - t0)
     assert math.isfinite(sim.detail()["tank_c"])

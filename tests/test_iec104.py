@@ -194,6 +194,15 @@ def wait_for_limit(site, percent: float, since_ns: int, timeout: float = 10.0) -
                          f"{inverter_writes(site, WMAXLIMPCT_OFFSET, since_ns)[-5:]}")
 
 
+def polls_after(site, n: int) -> None:
+    """Wait (a marker, not a sleep) until pv1 has a measurement its Modbus endpoint read at
+    least `n` poll periods (0.3 s) after now: a command sent before now has had the DER and
+    the endpoint's loop, which writes a new command before its next poll, to itself."""
+    since = now_ms()
+    site.wait_for("pv1", lambda node: (node["detail"].get("measured") or {}).get("at", 0) >= since + n * 300,
+                  timeout=20)
+
+
 def last_limit(site) -> float | None:
     writes = inverter_writes(site, WMAXLIMPCT_OFFSET)
     return writes[-1][1] * 10 ** WMAXLIMPCT_SF if writes else None
@@ -293,8 +302,12 @@ def test_a_fresh_time_tag_is_executed_and_an_old_one_refused(site):
         refused(peer, peer.setpoint_float_time(CA, SP_TIMED, 12.0, now_ms() - 60_000), C_SE_TC_1, SP_TIMED)
         refused(peer, peer.setpoint_float_time(CA, SP_TIMED, 12.0, now_ms() + 60_000), C_SE_TC_1, SP_TIMED)
         site.wait_for("scada", lambda n: "time tag" in (n["detail"]["last_refusal"] or {}).get("reason", ""))
-        time.sleep(1.0)   # the Modbus endpoint refreshes the same limit: no 12 % ever
-        assert all(v == 5500 for _, v in inverter_writes(site, WMAXLIMPCT_OFFSET)[writes_before:])
+        # A marker, not a sleep: a good set-point sent after the refused ones takes the same
+        # way to the inverter (station, controller, DER, Modbus), so a 12 % would be before it.
+        since = time.time_ns()
+        terminated(peer, peer.setpoint_float_time(CA, SP_TIMED, 57.0, now_ms() - 1000), C_SE_TC_1, SP_TIMED)
+        marker = wait_for_limit(site, 57.0, since)
+        assert all(v == 5500 for t, v in inverter_writes(site, WMAXLIMPCT_OFFSET)[writes_before:] if t < marker)
         release_all(site, peer)
 
 
@@ -412,7 +425,7 @@ def test_a_party_outside_its_priority_band_gets_a_negative_confirmation(site):
         refused(peer, peer.setpoint_float(CA, AGG_SP, 5000.0), C_SE_NC_1, AGG_SP)
         refusal = detail_when(site, "agg", lambda d: d["last_refusal"] is not None)["last_refusal"]
         assert refusal["party"] == "aggregator" and refusal["rule"] == "band" and refusal["policy"] is True
-        time.sleep(0.5)
+        polls_after(site, 3)   # agg has every command refused, so no later one can be the marker
         assert all(v != 5000 for _, v in inverter_writes(site, WMAXLIMPCT_OFFSET)[writes_before:])
 
 

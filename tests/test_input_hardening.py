@@ -195,13 +195,15 @@ def full_schedules(count: int = 10) -> list[Schedule]:
 
 def test_a_worst_case_forecast_is_bounded_in_time_and_its_first_events_are_the_full_forecasts():
     schedules = full_schedules()
-    # CPU time: the work is what is bounded (~50 ms idle on the 2-core box, 1.3 s before the
-    # cap); wall time on a busy CI box would measure the neighbours too.
+    # CPU time: the work is what is bounded; wall time on a busy CI box would measure the
+    # neighbours too.  Measured 47-127 ms of CPU in 30 runs on the busy 2-core box (shared
+    # caches), 1.3 s before the cap: 0.65 s is 5 times the worst.  That the cap cuts is
+    # shown by the lengths below, not by the time (uncapped now takes 0.35-0.46 s).
     started = time.process_time()
     capped = forecast(schedules, NOW)
     elapsed = time.process_time() - started
     full = forecast(schedules, NOW, max_events=None, max_steps=None)
-    assert elapsed < 0.2, f"a capped forecast took {elapsed:.3f} s"
+    assert elapsed < 0.65, f"a capped forecast took {elapsed:.3f} s"
     assert len(full) > len(capped) >= 100
     assert capped == full[:len(capped)]
     assert capped[0] == (NOW, None, None) and capped[1][0] == NOW + 1000 + 7

@@ -159,11 +159,11 @@ def test_broker_restart_and_simulator_kill_reapply_the_current_setpoint(lan):
     start = now_ms() + 1500
     schedule(mms, "pv1", "ActPow", [3000], 600, start)
     schedule(mms, "bat1", "ActPow", [1234], 600, start)
-    wait_until(start + 500)
     dev = sunspec_device(lan["ports"]["modbus"])
     model123 = dev.models[123][0].model_addr
     dev.close()
-    assert watcher.commands("bat1.ActPow")[-1][1] == 1234.0
+    assert poll(lambda: (watcher.commands("bat1.ActPow") or [(0, None)])[-1][1] == 1234.0), \
+        watcher.commands("bat1.ActPow")[-3:]
 
     # Broker down for 2 s: after it is back, the endpoint re-sends the set-point in force.
     broker.stop()

@@ -203,6 +203,8 @@ def test_thirty_ders_handlers_install_in_well_under_ten_seconds(tmp_path):
         server.start("127.0.0.1", port)
         serving = time.perf_counter() - began
         assert server.handler_count == 30 * 4047  # 40,470 for 10 DERs (bench/README.md)
+        # Measured on the busy 2-core box (9 runs): installed 0.9-2.0 s, serving 2.0-4.5 s; the
+        # quadratic install these guard against took minutes.
         assert installed < 10, f"installing 30 DERs' handlers took {installed:.1f} s"
         assert serving < 30, f"serving 30 DERs took {serving:.1f} s"  # includes libiec61850's model
         client = Open61850Client("127.0.0.1", port)

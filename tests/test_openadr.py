@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from lanctl import Mosquitto, MqttWatcher
 from openleadr import OpenADRServer
-from sitectl import Site, free_port, now_ms
+from sitectl import Site, free_port, now_ms, wait_until
 
 VEN = "ven-site-ven"           # the id the VTN gives our VEN (ven_name "site-ven")
 MAXPOW = "der1.MaxPow"         # the device's pivot label for MaxPow
@@ -259,15 +259,19 @@ def test_an_event_the_site_cannot_follow_gets_opt_out_and_changes_nothing(env):
     site, vtn, watcher = env["site"], env["vtn"], env["watcher"]
     opted_out = site.node("openadr")["detail"]["opted_out"]
     since = time.time_ns()
-    too_low, _ = vtn.event([200], lead_s=2.0, length_s=2)          # under min_limit_w
-    price, _ = vtn.event([0.31, 0.12], lead_s=2.0, length_s=2, kind=("ELECTRICITY_PRICE", "price"))
+    too_low, too_low_ms = vtn.event([200], lead_s=2.0, length_s=2)          # under min_limit_w
+    price, price_ms = vtn.event([0.31, 0.12], lead_s=2.0, length_s=2, kind=("ELECTRICITY_PRICE", "price"))
     assert vtn.opt_of(too_low) == "optOut"
     assert vtn.opt_of(price) == "optOut"
     node = site.wait_for("openadr", lambda n: n["detail"]["opted_out"] >= opted_out + 2)
     last = node["detail"]["last_opt_out"]
     assert (last["event_id"], "ELECTRICITY_PRICE" in last["reason"] or "500 W" in last["reason"]) in \
         ((price, True), (too_low, True))
-    time.sleep(4.5)   # both would have started and ended by now
+    # Both would have started and ended by then; the marker that the site got there: der1
+    # has two measurements of its device (0.5 s each) taken after that.
+    ended = max(too_low_ms + 2000, price_ms + 2 * 2000)
+    wait_until(ended)
+    site.wait_for("der1", lambda n: (n["detail"].get("measured") or {}).get("at", 0) >= ended + 1000, timeout=20)
     assert [v for _, v in commands_since(watcher, since) if v != RESERVE_W] == []
 
 

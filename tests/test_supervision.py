@@ -36,7 +36,10 @@ def test_leaf_fault_restarts_leaf_within_a_second(make_site, fault):
     else:
         site.fault(LEAF, fault)
     node = restarted(site, LEAF, old)
-    # Measured from the fault to the new incarnation's Ready at its supervisor.
+    # Measured from the fault to the new incarnation's Ready at its supervisor.  The promise
+    # (module doc): a second.  A hang takes the 0.4 s heartbeat timeout (+ a 0.1 s beat) to
+    # be seen, measured 0.50-0.52 s in all; the rest (kill -9: 0.03-0.06 s here, restart
+    # p99 97 ms in bench/README.md) has 0.5 s, 5 times that p99.
     assert node["ready_at"] - t0 < 1.0, f"{fault}: restart took {node['ready_at'] - t0:.3f} s"
     assert node["restarts"] == 1
     assert not alive(old)
@@ -192,7 +195,11 @@ def test_a_hung_child_is_killed_after_the_stop_timeout_when_its_supervisor_stops
     before = site.pids()
     hung, killed = "der1/ActPow", "der1/OnOff"
     site.fault(hung, "hang")
-    time.sleep(0.2)  # let the fault reach it
+    # A marker, not a sleep: the controller logs the fault as it takes it, then hangs.
+    deadline = time.monotonic() + 20
+    while f"{hung}: injected fault hang" not in (site.state_dir / "relevent.log").read_text():
+        assert time.monotonic() < deadline, "the hang never reached the controller"
+        time.sleep(0.05)
     t0 = time.time()
     os.kill(before[killed], signal.SIGKILL)  # one_for_all: the DER stops the hung ActPow
     node = restarted(site, hung, before[hung], timeout=STOP_TIMEOUT_S + 5)

@@ -79,8 +79,12 @@ def test_arming_again_replaces_and_cancel_drops(served):
         assert switcher.cancel(2) is True
         assert switcher.cancel(2) is False  # nothing armed under it any more
     assert applied.wait(5)
-    time.sleep(0.3)
-    done = switcher.collect()
+    # What the switcher applied, until key 1's replacement at `at` + 100: the switch it
+    # replaced and the cancelled one were due at `at`, before it, so they would be in too.
+    done, deadline = [], time.monotonic() + 5
+    while (1, at + 100) not in [(d.key, d.at_ms) for d in done] and time.monotonic() < deadline:
+        done += switcher.collect()
+        time.sleep(0.02)
     assert [(d.key, d.at_ms) for d in done] == [(1, at + 100)]
     assert client.read_float(f"{IED}{OUT}.mxVal.f") == 2.0
     assert client.read_str(f"{IED}{FSCC}.ActSchdRef.stVal") != "dropped"

@@ -26,6 +26,11 @@ LD = "DER_Scheduler_Control"
 REF = f"{LD}/MaxPow_FSCH03"
 POLL = 0.2
 MIN_DURATION, CLEAR = 2.0, 3.0
+# Slack on top of a delay the site promises (min_duration_s or clear_s, plus a measurement
+# poll): 5 times the p99 of the way from a decision to the inverter's register on this busy
+# 2-core box (257 ms, SunSpec at load average 11, bench/README.md "Heat pump"); measured
+# here: 80-390 ms past the promised delay, poll included.
+SLACK_MS = 1500
 RUNNING = 4
 
 
@@ -150,11 +155,10 @@ def test_voltage_above_239_curtails_after_min_duration_holds_through_a_dip_and_e
 
         # Up past 239 V: nothing for min_duration_s, then MaxPow 50 % at the inverter.
         up = grid.set(241.0)
-        time.sleep(MIN_DURATION - 0.5)
-        assert site.node("pv1/MaxPow")["detail"]["triggers"] == {"FSCH03": "pending"}
-        assert site.node("pv1/MaxPow")["detail"]["source"] == "Res_FSCH01"
-        armed = first_write(log, grid.wmaxlimpct, up, 50.0, timeout=5)
-        assert MIN_DURATION * 1000 <= armed - up <= MIN_DURATION * 1000 + POLL * 1000 + 1000, armed - up
+        pending = site.wait_for("pv1/MaxPow", lambda n: n["detail"]["triggers"] == {"FSCH03": "pending"}, timeout=10)
+        assert pending["detail"]["source"] == "Res_FSCH01"
+        armed = first_write(log, grid.wmaxlimpct, up, 50.0, timeout=10)
+        assert MIN_DURATION * 1000 <= armed - up <= MIN_DURATION * 1000 + POLL * 1000 + SLACK_MS, armed - up
         assert grid.limit_pct() == pytest.approx(50.0)
         assert "trigger=measurement voltage_v=241.0 value=5000.0" in site.log.read_text()
 
@@ -174,10 +178,13 @@ def test_voltage_above_239_curtails_after_min_duration_holds_through_a_dip_and_e
 
         # A dip below 237 V (threshold - hysteresis) shorter than clear_s: it holds.
         dip = grid.set(235.0)
-        time.sleep(CLEAR - 1.5)
-        assert site.node("pv1/MaxPow")["detail"]["triggers"] == {"FSCH03": "clearing"}
+        # Back up as soon as the site has seen the dip: it must stay shorter than clear_s.
+        site.wait_for("pv1/MaxPow", lambda n: n["detail"]["triggers"] == {"FSCH03": "clearing"}, timeout=CLEAR - 0.5)
         grid.set(240.0)
-        time.sleep(CLEAR)                     # longer than clear_s after the dip began
+        site.wait_for("pv1/MaxPow", lambda n: n["detail"]["triggers"] == {"FSCH03": "active"}, timeout=10)
+        # A marker, not a sleep: the site has measured the grid (every 0.2 s) for a second past
+        # the moment clear_s after the dip began, when a dip taken for the end would end it.
+        site.wait_for("pv1", lambda n: n["detail"]["measured"]["at"] >= dip + (CLEAR + 1) * 1000, timeout=20)
         assert site.node("pv1/MaxPow")["detail"]["triggers"] == {"FSCH03": "active"}
         assert all(p == pytest.approx(50.0) for _t, p in limit_writes(log, grid.wmaxlimpct, dip)), \
             limit_writes(log, grid.wmaxlimpct, dip)
@@ -192,11 +199,11 @@ def test_voltage_above_239_curtails_after_min_duration_holds_through_a_dip_and_e
 
         # Down for good: it ends clear_s later, and the limit is lifted at the inverter.
         down = grid.set(232.0)
-        ended = first_write(log, grid.wmaxlimpct, down, 100.0, timeout=CLEAR + 3)
-        assert CLEAR * 1000 <= ended - down <= CLEAR * 1000 + POLL * 1000 + 1000, ended - down
+        ended = first_write(log, grid.wmaxlimpct, down, 100.0, timeout=CLEAR + 10)
+        assert CLEAR * 1000 <= ended - down <= CLEAR * 1000 + POLL * 1000 + SLACK_MS, ended - down
         assert grid.limit_pct() == pytest.approx(100.0)
         # (the status is what the last heartbeat brought: up to a heartbeat late)
-        site.wait_for("pv1/MaxPow", lambda n: n["detail"]["triggers"] == {"FSCH03": "idle"}, timeout=1)
+        site.wait_for("pv1/MaxPow", lambda n: n["detail"]["triggers"] == {"FSCH03": "idle"}, timeout=10)
         mms = Open61850Client("127.0.0.1", ports["mms"])
         assert mms.read_int(f"{REF}.SchdSt.stVal") != RUNNING
         assert mms.quality_invalid(f"{REF}.ValMV.q", "MX") and mms.quality_invalid(f"{REF}.ActStrTm.q")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from importlib import resources
 
 from hypothesis import HealthCheck, given, settings
@@ -119,7 +120,15 @@ def test_modbus_garbage_and_exception_replies_only_take_down_that_link():
         config = {"timeout": 0.2, "reversion_s": 30, "poll_period": 0.2, "backoff_max": 0.2}
         dev = ModbusDevice(der, DeviceAddress("127.0.0.1", port, 1), config, events.append)
         task = asyncio.create_task(dev.run())
-        await asyncio.sleep(3)
+        # 3 s of garbage and at least five links down (3 s alone may not hold five on a busy
+        # box), the task running all along.
+        started = time.monotonic()
+        deadline = started + 30
+        while (time.monotonic() < started + 3 or replies < 5
+               or sum(1 for e in events if e.what == "link" and not e.up) < 5):
+            assert not task.done(), task.exception()
+            assert time.monotonic() < deadline, (replies, events)
+            await asyncio.sleep(0.05)
         assert not task.done(), task.exception()  # still retrying, nothing escaped
         task.cancel()
         server.close()

@@ -55,8 +55,9 @@ def test_every_type_written_everywhere_never_crashes_the_site(make_site):
     start = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() + 1.5, tz=timezone.utc)
     assert sc.write("ActPow", "1", [1234.0], 3600, start, 40) == []
     assert sc.operate("ActPow", "1", True) is None
-    time.sleep(2)  # running before the sweep
-    before = sc.show("ActPow", "1")
+    deadline = time.monotonic() + 15   # running before the sweep (it starts in 1.5 s)
+    while (before := sc.show("ActPow", "1"))["SchdSt"] != 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert before["SchdSt"] == 4
     pids = site.pids()
 

@@ -207,18 +207,27 @@ def test_a_station_gone_after_the_confirmation_still_gets_its_command_carried_ou
 def test_a_station_gone_right_after_sending_gets_its_command_done_whole_or_not_at_all(env, value):
     site = env["site"]
     pids = site.pids()
+    commands = site.node("scada")["detail"]["commands"]
     since = time.time_ns()
     peer = connect(site)
     peer.setpoint_float(CA, SETPOINT, value)
     vanish(peer)                       # before any answer could come
-    time.sleep(1.5)                    # long enough for a command to reach the inverter
-    output, source = maxpow(site)
-    armed = site.node("scada")["detail"]["armed"]
-    if source == "FSCH04":             # executed: all of it
-        assert output == value and armed == ["pv1/MaxPow/FSCH04"]
+    # The station counts a command as it reads it, and carries out all it counts: its count
+    # is the marker that it got this one.  That it never will has no marker (c104's count of
+    # open connections lags): 5 s for the station to read the socket, many times what that
+    # takes on a busy box.
+    deadline = time.monotonic() + 5
+    while site.node("scada")["detail"]["commands"] == commands and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if site.node("scada")["detail"]["commands"] > commands:   # executed: all of it
+        site.wait_for("pv1/MaxPow", lambda n: (n["detail"]["output"], n["detail"]["source"]) == (value, "FSCH04"),
+                      timeout=10)
+        site.wait_for("scada", lambda n: n["detail"]["armed"] == ["pv1/MaxPow/FSCH04"], timeout=10)
         limit_at(site, value / RATED_W * 100, since)
         release(site)
     else:                              # not executed: nothing of it
+        output, source = maxpow(site)
+        armed = site.node("scada")["detail"]["armed"]
         assert (output, source) == (RATED_W, "Res_FSCH01") and armed == []
         assert all(v == pytest.approx(100.0) for _, v in limits(site, since))
     with connect(site) as again:
@@ -241,7 +250,9 @@ def test_the_ven_keeps_its_armed_schedule_through_a_vtn_outage_and_registers_aga
     site.wait_for("openadr", lambda n: n["detail"]["registered"] is False, timeout=8)
     # The boundary at start + 4 s comes while the VTN is down: the inverter follows it on time.
     t = limit_at(site, 25.0, since, timeout=10)
-    assert -50 <= t / 1e6 - (start_ms + 4000) <= 1000, t / 1e6 - (start_ms + 4000)
+    # Late by 6 ms here; 1.5 s is 5 times the p99 of boundary -> SunSpec register on this busy
+    # 2-core box (257 ms at load average 11, bench/README.md "Heat pump").
+    assert -50 <= t / 1e6 - (start_ms + 4000) <= 1500, t / 1e6 - (start_ms + 4000)
     assert event_id in site.node("openadr")["detail"]["held"].values()
     time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down)))
     vtn.start()                        # a restarted VTN: it knows no VEN and no event
