@@ -70,9 +70,8 @@ from ocpp.v201 import call_result as result201
 from websockets.asyncio.server import serve
 
 from relevent.clock import now_ms
-from relevent.messages import CommandSubscribe, DeviceCommand, Measurement
-from relevent.protocols.confirm import Confirmations
-from relevent.protocols.aio import AsyncioThread
+from relevent.messages import DeviceCommand, Measurement
+from relevent.protocols.device_server import DeviceServerEndpoint
 from relevent.protocols.ocpp import profile as P
 from relevent.security.tls import CertificateRenewed, PeerSessions, SiteTls, TlsError, cert_names, read_password
 
@@ -572,83 +571,49 @@ class ChargerState:
     last_bad_payload: str = ""
 
 
-class OcppEndpoint:
+class OcppEndpoint(DeviceServerEndpoint):
+    """The actor side (relevent/protocols/device_server.py): the chargers' state, the
+    profiles asked for, the measurements sent."""
+    kind = "ocpp"
+
     def __init__(self, actor: Any, config: dict) -> None:
-        self.actor, self.config = actor, config
+        super().__init__(actor, config)
         self.settings = P.ProfileSettings.from_config(config)
-        self.ders = {d["name"]: d for d in config.get("ders", [])}
         self.state = {name: ChargerState(str(d["address"])) for name, d in self.ders.items()}
-        self.der_address: dict[str, Any] = {}
-        self.aio: AsyncioThread | None = None
-        self.server: CsmsServer | None = None
-        self.listening = False
-        self.refused = 0
-        self.last_refused = ""
         self.profile = int(config.get("security_profile", 0))
         self.tls: SiteTls | None = None
         self.ssl: ssl.SSLContext | None = None
-        self.confirmations = Confirmations(lambda to, message: self.actor.send(to, message))   # at_stop commands (relevent/protocols/confirm.py)
 
-    # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        self.actor.defer_ready()   # Ready once the port is bound
         if self.profile >= 2:      # a missing file raises, naming it: the actor crashes with it
             self.tls = SiteTls(self.config["tls_policy"])
             self.ssl = self.tls.server_context("require" if self.profile == 3 else "none")
-        self.aio = AsyncioThread(f"ocpp-{self.config['name']}")
-        self.server = CsmsServer(self.config, list(self.ders.values()), self.settings, self.aio.post, self.tls,
-                                 self.ssl)
-        self.aio.spawn(self.server.run(), "serve")
-        self.actor.send(self.actor.parent, CommandSubscribe(self.actor.name, self.actor.myAddress))
+        super().start()
 
-    def stop(self) -> None:
-        if self.aio:
-            self.aio.run_quietly(self.server.close(), 2.0)
-            self.aio.stop()
+    def make_server(self, post: Callable[[Any], None]) -> "CsmsServer":
+        return CsmsServer(self.config, list(self.ders.values()), self.settings, post, self.tls, self.ssl)
 
-    def fds(self) -> list[int]:
-        return [self.aio.fileno()] if self.aio else []
+    def serving(self) -> str:
+        cfg = self.config
+        return (f"{'wss' if self.ssl is not None else 'ws'}://{cfg['address']}:{cfg['port']}/ocpp/<charge point id>"
+                f" (security profile {self.profile}: {PROFILE_NAMES[self.profile]})")
 
     # -- from the DERs --------------------------------------------------------------------------------
-    def on_message(self, message: Any, sender: Any) -> bool:
-        if not isinstance(message, DeviceCommand):
-            return False
-        der = self.ders.get(message.der)
-        if der is None:
-            log.warning("ocpp endpoint=%s: command for der=%s, which is not on this endpoint", self.config["name"],
-                        message.der)
-            return True
-        self.der_address[message.der] = message.der_address
+    def on_command(self, message: DeviceCommand, der: dict) -> None:
         try:
             limit = P.command_limit_w(message, der.get("rated_power_w"))
         except ValueError as exc:
             log.error("ocpp endpoint=%s der=%s: no profile sent: %s", self.config["name"], message.der, exc)
-            return True
+            return
         self.state[message.der].command_limit_w = limit
         # The site's at_stop: answered once the charger accepts the profile (or not).
         self.confirmations.expect(message, self.state[message.der].link == "up", "charger offline")
         start = message.at if isinstance(message.at, int) and message.at > 0 else now_ms()
         self.aio.call(self.server.set_limit, message.der, limit, start, message.seq)
-        return True
 
     # -- from the loop thread ---------------------------------------------------------------------------
-    def on_ready(self, fds: list[int]) -> None:
-        for event in self.aio.events(f"ocpp endpoint {self.config['name']}"):
-            getattr(self, f"_on_{event[0]}")(*event[1:])
-
     def _on_renewed(self, why: str) -> None:
         raise CertificateRenewed(why)   # the actor crashes with it and is restarted at once
-
-    def _on_listening(self, host: str, port: int) -> None:
-        self.listening = True
-        log.info("ocpp endpoint=%s listening on %s://%s:%d/ocpp/<charge point id> (security profile %d: %s)",
-                 self.config["name"], "wss" if self.ssl else "ws", host, port, self.profile,
-                 PROFILE_NAMES[self.profile])
-        self.actor.mark_ready()
-
-    def _on_refused(self, cp_id: str, reason: str) -> None:
-        self.refused += 1
-        self.last_refused = reason
 
     def _on_link(self, der: str, up: bool, version: str, text: str, at: int) -> None:
         s = self.state[der]
@@ -721,10 +686,6 @@ class OcppEndpoint:
         else:
             quality, detail = "good", ", ".join(f"{k}: {v}" for k, v in sorted(s.connectors.items()))
         self._send(Measurement(der, s.meter_w, connected, at, quality, self.config["name"], detail))
-
-    def _send(self, m: Measurement) -> None:
-        # Straight to the DER once a command told us where it is; through the site before.
-        self.actor.send(self.der_address.get(m.der) or self.actor.parent, m)
 
     def detail(self) -> dict:
         cfg = self.config

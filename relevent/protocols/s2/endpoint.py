@@ -64,9 +64,8 @@ from websockets.asyncio.server import serve
 
 from relevent.clock import now_ms
 from relevent.devices.load import GUARANTEED_MIN_W
-from relevent.messages import CommandSubscribe, DeviceCommand, Measurement
-from relevent.protocols.aio import AsyncioThread
-from relevent.protocols.confirm import Confirmations
+from relevent.messages import DeviceCommand, Measurement
+from relevent.protocols.device_server import DeviceServerEndpoint
 from relevent.protocols.s2 import mapping as M
 
 log = logging.getLogger("relevent.s2")
@@ -507,68 +506,30 @@ class RmState:
     last_bad_payload: str = ""
 
 
-class S2Endpoint:
+class S2Endpoint(DeviceServerEndpoint):
+    """The actor side (relevent/protocols/device_server.py): the resource managers' state,
+    the envelopes asked for, the measurements sent."""
+    kind = "s2"
+
     def __init__(self, actor: Any, config: dict) -> None:
-        self.actor, self.config = actor, config
-        self.ders = {d["name"]: d for d in config.get("ders", [])}
+        super().__init__(actor, config)
         self.state = {name: RmState(M.canonical_id(d["address"])) for name, d in self.ders.items()}
-        self.der_address: dict[str, Any] = {}
-        self.aio: AsyncioThread | None = None
-        self.server: CemServer | None = None
-        self.listening = False
-        self.refused = 0
-        self.last_refused = ""
         self.bad_unbound = 0   # payloads from RMs not known yet
-        # at_stop commands (relevent/protocols/confirm.py)
-        self.confirmations = Confirmations(lambda to, message: self.actor.send(to, message))
 
-    # -- life cycle -----------------------------------------------------------------------------------------------
-    def start(self) -> None:
-        self.actor.defer_ready()   # Ready once the port is bound
-        self.aio = AsyncioThread(f"s2-{self.config['name']}")
-        self.server = CemServer(self.config, list(self.ders.values()), self.aio.post)
-        self.aio.spawn(self.server.run(), "serve")
-        self.actor.send(self.actor.parent, CommandSubscribe(self.actor.name, self.actor.myAddress))
+    def make_server(self, post: Callable[[Any], None]) -> "CemServer":
+        return CemServer(self.config, list(self.ders.values()), post)
 
-    def stop(self) -> None:
-        if self.aio:
-            self.aio.run_quietly(self.server.close(), 2.0)
-            self.aio.stop()
-
-    def fds(self) -> list[int]:
-        return [self.aio.fileno()] if self.aio else []
+    def serving(self) -> str:
+        return f"ws://{self.config['address']}:{self.config['port']}/s2/<resource id> (the site is the CEM)"
 
     # -- from the DERs --------------------------------------------------------------------------------------------
-    def on_message(self, message: Any, sender: Any) -> bool:
-        if not isinstance(message, DeviceCommand):
-            return False
-        der = self.ders.get(message.der)
-        if der is None:
-            log.warning("s2 endpoint=%s: command for der=%s, which is not on this endpoint", self.config["name"],
-                        message.der)
-            return True
-        self.der_address[message.der] = message.der_address
+    def on_command(self, message: DeviceCommand, der: dict) -> None:
         limit = M.command_limit_w(message, der.get("rated_power_w"), der.get("guaranteed_min_w", GUARANTEED_MIN_W))
         self.state[message.der].command_limit_w = limit
         self.confirmations.expect(message, self.state[message.der].link == "up", "resource manager offline")
         self.aio.call(self.server.set_limit, message.der, limit, message.seq)
-        return True
 
     # -- from the loop thread -------------------------------------------------------------------------------------
-    def on_ready(self, fds: list[int]) -> None:
-        for event in self.aio.events(f"s2 endpoint {self.config['name']}"):
-            getattr(self, f"_on_{event[0]}")(*event[1:])
-
-    def _on_listening(self, host: str, port: int) -> None:
-        self.listening = True
-        log.info("s2 endpoint=%s listening on ws://%s:%d/s2/<resource id> (the site is the CEM)", self.config["name"],
-                 host, port)
-        self.actor.mark_ready()
-
-    def _on_refused(self, rid: str, reason: str) -> None:
-        self.refused += 1
-        self.last_refused = reason
-
     def _on_link(self, der: str, up: bool, text: str, at: int) -> None:
         s = self.state[der]
         s.link, s.link_detail = ("up" if up else "down"), text
@@ -659,10 +620,6 @@ class S2Endpoint:
             detail = ("PEBC envelope " + ", ".join(f"[{e['lower']:g}, {e['upper']:g}] W" for e in envelopes)
                       if connected is not None else f"S2 {s.control_type or 'no control type'}, no instruction yet")
         self._send(Measurement(der, s.meter_w, connected, at, quality, self.config["name"], detail))
-
-    def _send(self, m: Measurement) -> None:
-        # Straight to the DER once a command told us where it is; through the site before.
-        self.actor.send(self.der_address.get(m.der) or self.actor.parent, m)
 
     def detail(self) -> dict:
         cfg = self.config
