@@ -398,3 +398,19 @@ def test_certificate_expiry_crl_next_update_and_registration_state_from_the_tree
     plain = scrape(tree())   # no TLS, no registration: no series (the families stay empty)
     assert "relevent_registration_state" not in plain
     assert value(plain, "relevent_tls_certificate_expiry_timestamp_seconds", path="mms", which="site") is None
+
+
+def test_device_refusals_add_up_across_an_endpoint_restart():
+    def with_ocpp(pid, refused, rejections, errors):
+        t = tree()
+        t["children"].append(node("chargers", "lan", pid=pid, detail={
+            "protocol": "ocpp", "refused": refused,
+            "devices": {"ev1": {"rejections": rejections, "errors": errors, "link": "up"}}}))
+        return t
+    first = counters.accumulate(counters.EMPTY, extract.readings(with_ocpp(500, 2, 3, 1)))
+    after = counters.accumulate(first, extract.readings(with_ocpp(501, 1, 1, 0)))   # restarted: counts from 0
+    text = scrape(with_ocpp(501, 1, 1, 0), totals=after["totals"])
+    assert value(text, "relevent_device_connections_refused_total", endpoint="chargers") == 3.0
+    assert value(text, "relevent_device_commands_refused_total", endpoint="chargers", der="ev1",
+                 outcome="rejected") == 4.0
+    assert value(text, "relevent_device_commands_refused_total", endpoint="chargers", der="ev1", outcome="error") == 1.0

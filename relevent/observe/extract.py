@@ -118,9 +118,31 @@ def lateness_readings(tree: dict) -> list[Reading]:
     return out
 
 
+# -- LAN endpoints devices connect to (OCPP, S2): refused connections, refused commands ------------
+def device_readings(tree: dict) -> list[Reading]:
+    """Counted by each LAN endpoint since its start: connections it refused (`refused`:
+    unknown device, wrong password or certificate), and per DER the commands its device
+    refused (`rejections`: a charger's Rejected, an RM's refusal) or never answered or
+    broke (`errors`)."""
+    out = []
+    for node in walk(tree):
+        if node.get("role") != "lan":
+            continue
+        d, name, owner = node.get("detail") or {}, node["name"], incarnation(node)
+        if isinstance(d.get("refused"), int):
+            out.append(Reading(("device-connections", name), owner, ("device_connections_refused", name),
+                               d["refused"]))
+        for der, device in (d.get("devices") or {}).items():
+            for outcome, key in (("rejected", "rejections"), ("error", "errors")):
+                if isinstance(device, dict) and isinstance(device.get(key), int):
+                    out.append(Reading(("device-commands", name, der, outcome), owner,
+                                       ("device_commands_refused", name, der, outcome), device[key]))
+    return out
+
+
 def readings(tree: dict) -> list[Reading]:
     """Every counter reading of the tree (counters.accumulate makes them monotonic)."""
-    return restart_readings(tree) + refusal_readings(tree) + lateness_readings(tree)
+    return restart_readings(tree) + refusal_readings(tree) + lateness_readings(tree) + device_readings(tree)
 
 
 # -- links ----------------------------------------------------------------------------------------

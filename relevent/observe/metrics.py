@@ -46,6 +46,7 @@ def families(tree: dict | None, now_ms: int, totals: dict, site: str = "", versi
     out += _schedules(tree)
     out += _refusals(totals)
     out += _lateness(totals)
+    out += _device_refusals(totals)
     out += _certificates(tree)
     return out
 
@@ -130,6 +131,22 @@ def _refusals(totals: dict) -> list[Metric]:
         if series[0] == "refusals":
             family.add_metric(list(series[1:]), total)
     return [family]
+
+
+def _device_refusals(totals: dict) -> list[Metric]:
+    connections = CounterMetricFamily("relevent_device_connections_refused", "Device connections a LAN endpoint "
+                                      "refused (OCPP, S2: unknown device, wrong password or certificate).",
+                                      labels=["endpoint"])
+    commands = CounterMetricFamily("relevent_device_commands_refused", "Commands a DER's device refused "
+                                   "(outcome rejected: a charger's Rejected, an S2 resource manager's refusal) "
+                                   "or that failed (outcome error: no answer, a broken call).",
+                                   labels=["endpoint", "der", "outcome"])
+    for series, total in sorted(totals.items()):
+        if series[0] == "device_connections_refused":
+            connections.add_metric(list(series[1:]), total)
+        elif series[0] == "device_commands_refused":
+            commands.add_metric(list(series[1:]), total)
+    return [connections, commands]
 
 
 def _lateness(totals: dict) -> list[Metric]:
