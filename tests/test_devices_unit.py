@@ -204,3 +204,79 @@ def test_a_stretch_with_no_schedule_in_force_is_left_out_of_the_pivot_forecast_a
     payload = pivot.pivot_schedule("ActPow", [(1000, None, None), (2000, 5.0, "FSCH01")], "TS1")
     assert [value for _i, _c, value, _ms in pivot.parse_schedule(payload)] == [5.0]
     assert pivot.pivot_schedule("ActPow", [(1000, None, None)], "TS1") is None
+
+
+# -- PivotSchedule: every 5 s, the next 24 h ----------------------------------------------------------
+PIVOT_TOPOLOGY = """[site]
+name = "s"
+[[der]]
+name = "bat"
+functions = ["ActPow"]
+lan = "mqtt"
+profile = "pivot"
+rated_power_w = 10000
+[[lan]]
+name = "mqtt"
+protocol = "mqtt"
+"""
+
+
+class _Actor:
+    """What MqttEndpoint asks of its actor, noted."""
+    name, myAddress, parent = "mqtt", "me", "der-parent"
+
+    def __init__(self) -> None:
+        self.sent, self.wakeups = [], []
+
+    def send(self, to, message) -> None:
+        self.sent.append((to, message))
+
+    def wakeupAfter(self, delay, payload) -> None:
+        self.wakeups.append((delay, payload))
+
+
+def test_pivot_schedule_is_the_24_h_forecast_sent_every_5_s_by_default():
+    """README "Devices": the MQTT endpoint publishes ReLevENT's pivot `PivotSchedule` (24 h
+    forecast every 5 s); docs/devices.md: every `schedule_period` (5 s)."""
+    from types import SimpleNamespace
+
+    from relevent.actors.site import device_slice
+    from relevent.messages import ForecastReply, ForecastRequest, Wakeup
+    from relevent.protocols.mqtt.endpoint import MqttEndpoint
+    from relevent.scheduling.arbitration import forecast
+    from relevent.scheduling.calendar import Calendar, OccPer
+    from relevent.scheduling.schedule import Schedule, StartTime
+
+    data = parse_topology(PIVOT_TOPOLOGY, "pivot.toml", env={}).data
+    lan = data["lan"][0]
+    assert lan["schedule_period"] == 5.0 and lan["topic_schedule"] == "fledge/south-schedule"
+    actor = _Actor()
+    ep = MqttEndpoint(actor, {**lan, "ders": [device_slice(d) for d in data["der"]]})
+    ep.link = SimpleNamespace(up=True)              # connected (start() not called: no thread, no socket)
+    published = []
+    ep._publish = lambda topic, payload: published.append((topic, payload))
+
+    assert ep.on_message(Wakeup("forecast"), None)
+    assert actor.wakeups == [(5.0, Wakeup("forecast"))]   # the next one in 5 s
+    [(to, request)] = actor.sent
+    assert isinstance(request, ForecastRequest) and (request.der, request.kind) == ("bat", "ActPow")
+    assert request.window_ms == 24 * 3600 * 1000 and request.reply_to == "me"
+
+    # The controller answers with its forecast over the window asked for: a schedule of two
+    # hour-long entries from 23.5 h on shows its first entry, not its second (beyond 24 h).
+    now, hour = 1_800_000_000_000, 3600 * 1000
+    res = Schedule("Res_FSCH01", periodic=True, reserve=True)
+    res.settings.num_entr, res.settings.schd_intv, res.settings.prio = 1, 3600, 10
+    res.settings.values[0] = 0.0
+    res.settings.starts[0] = StartTime(1000, Calendar(OccPer.HOUR))
+    assert res.enable(now, by_site=True).ok
+    s = Schedule("FSCH01")
+    s.write_num_entr(2), s.write_intv(3600), s.write_prio(20), s.write_value(1, 3000.0), s.write_value(2, 4000.0)
+    assert s.write_start(1, now + 23 * hour + hour // 2, now).ok and s.enable(now).ok
+    events = forecast([s, res], now, request.window_ms)
+    assert ep.on_message(ForecastReply(request.request_id, "bat", "ActPow", events), None)
+    [(topic, payload)] = published
+    assert topic == "fledge/south-schedule"
+    sent = pivot.parse_schedule(payload)
+    assert [(value, ms - now) for _ident, _cdc, value, ms in sent] == [(0.0, 0), (3000.0, 23 * hour + hour // 2)]
+    assert all(ident == "bat.ActPow" for ident, *_ in sent)

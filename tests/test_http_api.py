@@ -4,6 +4,7 @@ device obeying the DER.  The client is httpx; an MMS client (open61850) writes w
 cannot (NumEntr 0, a NaN value), so the 90-10 semantics are shown to be the same."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from mmsclients import Open61850Client
+from relevent.cli import main
 from sitectl import Site, free_port, now_ms, walk
 from sitectl import running as _running
 
@@ -370,6 +372,53 @@ def test_relevent_status_shows_the_endpoint_serving_and_counting_requests(site, 
     detail = site.node("http")["detail"]
     assert detail["listening"] is True and detail["serving"] == f"http://127.0.0.1:{site.ports['http']}/api/v1"
     assert detail["http"]["requests"] > 0 and detail["http"]["refused"] > 0 and detail["party"] == "aggregator"
+
+
+# Every node of `relevent status --json` (relevent/runtime/runner.py status; docs/observability.md).
+NODE_KEYS = {"name", "path", "role", "pid", "state", "restarts", "restart_causes", "uptime_s", "last_error",
+             "detail", "children"}
+
+
+def test_relevent_status_json_gives_every_actor_its_name_path_role_pid_state_restarts_uptime_error_and_children(
+        site, capsys):
+    """README "Operations": `relevent status FILE [--json]`: the actor tree as JSON, each node
+    with the keys the table shows (and docs/observability.md's restart_causes), children nested."""
+    assert main(["status", str(site.topology), "--json"]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["ok"] is True and reply["site"].startswith("http")
+    assert {"site", "version", "runner_pid", "tree"} <= set(reply)
+    tree = reply["tree"]
+    assert tree["role"] == "site" and tree["path"] == "" and tree["state"] == "running"
+    nodes = list(walk(tree))
+    for node in nodes:
+        assert set(node) >= NODE_KEYS, (node["path"], NODE_KEYS - set(node))
+        assert isinstance(node["name"], str) and isinstance(node["path"], str) and isinstance(node["role"], str)
+        assert isinstance(node["pid"], int) and node["pid"] > 0, node["path"]
+        assert isinstance(node["restarts"], int) and isinstance(node["restart_causes"], dict)
+        assert isinstance(node["uptime_s"], (int, float)) and node["uptime_s"] >= 0, node["path"]
+        assert isinstance(node["last_error"], str) and isinstance(node["detail"], dict)
+        assert node["children"] is None or isinstance(node["children"], list)   # None: not a supervisor
+    by_path = {n["path"]: n for n in nodes}
+    assert {"http", "der1", "der1/ActPow", "der1/MaxPow", "der1/OnOff", "der2", "der2/ActPow"} <= set(by_path)
+    assert by_path["der1"]["role"] == "der" and by_path["der1/ActPow"]["role"] == "controller"
+    assert by_path["der1/ActPow"] in by_path["der1"]["children"]   # nested under its DER
+    assert by_path["der1"] in tree["children"] and by_path["der1/ActPow"]["children"] is None
+    assert by_path["der1/ActPow"]["name"] == "ActPow" and by_path["http"]["role"] == "wan"
+    assert all(n["state"] == "running" for n in nodes), [(n["path"], n["state"]) for n in nodes]
+
+
+def test_relevent_fault_is_refused_when_the_site_does_not_allow_fault_injection(site, capsys):
+    """README "Operations": `relevent fault` (only with `allow_fault_injection = true`); this
+    site leaves it at its default, false."""
+    before, root = site.node("der1"), site.call({"op": "status"})["tree"]
+    assert main(["fault", str(site.topology), "der1", "raise"]) == 1
+    assert "fault injection is disabled" in capsys.readouterr().err
+    assert main(["fault", str(site.topology), "", "segfault"]) == 1   # nor at the site supervisor
+    assert "fault injection is disabled" in capsys.readouterr().err
+    time.sleep(0.5)   # a fault let through would have crashed der1 (heartbeat 0.1/0.4 s) by now
+    after = site.node("der1")
+    assert (after["pid"], after["restarts"], after["state"]) == (before["pid"], before["restarts"], "running")
+    assert site.call({"op": "status"})["tree"]["pid"] == root["pid"]
 
 
 def test_a_port_already_taken_crashes_the_endpoint_with_the_reason(tmp_path):

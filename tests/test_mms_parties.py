@@ -41,10 +41,25 @@ ders = ["der1"]
 """
 
 
-def start_site(tmp_path: Path, name: str, **kwargs) -> Site:
+# What the site locks for clients on the grid's DER (the topology's per-DER `locks`): every
+# lockable attribute (relevent.scheduling.schedule.LOCKABLE) of one schedule no other test uses.
+GRID_LOCKS = 'locks = { MaxPow = { FSCH03 = ["EnaReq", "DsaReq", "StrTm", "SchdPrio", "SchdReuse"] } }\n'
+
+# IEC 61850-7-2 AddCause values (LastApplError), as the standard numbers them.
+ADD_CAUSE_NO_ACCESS_AUTHORITY = 20
+ADD_CAUSE_INCONSISTENT_PARAMETERS = 26
+
+
+def start_site(tmp_path: Path, name: str, der1: str = "", **kwargs) -> Site:
+    """`der1`: more keys for der1's table."""
     state = tmp_path / f"{name}-state"
     path = tmp_path / f"{name}.toml"
-    path.write_text(small_topology(state, free_port(), **kwargs))
+    text = small_topology(state, free_port(), **kwargs)
+    if der1:
+        anchor = 'name = "der1"\n'
+        assert anchor in text
+        text = text.replace(anchor, anchor + der1, 1)
+    path.write_text(text)
     return Site(path, state).start()
 
 
@@ -58,9 +73,10 @@ def stop_site(site: Site) -> None:
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    """One DER steered by a DSO and a TSO; clients without a password may read."""
+    """One DER steered by a DSO and a TSO; clients without a password may read; the site
+    locks MaxPow FSCH03 (GRID_LOCKS)."""
     site = start_site(tmp_path_factory.mktemp("grid"), "grid", schedules=3, functions=("ActPow", "MaxPow"),
-                      wan='anonymous = "read"', extra=USE_CASE_5)
+                      wan='anonymous = "read"', extra=USE_CASE_5, der1=GRID_LOCKS)
     yield site
     stop_site(site)
 
@@ -181,6 +197,45 @@ def test_only_a_recognised_party_association_counts_as_wan_contact(grid, connect
     assert becomes(before + 1) == before + 1
     tso.close()
     assert becomes(before) == before
+
+
+# -- refused enables: the AddCause, and the topology's locks (README "Features": IEC 61850 MMS) ----------
+@pytest.mark.parametrize("client", [LibIec61850Client, Open61850Client], ids=lambda c: c.name)
+def test_each_refused_enable_answers_the_add_cause_of_its_reason(connect, client):
+    """README: "every write and operate validated by the scheduling rules with the right error
+    codes and AddCause"; docs/mms.md: AddCause no-access-authority (locks, reserve),
+    inconsistent-parameters (validation; SchdEnaErr tells which)."""
+    dso = connect(DSO, client=client)
+    ref = fsch("ActPow", "FSCH03")   # the DSO's (in its band); NumEntr 0 fails the enable's checks
+    prepare(dso, ref, 1.0, 150, now_ms() + 3_600_000)
+    assert dso.write_int(f"{ref}.NumEntr.setVal", 0) is None
+    assert dso.operate(f"{ref}.EnaReq", True) == (False, ADD_CAUSE_INCONSISTENT_PARAMETERS)
+    assert dso.read_int(f"{ref}.SchdEnaErr.stVal") == 2 and dso.read_int(f"{ref}.SchdSt.stVal") == 1
+    reserve = fsch("ActPow", "Res_FSCH01")
+    assert dso.operate(f"{reserve}.DsaReq", True) == (False, ADD_CAUSE_NO_ACCESS_AUTHORITY)
+    assert dso.operate(f"{reserve}.EnaReq", True) == (False, ADD_CAUSE_NO_ACCESS_AUTHORITY)
+    assert dso.read_int(f"{reserve}.SchdSt.stVal") == 4
+
+
+def test_the_topologys_locks_refuse_every_lockable_attribute_over_mms_and_keep_its_value(connect):
+    """README: "per-DER reserve values and locks" (topology); docs/scheduling.md: a locked
+    attribute refuses the write with object-access-denied and keeps its value.  Even the TSO,
+    which may do everything to every schedule, is refused."""
+    tso = connect(TSO, client=Open61850Client)   # reads StrTm as a time
+    ref = fsch("MaxPow", "FSCH03")
+    prio = tso.read_int(f"{ref}.SchdPrio.setVal", "SP")
+    reuse = tso.read_bool(f"{ref}.SchdReuse.setVal", "SP")
+    start = tso.read_time_ms(f"{ref}.StrTm01.setTm", "SP")
+    assert tso.write_int(f"{ref}.SchdPrio.setVal", 260) == "access-denied"
+    assert tso.write_bool(f"{ref}.SchdReuse.setVal", not reuse) == "access-denied"
+    assert tso.write_time(f"{ref}.StrTm01.setTm", now_ms() + 3_600_000) == "access-denied"
+    assert tso.write_int(f"{ref}.NumEntr.setVal", 1) is None   # what is not locked stays writable
+    assert tso.operate(f"{ref}.EnaReq", True) == (False, ADD_CAUSE_NO_ACCESS_AUTHORITY)
+    assert tso.operate(f"{ref}.DsaReq", True) == (False, ADD_CAUSE_NO_ACCESS_AUTHORITY)
+    assert tso.read_int(f"{ref}.SchdPrio.setVal", "SP") == prio
+    assert tso.read_bool(f"{ref}.SchdReuse.setVal", "SP") == reuse
+    assert tso.read_time_ms(f"{ref}.StrTm01.setTm", "SP") == start
+    assert tso.read_int(f"{ref}.SchdSt.stVal") == 1
 
 
 # -- writes no handler decides (security.md section 5) ----------------------------------------------

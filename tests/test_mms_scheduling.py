@@ -109,7 +109,7 @@ def test_enable_validation_gives_a_negative_response_and_sets_SchdEnaErr(site, d
         prepare(c, "ActPow", "FSCH01", [1.0, 2.0])
         damage(c, ref)
         ok, add_cause = c.operate(f"{ref}.EnaReq", True)
-        assert not ok and add_cause != 0
+        assert not ok and add_cause == 26  # IEC 61850-7-2 inconsistent-parameters (docs/mms.md)
         assert c.read_int(f"{ref}.SchdEnaErr.stVal") == err
         assert c.read_int(f"{ref}.SchdSt.stVal") == 1
     finally:
@@ -120,8 +120,9 @@ def test_enable_without_a_future_start_is_rejected_with_error_6(client):
     ref = fsch("ActPow", "FSCH03")
     client.write_int(f"{ref}.NumEntr.setVal", 1)
     client.write_int(f"{ref}.SchdIntv.setVal", 1)
-    ok, _ = client.operate(f"{ref}.EnaReq", True)
+    ok, add_cause = client.operate(f"{ref}.EnaReq", True)
     assert not ok  # Improve point: the reference answered positively
+    assert add_cause == 26  # IEC 61850-7-2 inconsistent-parameters (docs/mms.md)
     assert client.read_int(f"{ref}.SchdEnaErr.stVal") == 6 and client.read_int(f"{ref}.SchdSt.stVal") == 1
 
 

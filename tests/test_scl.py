@@ -135,3 +135,53 @@ def test_not_scl_and_missing_file(tmp_path):
         parse_scl(other)
     with pytest.raises(SclError, match="cannot read"):
         parse_scl(tmp_path / "nope.cid")
+
+
+# -- the `relevent scl export|check` commands (README "Commands") ----------------------------------
+SITE = """[site]
+name = "s"
+[[wan]]
+name = "mms"
+protocol = "mms"
+port = 10102
+[[der]]
+name = "pv1"
+functions = ["ActPow", "MaxPow"]
+schedules = 4
+[[der]]
+name = "bat"
+functions = ["OnOff"]
+schedules = 2
+ld_inst = "Battery"
+"""
+
+
+def test_scl_export_writes_the_sites_model_and_scl_check_reads_it_back_or_names_the_broken_line(tmp_path, capsys):
+    """README "Commands": `relevent scl export FILE -o site.cid` (the model the MMS endpoint
+    serves) and `relevent scl check some.scd` (parse any SCL, report problems with lines)."""
+    from relevent.cli import main
+
+    topo = tmp_path / "site.toml"
+    topo.write_text(SITE)
+    cid = tmp_path / "site.cid"
+    assert main(["scl", "export", str(topo), "-o", str(cid)]) == 0
+    ied = parse_scl(cid).ied()
+    assert [ld.inst for ld in ied.ldevices] == ["pv1Control", "Battery"]   # one LD per DER, as the endpoint serves
+    assert [ln.name for ln in ied.ld("pv1Control").lns if ln.name.startswith("MaxPow_FSCH")] == \
+        ["MaxPow_FSCH01", "MaxPow_FSCH02", "MaxPow_FSCH03", "MaxPow_FSCH04"]
+    assert [ln.name for ln in ied.ld("Battery").lns if "FSCH" in ln.name] == \
+        ["OnOff_FSCH01", "OnOff_FSCH02", "OnOff_Res_FSCH01"]
+    capsys.readouterr()
+
+    assert main(["scl", "check", str(cid)]) == 0
+    assert f"IED {ied.name}: 2 logical devices" in capsys.readouterr().out
+
+    text = cid.read_text(encoding="utf-8")
+    broken = text.replace('<DOI name="NumEntr">', '<DOI name="NumEntries">', 1)
+    assert broken != text
+    line = next(i for i, (a, b) in enumerate(zip(text.splitlines(), broken.splitlines()), 1) if a != b)
+    bad = tmp_path / "broken.cid"
+    bad.write_text(broken, encoding="utf-8")
+    assert main(["scl", "check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:{line}: " in err and "NumEntries" in err, err
