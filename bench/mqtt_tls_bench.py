@@ -69,11 +69,9 @@ def main() -> int:
         tmp = Path(folder)
         ca = make_pki(tmp / "pki", ("broker", "site"), ("site1", "site"))
         tls_port, nodelay_port, plain_port = free_port(), free_port(), free_port()
-        broker = TlsMosquitto(tls_port, tmp, ca).start()
+        broker = TlsMosquitto(tls_port, tmp, ca, nodelay=False).start()
         (tmp / "nodelay").mkdir()
-        fast = TlsMosquitto(nodelay_port, tmp / "nodelay", ca)
-        fast.conf.write_text(fast.conf.read_text() + "set_tcp_nodelay true\n")
-        fast.start()
+        fast = TlsMosquitto(nodelay_port, tmp / "nodelay", ca).start()
         conf = tmp / "plain.conf"
         conf.write_text(f"listener {plain_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         plain = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
