@@ -9,6 +9,7 @@ import time
 
 import pytest
 import sunspec2.modbus.client as ssclient
+from sunspec2.modbus.modbus import ModbusClientError
 
 from lanctl import read_write_log
 from sitectl import Site, free_port
@@ -56,14 +57,22 @@ write_log = "{write_log}"
 """
 
 
-def limit_address(port: int) -> int:
-    dev = ssclient.SunSpecModbusClientDeviceTCP(slave_id=1, ipaddr="127.0.0.1", ipport=port, timeout=2)
-    try:
-        dev.scan()
-        ctl = dev.models[123][0]
-        return ctl.model_addr + ctl.WMaxLimPct.offset
-    finally:
-        dev.close()
+def limit_address(port: int, timeout: float = 20.0) -> int:
+    """The limit register's address, read from the simulator's SunSpec map (pysunspec2); the
+    simulator may still be binding its port when the site reports every actor running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dev = ssclient.SunSpecModbusClientDeviceTCP(slave_id=1, ipaddr="127.0.0.1", ipport=port, timeout=2)
+        try:
+            dev.scan()
+            ctl = dev.models[123][0]
+            return ctl.model_addr + ctl.WMaxLimPct.offset
+        except ModbusClientError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+        finally:
+            dev.close()
 
 
 def limit_writes(log, address: int) -> list[tuple[int, float]]:
