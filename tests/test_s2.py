@@ -771,10 +771,17 @@ def test_an_instruction_the_rm_leaves_unanswered_is_retried_and_one_it_refuses_i
                     break
                 await rm.ok(latest)
             await rm.ok(latest)
+
+            async def keep_answering():   # a repeat of the command (a later instruction) is answered too
+                while True:
+                    await rm.ok(await rm.expect("PEBC.Instruction", timeout=60))
+            answering = asyncio.ensure_future(keep_answering())
             await rm.send(measurement((SYM, 6900.0)).model_copy(
                 update={"measurement_timestamp": datetime.now(timezone.utc)}))
             good = await asyncio.to_thread(site.wait_for, "hp5", lambda n: (n["detail"].get("measured") or {})
-                                           .get("w") == -6900.0, 10)
+                                           .get("w") == -6900.0 and n["detail"]["measured"].get("quality")
+                                           == "good", 10)
+            answering.cancel()
             return first, retry, waited, timeout_seen, questionable, good
     first, retry, waited, timeout_seen, questionable, good = asyncio.run(talk())
     assert retry.id != first.id and upper_of(retry) == upper_of(first) == RATED
