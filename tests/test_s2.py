@@ -761,8 +761,9 @@ def test_an_instruction_the_rm_leaves_unanswered_is_retried_and_one_it_refuses_i
             await rm.ok(retry, ReceptionStatusValues.PERMANENT_ERROR)
             await rm.send(measurement((SYM, 3000.0)).model_copy(
                 update={"measurement_timestamp": datetime.now(timezone.utc)}))
-            questionable = await asyncio.to_thread(site.wait_for, "hp5", lambda n: (n["detail"].get("measured") or {})
-                                                   .get("quality") == "questionable", 10)
+            questionable = await asyncio.to_thread(  # (the timeout above made it questionable already: wait for this one)
+                site.wait_for, "hp5", lambda n: (n["detail"].get("measured") or {}).get("quality") == "questionable"
+                and "PERMANENT_ERROR" in n["detail"]["measured"].get("state", ""), 10)
             # A new command: a new instruction, answered OK, and the measurement good again.
             await asyncio.to_thread(schedule, http, "hp5", [7000.0])
             while True:
