@@ -48,7 +48,8 @@ from relevent.messages import DeviceCommand
 from relevent.protocols.registry import PROTOCOLS
 from relevent.protocols.s2 import mapping as M
 from relevent.topology import TopologyError, parse_topology
-from sitectl import Site, free_port, now_ms
+from sitectl import Site, free_port, now_ms, running
+from test_http_api import iso
 
 NOW = 1_900_000_000_123   # ms; 2030-03-17T17:46:40.123Z
 SYM = CommodityQuantity.ELECTRIC_POWER_3_PHASE_SYMMETRIC
@@ -352,23 +353,14 @@ def site(tmp_path_factory):
     path.write_text(topology(tmp, ports))
     s = Site(path, tmp / "state")
     s.ports, s.tmp = ports, tmp
-    try:
-        s.start(timeout=60)
+    with running(s, leftovers=True):
         yield s
-        s.stop()
-        assert s.leftovers() == [], f"processes left behind: {s.leftovers()}"
-    finally:
-        s.kill_everything()
 
 
 @pytest.fixture(scope="module")
 def http(site):
     with httpx.Client(base_url=f"http://127.0.0.1:{site.ports['http']}", timeout=15) as client:
         yield client
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def schedule(http, der: str, values: list, kind: str = "MaxPow", n: int = 1) -> int:
