@@ -113,7 +113,7 @@ crlfile {ca / 'crl.pem'}
 require_certificate true
 use_identity_as_username true
 tls_version tlsv1.2
-""" + ("set_tcp_nodelay true\n" if nodelay else ""))   # docs/tls.md: without it, ~40 ms per small record
+""" + ("set_tcp_nodelay true\n" if nodelay else ""))   # docs/tls.md: without it Nagle delays small records
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "TlsMosquitto":
