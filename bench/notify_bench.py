@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from sitectl import REPO, free_port, small_topology  # noqa: E402
 
+from relevent.progress import Progress  # noqa: E402
 from relevent.runtime.runner import group_processes  # noqa: E402
 
 
@@ -104,8 +105,14 @@ def main() -> int:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     results = {}
-    for ders in args.ders or [1, 10]:
-        runs = [one_run(ders, args.isolation, args.timeout, args.heartbeat) for _ in range(args.runs)]
+    sizes = args.ders or [1, 10]
+    progress = Progress(len(sizes) * args.runs, "notify_bench")
+    for ders in sizes:
+        runs = []
+        for run in range(args.runs):
+            progress.begin(f"{ders} DERs, run {run + 1}")
+            runs.append(one_run(ders, args.isolation, args.timeout, args.heartbeat))
+            progress.step(f"{ders} DERs, run {run + 1}: READY after {runs[-1]['start_to_ready_s']:.2f} s")
         ready = [r["start_to_ready_s"] for r in runs]
         stop = [r["stop_s"] for r in runs]
         results[f"{ders}"] = {"isolation": args.isolation, "runs": runs,

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from lanctl import (  # noqa: E402
     Blackhole, Mosquitto, MqttWatcher, lan_topology, read_write_log, without_inverter_simulator,
 )
-from relevent.clock import now_ms
+from relevent.clock import now_ms  # noqa: E402
+from relevent.progress import Progress  # noqa: E402
 from relevent.protocols.mms.client import ScheduleClient, Target  # noqa: E402
 from relevent.runtime.status import walk  # noqa: E402
 from relevent.simulators.sunspec_inverter import SunSpecInverter  # noqa: E402
@@ -71,6 +72,8 @@ def main() -> int:
             time.sleep(3)
             watcher = MqttWatcher(ports["mqtt"], ["fledge/south-command"])
 
+            progress = Progress(2, "outage_bench")
+            progress.begin(f"MQTT broker down for {args.outage:g} s")
             # MQTT broker down.
             broker.stop()
             time.sleep(args.outage)
@@ -84,6 +87,8 @@ def main() -> int:
                 time.sleep(0.01)
             result["mqtt_broker_back_to_device_right_ms"] = round((time.time_ns() - back) / 1e6, 1)
             watcher.close()
+            progress.step(f"MQTT broker back: command after {result['mqtt_broker_back_to_command_ms']} ms")
+            progress.begin(f"Modbus device down for {args.outage:g} s")
 
             # Modbus device down (and back with factory registers).
             inverter.stop()
@@ -97,6 +102,8 @@ def main() -> int:
                     break
                 time.sleep(0.01)
             result["modbus_device_back_to_limit_written_ms"] = round(writes[0]["t_ns"] / 1e6 - back_ms, 1)
+            progress.step(f"Modbus device back: limit written after "
+                          f"{result['modbus_device_back_to_limit_written_ms']} ms")
             result["site_restarts_during_outages"] = sum(n["restarts"] for n in walk(site.tree()))
         finally:
             site.stop()

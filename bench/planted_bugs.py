@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from relevent.progress import Progress
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests" / "test_scheduling_properties.py"
 
@@ -112,6 +114,7 @@ def main() -> int:
     args = ap.parse_args()
     bugs = [b for b in BUGS if not args.only or b[0] in args.only]
     record = []
+    progress = Progress(len(bugs) + 1, "planted_bugs", say=print, every_s=0.0)   # each line is the record
     with tempfile.TemporaryDirectory(prefix="planted-") as tmp:
         for name, file, old, new, what in [("none", "", "", "", "the core as it is")] + bugs:
             work = Path(tmp) / name
@@ -124,7 +127,7 @@ def main() -> int:
                 plant(work, file, old, new)
             failed, _passed, took = run_tests(work)
             record.append({"bug": name, "breaks": what, "caught_by": failed, "seconds": round(took, 1)})
-            print(f"{name:28} {took:6.1f} s  caught by: {', '.join(failed) or 'NOTHING'}", flush=True)
+            progress.step(f"{name:28} {took:6.1f} s  caught by: {', '.join(failed) or 'NOTHING'}")
             shutil.rmtree(work)
     if record[0]["caught_by"]:
         print("the unplanted core fails some properties: the record above is meaningless", file=sys.stderr)

@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from chaos.site_power_loss import power_loss_cycles  # noqa: E402
 from chaos.test_power_loss import kill_points  # noqa: E402
 
+from relevent.progress import Progress  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,13 +31,14 @@ def main() -> int:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     result = {}
+    progress = Progress(args.store_cycles + args.site_cycles, "power_loss_bench")
     with tempfile.TemporaryDirectory(prefix="power-loss-") as tmp:
         t0 = time.monotonic()
-        result["store"] = kill_points(Path(tmp) / "store", args.store_cycles)
+        result["store"] = kill_points(Path(tmp) / "store", args.store_cycles, progress=progress)
         result["store"]["seconds"] = round(time.monotonic() - t0, 1)
         print(json.dumps(result["store"]), flush=True)
         t0 = time.monotonic()
-        result["site"] = power_loss_cycles(Path(tmp) / "site", args.site_cycles, say=print)
+        result["site"] = power_loss_cycles(Path(tmp) / "site", args.site_cycles, say=print, progress=progress)
         result["site"]["seconds"] = round(time.monotonic() - t0, 1)
     print(json.dumps(result, indent=2))
     if args.json:

@@ -23,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from sitectl import Site, free_port, small_topology, walk  # noqa: E402
 
+from relevent.progress import Progress  # noqa: E402
+
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
@@ -35,11 +37,12 @@ def summary(values: list[float]) -> dict:
             "max_ms": round(max(ms), 1), "mean_ms": round(statistics.mean(ms), 1)}
 
 
-def restart_times(site: Site, kind: str, count: int) -> list[float]:
+def restart_times(site: Site, kind: str, count: int, progress: Progress) -> list[float]:
     leaves = [n["path"] for n in walk(site.tree()) if n["role"] == "controller"]
     times = []
     for i in range(count):
         path = leaves[i % len(leaves)]
+        progress.begin(f"{kind} {path}")
         old = site.node(path)["pid"]
         t0 = time.time()
         if kind == "kill9":
@@ -48,6 +51,7 @@ def restart_times(site: Site, kind: str, count: int) -> list[float]:
             site.fault(path, kind)
         node = site.wait_for(path, lambda n: n["pid"] not in (None, old) and n["state"] == "running", 10)
         times.append(node["ready_at"] - t0)
+        progress.step(f"{kind} {path}: running again after {times[-1] * 1000:.0f} ms")
     return times
 
 
@@ -66,11 +70,14 @@ def main() -> None:
         topo.write_text(small_topology(tmp / "state", free_port(), ders=4, schedules=10,
                                        functions=("ActPow", "MaxPow", "OnOff"),
                                        supervision="max_restarts = 100000\nperiod = 0.3\n"))
+        counts = {kind: args.kills if kind != "hang" else max(10, args.kills // 5)
+                  for kind in ("kill9", "segfault", "raise", "hang")}
+        progress = Progress(sum(counts.values()) + args.cycles, "runtime_bench")
+        progress.phase("starting the site")
         site = Site(topo, tmp / "state").start()
         try:
-            for kind in ("kill9", "segfault", "raise", "hang"):
-                n = args.kills if kind != "hang" else max(10, args.kills // 5)
-                results["restart"][kind] = summary(restart_times(site, kind, n))
+            for kind, n in counts.items():
+                results["restart"][kind] = summary(restart_times(site, kind, n, progress))
                 print(kind, results["restart"][kind], flush=True)
             results["restart"]["heartbeat"] = "interval 0.1 s, timeout 0.4 s"
         finally:
@@ -78,7 +85,8 @@ def main() -> None:
             site.kill_everything()
 
         starts, stops, actors = [], [], 0
-        for _ in range(args.cycles):
+        for cycle in range(args.cycles):
+            progress.begin(f"start and stop, cycle {cycle + 1}")
             t0 = time.monotonic()
             site.start()
             starts.append(time.monotonic() - t0)
@@ -87,6 +95,7 @@ def main() -> None:
             site.stop()
             stops.append(time.monotonic() - t0)
             assert not site.leftovers()
+            progress.step(f"cycle {cycle + 1}: start {starts[-1]:.2f} s, stop {stops[-1] * 1000:.0f} ms")
         results["lifecycle"] = {"actors": actors, "start": summary(starts), "stop": summary(stops)}
         print("lifecycle", results["lifecycle"], flush=True)
     if args.json:

@@ -27,6 +27,7 @@ from typing import Callable
 
 from relevent.chaos.plan import Plan, fault_sequence
 from relevent.devices import sunspec
+from relevent.progress import Progress, to_stderr
 from relevent.protocols.mms.client import ScheduleClient, Target
 from relevent.protocols.modbus.address import parse_device_address
 from relevent.runtime.control import SiteNotRunning, request
@@ -47,7 +48,7 @@ class ChaosError(Exception):
 
 
 class ChaosRun:
-    def __init__(self, topology: Topology, plan: Plan, say: Callable[[str], None] = print) -> None:
+    def __init__(self, topology: Topology, plan: Plan, say: Callable[[str], None] = to_stderr) -> None:
         plan.check()
         if not topology.data["runtime"]["allow_fault_injection"]:
             raise ChaosError(f"{topology.path}: [runtime] allow_fault_injection must be true for a chaos run")
@@ -64,31 +65,39 @@ class ChaosRun:
         # Every other WAN endpoint that can be read must show the same outputs.
         self.http_ports = [ep["port"] for ep in self.data["wan"] if ep["protocol"] == "http"]
         self._mms: ScheduleClient | None = None
+        self.progress = Progress(0, "chaos", say=say)   # replaced by run(), which knows the total
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> dict:
         started = time.time()
+        sequence = fault_sequence(self.plan, self.data)
+        self.progress = Progress(len(sequence), "chaos", say=self.say)
         try:
+            self.progress.phase(f"starting the site {self.topo.path}")
             self._start_site()   # inside: a site that does not come up is stopped too
+            self.progress.phase("writing a schedule per DER over MMS")
             self._setup_schedules()
             baseline = self._read_schedules()
             log_marks = self._log_sizes()
             results = []
-            sequence = fault_sequence(self.plan, self.data)
-            for i, (kind, fault, path) in enumerate(sequence, start=1):
-                results.append(self._one(kind, fault, path))
-                r = results[-1]
-                if i % 20 == 0 or not r["ok"]:
-                    self.say(f"[{i}/{len(sequence)}] {kind} {fault} {path or 'site'}: "
-                             f"{'ok' if r['ok'] else 'FAILED'} {r['recovery_ms']:.0f} ms {r.get('error', '')}")
+            for kind, fault, path in sequence:
+                self.progress.begin(f"{fault} {kind} {path or 'site'}")
+                r = self._one(kind, fault, path)
+                results.append(r)
+                self.progress.step(f"{fault} {kind} {path or 'site'} "
+                                   f"{'ok' if r['ok'] else 'FAILED'} {r['recovery_ms']:.0f} ms {r.get('error') or ''}"
+                                   .rstrip(), ok=r["ok"])
                 time.sleep(self.plan.settle)
+            self.progress.phase("reading every schedule back and the device commands")
             after = self._read_schedules()
             changed = {name: {k: [v, after.get(name, {}).get(k)] for k, v in baseline[name].items()
                               if after.get(name, {}).get(k) != v}
                        for name in baseline if baseline[name] != after.get(name)}
             commands = self._device_commands(log_marks)
         finally:
+            self.progress.phase("stopping the site")
             self._stop_site()
+        self.say(self.progress.summary())
         return self._report(results, changed, commands, time.time() - started)
 
     def _one(self, kind: str, fault: str, path: str) -> dict:
@@ -114,6 +123,7 @@ class ChaosRun:
             if problem is None:
                 return {"kind": kind, "fault": fault, "path": path, "ok": True,
                         "recovery_ms": (time.monotonic() - t0) * 1000, "trace": trace}
+            self.progress.tick()
             time.sleep(0.01)
         return {"kind": kind, "fault": fault, "path": path, "ok": False,
                 "recovery_ms": (time.monotonic() - t0) * 1000, "error": problem, "trace": trace}

@@ -39,7 +39,8 @@ def _kill_site(site: Site) -> None:
         site.proc = None
 
 
-def power_loss_cycles(workdir: Path, cycles: int, seed: int = 5, say=lambda text: None) -> dict:
+def power_loss_cycles(workdir: Path, cycles: int, seed: int = 5, say=lambda text: None, progress=None) -> dict:
+    """`progress`: a relevent.progress.Progress told of each cycle (the benchmark's)."""
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
     state = workdir / "state"
@@ -96,7 +97,9 @@ def power_loss_cycles(workdir: Path, cycles: int, seed: int = 5, say=lambda text
             client.close()
         except Exception:  # noqa: BLE001
             pass
-        if cycle % 10 == 9:
+        if progress is not None:
+            progress.step(f"site kill {cycle + 1}: {stats['answered']} answered, {stats['lost']} lost")
+        elif cycle % 10 == 9:
             say(f"{cycle + 1} cycles: {stats}")
     site.kill_everything()
     return stats

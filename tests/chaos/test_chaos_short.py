@@ -32,6 +32,11 @@ def test_every_fault_on_every_actor_kind_recovers_without_losing_or_changing_any
     report = ChaosRun(topo, Plan(count=2, timeout=20.0), say=lines.append).run()
 
     assert report["faults"] == 2 * len(TARGET_KINDS) * len(FAULTS)
+    # The run said how far it was: its phases, and a last line with every fault done.
+    n = report["faults"]
+    assert lines[0].startswith("chaos [0/") and "starting the site" in lines[0], lines[:2]
+    assert any(text.startswith(f"chaos [{n}/{n} 100%]") for text in lines), lines[-4:]
+    assert lines[-1].startswith(f"chaos {n} of {n} done in ") and "failed" not in lines[-1], lines[-1]
     assert report["failed"] == 0, report["failures"]
     assert set(report["recovery"]) == {f"{k} {f}" for k in TARGET_KINDS for f in FAULTS}
     assert report["schedules_changed"] == {}, report["schedules_changed"]

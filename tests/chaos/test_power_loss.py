@@ -37,7 +37,8 @@ def _acked(fd: int) -> int:
     return int.from_bytes(data[(n - 1) * 8:n * 8], "big") if n else 0
 
 
-def kill_points(directory, cycles: int, seed: int = 7) -> dict:
+def kill_points(directory, cycles: int, seed: int = 7, progress=None) -> dict:
+    """`progress`: a relevent.progress.Progress told of each cycle (the benchmark's)."""
     rng = random.Random(seed)
     store = StateStore(directory)
     stats = {"cycles": 0, "corrupt": 0, "lost": 0, "behind_ack": 0, "acked_saves": 0}
@@ -58,6 +59,8 @@ def kill_points(directory, cycles: int, seed: int = 7) -> dict:
         os.close(r)
         stats["cycles"] += 1
         stats["acked_saves"] += acked
+        if progress is not None:
+            progress.step(f"store kill {stats['cycles']}: {stats['acked_saves']} saves confirmed so far")
         try:
             record = store.load(KEY)
         except Exception:  # noqa: BLE001 - counted: the assertion below names it
