@@ -59,7 +59,7 @@ reserve = {{ {reserve} }}
         charger("ev16", "CP16"), charger("ev201", "CP201"), charger("evrej", "CPREJ"), charger("evrej2", "CPREJ2"),
         charger("evback", "CPBACK"), charger("evback2", "CPBACK2"), charger("evmeter", "CPMETER"), charger("evnode", "CPNODE"),
         charger("evnode2", "CPNODE2"), charger("evsim", "CPSIM"), charger("everr", "CPERR"),
-        charger("evsilent", "CPSILENT"),
+        charger("evsilent", "CPSILENT"), charger("evenergy", "CPENERGY"),
         charger("evamp", "CPAMP", lan="ocppa", functions='["ActPow", "MaxPow"]',
                 reserve="ActPow = -7360.0, MaxPow = 11000.0"),
     ])
@@ -70,7 +70,7 @@ state_dir = "{tmp / 'state'}"
 
 [runtime]
 admin_port = {ports['admin']}
-controller_isolation = "der"   # 13 DERs: one process each, on 2 shared cores
+controller_isolation = "der"   # 14 DERs: one process each, on 2 shared cores
 allow_fault_injection = true
 
 [supervision]
@@ -467,6 +467,70 @@ def test_meter_values_reach_the_ders_status_as_negative_watts_from_1_6_and_2_0_1
                                          seq_no=1, transaction_info={"transaction_id": "tx-1"}))
         node = site.wait_for("evmeter", lambda n: (n["detail"].get("measured") or {}).get("w") == 0.0)
         assert node["detail"]["measured"]["connected"] is True
+    finally:
+        cp.close()
+
+
+@pytest.mark.parametrize("version, w", [
+    ("1.6", -7200.0),     # 5000 -> 5020 Wh in 10 s: 20 Wh * 3600 / 10 s
+    ("2.0.1", -1320.0),   # 12.345 -> 12.356 kWh (Wh x 10^3) in 30 s: 11 Wh * 3600 / 30 s
+])
+def test_a_charger_reporting_only_its_energy_register_is_measured_by_its_rise_over_the_charger_s_timestamps(
+        site, http, version, w):
+    cp = TestCharger(site.ports["ocpp"], "CPENERGY", version).connect()
+    t0 = now_ms() - 120_000     # the charger's clock, not the site's: only its differences count
+    try:
+        cp.boot()
+        if version == "1.6":
+            tid = cp.call(call16.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=5000,
+                                                  timestamp=iso(t0))).transaction_id
+            for dt, wh in ((0, "5000"), (10_000, "5020")):
+                cp.call(call16.MeterValues(connector_id=1, transaction_id=tid, meter_value=[
+                    {"timestamp": iso(t0 + dt), "sampled_value": [
+                        {"value": wh, "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}]))
+        else:
+            kwh = {"unit": "Wh", "multiplier": 3}
+            cp.call(call201.TransactionEvent(          # the first reading in the event, no measurand: the register
+                event_type="Started", timestamp=iso(t0), trigger_reason="CablePluggedIn", seq_no=0,
+                transaction_info={"transaction_id": "tx-energy"}, evse={"id": 1, "connector_id": 1},
+                meter_value=[{"timestamp": iso(t0), "sampled_value": [{"value": 12.345, "unit_of_measure": kwh}]}]))
+            cp.call(call201.MeterValues(evse_id=1, meter_value=[{"timestamp": iso(t0 + 30_000), "sampled_value": [
+                {"value": 12.356, "measurand": "Energy.Active.Import.Register", "unit_of_measure": kwh}]}]))
+        node = site.wait_for("evenergy", lambda n: (n["detail"].get("measured") or {}).get("w") == w)
+        assert node["detail"]["measured"]["quality"] == "good"
+        out = wait_for(lambda: http.get("/api/v1/ders/evenergy/MaxPow").json(),
+                       lambda o: (o["measurement"] or {}).get("w") == w)
+        assert out["measurement"]["source"] == "ocpp"
+        status = site.cli("status", str(site.topology), "--json")
+        assert status.returncode == 0, status.stderr
+        nodes = {n["path"]: n for n in walk(json.loads(status.stdout)["tree"])}
+        dev = nodes["ocpp"]["detail"]["devices"]["evenergy"]
+        assert (dev["meter_w"], dev["meter_source"], dev["bad_payloads"]) == (w, "energy delta", 0)
+        assert nodes["evenergy"]["detail"]["measured"]["w"] == w
+        # A power sample wins over the register's rise (which would say -7200 W here).
+        if version == "1.6":
+            cp.call(call16.MeterValues(connector_id=1, transaction_id=tid, meter_value=[
+                {"timestamp": iso(t0 + 20_000), "sampled_value": [
+                    {"value": "5040", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                    {"value": "3.68", "measurand": "Power.Active.Import", "unit": "kW"}]}]))
+        else:
+            cp.call(call201.MeterValues(evse_id=1, meter_value=[{"timestamp": iso(t0 + 40_000), "sampled_value": [
+                {"value": 12.376, "measurand": "Energy.Active.Import.Register", "unit_of_measure": kwh},
+                {"value": 3680.0, "measurand": "Power.Active.Import"}]}]))
+        site.wait_for("ocpp", lambda n: (n["detail"]["devices"]["evenergy"]["meter_w"],
+                                         n["detail"]["devices"]["evenergy"]["meter_source"]) == (-3680.0, "power"))
+        # The transaction ends: nothing drawn, whatever the last interval's average was.
+        if version == "1.6":
+            cp.call(call16.StopTransaction(meter_stop=5060, timestamp=iso(t0 + 30_000), transaction_id=tid))
+        else:
+            cp.call(call201.TransactionEvent(
+                event_type="Ended", timestamp=iso(t0 + 50_000), trigger_reason="EVDeparted", seq_no=1,
+                transaction_info={"transaction_id": "tx-energy"},
+                meter_value=[{"timestamp": iso(t0 + 50_000), "sampled_value": [
+                    {"value": 12.396, "unit_of_measure": kwh}]}]))
+        node = site.wait_for("ocpp", lambda n: n["detail"]["devices"]["evenergy"]["meter_source"] == "transaction ended")
+        assert node["detail"]["devices"]["evenergy"]["meter_w"] == 0.0
+        site.wait_for("evenergy", lambda n: (n["detail"].get("measured") or {}).get("w") == 0.0)
     finally:
         cp.close()
 

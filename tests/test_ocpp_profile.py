@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
@@ -14,6 +15,7 @@ from ocpp.messages import Call, _validate_payload
 
 import relevent.topology  # noqa: F401 - loads the registry in its import order
 from relevent.messages import DeviceCommand
+from relevent.protocols.ocpp import meter as M
 from relevent.protocols.ocpp import profile as P
 from relevent.protocols.registry import PROTOCOLS
 from relevent.topology import TopologyError, parse_topology
@@ -97,6 +99,10 @@ def test_watts_are_floored_to_a_tenth():
 def test_amperes_per_phase_are_watts_over_phases_times_voltage(watts, phases, volts, amps):
     settings_ = P.ProfileSettings(rate_unit="A", phases=phases, voltage_v=volts)
     assert P.rate_limit(watts, 11000, settings_) == amps
+
+
+def test_a_rating_just_below_a_tenth_is_floored_below_it_not_rounded_up_to_it():
+    assert P.rate_limit(2.0, 1.9999999999999432, P.ProfileSettings()) == 1.9   # found by hypothesis
 
 
 def test_the_limit_in_amperes_never_exceeds_the_rating_in_amperes():
@@ -372,3 +378,256 @@ def test_the_simulated_ev_draws_the_lowest_limit_of_the_top_profiles_and_ramps_t
     t0 = 1893456000.0   # 2030-01-01T00:00:00Z
     assert profile_limit_w(schedule, 230.0, t0 + 30) == 16 * 230.0
     assert profile_limit_w(schedule, 230.0, t0 + 90) == 10 * 3 * 230.0   # numberPhases absent: 3
+
+
+# -- power from energy register deltas (relevent.protocols.ocpp.meter) ----------------------------------------
+def energy16(at: str, wh, unit: str | None = None, measurand: str | None = None, **extra) -> dict:
+    """A 1.6 MeterValue (camelCase, as the endpoint hands it) with one energy register sample."""
+    sample = {"value": str(wh), **extra}
+    if unit is not None:
+        sample["unit"] = unit
+    if measurand is not None:
+        sample["measurand"] = measurand
+    return {"timestamp": at, "sampledValue": [sample]}
+
+
+def energy201(at: str, value, unit: str = "Wh", multiplier: int | None = None) -> dict:
+    uom = {"unit": unit} if multiplier is None else {"unit": unit, "multiplier": multiplier}
+    return {"timestamp": at, "sampledValue": [{"value": value, "measurand": "Energy.Active.Import.Register",
+                                               "unitOfMeasure": uom}]}
+
+
+def feed(version: str, delta, *meter_values):
+    """Each meter value as its own message, in order: the figures they give."""
+    return [M.meter_figure(version, [mv], delta) for mv in meter_values]
+
+
+def test_a_1_6_energy_register_20_wh_higher_after_10_s_is_minus_7200_w_and_the_first_reading_gives_nothing():
+    delta = M.EnergyDelta()
+    # No measurand: the default, Energy.Active.Import.Register; no unit: Wh.  20 Wh * 3600 / 10 s = 7200 W drawn.
+    assert feed("1.6", delta, energy16("2030-01-01T00:00:00Z", 1000),
+                energy16("2030-01-01T00:00:10Z", "1020.0")) == [None, (-7200.0, M.ENERGY_DELTA)]
+
+
+def test_a_1_6_register_in_kwh_is_read_in_wh():
+    delta = M.EnergyDelta()
+    # 0.005 kWh = 5 Wh in 4.5 s: 5 * 3600 / 4.5 = 4000 W drawn.
+    assert feed("1.6", delta, energy16("2030-01-01T00:00:00.000Z", "12.345", unit="kWh"),
+                energy16("2030-01-01T00:00:04.500Z", "12.350", unit="kWh"))[1] == (-4000.0, M.ENERGY_DELTA)
+
+
+@pytest.mark.parametrize("unit, multiplier, first, second", [
+    ("Wh", 3, 12.345, 12.356),      # 10^3 Wh: 12345 -> 12356 Wh
+    ("kWh", None, 12.345, 12.356),  # the same in kWh
+    ("kWh", -1, 123.45, 123.56),    # 10^-1 kWh: 12.345 -> 12.356 kWh
+])
+def test_a_2_0_1_register_in_kwh_or_with_a_multiplier_rising_11_wh_in_30_s_is_minus_1320_w(
+        unit, multiplier, first, second):
+    delta = M.EnergyDelta()
+    assert feed("2.0.1", delta, energy201("2030-01-01T00:00:00Z", first, unit, multiplier),
+                energy201("2030-01-01T00:00:30Z", second, unit, multiplier))[1] == (-1320.0, M.ENERGY_DELTA)
+
+
+def test_the_export_register_counts_as_generation_and_both_registers_give_export_minus_import():
+    both = lambda at, imp, exp: {"timestamp": at, "sampledValue": [   # noqa: E731
+        {"value": str(imp), "measurand": "Energy.Active.Import.Register"},
+        {"value": str(exp), "measurand": "Energy.Active.Export.Register", "unit": "kWh"}]}
+    delta = M.EnergyDelta()
+    # +10 Wh import, +30 Wh export in 10 s: (30 - 10) * 3600 / 10 = +7200 W fed back.
+    assert feed("1.6", delta, both("2030-01-01T00:00:00Z", 1000, 0.5),
+                both("2030-01-01T00:00:10Z", 1010, 0.53))[1] == (7200.0, M.ENERGY_DELTA)
+    delta = M.EnergyDelta()
+    # Export only: 5 Wh in 9 s = +2000 W.
+    assert feed("1.6", delta, energy16("2030-01-01T00:00:00Z", 40, measurand="Energy.Active.Export.Register"),
+                energy16("2030-01-01T00:00:09Z", 45, measurand="Energy.Active.Export.Register"))[1] == (
+        2000.0, M.ENERGY_DELTA)
+
+
+def test_per_phase_registers_are_summed_when_there_is_no_total():
+    def phases(at, wh):
+        return {"timestamp": at, "sampledValue": [{"value": str(wh), "phase": p} for p in ("L1", "L2", "L3")]}
+    delta = M.EnergyDelta()
+    # 3 x 4 Wh = 12 Wh in 6 s: 7200 W drawn.
+    assert feed("1.6", delta, phases("2030-01-01T00:00:00Z", 100), phases("2030-01-01T00:00:06Z", 104))[1] == (
+        -7200.0, M.ENERGY_DELTA)
+
+
+def test_a_register_that_goes_back_gives_nothing_and_the_next_reading_counts_from_the_reset():
+    delta = M.EnergyDelta()
+    assert feed("1.6", delta, energy16("2030-01-01T00:00:00Z", 1000), energy16("2030-01-01T00:00:10Z", 1020),
+                energy16("2030-01-01T00:00:20Z", 3), energy16("2030-01-01T00:00:30Z", 23)) == [
+        None, (-7200.0, M.ENERGY_DELTA), None, (-7200.0, M.ENERGY_DELTA)]   # 1020 -> 3: reset; 3 -> 23 in 10 s
+
+
+def test_a_reset_is_named_as_such():
+    delta = M.EnergyDelta()
+    feed("1.6", delta, energy16("2030-01-01T00:00:00Z", 1020), energy16("2030-01-01T00:00:10Z", 3))
+    assert delta.why == "the import register went back from 1020 to 3 Wh (meter reset or replaced)"
+
+
+def test_timestamps_that_do_not_increase_give_nothing_and_move_the_baseline():
+    delta = M.EnergyDelta()
+    got = feed("1.6", delta,
+               energy16("2030-01-01T00:00:10Z", 1000),
+               energy16("2030-01-01T00:00:10Z", 1010),    # the same time: nothing
+               energy16("2030-01-01T00:00:05Z", 1010),    # earlier: nothing; the baseline is now 00:00:05, 1010
+               energy16("2030-01-01T00:00:15Z", 1030))    # 20 Wh in 10 s from it (not 20 Wh in 5 s from 00:00:10)
+    assert got == [None, None, None, (-7200.0, M.ENERGY_DELTA)]
+
+
+def test_the_charger_s_timestamps_count_with_their_offsets():
+    delta = M.EnergyDelta()
+    # 01:00:00+01:00 is 00:00:00Z; a time without an offset is UTC: 20 Wh in 10 s.
+    assert feed("1.6", delta, energy16("2030-01-01T01:00:00+01:00", 1000),
+                energy16("2030-01-01T00:00:10", 1020))[1] == (-7200.0, M.ENERGY_DELTA)
+
+
+def test_readings_further_apart_than_the_bound_give_nothing_and_the_bound_itself_still_counts():
+    assert M.MAX_GAP_S == 900.0
+    delta = M.EnergyDelta()
+    got = feed("1.6", delta,
+               energy16("2030-01-01T00:00:00Z", 1000),
+               energy16("2030-01-01T00:15:00Z", 1100),    # 900 s: 100 Wh * 3600 / 900 = 400 W
+               energy16("2030-01-01T00:30:01Z", 1200),    # 901 s: an average of the past, not the present
+               energy16("2030-01-01T00:30:11Z", 1220))    # 10 s after the moved baseline
+    assert got == [None, (-400.0, M.ENERGY_DELTA), None, (-7200.0, M.ENERGY_DELTA)]
+    assert delta.why == ""
+
+
+def test_registers_that_change_between_readings_give_nothing():
+    delta = M.EnergyDelta()
+    both = {"timestamp": "2030-01-01T00:00:10Z", "sampledValue": [
+        {"value": "1020"}, {"value": "5", "measurand": "Energy.Active.Export.Register"}]}
+    assert feed("1.6", delta, energy16("2030-01-01T00:00:00Z", 1000), both) == [None, None]
+    assert delta.why == "other registers than the last reading"
+
+
+def test_a_power_sample_wins_over_the_derived_power_and_its_register_still_moves_the_baseline():
+    delta = M.EnergyDelta()
+    with_power = {"timestamp": "2030-01-01T00:00:10Z", "sampledValue": [
+        {"value": "1020"}, {"value": "3680", "measurand": "Power.Active.Import"}]}
+    assert feed("1.6", delta, energy16("2030-01-01T00:00:00Z", 1000), with_power,
+                energy16("2030-01-01T00:00:20Z", 1030)) == [
+        None, (-3680.0, M.POWER), (-3600.0, M.ENERGY_DELTA)]   # the delta would say -7200; then 10 Wh in 10 s
+
+
+def test_a_signed_register_beside_a_power_sample_does_not_spoil_the_power():
+    delta = M.EnergyDelta()
+    signed = {"timestamp": "2030-01-01T00:00:10Z", "sampledValue": [
+        {"value": "AB12CD", "format": "SignedData"}, {"value": "3.68", "measurand": "Power.Active.Import",
+                                                      "unit": "kW"}]}
+    assert M.meter_figure("1.6", [signed], delta) == (-3680.0, M.POWER)
+    assert delta.last is None
+
+
+def test_of_several_meter_values_in_one_message_the_last_figure_counts():
+    delta = M.EnergyDelta()
+    assert M.meter_figure("1.6", [energy16("2030-01-01T00:00:00Z", 1000), energy16("2030-01-01T00:00:10Z", 1020),
+                                  energy16("2030-01-01T00:00:20Z", 1030)], delta) == (-3600.0, M.ENERGY_DELTA)
+    assert M.meter_figure("1.6", [energy16("2030-01-01T00:00:30Z", 1040)], delta) == (-3600.0, M.ENERGY_DELTA)
+
+
+def test_meter_values_with_no_energy_register_and_no_power_give_nothing_and_keep_the_baseline():
+    delta = M.EnergyDelta()
+    feed("1.6", delta, energy16("2030-01-01T00:00:00Z", 1000))
+    current = {"timestamp": "later", "sampledValue": [{"value": "16", "measurand": "Current.Import", "unit": "A"}]}
+    assert M.meter_figure("1.6", [current], delta) is None
+    assert delta.last.import_wh == 1000.0
+
+
+@pytest.mark.parametrize("version, meter_value, message", [
+    ("1.6", {"sampledValue": [{"value": "1000"}]}, "meterValue[0].timestamp: missing"),
+    ("1.6", energy16("yesterday", 1000), "meterValue[0].timestamp: 'yesterday' is not an ISO 8601 time"),
+    ("1.6", energy16("2030-13-01T00:00:00Z", 1000),
+     "meterValue[0].timestamp: '2030-13-01T00:00:00Z' is not an ISO 8601 time"),
+    ("2.0.1", {**energy201("x", 1.0), "timestamp": 1893456000}, "meterValue[0].timestamp: expected an ISO 8601 "
+                                                                "time, got 1893456000"),
+    ("1.6", energy16("2030-01-01T00:00:00Z", 7, unit="varh"),
+     "meterValue[0].sampledValue[0].unit: 'varh' is not an energy unit (Wh or kWh)"),
+    ("1.6", energy16("2030-01-01T00:00:00Z", 7, unit="kW", measurand="Energy.Active.Import.Register"),
+     "meterValue[0].sampledValue[0].unit: 'kW' is not an energy unit (Wh or kWh)"),
+    ("2.0.1", energy201("2030-01-01T00:00:00Z", 7.0, unit="W"),
+     "meterValue[0].sampledValue[0].unitOfMeasure.unit: 'W' is not an energy unit (Wh or kWh)"),
+    ("2.0.1", energy201("2030-01-01T00:00:00Z", 7.0, multiplier=10),
+     "meterValue[0].sampledValue[0].unitOfMeasure.multiplier: expected an integer -9..9, got 10"),
+    ("1.6", energy16("2030-01-01T00:00:00Z", "lots"), "meterValue[0].sampledValue[0].value: expected a number, "
+                                                     "got 'lots'"),
+    ("1.6", energy16("2030-01-01T00:00:00Z", "nan"), "meterValue[0].sampledValue[0].value: expected a finite "
+                                                    "number, got 'nan'"),
+    ("1.6", energy16("2030-01-01T00:00:00Z", "1e306", unit="kWh"),
+     "meterValue[0].sampledValue[0].value: '1e306' kWh is beyond any energy"),
+    ("1.6", energy16("2030-01-01T00:00:00Z", "AB12", format="SignedData"),
+     "meterValue[0].sampledValue[0].format: SignedData cannot be read as a number"),
+])
+def test_an_energy_only_meter_value_that_cannot_be_read_raises_naming_the_field(version, meter_value, message):
+    with pytest.raises(P.OcppPayloadError) as err:
+        M.meter_figure(version, [meter_value], M.EnergyDelta())
+    assert str(err.value) == message
+
+
+def test_a_message_with_a_bad_meter_value_changes_no_baseline():
+    delta = M.EnergyDelta()
+    feed("1.6", delta, energy16("2030-01-01T00:00:00Z", 1000))
+    with pytest.raises(P.OcppPayloadError, match=r"^meterValue\[1\]\.timestamp: "):
+        M.meter_figure("1.6", [energy16("2030-01-01T00:00:10Z", 1020), energy16("soon", 1030)], delta)
+    assert delta.last.import_wh == 1000.0
+    assert feed("1.6", delta, energy16("2030-01-01T00:00:10Z", 1020))[0] == (-7200.0, M.ENERGY_DELTA)
+
+
+@settings(max_examples=200, deadline=None)
+@given(wh=st.integers(0, 10**9), rise=st.integers(0, 10**5), ms=st.integers(1, 900_000))
+def test_any_import_rise_within_the_bound_is_minus_that_rise_times_3600_over_the_seconds(wh, rise, ms):
+    delta = M.EnergyDelta()
+    t0 = 1_893_456_000_000
+    first = energy16(P.iso_seconds(t0), wh)
+    later = datetime.fromtimestamp((t0 + ms) / 1000, tz=timezone.utc).isoformat()   # a charger's ms
+    w = feed("1.6", delta, first, energy16(later, wh + rise))[1][0]
+    assert w <= 0.0 and w == pytest.approx(-rise * 3600 / (ms / 1000), rel=1e-12, abs=0.0005)   # to the mW
+
+
+def test_the_simulated_charger_without_power_samples_reports_only_the_register_and_the_site_derives_its_power():
+    from ocpp.charge_point import snake_to_camel_case
+    from relevent.simulators.ocpp_charger import ElectricVehicle, meter_value
+    assert PROTOCOLS["ocpp-charger"].keys["power_samples"].default is True
+    ev = ElectricVehicle(7400.0, ramp_w_per_s=0.0)
+    ev.charging = True
+    ev.update(0.0)
+    for i, version in enumerate(P.VERSIONS):
+        delta = M.EnergyDelta()
+        w0 = ev.meter(100.0 * (i + 1))
+        first = meter_value(version, "2030-01-01T00:00:00.000Z", w0, ev.energy_wh, power_samples=False)
+        w1 = ev.meter(100.0 * (i + 1) + 10)     # 7400 W for 10 s: 20.556 Wh
+        second = meter_value(version, "2030-01-01T00:00:10.000Z", w1, ev.energy_wh, power_samples=False)
+        assert [s["measurand"] for s in second["sampled_value"]] == ["Energy.Active.Import.Register"]
+        assert M.meter_figure(version, snake_to_camel_case([first]), delta) is None
+        w, source = M.meter_figure(version, snake_to_camel_case([second]), delta)
+        assert source == M.ENERGY_DELTA and w == pytest.approx(-7400.0, abs=0.5)   # the register to the mWh
+        assert meter_value(version, "t", w1, ev.energy_wh)["sampled_value"][0]["measurand"] == "Power.Active.Import"
+
+
+@settings(max_examples=300, deadline=None)
+@given(meter_values=st.lists(st.dictionaries(
+    st.sampled_from(["timestamp", "sampledValue"]),
+    st.one_of(st.none(), st.integers(), st.text(max_size=30), st.sampled_from(
+        ["2030-01-01T00:00:00Z", "2030-01-01T00:00:10+23:59", "0001-01-01T00:00:00-23:59", "9999-12-31T23:59:59Z"]),
+        st.lists(st.dictionaries(st.sampled_from(["value", "unit", "measurand", "phase", "format", "unitOfMeasure"]),
+                                 st.one_of(st.none(), st.floats(), st.text(max_size=5), st.integers(),
+                                           st.sampled_from(["Wh", "kWh", "Energy.Active.Export.Register", "L1",
+                                                            "Power.Active.Import"]),
+                                           st.fixed_dictionaries({"unit": st.sampled_from(["Wh", "kWh", "W"])})),
+                                 max_size=4), max_size=3)), max_size=2), max_size=4))
+def test_any_meter_values_give_a_finite_figure_nothing_or_an_ocpp_payload_error_never_anything_else(meter_values):
+    for version in P.VERSIONS:
+        delta = M.EnergyDelta(M.EnergyReading(datetime(2030, 1, 1, tzinfo=timezone.utc), 1000.0))
+        try:
+            figure = M.meter_figure(version, meter_values, delta)
+        except P.OcppPayloadError:
+            continue
+        assert figure is None or (math.isfinite(figure[0]) and figure[1] in (M.POWER, M.ENERGY_DELTA))
+
+
+def test_a_rise_beyond_any_power_gives_nothing():
+    delta = M.EnergyDelta()
+    assert feed("1.6", delta, energy16("2030-01-01T00:00:00Z", "-1e308"),
+                energy16("2030-01-01T00:00:01Z", "1e308")) == [None, None]
+    assert delta.why == "-inf Wh in 1 s is beyond any power"   # export - import

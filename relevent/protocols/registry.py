@@ -524,6 +524,9 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "voltage_v": Field(NUMBER, default=230.0, check=positive, doc="to read limits given in A"),
                 "ramp_w_per_s": Field(NUMBER, default=0.0, check=non_negative, doc="0: instant"),
                 "meter_period_s": Field(NUMBER, default=1.0, check=positive, doc="seconds between meter values"),
+                "power_samples": Field((bool,), default=True,
+                                       doc="false: its meter values hold only the energy register "
+                                           "(Energy.Active.Import.Register), as many chargers send"),
                 "reject_profiles": Field((bool,), default=False, doc="answer every SetChargingProfile Rejected"),
                 "command_log": Field((str,), default="", doc="append every profile obeyed (JSON lines, ns) here"),
                 "ca": Field((str,), default="", doc="wss://: the CA bundle the site's certificate must chain to "

@@ -7,8 +7,12 @@ status, starts a transaction (StartTransaction in 1.6, TransactionEvent Started 
 obeys SetChargingProfile (the profile of the highest stack level per purpose; the charger
 draws min(ChargePointMax / ChargingStationMax, TxProfile or else TxDefault, what the EV
 wants)), ramps at `ramp_w_per_s`, and reports its power and energy every `meter_period_s`
-(MeterValues in 1.6, TransactionEvent Updated in 2.0.1).  When the site goes away it
-reconnects with back-off (0.1 s doubling to 5 s) and boots again; its transaction goes on.
+(MeterValues in 1.6, TransactionEvent Updated in 2.0.1).  With `power_samples = false` it
+reports only its energy register (`Energy.Active.Import.Register`, OCPP's default
+measurand), as many chargers do; the site derives the power from it.  Each meter value's
+timestamp (whole ms, as chargers send) is the instant its register was read.  When the
+site goes away it reconnects with back-off (0.1 s doubling to 5 s) and boots again; its
+transaction goes on.
 
 Security profiles (docs/ocpp.md): `password_file` sends HTTP Basic auth (user = the charge
 point id, password = the file's first line; profiles 1 and 2); a `wss://` url connects over
@@ -57,6 +61,11 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def iso_ms(ms: int) -> str:
+    """ms since the epoch -> `2030-01-01T06:00:00.123Z`."""
+    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
 def _parse_time(text: str | None) -> float | None:
     if not text:
         return None
@@ -98,12 +107,29 @@ class ElectricVehicle:
         self._target = max(0.0, self.limit_w()) if self.charging else 0.0
 
     def meter(self, now: float) -> float:
-        """The power now, and the energy register brought up to date."""
+        """The power now, and the energy register brought up to date (never backwards: a
+        `now` before the last one adds nothing)."""
         w = self.power(now)
-        if self._e_at is not None:
-            self.energy_wh += w * (now - self._e_at) / 3600.0
-        self._e_at = now
+        if self._e_at is None or now > self._e_at:
+            if self._e_at is not None:
+                self.energy_wh += w * (now - self._e_at) / 3600.0
+            self._e_at = now
         return w
+
+
+def meter_value(version: str, stamp: str, w: float, energy_wh: float, power_samples: bool = True) -> dict:
+    """One MeterValue as the ocpp package takes it (snake_case): the energy register (Wh, to
+    the mWh), and the power drawn (W) unless `power_samples` is false."""
+    if version == "1.6":
+        samples = [{"value": f"{w:.1f}", "measurand": "Power.Active.Import", "unit": "W", "context": "Sample.Periodic"},
+                   {"value": f"{energy_wh:.3f}", "measurand": "Energy.Active.Import.Register", "unit": "Wh",
+                    "context": "Sample.Periodic"}]
+    else:
+        samples = [{"value": round(w, 1), "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "W"},
+                    "context": "Sample.Periodic"},
+                   {"value": round(energy_wh, 3), "measurand": "Energy.Active.Import.Register",
+                    "unit_of_measure": {"unit": "Wh"}, "context": "Sample.Periodic"}]
+    return {"timestamp": stamp, "sampled_value": samples if power_samples else samples[1:]}
 
 
 def profile_limit_w(schedule: dict, voltage_v: float, now: float) -> float:
@@ -310,20 +336,16 @@ class OcppCharger(AsyncioSimulator):
         self.ev.update(time.monotonic())
 
     async def _meter(self, cp: Any) -> None:
-        w = self.ev.meter(time.monotonic())
-        stamp = utc_now()
+        # The register is read at the instant the timestamp names (whole ms): a CSMS that
+        # derives power from register deltas over the timestamps gets it right to the mW.
+        wall, mono = time.time(), time.monotonic()
+        at_ms = int(wall * 1000)
+        w = self.ev.meter(mono - (wall - at_ms / 1000))
+        stamp = iso_ms(at_ms)
+        values = [meter_value(self.version, stamp, w, self.ev.energy_wh, self.config.get("power_samples", True))]
         if self.version == "1.6":
-            values = [{"timestamp": stamp, "sampled_value": [
-                {"value": f"{w:.1f}", "measurand": "Power.Active.Import", "unit": "W", "context": "Sample.Periodic"},
-                {"value": f"{self.ev.energy_wh:.1f}", "measurand": "Energy.Active.Import.Register", "unit": "Wh",
-                 "context": "Sample.Periodic"}]}]
             await cp.call(call16.MeterValues(connector_id=1, transaction_id=self.transaction, meter_value=values))
         else:
-            values = [{"timestamp": stamp, "sampled_value": [
-                {"value": round(w, 1), "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "W"},
-                 "context": "Sample.Periodic"},
-                {"value": round(self.ev.energy_wh, 1), "measurand": "Energy.Active.Import.Register",
-                 "unit_of_measure": {"unit": "Wh"}, "context": "Sample.Periodic"}]}]
             await cp.call(call201.TransactionEvent(
                 event_type="Updated", timestamp=stamp, trigger_reason="MeterValuePeriodic", seq_no=self._next_seq(),
                 transaction_info={"transaction_id": self.transaction, "charging_state": "Charging"},
@@ -340,6 +362,7 @@ class OcppCharger(AsyncioSimulator):
                 "connected": self.up, "connects": self.connects, "boots": self.boots, "transaction": self.transaction,
                 "commands": self.profiles, "rejected": self.rejected, "limit_w": self.ev.limit_w(),
                 "w": round(self.ev.power(now), 1), "energy_wh": round(self.ev.energy_wh, 1),
-                "meter_values": self.meter_values, "last_error": self.last_error,
+                "meter_values": self.meter_values, "power_samples": self.config.get("power_samples", True),
+                "last_error": self.last_error,
                 "tls": self.url.startswith("wss://"), "certificate": bool(self.config.get("cert")),
                 "password": bool(self.config.get("password_file"))}

@@ -11,7 +11,9 @@ routes and validates every message against the OCPP JSON schemas.
 * BootNotification: Accepted, interval = `heartbeat_s`; Heartbeat, StatusNotification,
   Authorize (accepted), StartTransaction / StopTransaction (1.6), TransactionEvent (2.0.1)
   answered; MeterValues and the meter values of a TransactionEvent -> the DER's measured
-  power (negative W: the charger draws), relevent.protocols.ocpp.profile.
+  power (negative W: the charger draws), relevent.protocols.ocpp.profile; from a charger
+  that reports only its energy register, the power derived from successive readings per
+  connector / EVSE (relevent.protocols.ocpp.meter).  `meter_source` says which.
 * The DER's command -> one SetChargingProfile (profile.set_charging_profile), sent on every
   DeviceCommand, again once a (re)connected charger is registered (after its
   BootNotification, or its first other message when it reconnects without one) and when a
@@ -72,6 +74,7 @@ from websockets.asyncio.server import serve
 from relevent.clock import now_ms
 from relevent.messages import DeviceCommand, Measurement
 from relevent.protocols.device_server import DeviceServerEndpoint
+from relevent.protocols.ocpp import meter as M
 from relevent.protocols.ocpp import profile as P
 from relevent.security.tls import CertificateRenewed, PeerSessions, SiteTls, TlsError, cert_names, read_password
 
@@ -101,6 +104,7 @@ SOCKET_LOG = _SocketLog(logging.getLogger("relevent.ocpp.ws"), {})
 OFFLINE_STATES = ("Unavailable", "Faulted")
 PROFILE_NAMES = {0: "no check", 1: "password", 2: "wss://, password", 3: "wss://, client certificate"}
 REVOKED_CLOSE = (1008, "charger certificate refused on CRL refresh")   # policy violation
+ENDED = "transaction ended"    # a meter's figure set to 0 W by the end of its transaction (`meter_source`)
 
 
 def utc_now() -> str:
@@ -313,7 +317,8 @@ class ChargerLink:
         self.heartbeat = int(config["heartbeat_s"])
         self.limit: tuple[float, int, int] | None = None   # (W, start ms, command seq)
         self.session: Session | None = None
-        self.power: dict[int, float] = {}                   # connector / EVSE -> W (DER sign)
+        self.power: dict[int, tuple[float, str]] = {}       # connector / EVSE -> (W (DER sign), its source)
+        self.energy: dict[int, M.EnergyDelta] = {}          # connector / EVSE -> its energy register baseline
         self.transactions: dict[Any, int] = {}              # transaction id -> connector / EVSE
         self._generation = 0
 
@@ -331,6 +336,7 @@ class ChargerLink:
             asyncio.ensure_future(previous.ws.close(1000, "replaced by a new connection"))
         session = self.session = Session(self, ws, version)
         self.power.clear()
+        self.energy.clear()     # a new connection starts from nothing: two readings before a derived figure
         how = PROFILE_NAMES[self.config.get("security_profile", 0)]
         self.post(("link", self.der, True, version,
                    f"from {ws.remote_address[0]}:{ws.remote_address[1]} ({how})", now_ms()))
@@ -356,41 +362,53 @@ class ChargerLink:
     def end_transaction(self, transaction_id: Any) -> None:
         connector = self.transactions.pop(transaction_id, None)
         if connector is not None and connector in self.power:
-            self.power[connector] = 0.0   # no transaction, nothing drawn
-            self._report()
+            self._set(connector, (0.0, ENDED))   # no transaction, nothing drawn
 
     def transaction_event(self, transaction_id: Any, payload: dict) -> None:
         try:
-            evse, w = P.transaction_event_power(payload)
+            named = P.transaction_event_evse(payload)
+            evse = named if named is not None else self.transactions.get(transaction_id, 1)
+            values = payload.get("meterValue")
+            figure = None if values is None else M.meter_figure("2.0.1", values, self._baseline(evse))
         except P.OcppPayloadError as exc:
             self.post(("bad", self.der, f"TransactionEvent {exc}"))
             return
-        if evse is not None:
-            self.transactions[transaction_id] = evse
-        evse = evse if evse is not None else self.transactions.get(transaction_id, 1)
+        if named is not None:
+            self.transactions[transaction_id] = named
         if payload["eventType"] == "Ended":
             self.transactions.pop(transaction_id, None)
-            w = 0.0 if w is None else w
-        if w is not None:
-            self.power[evse] = w
-            self._report()
+            if figure is None or figure[1] != M.POWER:   # a delta is the past interval's: now nothing is drawn
+                figure = (0.0, ENDED)
+        if figure is not None:
+            self._set(evse, figure)
 
     def meter_values(self, payload: dict) -> None:
         version = "1.6" if "connectorId" in payload else "2.0.1"
         try:
-            where, w = P.meter_values_power(version, payload)
+            where = P.meter_values_target(version, payload)
+            if "meterValue" not in payload:
+                raise P.OcppPayloadError("meterValue: missing")
+            figure = M.meter_figure(version, payload["meterValue"], self._baseline(where))
         except P.OcppPayloadError as exc:
             self.post(("bad", self.der, f"MeterValues {exc}"))
             return
-        if w is not None:
-            self.power[where] = w
-            self._report()
+        if figure is not None:
+            self._set(where, figure)
+
+    def _baseline(self, meter: int) -> M.EnergyDelta:
+        return self.energy.setdefault(meter, M.EnergyDelta())
+
+    def _set(self, meter: int, figure: tuple[float, str]) -> None:
+        self.power[meter] = figure
+        self._report()
 
     def _report(self) -> None:
         """The charger's power: its main meter (connector / EVSE 0) when it reports one,
-        else the sum over its connectors."""
-        w = self.power[0] if 0 in self.power else sum(v for k, v in self.power.items() if k != 0)
-        self.post(("meter", self.der, w + 0.0, now_ms()))
+        else the sum over its connectors; with where the figures came from."""
+        counted = [0] if 0 in self.power else [k for k in self.power if k != 0]
+        w = sum(self.power[k][0] for k in counted)
+        source = " + ".join(sorted({self.power[k][1] for k in counted}))
+        self.post(("meter", self.der, w + 0.0, now_ms(), source))
 
 
 _transaction_ids = itertools.count(int(time.time()) % (1 << 30))  # 1.6 transaction ids, apart across restarts
@@ -566,6 +584,7 @@ class ChargerState:
     errors: int = 0
     meter_w: float | None = None           # last meter value, W with the DER's sign (negative: drawing)
     meter_at: int | None = None
+    meter_source: str | None = None        # "power", "energy delta", "transaction ended" (joined by " + ")
     connectors: dict = field(default_factory=dict)
     bad_payloads: int = 0
     last_bad_payload: str = ""
@@ -659,9 +678,9 @@ class OcppEndpoint(DeviceServerEndpoint):
                     summary["unit"], summary["why"], text or "-")
         self._measure(der, at)
 
-    def _on_meter(self, der: str, w: float, at: int) -> None:
+    def _on_meter(self, der: str, w: float, at: int, source: str) -> None:
         s = self.state[der]
-        s.meter_w, s.meter_at = w, at
+        s.meter_w, s.meter_at, s.meter_source = w, at, source
         self._measure(der, at)
 
     def _on_bad(self, der: str, text: str) -> None:

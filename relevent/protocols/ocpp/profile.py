@@ -12,7 +12,9 @@ A charger only draws, so:
   in W, or in A per phase (A = W / (phases * voltage)), floored to 0.1 (the 1.6 schema's
   `multipleOf 0.1`, and "at most one digit fraction" in 2.0.1), never above the rating;
 * the charger's measured power (`Power.Active.Import`, minus `Power.Active.Export` where a
-  charger reports one) comes back as a NEGATIVE W for the DER.
+  charger reports one) comes back as a NEGATIVE W for the DER.  Chargers that report only
+  their energy register: relevent.protocols.ocpp.meter derives W from it, reading the
+  samples with the helpers here.
 
 Whatever the command holds (NaN, +-inf, beyond the rating) the limit sent is finite and
 within [0, rated]: NaN is taken as the safe value 0 W, as relevent.devices.command does.
@@ -35,7 +37,9 @@ RATE_UNITS = ("W", "A")
 # profile replaces the last one (1.6 3.13.3, 2.0.1 K01.FR.05), apart from ids a back office
 # would pick.
 PROFILE_ID_BASE = 9010_000
-POWER_UNITS = {"W": 1.0, "kW": 1000.0}
+POWER_UNITS = {"W": 1.0, "kW": 1000.0}          # the first is the default and the base unit
+POWER_MEASURANDS = ("Power.Active.Import", "Power.Active.Export")
+DEFAULT_MEASURAND = "Energy.Active.Import.Register"   # a sampledValue without a measurand (1.6 and 2.0.1)
 PHASES = ("L1", "L2", "L3", "L1-N", "L2-N", "L3-N")          # per-phase power, summed when no total
 
 
@@ -138,64 +142,104 @@ def iso_seconds(ms: int) -> str:
 def meter_values_power(version: str, payload: dict) -> tuple[int, float | None]:
     """A MeterValues request: (connector id (1.6) or EVSE id (2.0.1), W with the DER's sign,
     or None when it holds no power sample)."""
+    return meter_values_target(version, payload), sampled_power_w(version, _require(payload, "meterValue", ""),
+                                                                  "meterValue")
+
+
+def meter_values_target(version: str, payload: dict) -> int:
+    """The meter a MeterValues request is about: its connector id (1.6) or EVSE id (2.0.1);
+    0 is the charger's main meter."""
     key = "connectorId" if version == "1.6" else "evseId"
     where = _require(payload, key, "")
     if isinstance(where, bool) or not isinstance(where, int) or where < 0:
         raise OcppPayloadError(f"{key}: expected an integer >= 0, got {where!r}")
-    return where, sampled_power_w(version, _require(payload, "meterValue", ""), "meterValue")
+    return where
 
 
 def transaction_event_power(payload: dict) -> tuple[int | None, float | None]:
     """A 2.0.1 TransactionEvent: (EVSE id, or None when the event names none; W with the DER's
     sign, or None when it carries no power sample)."""
-    evse = payload.get("evse")
-    evse_id = None
-    if evse is not None:
-        if not isinstance(evse, dict):
-            raise OcppPayloadError(f"evse: expected an object, got {evse!r}")
-        evse_id = _require(evse, "id", "evse.")
-        if isinstance(evse_id, bool) or not isinstance(evse_id, int) or evse_id < 0:
-            raise OcppPayloadError(f"evse.id: expected an integer >= 0, got {evse_id!r}")
     values = payload.get("meterValue")
-    return evse_id, None if values is None else sampled_power_w("2.0.1", values, "meterValue")
+    return (transaction_event_evse(payload),
+            None if values is None else sampled_power_w("2.0.1", values, "meterValue"))
+
+
+def transaction_event_evse(payload: dict) -> int | None:
+    """The EVSE id a 2.0.1 TransactionEvent names, or None when it names none."""
+    evse = payload.get("evse")
+    if evse is None:
+        return None
+    if not isinstance(evse, dict):
+        raise OcppPayloadError(f"evse: expected an object, got {evse!r}")
+    evse_id = _require(evse, "id", "evse.")
+    if isinstance(evse_id, bool) or not isinstance(evse_id, int) or evse_id < 0:
+        raise OcppPayloadError(f"evse.id: expected an integer >= 0, got {evse_id!r}")
+    return evse_id
 
 
 def sampled_power_w(version: str, meter_values: Any, where: str = "meterValue") -> float | None:
     """W with the DER's sign (export - import: a charger drawing 7.4 kW gives -7400.0) from
     the last meter value that has a Power.Active.Import or .Export sample; per-phase samples
     are summed when there is no total.  None: no power sample at all (energy only)."""
+    found = None
+    for here, meter_value in meter_value_items(meter_values, where):
+        w = meter_value_power_w(version, meter_value, here)
+        if w is not None:
+            found = w
+    return found
+
+
+def meter_value_items(meter_values: Any, where: str = "meterValue") -> list[tuple[str, dict]]:
+    """The MeterValue objects of a `meterValue` list, each with its field path (`meterValue[2]`)."""
     if not isinstance(meter_values, list):
         raise OcppPayloadError(f"{where}: expected a list, got {type(meter_values).__name__}")
-    found = None
+    out = []
     for i, meter_value in enumerate(meter_values):
         here = f"{where}[{i}]"
         if not isinstance(meter_value, dict):
             raise OcppPayloadError(f"{here}: expected an object, got {type(meter_value).__name__}")
-        samples = _require(meter_value, "sampledValue", here + ".")
-        if not isinstance(samples, list):
-            raise OcppPayloadError(f"{here}.sampledValue: expected a list, got {type(samples).__name__}")
-        totals: dict[str, float] = {}
-        phases: dict[str, float] = {}
-        for j, sample in enumerate(samples):
-            at = f"{here}.sampledValue[{j}]"
-            if not isinstance(sample, dict):
-                raise OcppPayloadError(f"{at}: expected an object, got {type(sample).__name__}")
-            measurand = sample.get("measurand", "Energy.Active.Import.Register")
-            if measurand not in ("Power.Active.Import", "Power.Active.Export"):
-                continue
-            w = _sample_w(version, sample, at)
-            phase = sample.get("phase")
-            if phase is None:
-                totals[measurand] = w
-            elif phase in PHASES:
-                phases[measurand] = phases.get(measurand, 0.0) + w
-        power = {m: totals.get(m, phases.get(m)) for m in ("Power.Active.Import", "Power.Active.Export")}
-        if power["Power.Active.Import"] is not None or power["Power.Active.Export"] is not None:
-            found = (power["Power.Active.Export"] or 0.0) - (power["Power.Active.Import"] or 0.0)
-    return None if found is None else found + 0.0   # no -0.0
+        out.append((here, meter_value))
+    return out
 
 
-def _sample_w(version: str, sample: dict, at: str) -> float:
+def meter_value_power_w(version: str, meter_value: dict, here: str) -> float | None:
+    """One MeterValue's power, W with the DER's sign (export - import); None when it has no
+    power sample."""
+    power = measurand_values(version, meter_value, here, POWER_MEASURANDS, POWER_UNITS, "power")
+    if not power:
+        return None
+    return power.get("Power.Active.Export", 0.0) - power.get("Power.Active.Import", 0.0) + 0.0   # no -0.0
+
+
+def measurand_values(version: str, meter_value: dict, here: str, measurands: tuple[str, ...],
+                     units: dict[str, float], kind: str) -> dict[str, float]:
+    """Of one MeterValue, each of `measurands` it holds, in the base unit of `units` (the
+    first: W, Wh): its total sample, else the sum of its per-phase samples.  A sample
+    without a measurand is the OCPP default, Energy.Active.Import.Register."""
+    samples = _require(meter_value, "sampledValue", here + ".")
+    if not isinstance(samples, list):
+        raise OcppPayloadError(f"{here}.sampledValue: expected a list, got {type(samples).__name__}")
+    totals: dict[str, float] = {}
+    phases: dict[str, float] = {}
+    for j, sample in enumerate(samples):
+        at = f"{here}.sampledValue[{j}]"
+        if not isinstance(sample, dict):
+            raise OcppPayloadError(f"{at}: expected an object, got {type(sample).__name__}")
+        measurand = sample.get("measurand", DEFAULT_MEASURAND)
+        if measurand not in measurands:
+            continue
+        value = sample_quantity(version, sample, at, units, kind)
+        phase = sample.get("phase")
+        if phase is None:
+            totals[measurand] = value
+        elif phase in PHASES:
+            phases[measurand] = phases.get(measurand, 0.0) + value
+    return {m: totals[m] if m in totals else phases[m] for m in measurands if m in totals or m in phases}
+
+
+def sample_quantity(version: str, sample: dict, at: str, units: dict[str, float], kind: str) -> float:
+    """A sampledValue's value in the base unit of `units` (its first key, the default unit:
+    W for power, Wh for energy); 1.6 `unit`, 2.0.1 `unitOfMeasure.unit` and `multiplier`."""
     if sample.get("format") == "SignedData":
         raise OcppPayloadError(f"{at}.format: SignedData cannot be read as a number")
     raw = _require(sample, "value", at + ".")
@@ -207,22 +251,24 @@ def _sample_w(version: str, sample: dict, at: str) -> float:
         raise OcppPayloadError(f"{at}.value: expected a number, got {raw!r}") from None
     if not math.isfinite(value):
         raise OcppPayloadError(f"{at}.value: expected a finite number, got {raw!r}")
+    base = next(iter(units))
     if version == "1.6":
-        unit, unit_field, multiplier = sample.get("unit", "W"), f"{at}.unit", 0
+        unit, unit_field, multiplier = sample.get("unit", base), f"{at}.unit", 0
     else:
         uom = sample.get("unitOfMeasure", {})
         if not isinstance(uom, dict):
             raise OcppPayloadError(f"{at}.unitOfMeasure: expected an object, got {uom!r}")
-        unit, unit_field = uom.get("unit", "W"), f"{at}.unitOfMeasure.unit"
+        unit, unit_field = uom.get("unit", base), f"{at}.unitOfMeasure.unit"
         multiplier = uom.get("multiplier", 0)
         if isinstance(multiplier, bool) or not isinstance(multiplier, int) or not -9 <= multiplier <= 9:
             raise OcppPayloadError(f"{at}.unitOfMeasure.multiplier: expected an integer -9..9, got {multiplier!r}")
-    if unit not in POWER_UNITS:
-        raise OcppPayloadError(f"{unit_field}: {unit!r} is not a power unit (W or kW)")
-    w = value * POWER_UNITS[unit] * 10.0 ** multiplier
-    if not math.isfinite(w):
-        raise OcppPayloadError(f"{at}.value: {raw!r} {unit} is beyond any power")
-    return w
+    if unit not in units:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise OcppPayloadError(f"{unit_field}: {unit!r} is not {article} {kind} unit ({' or '.join(units)})")
+    out = value * units[unit] * 10.0 ** multiplier
+    if not math.isfinite(out):
+        raise OcppPayloadError(f"{at}.value: {raw!r} {unit} is beyond any {kind}")
+    return out
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -254,5 +300,7 @@ def _clamp(value: Any, rated: float) -> float:
 
 
 def _tenths(x: float) -> float:
-    """Floor to 0.1, absorbing the float error of x * 10 (2.3 * 10 = 22.999999999999996)."""
-    return math.floor(round(x * 10, 6)) / 10
+    """Floor to 0.1, absorbing the float error of x * 10 (2.3 * 10 = 22.999999999999996), yet
+    never above x (1.9999999999999432 is 1.9, not 2.0: a rating is never exceeded)."""
+    tenths = math.floor(round(x * 10, 6)) / 10
+    return tenths if tenths <= x else math.floor(x * 10) / 10
