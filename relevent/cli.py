@@ -30,6 +30,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker_acl(args: argparse.Namespace) -> int:
+    """The Mosquitto acl_file of the topology's MQTT links (relevent/protocols/mqtt_ems/acl.py)."""
+    from relevent.protocols.mqtt_ems.acl import AclError, broker_acl
+
+    topo = _load(args.topology)
+    for warning in topo.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    try:
+        text = broker_acl(topo.data, str(topo.path))
+    except AclError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+    return 0
+
+
 def summary(topo: Topology) -> str:
     d = topo.data
     rt = d["runtime"]
@@ -442,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="validate a topology file and summarise it")
     s.add_argument("topology")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("broker-acl", help="write the Mosquitto acl_file that lets each broker user use only "
+                                          "its topics (the EMS's party alone publishes requests)")
+    s.add_argument("topology")
+    s.add_argument("-o", "--output", help="file to write; default (or -): stdout")
+    s.set_defaults(func=cmd_broker_acl)
 
     s = sub.add_parser("status", help="show the running site's actor tree")
     s.add_argument("topology")

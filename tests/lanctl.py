@@ -19,10 +19,12 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 class Mosquitto:
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, access: str = "allow_anonymous true\n") -> None:
+        """`access`: the configuration lines saying who may connect and use what (default:
+        anyone, everything; tests/test_broker_acl.py gives a password_file and an acl_file)."""
         self.port = port
         self.conf = workdir / f"mosquitto-{port}.conf"
-        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.conf.write_text(f"listener {port} 127.0.0.1\n{access}persistence false\n")
         self.log = workdir / f"mosquitto-{port}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -223,15 +225,17 @@ def without_inverter_simulator(topology: str) -> str:
 
 
 # -- a local EMS played by Mosquitto's command-line clients ----------------------------------------
-def publish(port: int, payloads: list[bytes], topic: str = "hedera-requests") -> None:
-    """mosquitto_pub, QoS 1; several payloads go back to back over one connection (-l: one per line)."""
+def publish(port: int, payloads: list[bytes], topic: str = "hedera-requests", user: tuple = ()) -> None:
+    """mosquitto_pub, QoS 1, as broker `user` (name, password) if given; several payloads go
+    back to back over one connection (-l: one per line)."""
+    command = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1"]
+    if user:
+        command += ["-u", user[0], "-P", user[1]]
     if len(payloads) == 1:
-        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1",
-                        "-m", payloads[0]], check=True, timeout=10)
+        subprocess.run(command + ["-m", payloads[0]], check=True, timeout=10)
     else:
         assert all(b"\n" not in p for p in payloads)
-        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-l"],
-                       input=b"\n".join(payloads) + b"\n", check=True, timeout=10)
+        subprocess.run(command + ["-l"], input=b"\n".join(payloads) + b"\n", check=True, timeout=10)
 
 
 def exchange(port: int, payloads: list[bytes], timeout: float = 20.0, replies_topic: str = "hedera-replies") -> list[dict]:

@@ -29,7 +29,8 @@ class ProtocolSpec:
     doc: str
     # Checks beyond the keys, run by `relevent check` (and so by every load): each returns
     # [(topology key, message)].  check_der(der, lan endpoint) for a DER this LAN protocol
-    # drives; check_site(endpoint, whole topology) for a WAN endpoint.
+    # drives; check_site(endpoint, whole topology) for a WAN endpoint, whose items may also
+    # be (key, message, "warning"): reported by `relevent check`, the site still starts.
     check_der: Callable[[dict, dict], list] | None = None
     check_site: Callable[[dict, dict], list] | None = None
 
@@ -153,13 +154,28 @@ def _target(ep: dict, data: dict) -> tuple[dict | None, list]:
 
 
 def _ems_site(ep: dict, data: dict) -> list:
-    """The EMS's DER, function and schedule must exist."""
+    """The EMS's DER, function and schedule must exist.  Who the EMS is, the broker decides:
+    MQTT does not tell a subscriber who published, so whoever may publish on `topic` acts as
+    the endpoint's party, and only the broker's ACL (`relevent broker-acl`, docs/parties.md)
+    can keep the others out.  Warned about: a party without the broker user that ACL names
+    (`mqtt_user`), and a site without a broker user of its own on a broker beyond loopback."""
     der, out = _target(ep, data)
-    if der is None:
-        return out
-    name = der["name"]
-    if isinstance(ep.get("schedule"), int) and ep["schedule"] > der["schedules"]:
-        out.append(("schedule", f"schedule {ep['schedule']} but {name} has {der['schedules']} per function"))
+    if der is not None and isinstance(ep.get("schedule"), int) and ep["schedule"] > der["schedules"]:
+        out.append(("schedule", f"schedule {ep['schedule']} but {der['name']} has {der['schedules']} per function"))
+    party = ep.get("party") or ep.get("name")
+    parties = {p.get("name"): p for p in data.get("party", [])}
+    if party in parties and not parties[party].get("mqtt_user"):
+        out.append(("party", f"anyone who may publish on {ep.get('topic')!r} at the broker acts as party {party!r}: "
+                             "give the party an mqtt_user and restrict the broker with `relevent broker-acl`",
+                    "warning"))
+    host = ep.get("host", "")
+    if not ep.get("username") and not is_loopback(host):
+        out.append(("username", f"endpoint {ep.get('name')!r} connects to the broker at {host}:{ep.get('port')} "
+                                "without a username: the broker cannot tell the site from anyone else, so it "
+                                "cannot keep others from reading the EMS's requests or answering them on "
+                                f"{ep.get('reply_topic')!r}; give the site a broker user (username, password_file; "
+                                "with a certificate the broker takes as user name, its CN) and restrict the "
+                                "broker with `relevent broker-acl`", "warning"))
     return out
 
 

@@ -232,7 +232,7 @@ class _Validator:
                     self.problem(("party", i, "ders"), f"DER {der!r} does not exist (known: "
                                                        f"{', '.join(ders) or 'none defined'})")
             for key, values in (("mms_password", [p["mms_password"]]), ("http_token", [p["http_token"]]),
-                                ("cert_cn", [p["cert_cn"]]),
+                                ("cert_cn", [p["cert_cn"]]), ("mqtt_user", [p["mqtt_user"]]),
                                 ("peers", p["peers"])):
                 for value in values:
                     if not value:
@@ -314,8 +314,8 @@ class _Validator:
         for i, ep in enumerate(data["wan"]):  # what a WAN protocol needs of the site
             spec = PROTOCOLS.get(ep.get("protocol"))
             if spec is not None and spec.check_site is not None:
-                for key, message in spec.check_site(ep, data):
-                    self.problem(("wan", i, key), message)
+                for key, message, *warning in spec.check_site(ep, data):
+                    (self.warning if warning and warning[0] == "warning" else self.problem)(("wan", i, key), message)
         ports: dict[int, tuple] = {}
         admin = data["runtime"]["admin_port"]
         for section in ("simulator", "wan", "lan"):

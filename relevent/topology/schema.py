@@ -362,6 +362,11 @@ PARTY = {
     "http_token": Field((str,), default="", doc="bearer token its HTTP clients present (Authorization: Bearer)"),
     "cert_cn": Field((str,), default="", doc="the common name (or a subject alternative name) of its TLS client "
                                              "certificate (docs/tls.md)"),
+    "mqtt_user": Field((str,), default="", check=lambda v: None if v == v.strip() and v.isprintable() else
+                       f"{v!r}: a broker user name has no leading or trailing blanks and no control characters "
+                       "(a line of the broker's acl_file names it)",
+                       doc="the broker user its local EMS publishes as (docs/parties.md: the broker's ACL, from "
+                           "`relevent broker-acl`, lets only this user publish on the EMS's request topic)"),
     "peers": Field((list,), default=[], item_types=(str,),
                    doc="peer identities: IEC 104 controlling-station IP addresses, OpenADR VTN ids"),
     "ders": Field((list,), default=[], item_types=(str,), doc="DERs it may steer; empty: all"),
