@@ -146,6 +146,9 @@ def short_detail(node: dict) -> str:
         if d["state"] == "registered":
             return f"registered, expires {(d.get('cert_expiry') or '?')[:10]}"
         return d["state"] + (f", next {d['next_attempt'][:19]}" if d.get("next_attempt") else "")
+    if node["role"] == "crl" and "crls" in d:
+        return ", ".join(f"{c['url']}: {c['result']}" + (f" ({c['failures']} failed)" if c["failures"] else "")
+                         for c in d["crls"])
     if node["role"] in ("wan", "lan", "simulator"):
         return d.get("serving") or d.get("listen") or (
             f"{d.get('protocol')}: adapter not in this build" if "adapter" in d else str(d.get("protocol", "")))

@@ -5,13 +5,15 @@ station must not be our code path nor the library the site uses (c104 / lib60870
 Only what the tests need: STARTDT, TESTFR answers, I-frames with their send and receive
 sequence numbers, S-frame acknowledgements, and the ASDUs of set-points (C_SE_NB_1,
 C_SE_NC_1, C_SE_TC_1), single commands (C_SC_NA_1), general interrogation (C_IC_NA_1) and
-clock synchronisation (C_CS_NA_1); received ASDUs are decoded for the monitoring types a
+clock synchronisation (C_CS_NA_1), in plain TCP or over TLS (Python's `ssl`, OpenSSL: c104
+2.2.1's own client cannot verify a server without a host name, mbedtls -0x5D80); received ASDUs are decoded for the monitoring types a
 controlled station sends (M_SP_NA_1, M_ME_NB_1, M_ME_NC_1, their time-tagged forms, M_EI_NA_1)
 and for the command types it mirrors back (ACT_CON, ACT_TERM, the negative COTs).
 """
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass, field
@@ -144,9 +146,18 @@ def decode_asdu(b: bytes) -> Asdu:
 class Peer:
     """One TCP connection to a controlled station.  Not thread-safe: one test drives it."""
 
-    def __init__(self, host: str, port: int, timeout: float = 5.0, ack_every: int = 4) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, host: str, port: int, timeout: float = 5.0, ack_every: int = 4,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: a client context (its certificate loaded): the handshake is made here."""
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=host)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self.timeout = timeout
         self.ack_every = ack_every
         self.ns = 0                     # our next send sequence number

@@ -23,6 +23,7 @@ from relevent.messages import (
     CommandSubscribe, DevicesLeft, ForecastReply, ForecastRequest, LeaveDevices, Measurement, Pong, ScheduleOperate,
     ScheduleWrites, Shutdown, SnapshotRequest, WanContact, Wakeup,
 )
+from relevent.actors.crl import crl_child
 from relevent.actors.registration import registration_child
 from relevent.actors.supervisor import ChildSpec, Supervisor
 
@@ -62,6 +63,10 @@ def site_children(data: dict) -> list[ChildSpec]:
     if registration is not None:
         specs.append(ChildSpec("registration", "registration", "relevent.actors.registration.RegistrationActor",
                                registration))
+    # The site's one CRL fetcher (docs/tls.md "CRL URLs"), before the endpoints that read its copies.
+    crl = crl_child(data)
+    if crl is not None:
+        specs.append(ChildSpec("crl", "crl", "relevent.actors.crl.CrlActor", crl))
     # WAN endpoints serve the site's DERs (the MMS model is built from them).
     specs += [ChildSpec(ep["name"], "wan", "relevent.actors.endpoint.EndpointActor", {**ep, "ders": data["der"],
                                                                                        "site": data["site"]["name"],

@@ -258,14 +258,15 @@ def certificates(tree: dict) -> dict[tuple[str, str], float]:
 
 
 def crls(tree: dict) -> dict[tuple[str, str], float]:
-    """(endpoint path, CRL file) -> the CRL's next update (Unix time): past it, every peer of
-    its CA is refused (docs/tls.md)."""
+    """(endpoint path, CRL file or URL) -> the CRL's next update (Unix time): past it, every
+    peer of its CA is refused (docs/tls.md).  A CRL fetched from a URL is named by its URL,
+    as `[tls] crl` names it, not by its cached copy."""
     out = {}
     for node in walk(tree):
         for crl in ((node.get("detail") or {}).get("tls") or {}).get("crls") or []:
             when = _epoch_s(crl.get("next_update"))
             if when is not None:
-                out[(path_of(node), crl.get("file", ""))] = when
+                out[(path_of(node), crl.get("url") or crl.get("file", ""))] = when
     return out
 
 

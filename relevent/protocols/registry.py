@@ -310,7 +310,15 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             {
                 **WAN_KEYS,
                 "address": Field((str,), default="127.0.0.1", doc="listen address"),
-                "port": Field((int,), default=2404, check=port_check),
+                "port": Field((int,), default=2404, check=port_check,
+                              doc="2404 for plain 104; 19998 by convention for 104 over TLS (IANA iec-104-sec, "
+                                  "IEC 62351-3)"),
+                # 104 over TLS always asks for a client certificate, and admits only peer_certs
+                **{k: v for k, v in TLS_SERVER_KEYS.items() if k != "client_cert"},
+                "peer_certs": Field((list,), default=[], item_types=(str,),
+                                    doc="with tls: certificate files (PEM or DER) of the controlling stations "
+                                        "allowed; each is checked against [tls] ca and the CRLs at start and every "
+                                        "crl_refresh_s, and only good ones are admitted (docs/iec104.md)"),
                 "common_address": Field((int,), default=1, check=lambda v: None if 1 <= v <= 65534 else
                                         f"common address must be 1..65534, got {v}",
                                         doc="the station's common address (ASDU address)"),

@@ -27,6 +27,12 @@ endpoint that speaks TLS: HTTP serves with it, the MQTT links connect with it.
   current CRL is refused.  A CRL that goes missing later keeps the last good one in force
   until its own next update.  The own certificate, key or CA bundle missing raises
   `TlsError` (the endpoint cannot serve TLS at all).
+* **CRL URLs**: an `http://` or `https://` entry of `[tls] crl` is read from its cache file
+  (`crl_cache_dir`/`crl_fetch.cache_name(url)`), which the site's one fetcher keeps
+  (relevent/security/crl_fetch.py, relevent/actors/crl.py); its errors name the URL.  Until
+  the first fetch has written it, the peers of its CA are refused (as for a missing CRL
+  file) and `refresh_s` is at most AWAIT_FETCH_S, so the endpoints see the first copy
+  within a second of its fetch rather than one whole `crl_refresh_s` later.
 """
 from __future__ import annotations
 
@@ -44,11 +50,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from relevent.security.crl_fetch import cache_path, is_url, url_problem
+
 log = logging.getLogger("relevent.tls")
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 CLIENT_CERT = {"require": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 CRL_REFRESH_S = 300.0
+AWAIT_FETCH_S = 1.0   # seconds between re-reads while a CRL URL has no cached copy yet (its first fetch)
 
 
 class TlsError(Exception):
@@ -212,6 +221,9 @@ def policy_problems(section: dict, now: datetime | None = None) -> list[tuple[tu
         out.append((("crl",), "CRLs are checked against the CA bundle: give ca too", True))
         return out
     for i, path in enumerate(crls):
+        if is_url(path):
+            out += _url_problems(section, i, path, cas if "ca" not in unreadable else None, now)
+            continue
         if not os.access(path, os.R_OK):
             out.append((("crl", i), f"cannot read CRL {path}: "
                                      f"{'no such file' if not os.path.exists(path) else 'no permission'}", True))
@@ -228,6 +240,25 @@ def policy_problems(section: dict, now: datetime | None = None) -> list[tuple[tu
     return out
 
 
+def _url_problems(section: dict, i: int, url: str, cas: list[x509.Certificate] | None,
+                  now: datetime) -> list[tuple[tuple, str, bool]]:
+    """A CRL URL: an error when it is not a URL the site can fetch (http or https, a host);
+    a warning when its cached copy (if the site fetched it before) is bad or expired: the
+    next fetch replaces it."""
+    problem = url_problem(url)
+    if problem:
+        return [(("crl", i), problem, True)]
+    folder = section.get("crl_cache_dir") or ""
+    path = cache_path(folder, url) if folder else ""
+    if not path or cas is None or not os.path.exists(path):
+        return []
+    try:
+        problem = crl_problem(url, read_crl(path, cas, now), now)
+    except TlsError as exc:
+        problem = f"{exc} (the copy fetched from {url}; the next fetch replaces it)"
+    return [(("crl", i), problem, False)] if problem else []
+
+
 # -- the policy at run time ----------------------------------------------------------------------------
 class SiteTls:
     """One endpoint's copy of the site policy (a plain dict from the topology's `[tls]`),
@@ -238,8 +269,10 @@ class SiteTls:
         self.section = section
         self.clock = clock
         self.cert, self.key, self.ca = section.get("cert") or "", section.get("key") or "", section.get("ca") or ""
-        self.crl_paths: list[str] = list(section.get("crl") or [])
-        self.refresh_s = float(section.get("crl_refresh_s") or CRL_REFRESH_S)
+        self.crl_urls: dict[str, str] = {}       # the cache file of a CRL URL -> the URL
+        self.crl_paths: list[str] = [self._crl_file(entry, section.get("crl_cache_dir") or "")
+                                     for entry in section.get("crl") or []]
+        self._refresh_s = float(section.get("crl_refresh_s") or CRL_REFRESH_S)
         self.min_version = VERSIONS[section.get("min_version") or "1.2"]
         self.cas = read_cas(self.ca) if self.ca else []
         self.own: x509.Certificate | None = None
@@ -262,6 +295,37 @@ class SiteTls:
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
+
+    def _crl_file(self, entry: str, folder: str) -> str:
+        """The file a `[tls] crl` entry is read from: itself, or a URL's cached copy."""
+        if not is_url(entry):
+            return entry
+        problem = url_problem(entry)
+        if problem:
+            raise TlsError(f"CRL {problem}")
+        if not folder:
+            raise TlsError(f"CRL {entry}: a fetched CRL is cached in the site's state_dir, and this policy has no "
+                           "crl_cache_dir")
+        path = cache_path(folder, entry)
+        self.crl_urls[path] = entry
+        return path
+
+    def _crl_name(self, path: str) -> str:
+        """How errors name a CRL: its file, or its URL."""
+        return self.crl_urls.get(path, path)
+
+    @property
+    def refresh_s(self) -> float:
+        """Seconds until the caller's next `refresh`: `crl_refresh_s`, but at most
+        AWAIT_FETCH_S while a CRL URL has no copy read yet (so its first fetch is in force
+        within a second, not one interval later)."""
+        if any(path not in self.crls for path in self.crl_urls):
+            return min(self._refresh_s, AWAIT_FETCH_S)
+        return self._refresh_s
+
+    @refresh_s.setter
+    def refresh_s(self, value: float) -> None:
+        self._refresh_s = float(value)
 
     # contexts
     def server_context(self, client_cert: str = "require") -> ssl.SSLContext:
@@ -319,16 +383,23 @@ class SiteTls:
         now = self.now()
         cas = self.cas
         for path in self.crl_paths:
+            name = self._crl_name(path)
             try:
                 data = _read(path)
             except OSError as exc:
-                self._error(path, f"CRL {path}: cannot read: {exc.strerror or exc}"
-                                  + (" (the last one read stays in force until its next update)"
-                                     if path in self.crls else ""))
+                if path in self.crl_urls and path not in self.crls and isinstance(exc, FileNotFoundError):
+                    message = (f"CRL {name}: not fetched yet (no copy in {path}): the peers of its CA are refused "
+                               "until it is")
+                elif path in self.crl_urls:
+                    message = f"CRL {name}: cannot read its copy {path}: {exc.strerror or exc}"
+                else:
+                    message = f"CRL {path}: cannot read: {exc.strerror or exc}"
+                self._error(path, message + (" (the last one read stays in force until its next update)"
+                                             if path in self.crls else ""))
                 continue
             if data != self._raw.get(path):
                 try:
-                    crl = parse_crl(data, path, cas)
+                    crl = parse_crl(data, name, cas)
                 except TlsError as exc:
                     self._error(path, str(exc))
                     continue
@@ -336,11 +407,11 @@ class SiteTls:
                 for ctx in self._contexts:
                     _load_crl(ctx, crl)
                 changed.append(path)
-            problem = crl_problem(path, self.crls[path], now)
+            problem = crl_problem(name, self.crls[path], now)
             if problem:
                 self._error(path, problem)
             elif self.errors.pop(path, None) is not None:
-                log.info("tls: CRL %s is fine again", path)
+                log.info("tls: CRL %s is fine again", name)
         self.refreshed_at = self.clock()
         return changed
 
@@ -410,7 +481,8 @@ class SiteTls:
             out["cert"] = self.cert
             out["cert_not_after"] = _iso(self.own.not_valid_after_utc)
             out["cert_days_left"] = round((self.own.not_valid_after_utc - now).total_seconds() / 86400, 1)
-        out["crls"] = [{"file": p, "revoked": len(c), "age_s": round((now - c.last_update_utc).total_seconds()),
+        out["crls"] = [{"file": p, **({"url": self.crl_urls[p]} if p in self.crl_urls else {}), "revoked": len(c),
+                        "age_s": round((now - c.last_update_utc).total_seconds()),
                         "next_update": _iso(c.next_update_utc)} for p, c in list(self.crls.items())]
         out["errors"] = list(self.errors.values())   # copies: read from the actor thread
         out["refused"], out["closed"], out["last_refusal"] = self.refused, self.closed, self.last_refusal

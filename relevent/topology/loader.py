@@ -403,7 +403,11 @@ class _Validator:
         for key in ("cert", "key", "ca"):
             if tls[key] and ("tls", key) not in self.unfilled:
                 tls[key] = os.path.abspath(tls[key])
-        tls["crl"] = [os.path.abspath(p) for p in tls["crl"]]
+        from relevent.security.crl_fetch import cache_dir, is_url  # a CRL URL stays a URL (docs/tls.md)
+
+        tls["crl"] = [p if is_url(p) else os.path.abspath(p) for p in tls["crl"]]
+        if any(is_url(p) for p in tls["crl"]):   # where the site's fetcher keeps their copies, SiteTls reads them
+            tls["crl_cache_dir"] = cache_dir(resolve_state_dir(data["site"]["state_dir"]))
         if any(tls[k] for k in ("cert", "key", "ca", "crl")):
             from relevent.security.tls import policy_problems  # cryptography: only for a site with [tls] files
 

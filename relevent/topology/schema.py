@@ -424,11 +424,13 @@ TLS = {
                                         "clients trust the system's CAs, servers cannot ask for client "
                                         "certificates"),
     "crl": Field((list,), default=[], item_types=(str,),
-                 doc="CRL files (PEM or DER) of the CAs in `ca`, re-read every crl_refresh_s; given, every "
-                     "peer's issuer needs a current one (fail closed)"),
+                 doc="CRLs (PEM or DER) of the CAs in `ca`, each a file (a path, relative to the working "
+                     "directory) or an http:// or https:// URL (fetched by the site every crl_refresh_s into "
+                     "STATE_DIR/tls/crl/; https verified against `ca`); re-read every crl_refresh_s; given, "
+                     "every peer's issuer needs a current one (fail closed)"),
     "crl_refresh_s": Field(NUMBER, default=300.0, check=positive,
-                           doc="seconds between CRL re-reads; sessions of a peer revoked or expired meanwhile "
-                               "are closed then"),
+                           doc="seconds between CRL re-reads and fetches of CRL URLs; sessions of a peer revoked "
+                               "or expired meanwhile are closed then"),
     "min_version": Field((str,), default="1.2", choices=("1.2", "1.3"), doc="the lowest TLS version accepted"),
 }
 

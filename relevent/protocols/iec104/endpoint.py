@@ -25,14 +25,32 @@ the no-contact rule: with no client connected and no command for `no_contact_s`,
 command schedules this endpoint enabled are disabled, on the party's behalf but without
 counting as contact, so the site's own no-telecom rules take over.
 
+Over TLS (`tls = true`, IEC 62351-3, docs/iec104.md "TLS"), c104's `TransportSecurity` serves
+with the site's [tls] certificate and key, verifies each station's certificate against [tls]
+ca (chain and validity) and admits only the certificates it is given (`only_known`).  c104
+checks no CRL and does not say which certificate a station presented, so the site decides
+which of `peer_certs` it is given (peers.py: issued by the bundle's CA, and nothing against it
+in `SiteTls.peer_problem`), at start and again every `crl_refresh_s` on our thread.  When that
+set changes (a revocation, an expiry), our thread stops the c104 server, which closes every
+open connection, and serves a new one with the new set: a revoked station's session ends
+within one refresh interval and its next handshake fails.  The actor, its command schedules,
+its armed list and its counters stay; only the port is closed for the second c104 takes to
+start.  A renewed site certificate ends the endpoint with `CertificateRenewed` (its supervisor
+restarts it at once), as MMS does.  lib60870 handshakes in its accept thread and holds its
+connection lock meanwhile, and c104's `open_connection_count` waits for that lock holding the
+GIL: over TLS the endpoint only reads `active_connection_count` (connections that started data
+transfer), so a slow or silent handshake never freezes the process.
+
 No `from __future__ import annotations` here: c104 checks a callback's annotations as
 objects ("Invalid callback signature" otherwise).
 """
 import dataclasses
 import datetime
 import logging
+import os
 import queue
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -43,9 +61,10 @@ import c104
 from relevent.clock import now_ms
 from relevent.messages import ControllerState
 from relevent.protocols.aio import Crashed
-from relevent.protocols.iec104 import mapping
+from relevent.protocols.iec104 import mapping, peers as peer_certs
 from relevent.runtime.bridge import ThreadBridge
 from relevent.scheduling.schedule import EnaErr, Refusal
+from relevent.security.tls import CertificateRenewed, SiteTls
 from relevent.wan.adapter import Answer, WanContext, Who, Write
 from relevent.wan.session import OPERATE_TIMEOUT_S
 
@@ -58,6 +77,8 @@ SETTLE_S = 1.0           # a connection accepted this recently may not be counte
 TICK_RATE_MS = 100       # c104's server thread (periodic transmission and connection count)
 REFRESH = "refresh"
 STR_TM = int(EnaErr.STR_TM)   # an enable refused because no start covers now or lies ahead
+HANDSHAKE_S = 5.0        # TLS: a connection not started this long after its accept is counted as refused
+TLS_VERSIONS = {"1.2": c104.TlsVersion.TLS_1_2, "1.3": c104.TlsVersion.TLS_1_3}
 
 
 @dataclass
@@ -78,6 +99,7 @@ class _Peer:
     since: float          # time.monotonic()
     since_ms: int
     address: str = ""     # ip:port, once a clock synchronisation told it
+    pending: bool = False  # TLS: accepted, its handshake and STARTDT not yet seen by c104
 
 
 def _iso(ms: int | None) -> str | None:
@@ -140,6 +162,17 @@ class Iec104Endpoint:
         self.last_refusal: dict | None = None
         self.last_unexpected: dict | None = None
         self.clock_sync: dict | None = None
+        # TLS: the site policy (CRLs, status), the verdict on each of peer_certs, the set c104
+        # serves (DER), when our thread next refreshes, and what happened.
+        self.tls: SiteTls | None = SiteTls(config["tls_policy"]) if config.get("tls") else None
+        self.peer_paths = [os.path.abspath(p) for p in config.get("peer_certs") or []]
+        self.verdicts: list[peer_certs.Verdict] = []
+        self.admitted: tuple[bytes, ...] = ()
+        self.tls_due = 0.0
+        self.renewing = False
+        self.departed: list[_Peer] = []   # TLS: started peers no longer counted, newest last (a STOPDT)
+        self.tls_events = {"handshakes_failed": 0, "server_restarts": 0, "last_server_restart": None,
+                           "sessions_closed": 0}
 
     # -- life cycle (actor thread) -----------------------------------------------------------------
     def start(self) -> None:
@@ -148,20 +181,60 @@ class Iec104Endpoint:
         if problems:
             raise ValueError(f"iec104 endpoint {self.name}: " + "; ".join(message for _, message in problems))
         self.ctx.defer_ready()  # Ready once listening, after every controller's state is in
-        self.server = c104.Server(ip=self.address, port=self.port, tick_rate_ms=TICK_RATE_MS,
-                                  max_connections=self.max_connections)
-        station = self.server.add_station(common_address=self.common_address)
+        if self.tls is not None:
+            if not self.peer_paths:
+                raise ValueError(f"iec104 endpoint {self.name}: tls = true needs peer_certs")
+            self._judge_peers()
+            self.tls_due = time.monotonic() + self.tls.refresh_s
+        self.server, self.points = self._make_server()
+
+    def _make_server(self) -> tuple[Any, dict]:
+        """A c104 server with the station and its points (and over TLS the certificates
+        admitted now); not started."""
+        security = None
+        if self.tls is not None:
+            security = c104.TransportSecurity(validate=True, only_known=True)
+            security.set_certificate(cert=self.tls.cert, key=self.tls.key)
+            security.set_ca_certificate(cert=self.tls.ca)
+            security.set_version(min=TLS_VERSIONS[self.config["tls_policy"].get("min_version") or "1.2"])
+            for der in self.admitted:   # the very bytes judged: a file changed since is not admitted
+                verdict = next(v for v in self.verdicts if v.der == der)
+                with tempfile.NamedTemporaryFile(suffix=".pem", prefix="relevent-iec104-peer-") as f:
+                    f.write(verdict.pem())
+                    f.flush()
+                    security.add_allowed_remote_certificate(cert=f.name)
+        server = c104.Server(ip=self.address, port=self.port, tick_rate_ms=TICK_RATE_MS,
+                             max_connections=self.max_connections, transport_security=security)
+        station = server.add_station(common_address=self.common_address)
+        points = {}
         for ioa, command in self.table.commands.items():
             point = station.add_point(io_address=ioa, type=TYPES[command.type])
             point.on_receive(callable=self._on_command)
-            self.points[ioa] = point
+            points[ioa] = point
         for ioa, monitor in self.table.monitors.items():
             point = station.add_point(io_address=ioa, type=TYPES[monitor.type])
             point.quality = c104.Quality.Invalid   # until the first refresh
-            self.points[ioa] = point
-        self.server.on_connect(callable=self._on_connect)
-        self.server.on_clock_sync(callable=self._on_clock_sync)
-        self.server.on_unexpected_message(callable=self._on_unexpected)
+            points[ioa] = point
+        server.on_connect(callable=self._on_connect)
+        server.on_clock_sync(callable=self._on_clock_sync)
+        server.on_unexpected_message(callable=self._on_unexpected)
+        return server, points
+
+    def _judge_peers(self) -> bool:
+        """The verdict on every listed certificate now; True if the admitted set changed."""
+        verdicts = peer_certs.judge(self.peer_paths, self.tls.cas, self.tls.peer_problem)
+        admitted = peer_certs.allowed_set(verdicts)
+        before = {v.path: v.reason for v in self.verdicts}
+        for v in verdicts:
+            if v.path not in before or before[v.path] != v.reason:
+                if v.allowed:
+                    log.info("iec104 endpoint=%s admits the certificate of %s (%s, serial %s)", self.name, v.subject,
+                             v.path, v.serial)
+                else:
+                    log.warning("iec104 endpoint=%s refuses the certificate in %s: %s", self.name, v.path, v.reason)
+        changed = admitted != self.admitted
+        self.verdicts, self.admitted = verdicts, admitted
+        return changed
 
     def on_synced(self) -> None:
         """Every controller's state is in: values first, then the port (a general
@@ -195,6 +268,8 @@ class Iec104Endpoint:
         if self.bridge.fileno() not in fds:
             return
         for event in self.bridge.drain():
+            if isinstance(event, CertificateRenewed):
+                raise event   # the actor crashes with it and its supervisor restarts it at once
             if isinstance(event, Crashed):
                 raise RuntimeError(f"iec104 endpoint {self.name}: {event.what} failed: {event.error}")
 
@@ -213,12 +288,23 @@ class Iec104Endpoint:
         for fut in pending:
             fut.cancel()
 
+    def _open_count(self) -> int:
+        """Connections open now.  Over TLS, those that started data transfer: c104's
+        open_connection_count waits, holding the GIL, for the lock lib60870 holds during a
+        handshake, and would freeze the process for as long as a station takes to finish it."""
+        return self.server.active_connection_count if self.tls is not None else self.server.open_connection_count
+
     def detail(self) -> dict:
-        connections = self.server.open_connection_count if self.server is not None and self.listening else 0
+        connections = self._open_count() if self.server is not None and self.listening else 0
+        tls = {}
+        if self.tls is not None:
+            tls = {"tls": {**self.tls.status(), **self.tls_events, "sessions": connections,
+                           "peer_certs": [v.status() for v in list(self.verdicts)],
+                           "admitted": sum(1 for v in list(self.verdicts) if v.allowed)}}
         with self.lock:
             peers = [{"ip": p.ip, "address": p.address or None, "party": p.who.party or None,
-                      "since": _iso(p.since_ms)} for p in self.peers]
-            out = {"serving": f"{self.address}:{self.port}", "listening": self.listening,
+                      "since": _iso(p.since_ms)} for p in self.peers if not p.pending]
+            out = {**tls, "serving": f"{self.address}:{self.port}", "listening": self.listening,
                    "common_address": self.common_address, "schedule": self.options.schedule,
                    "priority": self.options.priority, "unit": self.options.unit,
                    "connections": connections, "peers": peers, "peer": peers[-1]["address"] or peers[-1]["ip"] if peers else None,
@@ -260,7 +346,10 @@ class Iec104Endpoint:
                         f"a connection of party {other.who.party or '(unrecognised)'} from {other.ip} is open"
                     log.warning("iec104 endpoint=%s refused a connection from %s: %s", self.name, ip, why)
                     return False
-                self.peers.append(_Peer(ip, who, time.monotonic(), now_ms()))
+                # Over TLS, lib60870 calls this before the handshake: the peer counts once c104 does.
+                self.peers.append(_Peer(ip, who, time.monotonic(), now_ms(), pending=self.tls is not None))
+                if self.tls is not None:
+                    return True
                 self.stats["connections"] += 1
                 self.last_contact = now_ms()
             self.ctx.connected(True, who)
@@ -406,6 +495,7 @@ class Iec104Endpoint:
                         break
                 if self.stopping.is_set():
                     return
+                self._tls_round()
                 self._count_connections()
                 self._expire()
                 self._watch_contact()
@@ -449,7 +539,7 @@ class Iec104Endpoint:
         if answer.ok:
             if not self.points[ioa].transmit(cause=c104.Cot.ACTIVATION_TERMINATION):
                 log.warning("iec104 endpoint=%s: ACT_TERM for %s on IOA %d not sent: c104 sees no active connection "
-                            "(open: %d)", self.name, record["target"], ioa, self.server.open_connection_count)
+                            "(open: %d)", self.name, record["target"], ioa, self._open_count())
         else:
             log.error("iec104 endpoint=%s: %s of %s, confirmed, then refused by its controller (%s): %s; no "
                       "termination sent", self.name, "enable" if instruction.action == "set" else "disable",
@@ -496,28 +586,104 @@ class Iec104Endpoint:
             fut.cancel()
 
     def _count_connections(self) -> None:
-        """c104 reports no disconnection: follow its count of open connections."""
-        count = self.server.open_connection_count
+        """c104 reports no disconnection: follow its count of open connections.  Over TLS a
+        connection accepted (pending) counts once c104 counts it started; one still pending
+        after HANDSHAKE_S was refused by the handshake (or never started) and is dropped."""
+        count = self._open_count()
         now = time.monotonic()
-        gone = []
+        gone, came = [], []
         with self.lock:
             if count > 0:
                 self.last_contact = now_ms()
-            while len(self.peers) > count:
-                settled = [p for p in self.peers if now - p.since > SETTLE_S]
+            if self.tls is not None:
+                while sum(1 for p in self.peers if not p.pending) < count:
+                    waiting = [p for p in self.peers if p.pending]
+                    if waiting:
+                        peer = waiting[0]
+                    elif self.departed:   # started again after a STOPDT, or its STARTDT came late
+                        peer = self.departed.pop()
+                        self.peers.append(peer)
+                    else:
+                        break
+                    peer.pending = False
+                    came.append(peer)
+                    self.stats["connections"] += 1
+                for p in [p for p in self.peers if p.pending and now - p.since > HANDSHAKE_S]:
+                    self.peers.remove(p)   # never in departed: only a station that once started returns
+                    self.tls_events["handshakes_failed"] += 1
+                    log.warning("iec104 endpoint=%s: the connection from %s did not start over TLS within %g s "
+                                "(its certificate refused, or no STARTDT)", self.name, p.ip, HANDSHAKE_S)
+            while sum(1 for p in self.peers if not p.pending) > count:
+                settled = [p for p in self.peers if not p.pending and now - p.since > SETTLE_S]
                 if not settled:
                     break
                 self.peers.remove(settled[0])
                 gone.append(settled[0])
+                if self.tls is not None:
+                    self.departed = self.departed[-7:] + [settled[0]]
+        for p in came:
+            self.ctx.connected(True, p.who)
+            log.info("iec104 endpoint=%s connection from %s over TLS (party %s)", self.name, p.ip,
+                     p.who.party or "(unrecognised)")
         for p in gone:
             self.ctx.connected(False, p.who)
             log.info("iec104 endpoint=%s connection from %s closed", self.name, p.address or p.ip)
+
+    def _tls_round(self) -> None:
+        """Every crl_refresh_s (our thread): re-read the CRLs, look for a renewed site
+        certificate, judge peer_certs again; a changed set is served by a new c104 server."""
+        now = time.monotonic()
+        if self.tls is None or self.renewing or now < self.tls_due:
+            return
+        self.tls_due = now + self.tls.refresh_s
+        self.tls.refresh()
+        renewed = self.tls.renewed()
+        if renewed:
+            self.renewing = True
+            self.bridge.post(CertificateRenewed(renewed))   # the actor crashes with it, restarted at once
+            return
+        was = set(self.admitted)
+        if not self._judge_peers():
+            return
+        refused = [f"{v.path}: {v.reason}" for v in self.verdicts if v.der in was and not v.allowed]
+        self._serve_anew("; ".join(refused) or "the certificates admitted changed (now: "
+                         + (", ".join(v.subject for v in self.verdicts if v.allowed) or "none") + ")")
+
+    def _serve_anew(self, reason: str) -> None:
+        """Stop the c104 server (every connection closes) and serve a new one with the
+        certificates admitted now.  Our thread: the points and what they hold are ours."""
+        old = self.server
+        self.listening = False
+        try:
+            old.stop()
+        except Exception:  # noqa: BLE001 - a new server anyway
+            log.exception("iec104 endpoint=%s: stopping c104", self.name)
+        with self.lock:
+            closed = [p for p in self.peers if not p.pending]
+            self.peers, self.departed = [], []   # a revoked station's address must not be reused
+            self.tls_events["server_restarts"] += 1
+            self.tls_events["sessions_closed"] += len(closed)
+            self.tls_events["last_server_restart"] = {"at": _iso(now_ms()), "reason": reason,
+                                                      "sessions_closed": len(closed)}
+        for p in closed:
+            self.tls.refuse(reason, closed=True)
+            self.ctx.connected(False, p.who)
+        log.warning("iec104 endpoint=%s serves anew with %d admitted certificate(s), %d connection(s) closed: %s",
+                    self.name, len(self.admitted), len(closed), reason)
+        self.server, self.points = self._make_server()
+        self.sent = {}
+        self._refresh(transmit=False)
+        if self.stopping.is_set():
+            return
+        self._bind_or_raise()   # a port taken meanwhile: the thread fails, the actor restarts
+        self.listening = True
 
     def _watch_contact(self) -> None:
         if not self.no_contact_ms:
             return
         with self.lock:
-            if self.peers or not self.armed or now_ms() - self.last_contact <= self.no_contact_ms:
+            if any(not p.pending for p in self.peers) or not self.armed \
+                    or now_ms() - self.last_contact <= self.no_contact_ms:
                 return
             targets, self.armed = self.armed, {}
             self.stats["ended_without_contact"] += len(targets)

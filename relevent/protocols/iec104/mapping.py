@@ -159,7 +159,8 @@ def parse_table(functions: Any, measurements: Any, ders: dict, unit: str = "W") 
 
 
 def site_problems(ep: dict, data: dict) -> list:
-    """`relevent check` for an iec104 endpoint: its address table, its schedule number."""
+    """`relevent check` for an iec104 endpoint: its address table, its schedule number, and
+    over TLS its `peer_certs` (peers.py)."""
     ders = {d["name"]: d for d in data.get("der", []) if isinstance(d.get("name"), str)}
     table, problems = parse_table(ep.get("functions"), ep.get("measurements"), ders, ep.get("unit", "W"))
     if not table.commands and not problems:
@@ -171,6 +172,10 @@ def site_problems(ep: dict, data: dict) -> list:
             problems.append(("schedule", f"schedule {number} but {der_name} has {ders[der_name]['schedules']} per "
                                          "function"))
             break
+    if ep.get("tls") or ep.get("peer_certs"):
+        from relevent.protocols.iec104.peers import check_problems   # cryptography: only for TLS
+
+        problems += check_problems(ep, data)
     return problems
 
 
