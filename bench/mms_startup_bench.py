@@ -41,8 +41,10 @@ from mmsclients import Open61850Client  # noqa: E402
 from sitectl import free_port  # noqa: E402
 
 from relevent.iec61850 import lib as L  # noqa: E402
+from relevent.policy import Decision  # noqa: E402
 from relevent.protocols.mms import endpoint as E  # noqa: E402
 from relevent.scl.generate import default_ld_inst  # noqa: E402
+from relevent.wan.session import Who  # noqa: E402
 
 
 def site(ders: int) -> dict:
@@ -59,7 +61,16 @@ class Session:
         self.ready = threading.Event()
         self.writes: list = []
 
-    def write(self, der, kind, schedule, writes):
+    def who(self, peer: str = "", credential=None) -> Who:
+        return Who("bench", peer, True)
+
+    def may(self, *_args) -> Decision:
+        return Decision.allow()
+
+    def contact(self, *_args) -> None:
+        pass
+
+    def write(self, der, kind, schedule, writes, who=None):
         self.writes.append((der, kind, schedule, writes))
         return SimpleNamespace(ok=True, refusal=None, rule="", state=None)
 
@@ -69,7 +80,7 @@ class Session:
     def mark_ready(self) -> None:
         self.ready.set()
 
-    def connected(self, _up: bool) -> None:
+    def connected(self, _up: bool, _who=None) -> None:
         pass
 
     def unacked(self, *_args) -> list:
