@@ -99,8 +99,10 @@ class WebView:
         if m is not None:
             self.samples.add(name, m.at, m.w)
         functions = {}
-        for kind in der["functions"]:
-            view = self.ctx.view(name, kind, now)
+        views = {kind: self.ctx.view(name, kind, now) for kind in der["functions"]}
+        # Every function's controller computes its forecast at once (each is its own actor).
+        forecasts = await asyncio.gather(*(self.forecast(name, kind, view) for kind, view in views.items()))
+        for (kind, view), forecast in zip(views.items(), forecasts):
             schedules = []
             for sname, entry in (view or {}).get("schedules", {}).items():
                 st, se = entry.get("status") or {}, entry["settings"]
@@ -109,7 +111,7 @@ class WebView:
                                   "value": st.get("value"), "next_start": st.get("next_start"),
                                   "reserve": se["reserve"]})
             functions[kind] = {"output": view and view["output"], "source": view and view["source"],
-                               "schedules": schedules, "forecast": await self.forecast(name, kind, view)}
+                               "schedules": schedules, "forecast": forecast}
         return {"name": name, "type": der.get("type"), "rated_w": der.get("rated_power_w"),
                 "measured": None if m is None else {"w": m.w, "at": m.at, "quality": m.quality},
                 "command": self.commands.get(name),
@@ -150,9 +152,8 @@ class WebView:
         now = now_ms()
         names, whole = self.readable(who)
         tree = await self.actor_tree()
-        out = {}
-        for name in names:
-            out[page.dom_id("der-", name)] = page.der_card(await self.der_model(name, now), now)
+        models = await asyncio.gather(*(self.der_model(name, now) for name in names))   # forecasts in parallel
+        out = {page.dom_id("der-", name): page.der_card(model, now) for name, model in zip(names, models)}
         if whole:
             out["tree"] = page.tree_table(tree, walk_depths)
         return out
@@ -162,7 +163,7 @@ class WebView:
         now = now_ms()
         names, whole = self.readable(who)
         tree = page.tree_table(await self.actor_tree(), walk_depths) if whole else ""
-        ders = [await self.der_model(n, now) for n in names]
+        ders = list(await asyncio.gather(*(self.der_model(n, now) for n in names)))   # forecasts in parallel
         return page.page(self.site, ders, tree, now, stream_url)
 
     async def stream(self, who: Any, disconnected: Callable[[], Any]) -> AsyncIterator[bytes]:
