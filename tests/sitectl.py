@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -227,6 +228,30 @@ def relevent_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess
     """`relevent ARGS...` in a subprocess, from the repository."""
     return subprocess.run([sys.executable, "-m", "relevent", *args], capture_output=True, text=True, cwd=REPO,
                           timeout=timeout)
+
+
+# The variables topologies/demo.toml takes its ports from (docs: the README's "Several demos side by side").
+DEMO_PORT_VARIABLES = ("RELEVENT_ADMIN_PORT", "RELEVENT_MMS_PORT", "RELEVENT_MQTT_PORT", "RELEVENT_MODBUS_PORT",
+                       "RELEVENT_HTTP_PORT", "RELEVENT_OPENADR_PORT", "RELEVENT_IEC104_PORT", "RELEVENT_OCPP_PORT",
+                       "RELEVENT_HEATPUMP_PORT", "RELEVENT_METRICS_PORT")
+
+
+def demo_site(tmp_path: Path, monkeypatch, **env: str) -> tuple[Site, dict[str, int]]:
+    """topologies/demo.toml (copied into `tmp_path`, not started) with a free port in each of
+    its port variables and its state in `tmp_path`, set in this test's environment (which
+    `relevent run` and `relevent status` inherit); `env`: more variables (by default the
+    embedded broker runs: RELEVENT_MQTT_EMBEDDED is unset).  Returns the site and the ports."""
+    ports = {key: free_port() for key in DEMO_PORT_VARIABLES}
+    for key, port in ports.items():
+        monkeypatch.setenv(key, str(port))
+    state = tmp_path / "state"
+    monkeypatch.setenv("RELEVENT_STATE_DIR", str(state))
+    monkeypatch.delenv("RELEVENT_MQTT_EMBEDDED", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    topo = tmp_path / "demo.toml"
+    shutil.copy(REPO / "topologies" / "demo.toml", topo)
+    return Site(topo, state), ports
 
 
 def make_pki(folder: Path, *issues: tuple[str, str]) -> Path:

@@ -4,29 +4,17 @@ side by side through the environment, a schedule written over MMS moves both dev
 the same schedules read over HTTP on the same site."""
 from __future__ import annotations
 
-import shutil
 import time
 
 import httpx
 
 from mmsclients import LibIec61850Client
-from sitectl import REPO, Site, free_port
+from sitectl import demo_site
 
 
 def test_demo_runs_side_by_side_and_obeys_schedules(tmp_path, monkeypatch):
-    ports = {"RELEVENT_ADMIN_PORT": free_port(), "RELEVENT_MMS_PORT": free_port(),
-             "RELEVENT_MQTT_PORT": free_port(), "RELEVENT_MODBUS_PORT": free_port(),
-             "RELEVENT_HTTP_PORT": free_port(), "RELEVENT_OPENADR_PORT": free_port(),
-             "RELEVENT_IEC104_PORT": free_port(), "RELEVENT_OCPP_PORT": free_port(),
-             "RELEVENT_HEATPUMP_PORT": free_port(), "RELEVENT_METRICS_PORT": free_port()}
-    for key, port in ports.items():
-        monkeypatch.setenv(key, str(port))
-    state = tmp_path / "state"
-    monkeypatch.setenv("RELEVENT_STATE_DIR", str(state))
-    monkeypatch.delenv("RELEVENT_MQTT_EMBEDDED", raising=False)
-    topo = tmp_path / "demo.toml"
-    shutil.copy(REPO / "topologies" / "demo.toml", topo)
-    site = Site(topo, state).start(timeout=120)   # 29 actors; generous for a loaded machine
+    site, ports = demo_site(tmp_path, monkeypatch)
+    site.start(timeout=120)   # 29 actors; generous for a loaded machine
     mms = LibIec61850Client("127.0.0.1", ports["RELEVENT_MMS_PORT"])
     try:
         assert site.node("mqtt-broker")["detail"]["kind"] == "amqtt"
