@@ -224,6 +224,68 @@ def without_inverter_simulator(topology: str) -> str:
     return topology[:start] + topology[topology.index('[[simulator]]\nname = "battery"'):]
 
 
+def without_simulators(topology: str) -> str:
+    """lan_topology() with no simulator at all: the caller brings its own devices (pv1 is
+    then whatever serves unit 1 on the Modbus endpoint's port; nothing publishes for bat1)."""
+    return topology[:topology.index("[[simulator]]")]
+
+
+class MosquittoSub:
+    """Mosquitto's own `mosquitto_sub` (libmosquitto, not gmqtt, the library the product
+    uses) as a witness: keeps (receive time ns, topic, JSON) like MqttWatcher.  Subscribed
+    once a probe on a topic of its own, part of the same SUBSCRIBE, comes back (no sleep);
+    mosquitto_sub subscribes again by itself after a reconnect."""
+
+    def __init__(self, port: int, topics: list[str], timeout: float = 10.0) -> None:
+        self.port, self.topics = port, topics
+        self.messages: list[tuple[int, str, dict]] = []
+        self.lock = threading.Lock()
+        self._probe_topic, self._probe_seen = f"probe/{time.time_ns()}", threading.Event()
+        command = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-V", "mqttv311",
+                   "-F", "%U %t %p"]
+        for topic in [*topics, self._probe_topic]:
+            command += ["-t", topic]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._probe_seen.is_set():
+            if time.monotonic() > deadline:
+                self.close()
+                raise AssertionError(f"mosquitto_sub never subscribed to {topics} within {timeout} s")
+            publish(port, [b"probe"], self._probe_topic)
+            self._probe_seen.wait(0.3)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            stamp, _, rest = line.decode(errors="replace").rstrip("\n").partition(" ")
+            topic, _, payload = rest.partition(" ")
+            if topic == self._probe_topic:
+                self._probe_seen.set()
+                continue
+            seconds, _, nanos = stamp.partition(".")
+            t = int(seconds) * 1_000_000_000 + int(nanos.ljust(9, "0")[:9])
+            try:
+                doc = json.loads(payload)
+            except ValueError:
+                doc = {"raw": payload}
+            with self.lock:
+                self.messages.append((t, topic, doc))
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """With mosquitto_pub, QoS 1 (returns once the broker has it)."""
+        publish(self.port, [payload], topic)
+
+    commands = MqttWatcher.commands
+    wait_for = MqttWatcher.wait_for
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        self.thread.join(2)
+
+
 # -- a local EMS played by Mosquitto's command-line clients ----------------------------------------
 def publish(port: int, payloads: list[bytes], topic: str = "hedera-requests", user: tuple = ()) -> None:
     """mosquitto_pub, QoS 1, as broker `user` (name, password) if given; several payloads go

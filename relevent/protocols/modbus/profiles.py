@@ -25,6 +25,8 @@ from relevent.devices.load import GUARANTEED_MIN_W, load_command
 
 log = logging.getLogger("relevent.modbus")
 
+WSET_MOD_WATTS = 1   # model 704 WSetMod: 1 = WSet is in watts (0 = a percentage of WMax)
+
 
 class DeviceError(Exception):
     """The device answered, but not as its profile says (exception code, broken chain)."""
@@ -135,7 +137,7 @@ class SunSpecProfile:
         await self.io.write(address, regs)
         if 704 in self.models and "ActPow" in cmd.outputs:
             wsf = self.sf.get("WSet_SF", 0)
-            address, regs = _block(704, self.models[704], {"WSetEna": 1, "WSetMod": 0,
+            address, regs = _block(704, self.models[704], {"WSetEna": 1, "WSetMod": WSET_MOD_WATTS,
                                                            "WSet": round(cmd.setpoint_w / 10.0 ** wsf)})
             await self.io.write(address, regs)
             address, regs = _block(704, self.models[704], {"WSetRvrtTms": self.reversion_s})
