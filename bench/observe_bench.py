@@ -4,6 +4,8 @@ history database.
     .venv/bin/python bench/observe_bench.py lateness --observe off
     .venv/bin/python bench/observe_bench.py lateness --observe on              # sample_s 5 (the default)
     .venv/bin/python bench/observe_bench.py lateness --observe on --sample-s 1
+    .venv/bin/python bench/observe_bench.py lateness --observe off --reader      # A/B with the next one
+    .venv/bin/python bench/observe_bench.py lateness --observe off --tls         # MMS over TLS
     .venv/bin/python bench/observe_bench.py size
 
 lateness: a site of --ders DERs (controller_isolation "der", one MMS endpoint) where every
@@ -14,6 +16,13 @@ read once after the last entry, so nothing but the site (and, with --observe on,
 observer gathering the status tree every sample_s, answering scrapes of /metrics every
 --scrape-s and writing the history) runs meanwhile.  Percentiles are the histogram's
 bucket bounds (the bucket holding them); the mean is exact (sum / count).
+--reader: during the switching, a libiec61850 client (tests/mmsclients.py) reads every DER's
+ActPow_GGIO1.AnOut1.mxVal.f every --read-s (one read per DER; a sweep longer than the period
+delays the next).  --tls (implies --reader): the MMS endpoint serves MMS over TLS (`tls =
+true`, `anonymous = "none"`, the site's PKI made with `relevent pki` in a temporary folder,
+tests/sitectl.py make_pki); the set-up (open61850 over Python's ssl,
+relevent/protocols/mms/client.py) and the reader (libiec61850's mbedtls, mmsclients'
+TlsClient) present the certificate of the party `scada`.  Plain and TLS differ only in that.
 
 size: 7 days of a --ders DER site written through the real HistoryWriter with an injected
 clock (a sample every --sample-s, events at --events-per-hour, the observer's folding and
@@ -43,26 +52,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import open61850.mms as o61850  # noqa: E402
 from open61850.data import FloatData, IntData, TimestampData  # noqa: E402
 
-from mmsclients import mms_name  # noqa: E402
-from sitectl import Site, free_port  # noqa: E402
-from switch_bench import topology  # noqa: E402
+from mmsclients import LibIec61850Client, TlsClient, mms_name  # noqa: E402
+from mms_tls_bench import quiet  # noqa: E402
+from sitectl import Site, free_port, make_pki  # noqa: E402
+from switch_bench import summary, topology  # noqa: E402
+
+from relevent.protocols.mms.client import Target, _connect_tls, tls_context  # noqa: E402
 
 from relevent.history import HistoryWriter  # noqa: E402
 from relevent.history import fold as F  # noqa: E402
 
 
 # -- lateness ---------------------------------------------------------------------------------------
-def site_text(state: Path, ders: int, mms_port: int, observe: bool, sample_s: float, metrics_port: int) -> str:
+TLS_SITE = """
+[tls]
+cert = "{pki}/site.crt"
+key = "{pki}/site.key"
+ca = "{pki}/ca.crt"
+crl = ["{pki}/crl.pem"]
+
+[[party]]
+name = "scada"
+cert_cn = "scada"
+"""
+
+
+def site_text(state: Path, ders: int, mms_port: int, observe: bool, sample_s: float, metrics_port: int,
+              pki: Path | None = None) -> str:
     text = topology(state, ders, mms_port, heartbeat=1.0, isolation="der")
     keys = (f'metrics = "127.0.0.1:{metrics_port}"\nhistory_days = 7\nsample_s = {sample_s}\n' if observe
             else 'metrics = ""\nhistory_days = 0\n')
+    if pki is not None:   # MMS over TLS, the party scada named by its certificate
+        text = text.replace(f"port = {mms_port}\n", f'port = {mms_port}\ntls = true\nanonymous = "none"\n', 1)
+        text += TLS_SITE.format(pki=pki)
     return text.replace("[runtime]\n", "[runtime]\n" + keys, 1)
 
 
-def schedule_all(port: int, ders: int, entries: int) -> int:
-    """One ActPow schedule per DER, 1 s entries from the same whole second; returns it (ms)."""
+def schedule_all(port: int, ders: int, entries: int, pki: Path | None = None) -> int:
+    """One ActPow schedule per DER, 1 s entries from the same whole second; returns it (ms).
+    With `pki`: over TLS, as the party scada."""
     lds = [f"d{i:03d}Control" for i in range(ders)]
-    c = o61850.MmsClient.connect("127.0.0.1", port, timeout=30)
+    if pki is None:
+        c = o61850.MmsClient.connect("127.0.0.1", port, timeout=30)
+    else:
+        ctx = tls_context(str(pki / "ca.crt"), str(pki / "scada.crt"), str(pki / "scada.key"))
+        c = _connect_tls(Target("127.0.0.1", port, tls=ctx), 30)
     try:
         for i, ld in enumerate(lds):
             ref = f"DER_Scheduler_{ld}/ActPow_FSCH01"
@@ -105,41 +139,85 @@ def bucket_percentile(hist: dict, q: float) -> str:
     return f"> {hist['le'][-1] * 1000:g} ms"
 
 
+def connect_reader(port: int, pki: Path | None) -> LibIec61850Client:
+    """libiec61850's client, plain (anonymous) or over TLS as the party scada; its TLS
+    debugging lines (printed by the C library at the handshake) kept off stdout."""
+    tls = None if pki is None else TlsClient(str(pki / "ca.crt"), str(pki / "scada.crt"), str(pki / "scada.key"))
+    with quiet():
+        return LibIec61850Client("127.0.0.1", port, tls=tls)
+
+
 def lateness(args) -> dict:
+    reader_on = args.reader or args.tls
+    load_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mms_port, metrics_port = free_port(), free_port()
+        pki = make_pki(tmp / "pki", ("site", "site"), ("scada", "party")) if args.tls else None
         (tmp / "site.toml").write_text(site_text(tmp / "state", args.ders, mms_port, args.observe == "on",
-                                                 args.sample_s, metrics_port))
+                                                 args.sample_s, metrics_port, pki))
         started = time.monotonic()
         site = Site(tmp / "site.toml", tmp / "state").start(timeout=120)
         up_s = time.monotonic() - started
         scrapes: list[float] = []
+        sweeps: list[float] = []
+        read_errors = 0
+        reader = None
         try:
-            t0 = schedule_all(mms_port, args.ders, args.entries)
+            if reader_on:
+                reader = connect_reader(mms_port, pki)
+            t0 = schedule_all(mms_port, args.ders, args.entries, pki)
+            outputs = [f"DER_Scheduler_d{i:03d}Control/ActPow_GGIO1.AnOut1.mxVal.f" for i in range(args.ders)]
+            scraping = args.observe == "on" and args.scrape_s > 0
             runner, actors = [site.proc.pid], site.leftovers()
             cpu0 = (cpu_s(runner), cpu_s(actors), time.monotonic())
             end = t0 / 1000 + args.entries + 1.0
+            next_scrape = next_read = time.time()
             while time.time() < end:
-                if args.observe == "on" and args.scrape_s > 0:
+                if scraping and time.time() >= next_scrape:
+                    next_scrape += args.scrape_s
                     s = time.perf_counter()
                     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
                         body = r.read()
                     scrapes.append((time.perf_counter() - s) * 1000)
-                time.sleep(args.scrape_s if args.observe == "on" and args.scrape_s > 0 else 0.5)
+                if reader is not None and time.time() >= next_read:
+                    next_read = max(next_read + args.read_s, time.time())
+                    s = time.perf_counter()
+                    for ref in outputs:
+                        try:
+                            reader.read_float(ref, "MX")
+                        except IOError:
+                            read_errors += 1
+                    sweeps.append((time.perf_counter() - s) * 1000)
+                wake = min([end] + ([next_scrape] if scraping else []) + ([next_read] if reader is not None else []))
+                time.sleep(max(0.0, wake - time.time()))
             cpu1 = (cpu_s(runner), cpu_s(actors), time.monotonic())
             detail = site.node("mms")["detail"]
             history = (tmp / "state" / "history.sqlite")
             history_bytes = sum(p.stat().st_size for p in (tmp / "state").glob("history.sqlite*"))
+            tls_detail = detail.get("tls", {}) if args.tls else {}
         finally:
+            if reader is not None:
+                reader.close()
             site.stop(timeout=60)
             site.kill_everything()
+        log = tmp / "state" / "relevent.log"
+        warnings = [line for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
+                    if " WARNING " in line or " ERROR " in line]
     hist = detail["switch_lateness"]
     recent = [s["outputs_ms"] for s in detail.get("switches", [])]
     return {"ders": args.ders, "entries": args.entries, "observe": args.observe,
+            "mms": "tls (party scada's certificate)" if args.tls else "plain",
+            "reader": ({"client": "libiec61850", "every_s": args.read_s, "sweeps": len(sweeps),
+                        "reads": len(sweeps) * args.ders, "read_errors": read_errors,
+                        "sweep_ms": summary(sweeps) if sweeps else None} if reader_on else None),
+            "server_tls": {k: tls_detail.get(k) for k in ("min_version", "handshakes_refused", "last_handshake_refusal", "errors")
+                           if k in tls_detail} or None,
+            "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
             "sample_s": args.sample_s if args.observe == "on" else None,
             "scrape_every_s": args.scrape_s if args.observe == "on" else None,
             "site_up_s": round(up_s, 1), "switches": hist["count"],
+            "switched_on_time": detail.get("switched_on_time"), "log_warnings": warnings[:20],
             "expected_switches": args.ders * args.entries,
             "mean_ms": round(1000 * hist["sum"] / hist["count"], 3) if hist["count"] else None,
             "p50": bucket_percentile(hist, 50) if hist["count"] else None,
@@ -225,6 +303,12 @@ def main() -> None:
     a.add_argument("--observe", choices=("on", "off"), default="on")
     a.add_argument("--sample-s", type=float, default=5.0)
     a.add_argument("--scrape-s", type=float, default=1.0, help="a scrape of /metrics this often (on only; 0: none)")
+    a.add_argument("--reader", action="store_true",
+                   help="a libiec61850 client reads every DER's ActPow output every --read-s during the switching")
+    a.add_argument("--read-s", type=float, default=0.25)
+    a.add_argument("--tls", action="store_true",
+                   help="the MMS endpoint over TLS (tls = true), set-up and reader with a party's certificate; "
+                        "implies --reader")
     s = sub.add_parser("size")
     s.add_argument("--ders", type=int, default=10)
     s.add_argument("--sample-s", type=float, default=5.0)
