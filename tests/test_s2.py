@@ -531,7 +531,10 @@ def test_an_s2_python_rm_gets_the_handshake_its_details_answered_and_pebc_select
         select = next(f for f in rm.frames if f["message_type"] == "SelectControlType")
         assert select["control_type"] == "POWER_ENVELOPE_BASED_CONTROL"
         # Every message of the RM was answered OK: its Handshake, details and constraints.
-        node = site.wait_for("s2", lambda n: n["detail"]["devices"]["hp1"]["constraints"] is not None, timeout=10)
+        # s2-python's RM may send its constraints before its answer to SelectControlType (which
+        # is when the endpoint records the control type): wait for both.
+        node = site.wait_for("s2", lambda n: n["detail"]["devices"]["hp1"]["constraints"] is not None
+                             and n["detail"]["devices"]["hp1"]["control_type"] is not None, timeout=10)
         statuses = [f["status"] for f in rm.frames if f["message_type"] == "ReceptionStatus"]
         assert statuses and set(statuses) == {"OK"}, rm.frames
         dev = node["detail"]["devices"]["hp1"]
