@@ -290,6 +290,7 @@ class Measurement:
     detail: str = ""
     voltage_v: float | None = None     # phase A to neutral, V (SunSpec 101-103 PhVphA)
     frequency_hz: float | None = None  # Hz (SunSpec 101-103 Hz)
+    contact: bool | None = None        # a control box's switch contact wired to the device (§14a): True closed
 
 
 @dataclass

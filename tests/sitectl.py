@@ -37,6 +37,18 @@ def wait_until(t_ms: int) -> None:
         time.sleep(delay)
 
 
+def until(fn, what: str, timeout: float = 15.0, every: float = 0.05):
+    """fn()'s first truthy value within `timeout` s (polled every `every` s), or
+    AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s: {what}"
+        time.sleep(every)
+
+
 def mms_port(site: "Site", endpoint: str = "mms") -> int:
     from relevent.topology import load_topology
     return next(ep["port"] for ep in load_topology(site.topology).data["wan"] if ep["name"] == endpoint)

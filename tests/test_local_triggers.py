@@ -190,6 +190,11 @@ def test_a_measurement_trigger_reads_its_quantity_and_keys_from_the_config():
     assert LocalSchedule("measurement", "FSCH03", 1.0, 1, 1, measure="power_w").measured(m) == 7000.0
     # A sender that predates voltage and frequency still makes a Measurement: they are missing.
     assert CURTAIL.measured(Measurement("pv1", 7000.0, True, 0, "good", "modbus", "")) is None
+    # A control box's contact reads 1.0 closed, 0.0 open, None where the device has none.
+    box = LocalSchedule("measurement", "FSCH02", 4200.0, 1, 1, measure="contact", above=0.5)
+    assert box.measured(Measurement("hp1", None, True, 0, contact=True)) == 1.0
+    assert box.measured(Measurement("hp1", None, True, 0, contact=False)) == 0.0
+    assert box.measured(m) is None
 
 
 def test_the_site_ends_its_run_despite_client_locks_and_runs_it_again_while_the_condition_holds():

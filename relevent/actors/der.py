@@ -190,4 +190,6 @@ class DerActor(Supervisor):
                                 "state": m.detail}
             if m.voltage_v is not None or m.frequency_hz is not None:
                 info["measured"].update(voltage_v=m.voltage_v, frequency_hz=m.frequency_hz)
+            if m.contact is not None:
+                info["measured"]["contact"] = "closed" if m.contact else "open"
         return info

@@ -153,7 +153,7 @@ TABLES = ("coil", "discrete", "holding", "input")
 # point -> tables it may live in (written points: coils or holding registers)
 POINT_TABLES = {"state": ("holding",), "input1": ("coil", "holding"), "input2": ("coil", "holding"),
                 "enable": ("coil", "holding"), "power_limit": ("holding",), "readback": TABLES, "power": TABLES,
-                "tank_c": TABLES, "indoor_c": TABLES, "outdoor_c": TABLES, "flags": TABLES}
+                "tank_c": TABLES, "indoor_c": TABLES, "outdoor_c": TABLES, "flags": TABLES, "contact": TABLES}
 MAP_KEYS = ("status", "title", "source", "note", "address_base")
 STATUSES = ("documented", "example")
 

@@ -8,8 +8,8 @@ MMS like any other), configured per DER in the topology:
 * "no_telecom": when no WAN contact happened for `after_s`, run `value` for `duration_s`,
   and again each time it ends while there is still no contact (EEBus LPC's failsafe).
   Contact coming back does not cut it short: a remote actor may disable it (unless locked).
-* "measurement": when a measured quantity of the DER (voltage_v, frequency_hz, power_w) is
-  above or below a threshold for min_duration_s, run `value` for `duration_s`, again each
+* "measurement": when a measured quantity of the DER (voltage_v, frequency_hz, power_w, or
+  contact: a §14a control box's switch contact, 1 closed) is above or below a threshold for min_duration_s, run `value` for `duration_s`, again each
   time that run ends while the condition holds, and end it (disable) once the condition has
   been clear for clear_s.  The state machine is relevent/scheduling/trigger.py.
 
@@ -27,7 +27,9 @@ from relevent.scheduling.trigger import Condition, TriggerState
 
 TRIGGERS = ("power_up", "no_telecom", "measurement")
 # What a measurement trigger may watch -> the Measurement attribute that carries it.
-MEASURES = {"voltage_v": "voltage_v", "frequency_hz": "frequency_hz", "power_w": "w"}
+# "contact": a control box's switch contact read at the device (§14a EnWG), 1.0 closed and
+# 0.0 open; `above = 0.5` arms while it is closed (`below = 0.5`: while open).
+MEASURES = {"voltage_v": "voltage_v", "frequency_hz": "frequency_hz", "power_w": "w", "contact": "contact"}
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class LocalSchedule:
 
     def measured(self, measurement: object) -> float | None:
         """The value this trigger watches in a Measurement (None: the device has none)."""
-        return getattr(measurement, MEASURES[self.measure], None)
+        value = getattr(measurement, MEASURES[self.measure], None)
+        return None if value is None else float(value)
 
 
 def arm(sched: Schedule, local: LocalSchedule, now: int) -> Outcome:

@@ -242,8 +242,9 @@ class HeatPumpSimulator(AsyncioSimulator):
         pump = self.pump
         p = self.map.points[name]
         value = {"readback": float(pump.sg), "power": pump.electric_w, "tank_c": pump.th.tank_c,
-                 "indoor_c": pump.th.indoor_c, "outdoor_c": pump.outdoor, "flags": float(pump.flags)}[name]
-        return _counts(value, p) if name not in ("readback", "flags") else int(value)
+                 "indoor_c": pump.th.indoor_c, "outdoor_c": pump.outdoor, "flags": float(pump.flags),
+                 "contact": float(self.values.get("contact", 0))}[name]   # no control box: open
+        return _counts(value, p) if name not in ("readback", "flags", "contact") else int(value)
 
     def _apply_written(self) -> None:
         """The device reads its SG-Ready points and its power limit."""
@@ -265,7 +266,7 @@ class HeatPumpSimulator(AsyncioSimulator):
         points = []
         for i, v in enumerate(values):
             p = self._at(table, address + i)
-            if p is None or p.name in ("readback", "power", "tank_c", "indoor_c", "outdoor_c", "flags"):
+            if p is None or p.name in ("readback", "power", "tank_c", "indoor_c", "outdoor_c", "flags", "contact"):
                 return ExcCodes.ILLEGAL_ADDRESS
             raw = int(bool(v)) if table == "coil" else int(v)
             if p.name == "state" and raw not in sgready.NAMES:

@@ -205,7 +205,7 @@ DER = {
     "local": Field((list,), default=[], check=lambda v: _check_local(v),
                    doc="local schedules (docs/scheduling.md): [{trigger = \"no_telecom\" | \"power_up\" | "
                        "\"measurement\", function, schedule = \"FSCHnn\", value, duration_s, priority, after_s "
-                       "(no_telecom); measure = \"voltage_v\" | \"frequency_hz\" | \"power_w\", above or "
+                       "(no_telecom); measure = \"voltage_v\" | \"frequency_hz\" | \"power_w\" | \"contact\", above or "
                        "below, hysteresis, min_duration_s, clear_s (measurement)}]"),
     "at_stop": Field((str,), default="keep", choices=("keep", "reserve"),
                      doc="what the device is left with when the site stops for good (SIGTERM, systemctl stop): "
@@ -325,6 +325,11 @@ def _check_measurement_trigger(item: dict) -> str | None:
         return f".measure: {item['measure']!r} is not one of {', '.join(LOCAL_MEASURES)}"
     if ("above" in item) == ("below" in item):
         return ".above: measurement trigger needs exactly one of above/below"
+    threshold = item.get("above", item.get("below"))
+    if item["measure"] == "contact" and not 0 < threshold < 1:
+        key = "above" if "above" in item else "below"
+        return (f".{key}: a contact reads 1 closed and 0 open: use above = 0.5 (armed while closed) or "
+                f"below = 0.5 (while open), not {threshold}")
     for key in ("hysteresis", "min_duration_s", "clear_s"):
         if item.get(key, 0) < 0:
             return f".{key}: must be >= 0, got {item[key]}"

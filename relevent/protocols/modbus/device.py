@@ -39,6 +39,7 @@ class DeviceEvent:
     voltage_v: float | None = None      # measured: where the profile reads them (SunSpec 101-103)
     frequency_hz: float | None = None
     info: dict | None = None            # measured: the profile's own facts for the endpoint's detail (SG-Ready)
+    contact: bool | None = None         # measured: a control box's switch contact (SG-Ready maps with `contact`)
 
 
 class ModbusDevice:
@@ -104,7 +105,8 @@ class ModbusDevice:
                 self.post(DeviceEvent(self.der["name"], "measured", now_ms(), w=w, connected=conn, text=profile.state,
                                       voltage_v=getattr(profile, "voltage_v", None),
                                       frequency_hz=getattr(profile, "frequency_hz", None),
-                                      info=getattr(profile, "info", None)))
+                                      info=getattr(profile, "info", None),
+                                      contact=getattr(profile, "contact", None)))
                 next_poll = max(next_poll + self.config["poll_period"], now)
             wait = min(next_poll, next_write if cmd is not None else next_poll) - time.monotonic()
             due = getattr(profile, "due", None)

@@ -75,7 +75,7 @@ class ModbusEndpoint:
             if ev.info:   # the profile's own facts (SG-Ready: state, limit, tank and indoor temperature)
                 state.update(ev.info)
             self._send(Measurement(ev.der, ev.w, ev.connected, ev.at, "good", self.config["name"], ev.text,
-                                   voltage_v=ev.voltage_v, frequency_hz=ev.frequency_hz))
+                                   voltage_v=ev.voltage_v, frequency_hz=ev.frequency_hz, contact=ev.contact))
 
     def _send(self, m: Measurement) -> None:
         # Straight to the DER once a command told us where it is; through the site before.

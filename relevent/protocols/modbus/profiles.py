@@ -205,6 +205,7 @@ class SgReadyProfile:
     is written when it is `due` (wall-clock s), without a new command."""
     name = "sgready"
     state = ""
+    contact: bool | None = None   # of the last measure(): the map's `contact` point, nonzero = closed
 
     def __init__(self, io: Io, der: dict, reversion_s: int) -> None:
         opts = der.get("sgready") or {}
@@ -257,7 +258,8 @@ class SgReadyProfile:
         self._describe({})
 
     async def measure(self) -> tuple[float | None, bool | None]:
-        names = [n for n in ("readback", "power", "tank_c", "indoor_c", "outdoor_c", "flags") if n in self.map.points]
+        names = [n for n in ("readback", "power", "tank_c", "indoor_c", "outdoor_c", "flags", "contact")
+                 if n in self.map.points]
         raw: dict[str, int] = {}
         by_table: dict[str, list] = {}
         for n in names:
@@ -270,6 +272,7 @@ class SgReadyProfile:
             else:
                 for p in points:
                     raw[p.name] = (await self.io.read_table(table, p.address, 1))[0]
+        self.contact = bool(raw["contact"]) if "contact" in raw else None
         self._describe(raw)
         if "readback" in raw and self.decision is not None and raw["readback"] != self.decision.state:
             for point, _ in self.map.writes(self.decision.state):   # the device lost it: write again
@@ -293,6 +296,8 @@ class SgReadyProfile:
                 info[name] = round(self.map.points[name].decode(raw[name]), 2)
         if "readback" in raw:
             info["device_state"] = raw["readback"]
+        if "contact" in raw:
+            info["contact"] = "closed" if raw["contact"] else "open"
         if "flags" in raw:
             info["compressor"] = bool(raw["flags"] & 1)
             info["comfort_override"] = bool(raw["flags"] & 2)
@@ -305,6 +310,8 @@ class SgReadyProfile:
             parts.append(f"device in state {info['device_state']}")
         if info.get("comfort_override"):
             parts.append("device left the block for comfort")
+        if info.get("contact") == "closed":
+            parts.append("control box contact closed")
         if "tank_c" in info:
             parts.append(f"tank {info['tank_c']:.1f} °C")
         if "indoor_c" in info:
