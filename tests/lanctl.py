@@ -2,7 +2,6 @@
 watcher that timestamps what it receives, and a socket that accepts and never answers."""
 from __future__ import annotations
 
-import asyncio
 import json
 import queue
 import shutil
@@ -12,8 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-from gmqtt import Client
-from gmqtt.mqtt.constants import MQTTv311
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -45,73 +42,6 @@ class Mosquitto:
             self.proc.terminate()
             self.proc.wait(5)
         self.proc = None
-
-
-class MqttWatcher:
-    """Subscribes (again after every reconnect) and keeps (receive time ns, topic, JSON)."""
-
-    def __init__(self, port: int, topics: list[str]) -> None:
-        self.port, self.topics = port, topics
-        self.messages: list[tuple[int, str, dict]] = []
-        self.lock = threading.Lock()
-        self.loop = asyncio.new_event_loop()
-        self.client = Client(f"watcher-{time.time_ns()}")
-        self.client.set_config({"reconnect_retries": -1, "reconnect_delay": 0.2})
-        self.client.on_connect = lambda c, *a: [c.subscribe(t, qos=1) for t in self.topics]
-        self.client.on_message = self._message
-        subacks = threading.Semaphore(0)
-        self.client.on_subscribe = lambda *a: subacks.release()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.client.connect("127.0.0.1", port, version=MQTTv311),
-                                         self.loop).result(5)
-        # Watching once the broker acknowledged every subscription (a marker, not a sleep).
-        for topic in self.topics:
-            assert subacks.acquire(timeout=10), f"the broker never acknowledged the subscription to {topic}"
-
-    def _message(self, client, topic, payload, qos, properties) -> int:
-        t = time.time_ns()
-        try:
-            doc = json.loads(payload)
-        except ValueError:
-            doc = {"raw": payload.decode(errors="replace")}
-        with self.lock:
-            self.messages.append((t, topic, doc))
-        return 0
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.loop.call_soon_threadsafe(lambda: self.client.publish(topic, payload, qos=1))
-
-    def commands(self, identifier: str) -> list[tuple[int, float]]:
-        """(receive ns, ctlVal) of the PivotCommands for `identifier`."""
-        out = []
-        with self.lock:
-            for t, _topic, doc in self.messages:
-                if doc.get("operation") != "PivotCommand":
-                    continue
-                gtic = doc["parameters"][0]["value"]["GTIC"]
-                if gtic["Identifier"] == identifier:
-                    body = gtic.get("ApcTyp") or gtic.get("SpcTyp")
-                    out.append((t, body["ctlVal"]))
-        return out
-
-    def wait_for(self, predicate, timeout: float = 10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                found = [m for m in self.messages if predicate(m)]
-            if found:
-                return found
-            time.sleep(0.02)
-        raise AssertionError(f"no matching MQTT message within {timeout} s; got {len(self.messages)} others")
-
-    def close(self) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self.client.disconnect(), self.loop).result(2)
-        except Exception:  # noqa: BLE001 - the broker may be gone
-            pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(2)
 
 
 class Blackhole:
@@ -232,7 +162,7 @@ def without_simulators(topology: str) -> str:
 
 class MosquittoSub:
     """Mosquitto's own `mosquitto_sub` (libmosquitto, not gmqtt, the library the product
-    uses) as a witness: keeps (receive time ns, topic, JSON) like MqttWatcher.  Subscribed
+    uses) as a witness: keeps (receive time ns, topic, JSON; {"raw": text} when not JSON).  Subscribed
     once a probe on a topic of its own, part of the same SUBSCRIBE, comes back (no sleep);
     mosquitto_sub subscribes again by itself after a reconnect."""
 
@@ -276,8 +206,29 @@ class MosquittoSub:
         """With mosquitto_pub, QoS 1 (returns once the broker has it)."""
         publish(self.port, [payload], topic)
 
-    commands = MqttWatcher.commands
-    wait_for = MqttWatcher.wait_for
+    def commands(self, identifier: str) -> list[tuple[int, float]]:
+        """(receive ns, ctlVal) of the PivotCommands for `identifier`."""
+        out = []
+        with self.lock:
+            for t, _topic, doc in self.messages:
+                if doc.get("operation") != "PivotCommand":
+                    continue
+                gtic = doc["parameters"][0]["value"]["GTIC"]
+                if gtic["Identifier"] == identifier:
+                    body = gtic.get("ApcTyp") or gtic.get("SpcTyp")
+                    out.append((t, body["ctlVal"]))
+        return out
+
+    def wait_for(self, predicate, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                found = [m for m in self.messages if predicate(m)]
+            if found:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"no matching MQTT message within {timeout} s; got {len(self.messages)} others")
+
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -11,7 +11,7 @@ import time
 import pytest
 import sunspec2.modbus.client as ssclient
 
-from lanctl import Blackhole, Mosquitto, MqttWatcher, lan_topology, read_write_log
+from lanctl import Blackhole, Mosquitto, MosquittoSub, lan_topology, read_write_log
 from mmsclients import LibIec61850Client
 from sitectl import Site, free_port, now_ms, wait_until
 
@@ -28,7 +28,7 @@ def lan(tmp_path):
     site = Site(topo, state)
     try:
         site.start()
-        watcher = MqttWatcher(ports["mqtt"], ["fledge/#"])
+        watcher = MosquittoSub(ports["mqtt"], ["fledge/#"])
         mms = LibIec61850Client("127.0.0.1", ports["mms"])
     except BaseException:
         # A failed set-up never reaches the teardown below: leave no site running.

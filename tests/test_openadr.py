@@ -1,8 +1,9 @@
 """The OpenADR 2.0b VEN (`protocol = "openadr"`) end to end: a real site against openleadr's
 own VTN (OpenADRServer, run in this process on its own event loop thread), a real Mosquitto
-broker between the site and its device, and an MQTT watcher (gmqtt) timestamping the pivot
-commands the device gets.  The peer is the library's VTN, never our code path: it registers
-the VEN, issues and cancels events, receives the opt-in/opt-out and the telemetry reports."""
+broker between the site and its device, and an MQTT witness (mosquitto_sub, not gmqtt, the
+library the site uses) timestamping the pivot commands the device gets.  The peer is the
+library's VTN, never our code path: it registers the VEN, issues and cancels events,
+receives the opt-in/opt-out and the telemetry reports."""
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from lanctl import Mosquitto, MqttWatcher
+from lanctl import Mosquitto, MosquittoSub
 from openleadr import OpenADRServer
 from sitectl import Site, free_port, now_ms, wait_until
 
@@ -176,7 +177,7 @@ def env(tmp_path_factory):
     watcher = None
     try:
         site.start(timeout=60)
-        watcher = MqttWatcher(broker.port, ["fledge/south-command"])
+        watcher = MosquittoSub(broker.port, ["fledge/south-command"])
         yield {"site": site, "vtn": vtn, "watcher": watcher}
         site.stop()
         assert site.leftovers() == []
@@ -188,11 +189,11 @@ def env(tmp_path_factory):
         broker.stop()
 
 
-def commands_since(watcher: MqttWatcher, t_ns: int) -> list[tuple[int, float]]:
+def commands_since(watcher: MosquittoSub, t_ns: int) -> list[tuple[int, float]]:
     return [(t, v) for t, v in watcher.commands(MAXPOW) if t >= t_ns]
 
 
-def wait_for_command(watcher: MqttWatcher, value: float, since_ns: int, timeout: float = 10.0) -> int:
+def wait_for_command(watcher: MosquittoSub, value: float, since_ns: int, timeout: float = 10.0) -> int:
     """The receive time (ns) of the first command of `value` after `since_ns`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
