@@ -85,6 +85,8 @@ def test_a_staged_switch_the_switcher_did_not_take_is_cancelled_and_the_new_stat
     assert cancelled == [staged.serial] and b.staged == {}
     assert changed_settings(plan) == {f"{LD}/ActPow_FSCH01.SchdPrio.setVal"}
     assert b.switched_on_time == 0
+    # Its due time is kept once, for the endpoint to count it as late if it was due already.
+    assert b.take_cancelled() == [staged.state.at] and b.take_cancelled() == []
 
 
 def test_a_staged_switch_the_switcher_took_is_recorded_first_and_the_new_plan_made_on_top_of_it():
@@ -95,6 +97,7 @@ def test_a_staged_switch_the_switcher_took_is_recorded_first_and_the_new_plan_ma
     plan = b.take(state(2, prio=50), [], cancel=lambda serial: False)  # already written
     assert changed_settings(plan) == set()   # the switch wrote prio 50 already
     assert b.switched_on_time == 1
+    assert b.take_cancelled() == []   # applied by the switcher: its report carries its lateness
 
 
 def test_reports_of_applied_switches_are_recorded_a_few_at_a_time():

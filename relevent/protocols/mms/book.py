@@ -13,6 +13,9 @@ Invariants:
 * At most one switch is staged per controller.  When something newer of a controller
   arrives, its staged switch is either cancelled (the switcher had not taken it) or, if
   the switcher took it, recorded as applied first, and the new plan is made on top of it.
+  A cancelled switch's due time is kept (`take_cancelled`): one already due when it was
+  cancelled reached the model late, by the newer plan, and the endpoint counts it as a
+  late switch (a switch lateness histogram without it would drop exactly the worst ones).
 * What clients wrote after a state was made (its unacknowledged writes) stays as they
   wrote it: the plan leaves those attributes out.
 """
@@ -61,6 +64,7 @@ class ModelBook:
         self.unsettled: dict[int, Any] = {}      # serial -> applied by the switcher, not recorded yet
         self.serials = itertools.count(1)
         self.switched_on_time = 0
+        self.cancelled: list[int] = []           # due times (ms) of staged switches cancelled since taken
 
     # -- plans ------------------------------------------------------------------------------------
     def plan(self, state: ControllerState, unacked: list[tuple]) -> Plan | None:
@@ -140,10 +144,16 @@ class ModelBook:
             return False
         if cancel(plan.serial):
             del self.switch_keys[plan.serial]
+            self.cancelled.append(plan.state.at)
             return False
         self.commit(plan)  # its report, when collected, finds it recorded
         self.switched_on_time += 1
         return True
+
+    def take_cancelled(self) -> list[int]:
+        """The due times (ms) of the staged switches cancelled since the last call."""
+        out, self.cancelled = self.cancelled, []
+        return out
 
     def reported(self, serial: int, report: Any) -> None:
         """The switcher applied the switch `serial`."""

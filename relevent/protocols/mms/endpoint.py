@@ -569,6 +569,7 @@ class MmsEndpoint:
         with self.book as book:
             self._collect(book)
             plan = book.take(state, unacked, self.switcher.cancel)
+            self._cancelled(book)
             if plan is None:
                 return
             if plan.updates:
@@ -585,6 +586,7 @@ class MmsEndpoint:
             self.switcher.drain()
             self._collect(book)
             plan = book.take(state, unacked, self.switcher.cancel)
+            self._cancelled(book)
             if plan is None:
                 return
             if plan.updates:
@@ -608,6 +610,7 @@ class MmsEndpoint:
             self._collect(book)
             book.settle(key=key)
             book.drop_staged(key, self.switcher.cancel)
+            self._cancelled(book)
 
     def _switched(self) -> None:
         """The follower thread, after the switcher applied some switches: records them a
@@ -621,15 +624,27 @@ class MmsEndpoint:
             if more:
                 time.sleep(0)  # let a handler waiting for the book have it
 
+    def _late(self, late_s: float) -> None:
+        self.lateness[bisect.bisect_left(LATENESS_BUCKETS, late_s)] += 1
+        self.lateness_sum += late_s
+
+    def _cancelled(self, book: ModelBook) -> None:
+        """`book` held, after a take or drop: a staged switch cancelled once it was due (the
+        switcher had not run yet) reaches the model by the newer plan, so it is a late switch,
+        counted with the time until now (a lower bound: the push writes it just after)."""
+        now = now_ms()
+        for at in book.take_cancelled():
+            if at <= now:
+                self._late((now - at) / 1000)
+                self.stats["switches_cancelled_late"] = self.stats.get("switches_cancelled_late", 0) + 1
+
     def _collect(self, book: ModelBook) -> None:
         """`book` held: take the switcher's reports."""
         batches: dict[int, Any] = {}
         for done in self.switcher.collect():
             book.reported(done.key, done)
             self.last_switch_ms = max(self.last_switch_ms, done.at_ms)
-            late = max(0.0, (done.outputs_ns - done.at_ms * 1_000_000) / 1e9)   # early counts as on time
-            self.lateness[bisect.bisect_left(LATENESS_BUCKETS, late)] += 1
-            self.lateness_sum += late
+            self._late(max(0.0, (done.outputs_ns - done.at_ms * 1_000_000) / 1e9))   # early counts as on time
             batches.setdefault(done.outputs_ns, done)
         if self.switcher.lost:
             log.error("mms endpoint=%s %d applied switches not recorded (collected too late)",
