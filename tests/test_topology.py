@@ -95,7 +95,7 @@ def test_supervision_levels_inherit_and_override():
     (lambda t: t.replace('protocol = "mqtt"', 'protocol = "mms"\nport = 1'),
      "site.toml:12: lan[0].protocol: protocol 'mms' is a WAN protocol, not LAN"),
     (lambda t: t.replace('protocol = "mqtt"', 'protocol = "amqp"'),
-     "site.toml:12: lan[0].protocol: unknown protocol 'amqp' (known for lan: mqtt, modbus, ocpp, s2)"),
+     "site.toml:12: lan[0].protocol: unknown protocol 'amqp' (known for lan: mqtt, modbus, ocpp, s2, mqtt-relay)"),
     (lambda t: t + 'functions = ["ActPow", "Volt"]\n',
      "site.toml:18: der[0].functions: unknown control function 'Volt' (use ActPow, MaxPow, OnOff)"),
     (lambda t: t + '[supervision]\nstrategy = "one_for_none"\n',

@@ -43,13 +43,15 @@ DEVICE_KEYS = ("name", "functions", "address", "profile", "rated_power_w", "poin
                "guaranteed_min_w", "sgready")
 
 
-def device_slice(der: dict) -> dict:
-    """What a LAN endpoint or simulator needs of a DER: a change elsewhere (schedules,
-    locks, ...) must not restart the endpoint."""
-    return {k: der[k] for k in DEVICE_KEYS if k in der}
+def device_slice(der: dict, extra: tuple[str, ...] = ()) -> dict:
+    """What a LAN endpoint or simulator needs of a DER (DEVICE_KEYS, and the `extra` keys
+    its protocol declares: ProtocolSpec.der_keys): a change elsewhere (schedules, locks,
+    ...) must not restart the endpoint."""
+    return {k: der[k] for k in (*DEVICE_KEYS, *extra) if k in der}
 
 
 def site_children(data: dict) -> list[ChildSpec]:
+    from relevent.protocols.registry import PROTOCOLS  # here: the registry imports the topology package
     # Simulated devices and embedded brokers first: endpoints find them up.
     specs = [ChildSpec(sim["name"], "simulator", "relevent.actors.simulator.SimulatorActor",
                        {**sim, "ders": [device_slice(d) for d in data["der"] if d["name"] == sim.get("der")]})
@@ -77,7 +79,8 @@ def site_children(data: dict) -> list[ChildSpec]:
                         host=der.get("host", ""))
               for der in data["der"]]
     specs += [ChildSpec(ep["name"], "lan", "relevent.actors.endpoint.EndpointActor",
-                        {**ep, "ders": [device_slice(d) for d in data["der"] if d["lan"] == ep["name"]]})
+                        {**ep, "ders": [device_slice(d, PROTOCOLS[ep["protocol"]].der_keys)
+                                        for d in data["der"] if d["lan"] == ep["name"]]})
               for ep in data["lan"]]
     return specs
 

@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import Any
+
+from relevent.devices.load import GUARANTEED_MIN_W, load_command
 
 BLOCKED, NORMAL, RECOMMENDED, FORCED = 1, 2, 3, 4
 NAMES = {BLOCKED: "blocked", NORMAL: "normal", RECOMMENDED: "recommended on", FORCED: "forced on"}
@@ -86,6 +89,11 @@ class Decision:
     def state(self) -> int:
         return self.sg.state
 
+    def summary(self) -> dict:
+        """What status shows of it (relevent status --json, the endpoint's `sgready`)."""
+        return {"state": self.state, "name": NAMES[self.state], "wanted": self.wanted,
+                "pending_until": self.pending_until, "note": self.note, "blocks_in_window": len(self.sg.block_starts)}
+
     def text(self) -> str:
         out = f"SG-Ready {self.state} ({NAMES[self.state]})"
         if self.pending_until is not None:
@@ -109,6 +117,35 @@ def wanted_state(blocked: bool, requested_w: float | None, forced_w: float) -> i
     if requested_w is None or not requested_w > 0:
         return NORMAL
     return FORCED if requested_w >= forced_w else RECOMMENDED
+
+
+@dataclass(frozen=True)
+class HeatPump:
+    """A heat pump DER's SG-Ready settings, whatever carries its contacts (a Modbus map, MQTT
+    relays): its rules, rating, §14a floor and the consumption that means "forced on"."""
+    rules: Rules
+    rated_w: float
+    guaranteed_w: float
+    forced_w: float
+
+    @classmethod
+    def from_der(cls, der: dict) -> "HeatPump":
+        """From a DER's topology entry (`rated_power_w`, `guaranteed_min_w`, `sgready`)."""
+        opts = der.get("sgready") or {}
+        rated = float(der["rated_power_w"])
+        return cls(Rules(float(opts.get("min_run_s", 0)), float(opts.get("min_off_s", 0)),
+                         float(opts.get("block_max_s", 7200)), int(opts.get("blocks_per_day", 3))),
+                   rated, float(der.get("guaranteed_min_w", GUARANTEED_MIN_W)), float(opts.get("forced_w") or rated))
+
+    def decide(self, sg: SgState, outputs: dict[str, Any], now: float) -> tuple[Decision, float]:
+        """The switch for the DER's controller outputs (function -> value, or (value, ...)
+        as a DeviceCommand carries them) at `now` (s), and the dimming limit in W: the
+        §14a limit holds whatever the state (a block lifted by the rules, or left by the
+        device for comfort, runs within it)."""
+        values = {k: v[0] if isinstance(v, tuple) else v for k, v in outputs.items()}
+        load = load_command(values, self.rated_w, self.guaranteed_w)
+        d = step(sg, wanted_state(load.blocked, load.requested_w, self.forced_w), now, self.rules)
+        return d, load_command({**values, "OnOff": None}, self.rated_w, self.guaranteed_w).limit_w
 
 
 def step(sg: SgState, wanted: int, now: float, rules: Rules) -> Decision:

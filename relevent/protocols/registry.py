@@ -33,6 +33,9 @@ class ProtocolSpec:
     # be (key, message, "warning"): reported by `relevent check`, the site still starts.
     check_der: Callable[[dict, dict], list] | None = None
     check_site: Callable[[dict, dict], list] | None = None
+    # DER keys a LAN endpoint of this protocol gets besides the ones every LAN endpoint gets
+    # (relevent/actors/site.py DEVICE_KEYS): a protocol's own per-DER table.
+    der_keys: tuple[str, ...] = ()
 
 
 def _modbus_der(der: dict, lan: dict) -> list:
@@ -47,6 +50,22 @@ def _modbus_der(der: dict, lan: dict) -> list:
         out.append(("registers", "profile registers needs at least registers.setpoint"))
     elif der["profile"] == "sgready" and der.get("type") != "heat_pump":
         out.append(("type", f"profile sgready drives a load: use type = \"heat_pump\", not {der.get('type')!r}"))
+    return out
+
+
+def _mqtt_relay_der(der: dict, lan: dict) -> list:
+    """A heat pump with a `relays` table (whose keys the DER key's own check validates:
+    relevent/topology/schema.py `_check_relays`, relevent/protocols/mqtt_relay/relays.py)."""
+    out = []
+    if der.get("type") != "heat_pump":
+        out.append(("type", f"an mqtt-relay endpoint drives SG-Ready contacts of a load: use type = \"heat_pump\", "
+                            f"not {der.get('type')!r}"))
+    if not der.get("relays"):
+        out.append(("relays", "a DER on an mqtt-relay endpoint needs its relays, e.g. "
+                              "relays = { style = \"tasmota\", device = \"hp-relay\" } (docs/devices.md)"))
+    if not der.get("rated_power_w"):
+        out.append(("rated_power_w", "an SG-Ready heat pump needs its rated_power_w (the state 4 threshold and "
+                                     "the §14a floor are taken from it)"))
     return out
 
 
@@ -450,6 +469,21 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "relevent.protocols.s2.endpoint.S2Endpoint",
             "S2 (EN 50491-12-2) CEM for smart devices' resource managers: commands as PEBC power envelopes, "
             "PowerMeasurements as measurements (docs/s2.md)", check_der=_s2_der),
+        ProtocolSpec(
+            "mqtt-relay", "lan", False,
+            {
+                "host": Field((str,), default="127.0.0.1", doc="the broker the relays are on"),
+                "port": Field((int,), default=1883, check=port_check),
+                "qos": Field((int,), default=1, choices=(0, 1, 2), doc="of the relay commands and subscriptions"),
+                "reconnect_delay": Field(NUMBER, default=1.0, check=positive, doc="seconds between reconnects"),
+                "measure_period": Field(NUMBER, default=1.0, check=positive,
+                                        doc="seconds between measurements sent to the DER from the last relay, "
+                                            "contact and power values seen (devices report changes only)"),
+                **TLS_CLIENT_KEYS,
+            },
+            "relevent.protocols.mqtt_relay.endpoint.MqttRelayEndpoint",
+            "SG-Ready over MQTT relays (Tasmota, Home Assistant or explicit topics), a control box's contact "
+            "as a §14a input (docs/devices.md)", check_der=_mqtt_relay_der, der_keys=("relays",)),
         # Simulated devices, started by the site like endpoints (tests, demos, commissioning).
         ProtocolSpec(
             "sunspec-inverter", "simulator", True,

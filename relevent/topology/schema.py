@@ -202,6 +202,11 @@ DER = {
                          "min_run_s, min_off_s (the compressor's), block_max_s = 7200, blocks_per_day = 3 (the "
                          "tariff's), forced_w (a requested consumption from which state 4 is sent; default "
                          "rated_power_w)} (docs/devices.md)"),
+    "relays": Field((dict,), default={}, check=lambda v: _check_relays(v),
+                    doc="lan on an mqtt-relay endpoint: the MQTT relays on the SG-Ready inputs, {style = "
+                        "\"tasmota\", device, channels = [1, 2], contact (SWITCHn)} or {style = \"homeassistant\", "
+                        "prefix, contact_topic} or {style = \"explicit\", input1_command, input2_command, ...}; "
+                        "power_topic (docs/devices.md \"SG-Ready over MQTT relays\")"),
     "local": Field((list,), default=[], check=lambda v: _check_local(v),
                    doc="local schedules (docs/scheduling.md): [{trigger = \"no_telecom\" | \"power_up\" | "
                        "\"measurement\", function, schedule = \"FSCHnn\", value, duration_s, priority, after_s "
@@ -262,6 +267,18 @@ def _check_sgready(v: dict) -> str | None:
                       v.get("blocks_per_day", 3))
     except ValueError as exc:
         return f"sgready: {exc}"
+    return None
+
+
+def _check_relays(v: dict) -> str | None:
+    """An empty table is no relays (the mqtt-relay endpoint's check asks for them)."""
+    from relevent.protocols.mqtt_relay.relays import parse
+    if not v:
+        return None
+    try:
+        parse(v)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

@@ -21,7 +21,6 @@ from typing import Any
 from pymodbus.client import AsyncModbusTcpClient
 
 from relevent.devices import sgready, sunspec
-from relevent.devices.load import GUARANTEED_MIN_W, load_command
 
 log = logging.getLogger("relevent.modbus")
 
@@ -208,14 +207,9 @@ class SgReadyProfile:
     contact: bool | None = None   # of the last measure(): the map's `contact` point, nonzero = closed
 
     def __init__(self, io: Io, der: dict, reversion_s: int) -> None:
-        opts = der.get("sgready") or {}
         self.io, self.der = io, der
-        self.map = sgready.get_map(opts.get("map", "example-register"))
-        self.rules = sgready.Rules(float(opts.get("min_run_s", 0)), float(opts.get("min_off_s", 0)),
-                                   float(opts.get("block_max_s", 7200)), int(opts.get("blocks_per_day", 3)))
-        self.rated = float(der["rated_power_w"])
-        self.guaranteed = float(der.get("guaranteed_min_w", GUARANTEED_MIN_W))
-        self.forced_w = float(opts.get("forced_w") or self.rated)
+        self.map = sgready.get_map((der.get("sgready") or {}).get("map", "example-register"))
+        self.pump = sgready.HeatPump.from_der(der)
         self.keep: dict = {}
         self.decision: sgready.Decision | None = None
         self.limit_w: float | None = None
@@ -233,14 +227,7 @@ class SgReadyProfile:
         return f"sgready map {self.map.name} ({self.map.status})"
 
     async def apply(self, cmd: Any) -> None:
-        outputs = {k: v[0] if isinstance(v, tuple) else v for k, v in cmd.outputs.items()}
-        load = load_command(outputs, self.rated, self.guaranteed)
-        wanted = sgready.wanted_state(load.blocked, load.requested_w, self.forced_w)
-        before = self.keep.get("sg") or sgready.SgState()
-        d = sgready.step(before, wanted, time.time(), self.rules)
-        # The dimming limit (§14a) holds whatever the state: a block lifted by the rules, or
-        # left by the device for comfort, runs within it.
-        limit_w = load_command({**outputs, "OnOff": None}, self.rated, self.guaranteed).limit_w
+        d, limit_w = self.pump.decide(self.keep.get("sg") or sgready.SgState(), cmd.outputs, time.time())
         if self.decision is None or d.text() != self.decision.text() or limit_w != self.limit_w:
             log.info("sgready der=%s %s limit_w=%s", self.der["name"], d.text(), limit_w)
         self.keep["sg"], self.decision, self.limit_w = d.sg, d, limit_w
@@ -287,9 +274,7 @@ class SgReadyProfile:
         d = self.decision
         info: dict = dict(self.info) if not raw else {}
         if d is not None:
-            info["sgready"] = {"state": d.state, "name": sgready.NAMES[d.state], "wanted": d.wanted,
-                               "pending_until": d.pending_until, "note": d.note,
-                               "blocks_in_window": len(d.sg.block_starts), "map": self.map.name}
+            info["sgready"] = {**d.summary(), "map": self.map.name}
             info["limit_w"] = self.limit_w
         for name in ("tank_c", "indoor_c", "outdoor_c"):
             if name in raw:

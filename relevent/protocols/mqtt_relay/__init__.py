@@ -1,0 +1,1 @@
+"""SG-Ready over MQTT relays (docs/devices.md, "SG-Ready over MQTT relays")."""
