@@ -544,6 +544,17 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 "time_scale": Field(NUMBER, default=1.0, check=positive,
                                     doc="simulated seconds per real second (1440: a day in a minute)"),
                 "write_log": Field((str,), default="", doc="append every register write (JSON lines, ns) here"),
+                "s2_url": Field((str,), default="", check=lambda v: None if v == "" or v.startswith(
+                    ("ws://", "wss://")) else f"{v!r} is not a ws:// or wss:// URL",
+                                doc="also an S2 resource manager (s2-python's RM side) of the CEM at this URL, "
+                                    "e.g. ws://127.0.0.1:8765/s2/<resource id>; empty: no S2 (docs/s2.md)"),
+                "s2_resource_id": Field((str,), default="", check=lambda v: None if v == "" or (
+                    len(v.replace("-", "")) == 32 and all(c in "0123456789abcdefABCDEF" for c in v.replace("-", "")))
+                    else f"{v!r} is not a UUID (S2 identifiers are UUIDs)",
+                                        doc="the RM's resource id (its DER's address); empty: the last segment of "
+                                            "s2_url's path"),
+                "s2_measure_s": Field(NUMBER, default=1.0, check=positive,
+                                      doc="s between the RM's PowerMeasurements of the electrical power"),
             },
             "relevent.simulators.heat_pump.HeatPumpSimulator",
             "a heat pump in a house (thermal model) serving SG-Ready and a power limit on Modbus TCP"),

@@ -22,6 +22,10 @@ above comfort_min_c.
 `time_scale` runs the simulated clock faster than the wall clock (1440: a day in a minute)
 for tests and benchmarks; the Modbus side runs in real time.  Every register write is
 appended to `write_log` (JSON lines with the time in ns), like the SunSpec simulator's.
+
+With `s2_url` set it is also an S2 resource manager (relevent/simulators/heat_pump_s2.py,
+on the same loop): each PEBC.Instruction's upper limit sets the same `limit_w` the
+power-limit register does, and every instruction goes to `write_log` too.
 """
 from __future__ import annotations
 
@@ -216,6 +220,7 @@ class HeatPumpSimulator(AsyncioSimulator):
         self._log = open(config["write_log"], "a", buffering=1) if config.get("write_log") else None
         self._server: ModbusTcpServer | None = None
         self._logged_events = 0
+        self.rm: Any = None                   # the S2 resource manager (heat_pump_s2.py) when s2_url is set
 
     # -- registers -------------------------------------------------------------------------------
     def _simdata(self) -> tuple:
@@ -290,6 +295,14 @@ class HeatPumpSimulator(AsyncioSimulator):
     def start(self) -> None:
         self.aio = AsyncioThread(f"sim-{self.config['name']}")
         self.aio.spawn(self._serve(), "serve")
+        if self.config.get("s2_url"):     # s2-python loaded only for a simulator that speaks S2
+            from relevent.simulators.heat_pump_s2 import HeatPumpRm
+            self.rm = HeatPumpRm(self.config, self.pump, self._log_line)
+            self.aio.spawn(self.rm.run(), "s2")
+
+    def _log_line(self, entry: dict) -> None:
+        if self._log:
+            self._log.write(json.dumps(entry) + "\n")
 
     async def _serve(self) -> None:
         self._apply_written()
@@ -318,6 +331,8 @@ class HeatPumpSimulator(AsyncioSimulator):
         self._logged_events = len(self.pump.events)
 
     async def aclose(self) -> None:
+        if self.rm is not None:
+            await self.rm.close()
         if self._server is not None:
             await self._server.shutdown()
 
@@ -328,4 +343,5 @@ class HeatPumpSimulator(AsyncioSimulator):
                 "limit_w": p.limit_w, "tank_c": round(p.th.tank_c, 2), "indoor_c": round(p.th.indoor_c, 2),
                 "outdoor_c": round(p.outdoor, 2), "cop": round(cop(p.th.tank_c, p.outdoor, p.house.carnot_fraction), 2),
                 "comfort_override": p.override, "overrides": p.overrides, "writes": self.writes,
-                "electric_kwh": round(p.th.electric_j / 3.6e6, 3), "sim_hours": round(p.t / 3600.0, 3)}
+                "electric_kwh": round(p.th.electric_j / 3.6e6, 3), "sim_hours": round(p.t / 3600.0, 3),
+                "s2": self.rm.detail() if self.rm is not None else None}
