@@ -1,7 +1,12 @@
 """Kill a whole site (runner and every actor, SIGKILL) at random points while a client
 enables and disables schedules over MMS, start it again, and check that every answered
 enable or disable is what the site shows.  Used by tests/chaos/test_power_loss.py (a few
-cycles) and bench/power_loss_bench.py (the long run)."""
+cycles) and bench/power_loss_bench.py (the long run).
+
+Two ways to pick the moment: at a random time (`instant=False`), or in the instant after
+a positive answer (`instant=True`: the client thread kills the whole site as soon as its
+k-th operation of the cycle is answered, k random in 1..5), the moment that shows whether
+an answer really waits until the change is durable."""
 from __future__ import annotations
 
 import json
@@ -39,8 +44,10 @@ def _kill_site(site: Site) -> None:
         site.proc = None
 
 
-def power_loss_cycles(workdir: Path, cycles: int, seed: int = 5, say=lambda text: None, progress=None) -> dict:
-    """`progress`: a relevent.progress.Progress told of each cycle (the benchmark's)."""
+def power_loss_cycles(workdir: Path, cycles: int, seed: int = 5, say=lambda text: None, progress=None,
+                      instant: bool = False) -> dict:
+    """`progress`: a relevent.progress.Progress told of each cycle (the benchmark's);
+    `instant`: kill in the instant after an answer (module doc)."""
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
     state = workdir / "state"
@@ -71,8 +78,9 @@ def power_loss_cycles(workdir: Path, cycles: int, seed: int = 5, say=lambda text
             site.stop()
             break
         stats["cycles"] += 1
-        killer = threading.Timer(rng.uniform(0.05, 1.0), _kill_site, args=(site,))
+        killer = threading.Timer(rng.uniform(0.05, 1.0) if not instant else 3600.0, _kill_site, args=(site,))
         killer.start()
+        answers_left = rng.randint(1, 5)
         in_flight: tuple | None = None
         try:
             while killer.is_alive():
@@ -86,7 +94,13 @@ def power_loss_cycles(workdir: Path, cycles: int, seed: int = 5, say=lambda text
                 if client.operate("ActPow", str(n), op == "enable") is None:
                     expected[n] = op       # answered positively: must survive the kill
                     stats["answered"] += 1
+                    answers_left -= 1
                 in_flight = None
+                if instant and answers_left == 0:
+                    killer.cancel()
+                    _kill_site(site)       # the instant after the answer
+                    stats["killed_after_answer"] = stats.get("killed_after_answer", 0) + 1
+                    break
         except Exception:  # noqa: BLE001 - the site died under the client
             pass
         killer.join()

@@ -87,3 +87,11 @@ def test_whole_site_killed_during_enables_keeps_every_answered_enable(tmp_path):
     stats = power_loss_cycles(tmp_path, cycles=4)
     assert stats["cycles"] == 4 and stats["failed_starts"] == 0, stats
     assert stats["answered"] > 0 and stats["lost"] == 0, stats
+
+
+def test_whole_site_killed_the_instant_an_enable_or_disable_is_answered_keeps_it(tmp_path):
+    from chaos.site_power_loss import power_loss_cycles
+
+    stats = power_loss_cycles(tmp_path, cycles=6, seed=11, instant=True)
+    assert stats["cycles"] == 6 and stats["failed_starts"] == 0, stats
+    assert stats["killed_after_answer"] == 6 and stats["lost"] == 0, stats
