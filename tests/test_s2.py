@@ -33,7 +33,7 @@ from s2python.common import (
 from s2python.connection.asset_details import AssetDetails
 from s2python.connection.async_ import S2AsyncConnection
 from s2python.connection.async_.control_type.class_based import (
-    FRBCControlType, PEBCControlType, ResourceManagerHandler,
+    FRBCControlType, OMBCControlType, PEBCControlType, ResourceManagerHandler,
 )
 from s2python.connection.async_.medium.websocket import WebsocketClientMedium
 from s2python.generated import gen_s2
@@ -225,7 +225,9 @@ def test_the_cem_selects_a_version_it_speaks_and_pebc_when_offered():
     assert M.select_version(["1.0.0"]) is None and M.select_version(None) is None
     assert M.choose_control_type([ControlType.FILL_RATE_BASED_CONTROL, ControlType.POWER_ENVELOPE_BASED_CONTROL]) \
         == ControlType.POWER_ENVELOPE_BASED_CONTROL
-    assert M.choose_control_type([ControlType.FILL_RATE_BASED_CONTROL, ControlType.NO_SELECTION]) is None
+    assert M.choose_control_type([ControlType.FILL_RATE_BASED_CONTROL, ControlType.NO_SELECTION]) \
+        == ControlType.FILL_RATE_BASED_CONTROL
+    assert M.choose_control_type([ControlType.OPERATION_MODE_BASED_CONTROL, ControlType.NO_SELECTION]) is None
 
 
 def test_a_resource_id_must_be_a_ders_and_the_paths():
@@ -424,6 +426,17 @@ class _Frbc(FRBCControlType):
         await send_okay()
 
 
+class _Ombc(OMBCControlType):
+    async def activate(self, connection) -> None:
+        pass
+
+    async def deactivate(self, connection) -> None:
+        pass
+
+    async def handle_instruction(self, connection, msg, send_okay) -> None:
+        await send_okay()
+
+
 class _Handler(ResourceManagerHandler):
     def __init__(self, owner: "TestRm", **kw) -> None:
         super().__init__(**kw)
@@ -439,9 +452,11 @@ class TestRm:
     __test__ = False
 
     def __init__(self, port: int, rid: str, path: str | None = None, pebc: bool = True,
-                 upper: tuple = (0.0, RATED)) -> None:
+                 upper: tuple = (0.0, RATED), control=None) -> None:
+        """`control`: a function of this RM giving its control types (s2-python's), in place
+        of PEBC (or, with pebc=False, a bare FRBC)."""
         self.url = f"ws://127.0.0.1:{port}" + (path if path is not None else f"/s2/{rid}")
-        self.rid, self.pebc, self.upper = uuid.UUID(rid), pebc, upper
+        self.rid, self.pebc, self.upper, self.control = uuid.UUID(rid), pebc, upper, control
         self.instructions: list[tuple[float, PEBCInstruction]] = []
         self.frames: list[dict] = []
         self.version: str | None = None
@@ -474,7 +489,7 @@ class TestRm:
                                instruction_processing_delay=Duration(root=200),
                                roles=[Role(role=RoleType.ENERGY_CONSUMER, commodity=Commodity.ELECTRICITY)],
                                name="test heat pump", manufacturer="pytest", model="s2-python RM")
-        control = [_Pebc(self)] if self.pebc else [_Frbc()]
+        control = self.control(self) if self.control else [_Pebc(self)] if self.pebc else [_Frbc()]
 
         async def go():
             self.medium = _Medium(self.url, self)
@@ -648,18 +663,19 @@ def test_an_rm_whose_details_name_an_unknown_resource_id_gets_a_permanent_error_
         rm.close()
 
 
-def test_an_rm_without_pebc_is_measured_not_controlled_and_says_so(site):
-    rm = TestRm(site.ports["s2"], RID["hp4"], pebc=False).connect()
+def test_an_rm_without_pebc_or_frbc_is_measured_not_controlled_and_says_so(site):
+    rm = TestRm(site.ports["s2"], RID["hp4"], control=lambda rm: [_Ombc()]).connect()
     try:
         node = site.wait_for("s2", lambda n: n["detail"]["devices"]["hp4"]["instruction_status"] == "not sent",
                              timeout=15)
         dev = node["detail"]["devices"]["hp4"]
-        assert dev["control_type"] is None and "offers no PEBC (FILL_RATE_BASED_CONTROL)" in dev["control_detail"]
+        assert dev["control_type"] is None and "offers no PEBC or FRBC (OPERATION_MODE_BASED_CONTROL)" in \
+            dev["control_detail"]
         assert not any(f["message_type"] == "SelectControlType" for f in rm.frames)
         rm.measure(700.0)
         node = site.wait_for("hp4", lambda n: (n["detail"].get("measured") or {}).get("w") == -700.0, timeout=10)
         assert node["detail"]["measured"]["quality"] == "questionable"
-        assert "offers no PEBC" in node["detail"]["measured"]["state"]
+        assert "offers no PEBC or FRBC" in node["detail"]["measured"]["state"]
     finally:
         rm.close()
 

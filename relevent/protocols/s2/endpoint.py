@@ -14,24 +14,35 @@ Per connection, in S2's order:
   selecting a version both speak (mapping.VERSIONS); none in common: INVALID_CONTENT and
   the socket closed (1008) with the reason.
 * ResourceManagerDetails -> its resource_id must be the path's (when the path names one)
-  and a DER's address; then PEBC is selected (SelectControlType) when offered.  An RM
-  without PEBC is kept (its measurements are used) but not controlled, and says so in
-  `relevent status`; FRBC, OMBC, PPBC and DDBC are not done.
+  and a DER's address; then the control type is selected (SelectControlType,
+  mapping.choose_control_type): PEBC when offered, else FRBC when offered.  An RM with
+  neither is kept (its measurements are used) but not controlled, and says so in
+  `relevent status`; OMBC, PPBC and DDBC are not done.
 * PowerMeasurement -> the DER's measured power (negative W: the load draws).
 * PEBC.PowerConstraints -> kept (the latest; a RevokeObject of it drops it), and the DER's
   command is sent again fitted into them.
+* FRBC.SystemDescription (the latest; a RevokeObject of it drops it), FRBC.StorageStatus
+  (the present fill level), FRBC.ActuatorStatus (active mode and factor per actuator) ->
+  kept; a new description sends the command again, a new fill level sends it only when it
+  changes the modes or factors chosen.  Other FRBC messages are answered OK, not used.
 * Every message the RM sends but a ReceptionStatus is answered with a ReceptionStatus:
   OK, or INVALID_DATA / INVALID_MESSAGE (not JSON, not a valid S2 message: s2-python's
-  error as the label) or INVALID_CONTENT (valid, but not here: a CEM's message, a control
-  type not selected, details before the Handshake) with the reason.
+  error as the label) or INVALID_CONTENT (valid, but not here: a CEM's message, a message
+  of a control type not selected, details before the Handshake) with the reason.
 
-The DER's command -> one PEBC.Instruction (mapping.command_limit_w, envelopes,
-pebc_instruction), sent on every DeviceCommand, once the RM's PowerConstraints are in
-(again after every reconnect: a reconnecting RM gets the current instruction), when new
-constraints arrive, and every `envelope_s` / 3 while accepted so the envelope never ends
-while the site runs.  The RM's ReceptionStatus for it is the answer: OK is in force,
-TEMPORARY_ERROR or none within `call_timeout_s` is retried after as long again, any other
-is reported.  An instruction not answered OK is reported: `relevent status` (per RM
+The DER's command (mapping.command_load) -> under PEBC one PEBC.Instruction
+(mapping.envelopes, pebc_instruction), once the RM's PowerConstraints are in; under FRBC
+one FRBC.Instruction per actuator (relevent/protocols/s2/frbc.py: the mode and factor
+drawing the most within the limit, or closest to an ActPow request), once its
+SystemDescription and StorageStatus are in.  Sent on every DeviceCommand, again after
+every reconnect (a reconnecting RM gets the current instruction), when new constraints or
+a new system description arrive, and under PEBC every `envelope_s` / 3 while accepted so
+the envelope never ends while the site runs (an FRBC instruction does not end: no refresh).
+The RM's ReceptionStatus is the answer, the same for both (for FRBC: every actuator's; the
+first not OK is the instruction's): OK is in force, TEMPORARY_ERROR or none within
+`call_timeout_s` is retried after as long again, any other is reported.  An instruction
+not answered OK, or that cannot be built (no FRBC mode stays within the limit: refused,
+`error` with the reason, nothing sent), is reported: `relevent status` (per RM
 `instruction_status`, `rejections`, `errors`), a log warning, and the DER's measurements
 turn `questionable` with the reason until one is OK.
 
@@ -66,6 +77,7 @@ from relevent.clock import now_ms
 from relevent.devices.load import GUARANTEED_MIN_W
 from relevent.messages import DeviceCommand, Measurement
 from relevent.protocols.device_server import DeviceServerEndpoint
+from relevent.protocols.s2 import frbc as F
 from relevent.protocols.s2 import mapping as M
 
 log = logging.getLogger("relevent.s2")
@@ -90,7 +102,8 @@ OK = ReceptionStatusValues.OK
 CEM_MESSAGES = {"HandshakeResponse", "SelectControlType", "PEBC.Instruction", "FRBC.Instruction",
                 "PPBC.ScheduleInstruction", "PPBC.StartInterruptionInstruction", "PPBC.EndInterruptionInstruction",
                 "OMBC.Instruction", "DDBC.Instruction"}
-OTHER_CONTROL = ("FRBC.", "PPBC.", "OMBC.", "DDBC.")   # control types the site does not select
+# Message prefix of each control type's own messages: answered INVALID_CONTENT unless it is the one selected.
+CONTROL_PREFIX = {"PEBC.": M.PEBC, "FRBC.": M.FRBC, "PPBC.": None, "OMBC.": None, "DDBC.": None}
 
 
 def _reason(text: str) -> str:
@@ -130,8 +143,12 @@ class Session:
         self.link: RmLink | None = None
         self.version: str | None = None
         self.control: Any = None            # the ControlType selected, None before
-        self.no_pebc = ""                   # why the RM cannot be controlled ("": it can, or not known yet)
+        self.uncontrolled = ""              # why the RM cannot be controlled ("": it can, or not known yet)
         self.constraints: M.Constraints | None = None
+        self.system: Any = None             # the latest FRBC.SystemDescription
+        self.fill_level: float | None = None        # the latest FRBC.StorageStatus
+        self.actuators: dict[str, tuple[str, float]] = {}   # actuator id -> (active mode id, factor)
+        self.frbc_sent: tuple | None = None  # the last FRBC plan's key sent (frbc.Plan.key)
         self.waiting: dict[uuid.UUID, asyncio.Future] = {}
         self.pending = ""                   # why an instruction is due ("": none)
         self.wake = asyncio.Event()
@@ -225,11 +242,19 @@ class Session:
         elif kind in CEM_MESSAGES:
             await self.ack(message.message_id, ReceptionStatusValues.INVALID_CONTENT,
                            f"{kind} is a CEM's message; this side is the CEM")
-        elif kind.startswith(OTHER_CONTROL):
-            await self.ack(message.message_id, ReceptionStatusValues.INVALID_CONTENT,
-                           f"{kind}: the CEM selects PEBC only")
+        elif kind.startswith(tuple(CONTROL_PREFIX)):
+            if self._selected_for(kind):   # received, not used (FRBC's forecasts, leakage, targets, timers)
+                await self.ack(message.message_id)
+            else:
+                await self.ack(message.message_id, ReceptionStatusValues.INVALID_CONTENT,
+                               f"{kind}: {kind.split('.')[0]} is not the selected control type")
         else:   # PowerForecast and what else the RM may tell: received, not used
             await self.ack(message.message_id)
+
+    def _selected_for(self, kind: str) -> bool:
+        """Whether a message of this kind belongs to the control type selected."""
+        control = next((c for prefix, c in CONTROL_PREFIX.items() if kind.startswith(prefix)), None)
+        return control is not None and self.control == control and self.link is not None
 
     def bad(self, text: str) -> None:
         self.post(("bad", self.link.der if self.link else None, self.peer, text[:300]))
@@ -276,21 +301,21 @@ class Session:
             return   # details again (an update): the control type stays
         chosen = M.choose_control_type(m.available_control_types)
         if chosen is None:
-            self.no_pebc = f"the RM offers no PEBC ({', '.join(offered)}); only PEBC is done"
-            self.post(("control", link.der, None, self.no_pebc))
+            self.uncontrolled = (f"the RM offers no PEBC or FRBC ({', '.join(offered)}); only those are done")
+            self.post(("control", link.der, None, self.uncontrolled))
             self.push("details")   # the sender reports the command as not sent
             return
         select = M.select_control_type(chosen)
         future = self.expect(select.message_id)
-        future.add_done_callback(lambda f, der=link.der: self._selected(der, f))
+        future.add_done_callback(lambda f, der=link.der: self._selected(der, chosen, f))
         self.control = chosen
         await self.send(select)
 
-    def _selected(self, der: str, future: asyncio.Future) -> None:
+    def _selected(self, der: str, chosen: Any, future: asyncio.Future) -> None:
         if future.cancelled():
             return
         rs = future.result()
-        self.post(("control", der, M.PEBC.value, f"SelectControlType answered {rs.status.value}"
+        self.post(("control", der, chosen.value, f"SelectControlType answered {rs.status.value}"
                    + (f" ({rs.diagnostic_label})" if rs.diagnostic_label else "")))
 
     async def on_PowerMeasurement(self, m: Any) -> None:
@@ -325,6 +350,41 @@ class Session:
             return
         await self.ack(m.message_id)   # received; the site plans no energy (docs/s2.md)
 
+    async def _frbc_message(self, m: Any) -> bool:
+        """Whether an FRBC message may be taken (answered OK); answered INVALID_CONTENT if not."""
+        if self._selected_for(m.message_type):
+            await self.ack(m.message_id)
+            return True
+        await self.ack(m.message_id, ReceptionStatusValues.INVALID_CONTENT, "FRBC is not the selected control type")
+        return False
+
+    def _post_frbc(self) -> None:
+        self.post(("frbc", self.link.der, {
+            "system_description": F.description(self.system) if self.system is not None else None,
+            "fill_level": self.fill_level,
+            "actuator_status": {a: {"operation_mode": mode, "factor": factor}
+                                for a, (mode, factor) in self.actuators.items()}}))
+
+    async def on_FRBC_SystemDescription(self, m: Any) -> None:
+        if await self._frbc_message(m):
+            self.system = m
+            self._post_frbc()
+            self.push("system description")
+
+    async def on_FRBC_StorageStatus(self, m: Any) -> None:
+        if await self._frbc_message(m):
+            self.fill_level = float(m.present_fill_level)
+            self._post_frbc()
+            if not self.pending:   # sent only if it changes the plan (the sender compares)
+                self.push("storage status")
+            else:
+                self.wake.set()
+
+    async def on_FRBC_ActuatorStatus(self, m: Any) -> None:
+        if await self._frbc_message(m):   # kept: the mode to stay in on ties, and where transitions start
+            self.actuators[str(m.actuator_id)] = (str(m.active_operation_mode_id), float(m.operation_mode_factor))
+            self._post_frbc()
+
     async def on_InstructionStatusUpdate(self, m: Any) -> None:
         await self.ack(m.message_id)
         if self.link is not None:
@@ -336,6 +396,10 @@ class Session:
             self.constraints = None
             if self.link is not None:
                 self.post(("constraints", self.link.der, None))
+        if self.system is not None and str(m.object_id) == str(self.system.message_id):
+            self.system, self.frbc_sent = None, None
+            if self.link is not None:
+                self._post_frbc()
 
     async def on_SessionRequest(self, m: Any) -> None:
         await self.ack(m.message_id)
@@ -343,15 +407,45 @@ class Session:
         await self.close(1000, f"the RM asked {what}" + (f" ({m.diagnostic_label})" if m.diagnostic_label else ""))
 
     # -- the instruction sender --
+    def ready(self) -> bool:
+        """Whether the selected control type has what an instruction is built from."""
+        if self.control == M.PEBC:
+            return self.constraints is not None
+        return self.control == M.FRBC and self.system is not None and self.fill_level is not None
+
+    def build(self, load: Any, at: int, summary: dict) -> list[S2Message] | None:
+        """The instruction(s) of the command under the selected control type, `summary`
+        completed; None: nothing to send (a fill level that changes no FRBC mode or factor).
+        S2MappingError: cannot be built."""
+        cfg = self.config
+        if self.control == M.PEBC:
+            found = M.envelopes(load.limit_w, self.constraints, cfg["symmetric_power"])
+            message = M.pebc_instruction(found, self.constraints, at, int(float(cfg["envelope_s"]) * 1000))
+            summary.update(kind=message.message_type, instruction_id=str(message.id),
+                           constraints_id=str(self.constraints.id), envelopes=[asdict(e) for e in found],
+                           duration_s=message.power_envelopes[0].power_envelope_elements[0].duration.root / 1000)
+            return [message]
+        plan = F.choose(self.system, self.fill_level, self.actuators, load.limit_w, load.requested_w,
+                        cfg["symmetric_power"])
+        if summary["why"] == "storage status" and plan.key() == self.frbc_sent:
+            return None
+        messages = F.instructions(plan, at)
+        self.frbc_sent = plan.key()
+        summary.update(kind=messages[0].message_type, instruction_id=",".join(str(m.id) for m in messages),
+                       system_description_id=str(self.system.message_id), requested_w=load.requested_w,
+                       **plan.summary())
+        return messages
+
     async def send_instructions(self) -> None:
-        """Forever: the latest limit as a PEBC.Instruction whenever one is due and the RM's
-        constraints are in; a refresh every envelope_s / 3 while accepted."""
+        """Forever: the latest command as the selected control type's instruction(s) whenever
+        one is due and what it is built from is in; under PEBC a refresh every envelope_s / 3
+        while accepted."""
         cfg = self.config
         timeout_s = float(cfg["call_timeout_s"])
         refresh_s = float(cfg["envelope_s"]) / 3
         retry_due, in_force = False, False
         while True:
-            wait = timeout_s if retry_due else (refresh_s if in_force else None)
+            wait = timeout_s if retry_due else (refresh_s if in_force and self.control == M.PEBC else None)
             try:
                 await asyncio.wait_for(self.wake.wait(), wait)
             except asyncio.TimeoutError:
@@ -361,39 +455,42 @@ class Session:
             link = self.link
             if not (self.pending and link is not None and link.limit is not None):
                 continue
-            limit_w, seq = link.limit
-            summary: dict = {"limit_w": limit_w, "seq": seq, "why": self.pending}
-            if self.no_pebc:
+            load, seq = link.limit
+            summary: dict = {"limit_w": load.limit_w, "seq": seq, "why": self.pending}
+            if self.uncontrolled:
                 self.pending = ""
-                self.post(("instruction", link.der, summary, "not sent", self.no_pebc, now_ms(), 0.0))
+                self.post(("instruction", link.der, summary, "not sent", self.uncontrolled, now_ms(), 0.0))
                 continue
-            if self.control != M.PEBC or self.constraints is None:
-                continue   # kept pending until the RM's PowerConstraints are in
+            if not self.ready():
+                continue   # kept pending until the RM's PowerConstraints (FRBC: description, fill level) are in
             self.pending = ""
             at = now_ms()
             try:
-                found = M.envelopes(limit_w, self.constraints, cfg["symmetric_power"])
-                message = M.pebc_instruction(found, self.constraints, at, int(float(cfg["envelope_s"]) * 1000))
+                messages = self.build(load, at, summary)
             except M.S2MappingError as exc:
                 self.post(("instruction", link.der, summary, "error", f"not sent: {exc}", at, 0.0))
-                in_force = False
+                in_force, self.frbc_sent = False, None
                 continue
-            summary.update(instruction_id=str(message.id), constraints_id=str(self.constraints.id),
-                           envelopes=[asdict(e) for e in found],
-                           duration_s=message.power_envelopes[0].power_envelope_elements[0].duration.root / 1000)
-            future = self.expect(message.message_id)
+            if messages is None:
+                continue
+            futures = [self.expect(m.message_id) for m in messages]
             t0 = time.perf_counter()
             try:
-                await self.send(message)
-                rs = await asyncio.wait_for(future, timeout_s)
+                for message in messages:
+                    await self.send(message)
+                answers = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+                rs = next((a for a in answers if a.status != OK), answers[0])
                 status, text = rs.status.value, rs.diagnostic_label or ""
             except asyncio.TimeoutError:
                 status, text = "timeout", f"no ReceptionStatus within {timeout_s} s"
             except (websockets.ConnectionClosed, asyncio.CancelledError):
                 return   # the connection's end is reported by run()
             finally:
-                self.waiting.pop(message.message_id, None)
+                for message in messages:
+                    self.waiting.pop(message.message_id, None)
             in_force = status == OK.value
+            if not in_force:
+                self.frbc_sent = None   # a fill level change sends it again
             if status in ("timeout", ReceptionStatusValues.TEMPORARY_ERROR.value):
                 self.pending, retry_due = self.pending or "retry", True
             self.post(("instruction", link.der, summary, status, text, now_ms(), (time.perf_counter() - t0) * 1000))
@@ -407,11 +504,11 @@ class RmLink:
         self.rated = der.get("rated_power_w")
         self.guaranteed = der.get("guaranteed_min_w", GUARANTEED_MIN_W)
         self.post = post
-        self.limit: tuple[float, int] | None = None    # (W drawn at most, command seq)
+        self.limit: tuple[Any, int] | None = None      # (the command as a LoadCommand: W drawn at most, ..., seq)
         self.session: Session | None = None
 
-    def set_limit(self, limit_w: float, seq: int) -> None:
-        self.limit = (limit_w, seq)
+    def set_limit(self, load: Any, seq: int) -> None:
+        self.limit = (load, seq)
         if self.session is not None:
             self.session.push("command")
 
@@ -436,8 +533,8 @@ class CemServer:
         self.by_der = {link.der: link for link in self.links.values()}
         self.server: Any = None
 
-    def set_limit(self, der: str, limit_w: float, seq: int) -> None:
-        self.by_der[der].set_limit(limit_w, seq)
+    def set_limit(self, der: str, load: Any, seq: int) -> None:
+        self.by_der[der].set_limit(load, seq)
 
     async def run(self) -> None:
         host, port = self.config["address"], self.config["port"]
@@ -486,11 +583,14 @@ class RmState:
     link_detail: str = ""
     connects: int = 0
     details: dict | None = None              # its last ResourceManagerDetails
-    control_type: str | None = None          # POWER_ENVELOPE_BASED_CONTROL, or None: not controlled
+    control_type: str | None = None          # POWER_ENVELOPE_BASED_CONTROL, FILL_RATE_BASED_CONTROL, or None
     control_detail: str = ""
     constraints: dict | None = None          # the PEBC.PowerConstraints in use
+    frbc: dict | None = None                 # FRBC: the system description, fill level, actuators' status
     command_limit_w: float | None = None     # W drawn at most, from the DER's command
-    instruction: dict | None = None          # the last PEBC.Instruction (or the one that could not be sent)
+    # the last instruction (or the one that could not be sent): PEBC its envelopes, FRBC per
+    # actuator the mode and factor chosen (`frbc`) and the W drawn at the fill level (`power_w`)
+    instruction: dict | None = None
     # OK | INVALID_DATA | INVALID_MESSAGE | INVALID_CONTENT | TEMPORARY_ERROR | PERMANENT_ERROR (the RM's
     # ReceptionStatus), timeout, error (could not be built), not sent (no PEBC)
     instruction_status: str | None = None
@@ -524,10 +624,10 @@ class S2Endpoint(DeviceServerEndpoint):
 
     # -- from the DERs --------------------------------------------------------------------------------------------
     def on_command(self, message: DeviceCommand, der: dict) -> None:
-        limit = M.command_limit_w(message, der.get("rated_power_w"), der.get("guaranteed_min_w", GUARANTEED_MIN_W))
-        self.state[message.der].command_limit_w = limit
+        load = M.command_load(message, der.get("rated_power_w"), der.get("guaranteed_min_w", GUARANTEED_MIN_W))
+        self.state[message.der].command_limit_w = load.limit_w
         self.confirmations.expect(message, self.state[message.der].link == "up", "resource manager offline")
-        self.aio.call(self.server.set_limit, message.der, limit, message.seq)
+        self.aio.call(self.server.set_limit, message.der, load, message.seq)
 
     # -- from the loop thread -------------------------------------------------------------------------------------
     def _on_link(self, der: str, up: bool, text: str, at: int) -> None:
@@ -537,7 +637,7 @@ class S2Endpoint(DeviceServerEndpoint):
                                           s.resource_id, s.link, text)
         if up:
             s.connects += 1
-            s.control_type, s.control_detail, s.constraints = None, "", None
+            s.control_type, s.control_detail, s.constraints, s.frbc = None, "", None, None
         else:
             self.confirmations.lost(der, f"resource manager offline: {text}")
             self._send(Measurement(der, None, None, at, "invalid", self.config["name"],
@@ -559,6 +659,9 @@ class S2Endpoint(DeviceServerEndpoint):
     def _on_constraints(self, der: str, summary: dict | None) -> None:
         self.state[der].constraints = summary
 
+    def _on_frbc(self, der: str, summary: dict) -> None:
+        self.state[der].frbc = summary
+
     def _on_update(self, der: str, instruction_id: str, status: str, at: int) -> None:
         self.state[der].instruction_update = {"instruction_id": instruction_id, "status": status, "at": at}
 
@@ -571,18 +674,16 @@ class S2Endpoint(DeviceServerEndpoint):
         if status != "timeout":   # (a timeout is retried: the confirmation waits for its answer)
             self.confirmations.applied(der, summary.get("seq", -1), status == OK.value,
                                        "" if status == OK.value else f"{status}: {text or '-'}")
-        envelope = ", ".join(f"{e['quantity']} [{e['lower']:g}, {e['upper']:g}] W"
-                             + (" (clamped to the RM's range)" if e["clamped"] else "")
-                             for e in summary.get("envelopes", []))
+        kind = summary.get("kind") or ("FRBC.Instruction" if s.control_type == M.FRBC.value else "PEBC.Instruction")
         if status == OK.value:
-            log.info("s2 endpoint=%s der=%s: PEBC.Instruction %s OK (%s) in %.1f ms", self.config["name"], der,
-                     envelope, summary["why"], rtt_ms)
+            log.info("s2 endpoint=%s der=%s: %s %s OK (%s) in %.1f ms", self.config["name"], der, kind,
+                     _instructed(summary), summary["why"], rtt_ms)
         else:
             if status in ("timeout", "error", "not sent"):
                 s.errors += 1
             else:
                 s.rejections += 1
-            log.warning("s2 endpoint=%s der=%s: PEBC.Instruction for %s W %s (%s): %s", self.config["name"], der,
+            log.warning("s2 endpoint=%s der=%s: %s for %s W %s (%s): %s", self.config["name"], der, kind,
                         summary["limit_w"], status, summary["why"], text or "-")
         if s.meter_w is not None:   # the questionable flag follows the instruction's fate
             self._measure(der, at)
@@ -608,23 +709,40 @@ class S2Endpoint(DeviceServerEndpoint):
         s = self.state[der]
         if s.link != "up":
             return
-        envelopes = (s.instruction or {}).get("envelopes") or []
+        instruction = s.instruction or {}
         if s.instruction_status not in (None, OK.value):
             quality = "questionable"
-            detail = (f"PEBC instruction {s.instruction_status}: limit {(s.instruction or {}).get('limit_w')} W not "
+            kind = "FRBC" if s.control_type == M.FRBC.value else "PEBC"
+            detail = (f"{kind} instruction {s.instruction_status}: limit {instruction.get('limit_w')} W not "
                       f"in force ({s.instruction_detail or 'no reason given'})")
             connected = None
         else:
             quality = "good"
-            connected = any(e["upper"] > 0 for e in envelopes) if s.instruction_status == OK.value else None
-            detail = ("PEBC envelope " + ", ".join(f"[{e['lower']:g}, {e['upper']:g}] W" for e in envelopes)
-                      if connected is not None else f"S2 {s.control_type or 'no control type'}, no instruction yet")
+            connected = None
+            if s.instruction_status == OK.value:   # whether what is in force lets the device draw
+                connected = (instruction["power_w"] > 0 if "frbc" in instruction
+                             else any(e["upper"] > 0 for e in instruction.get("envelopes") or []))
+            detail = (_instructed(instruction, quantities=False) if connected is not None
+                      else f"S2 {s.control_type or 'no control type'}, no instruction yet")
         self._send(Measurement(der, s.meter_w, connected, at, quality, self.config["name"], detail))
 
     def detail(self) -> dict:
         cfg = self.config
         return {"serving": f"ws://{cfg['address']}:{cfg['port']}/s2/<resource id>", "listening": self.listening,
-                "s2_versions": list(M.VERSIONS), "control_types": [M.PEBC.value],
+                "s2_versions": list(M.VERSIONS), "control_types": [c.value for c in M.CONTROL_TYPES],
                 "envelope_s": cfg["envelope_s"], "symmetric_power": cfg["symmetric_power"],
                 "devices": {der: asdict(s) for der, s in self.state.items()},
                 "refused": self.refused, "last_refused": self.last_refused, "bad_unknown_rm": self.bad_unbound}
+
+
+def _instructed(summary: dict, quantities: bool = True) -> str:
+    """An instruction's content in a line: PEBC its envelopes (with their commodity
+    quantities and clamping for the log, without for the measurement's state), FRBC the
+    modes and factors."""
+    if "frbc" in summary:
+        return "FRBC " + ", ".join(f"{a['mode']} x{a['factor']:.3g}" for a in summary["frbc"]) + \
+            f" ({summary['power_w']:g} W at fill level {summary['fill_level']:g})"
+    return "PEBC envelope " + ", ".join(
+        (f"{e['quantity']} " if quantities else "") + f"[{e['lower']:g}, {e['upper']:g}] W"
+        + (" (clamped to the RM's range)" if e["clamped"] and quantities else "")
+        for e in summary.get("envelopes", []))

@@ -1,5 +1,5 @@
 """A DER's device command as an S2 PEBC instruction, and a resource manager's S2 messages
-as what the site needs of them.  Pure: no I/O, no clock (the caller passes the time in ms
+as what the site needs of them (FRBC instructions: relevent/protocols/s2/frbc.py).  Pure: no I/O, no clock (the caller passes the time in ms
 since the epoch, and may pass the identifier factory).
 
 S2 (EN 50491-12-2) counts power from the device's side: positive is consumed, negative
@@ -49,7 +49,7 @@ from s2python.pebc import (
 )
 from s2python.version import S2_VERSION
 
-from relevent.devices.load import GUARANTEED_MIN_W, load_command
+from relevent.devices.load import GUARANTEED_MIN_W, LoadCommand, load_command
 
 VERSIONS = (S2_VERSION,)    # the S2 JSON message set s2-python 0.11 implements ("0.0.2-beta")
 PHASES = (CommodityQuantity.ELECTRIC_POWER_L1, CommodityQuantity.ELECTRIC_POWER_L2,
@@ -58,6 +58,8 @@ SYMMETRIC = CommodityQuantity.ELECTRIC_POWER_3_PHASE_SYMMETRIC
 SYMMETRIC_MODES = {"total": 1.0, "per_phase": 3.0}    # W of the device per W of a 3_PHASE_SYMMETRIC value
 NIL_ID = uuid.UUID(int=0)   # the subject of a ReceptionStatus for a message whose id cannot be read
 PEBC = ControlType.POWER_ENVELOPE_BASED_CONTROL
+FRBC = ControlType.FILL_RATE_BASED_CONTROL
+CONTROL_TYPES = (PEBC, FRBC)   # the ones the CEM selects, in its order of preference
 
 
 class S2MappingError(ValueError):
@@ -65,19 +67,30 @@ class S2MappingError(ValueError):
 
 
 # -- the command -> the limit ----------------------------------------------------------------------------------
+def load_of(connected: Any, outputs: dict, rated_w: Any, guaranteed_min_w: Any = GUARANTEED_MIN_W) -> LoadCommand:
+    """`load_command` of the outputs, and a command that disconnects the device as a block
+    (limit 0 W, nothing requested).  `outputs`: function -> value, or (value, source) as a
+    DeviceCommand holds them."""
+    if not connected:
+        return LoadCommand(0.0, True, None)
+    plain = {k: v[0] if isinstance(v, (tuple, list)) else v for k, v in (outputs or {}).items()}
+    return load_command(plain, rated_w, guaranteed_min_w)
+
+
 def limit_w(connected: Any, outputs: dict, rated_w: Any, guaranteed_min_w: Any = GUARANTEED_MIN_W) -> float:
     """W the load may draw: 0 when the command disconnects it, else `load_command`'s limit
-    (0 when blocked).  `outputs`: function -> value, or (value, source) as a DeviceCommand
-    holds them."""
-    plain = {k: v[0] if isinstance(v, (tuple, list)) else v for k, v in (outputs or {}).items()}
-    if not connected:
-        return 0.0
-    return load_command(plain, rated_w, guaranteed_min_w).limit_w
+    (0 when blocked)."""
+    return load_of(connected, outputs, rated_w, guaranteed_min_w).limit_w
+
+
+def command_load(command: Any, rated_w: Any, guaranteed_min_w: Any = GUARANTEED_MIN_W) -> LoadCommand:
+    """`load_of` a DeviceCommand (relevent.messages)."""
+    return load_of(command.connected, command.outputs, rated_w, guaranteed_min_w)
 
 
 def command_limit_w(command: Any, rated_w: Any, guaranteed_min_w: Any = GUARANTEED_MIN_W) -> float:
     """`limit_w` of a DeviceCommand (relevent.messages)."""
-    return limit_w(command.connected, command.outputs, rated_w, guaranteed_min_w)
+    return command_load(command, rated_w, guaranteed_min_w).limit_w
 
 
 # -- the RM's power constraints ---------------------------------------------------------------------------------
@@ -195,21 +208,30 @@ def pebc_instruction(found: list[Envelope], constraints: Constraints, now_ms: in
 
 
 # -- measurements ----------------------------------------------------------------------------------------------
-def measured_w(message: PowerMeasurement, symmetric: str = "total") -> float | None:
-    """The device's electric power with the site's sign (negative: drawing), or None when the
-    measurement holds none (heat or gas only).  3_PHASE_SYMMETRIC when present (x 3 for
-    `per_phase`), else the sum of the phases it names."""
-    values = {_cq(v.commodity_quantity): float(v.value) for v in message.values}
+def electric_w(values: dict, symmetric: str = "total") -> float | None:
+    """The device's electric power in W with S2's sign (positive consumed) from values per
+    commodity quantity (its S2 value -> number), or None when none is electric power (heat or
+    gas only): 3_PHASE_SYMMETRIC when present (x 3 for `per_phase`), else the sum of the
+    phases named.  Used for measurements and FRBC power ranges alike."""
+    if symmetric not in SYMMETRIC_MODES:
+        raise S2MappingError(f"symmetric {symmetric!r}: use {' or '.join(SYMMETRIC_MODES)}")
     if SYMMETRIC.value in values:
-        w = values[SYMMETRIC.value] * SYMMETRIC_MODES[symmetric]
+        w = float(values[SYMMETRIC.value]) * SYMMETRIC_MODES[symmetric]
     else:
-        phases = [values[p.value] for p in PHASES if p.value in values]
+        phases = [float(values[p.value]) for p in PHASES if p.value in values]
         if not phases:
             return None
         w = sum(phases)
     if not math.isfinite(w):
         raise S2MappingError(f"power {w!r} is not a finite number")
-    return -w + 0.0
+    return w
+
+
+def measured_w(message: PowerMeasurement, symmetric: str = "total") -> float | None:
+    """The device's electric power with the site's sign (negative: drawing), or None when the
+    measurement holds none (`electric_w`)."""
+    w = electric_w({_cq(v.commodity_quantity): v.value for v in message.values}, symmetric)
+    return None if w is None else -w + 0.0
 
 
 # -- the session's decisions ------------------------------------------------------------------------------------
@@ -219,8 +241,10 @@ def select_version(offered: Any) -> str | None:
 
 
 def choose_control_type(available: Any) -> ControlType | None:
-    """PEBC when the RM offers it; None otherwise (FRBC, OMBC, PPBC and DDBC are not done)."""
-    return PEBC if PEBC in [ControlType(_cq(c)) for c in (available or [])] else None
+    """PEBC when the RM offers it (an envelope is what a limit is), else FRBC when offered
+    (relevent/protocols/s2/frbc.py); None otherwise (OMBC, PPBC and DDBC are not done)."""
+    offered = [ControlType(_cq(c)) for c in (available or [])]
+    return next((c for c in CONTROL_TYPES if c in offered), None)
 
 
 def resource_problem(path_id: str | None, details_id: Any, known: set) -> str | None:
