@@ -108,6 +108,8 @@ class Supervisor(Host, ReleventActor):
         super().__init__()
         self.init_host()
         self.children: list[Child] = []
+        self._index_key: tuple = ()              # _named's index, and the list it was built from
+        self._index: dict[str, list[Child]] = {}
         self._history = History()            # failures and restarts, for restart_policy
         self._group: Restart | None = None   # a group restart in progress
         self._group_key = 0                  # the group a Wakeup("group") must name to start it
@@ -210,8 +212,21 @@ class Supervisor(Host, ReleventActor):
         elif payload.what == "status-timeout":
             self._status_finish(payload.key)
 
+    def _named(self, name: str) -> list[Child]:
+        """The children with this name (one, or a removing one and its successor), from an
+        index rebuilt whenever the list of children changed.  Why an index: every child's
+        Pong each heartbeat and every write to a DER looks a child up: a scan of the list,
+        comparing ActorAddresses, made each heartbeat round quadratic in the number of
+        children (at 1,000 DERs, longer than the heartbeat; bench/README.md, "Scale")."""
+        key = tuple(map(id, self.children))
+        if key != self._index_key:
+            self._index_key, self._index = key, {}
+            for c in self.children:
+                self._index.setdefault(c.spec.name, []).append(c)
+        return self._index.get(name, [])
+
     def _by_name(self, name: str) -> Child | None:
-        return next((c for c in self.children if c.spec.name == name), None)
+        return next(iter(self._named(name)), None)
 
     def send_to_child(self, name: str, message: Any) -> bool:
         child = self._by_name(name)
@@ -262,7 +277,8 @@ class Supervisor(Host, ReleventActor):
         self.send(child.address, Shutdown() if child.spec.supervisor else ActorExitRequest())
 
     def _child_report(self, msg: Any, sender: Any) -> None:
-        child = self._by_address(sender)
+        # By its name first (every report carries it), then the incarnation by its address.
+        child = next((c for c in self._named(msg.name) if c.address is not None and c.address == sender), None)
         if child is None:
             return
         if isinstance(msg, Hello):
