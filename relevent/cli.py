@@ -65,6 +65,7 @@ def summary(topo: Topology) -> str:
             where = f" port {ep['port']}" if "port" in ep else ""
             host = ep.get("address") or ep.get("host") or ""
             extra = " + embedded broker" if ep.get("embedded_broker") else ""
+            extra += f", runs on {ep['runs_on']}" if ep.get("runs_on") else ""   # a member host (docs/deploy.md)
             lines.append(f"  {tag}  {ep['name']:<16} {ep['protocol']:<8} {host}{where}{extra}")
     # Processes: the site, each endpoint, simulator and embedded broker, each DER and controller.
     actors = 1 + len(d["wan"]) + len(d["lan"]) + len(d["simulator"]) + sum(1 for ep in d["lan"]
@@ -72,8 +73,9 @@ def summary(topo: Topology) -> str:
     for der in d["der"]:
         actors += 1 + len(der["functions"])
         via = f" via {der['lan']}" if der["lan"] else " (no device endpoint)"
+        on = f", runs on {der['host']}" if der.get("host") else ""
         lines.append(f"  DER  {der['name']:<16} {der['type']:<10} {'/'.join(der['functions'])}, "
-                     f"{der['schedules']}+1 schedules each{via}")
+                     f"{der['schedules']}+1 schedules each{via}{on}")
     lines.append(f"  actors      {actors}")
     return "\n".join(lines)
 
@@ -117,7 +119,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for depth, node in walk_depths(reply["tree"]):
         name = "  " * depth + (node["name"])
         uptime = f"{node['uptime_s']:.1f}s" if node.get("uptime_s") is not None else "-"
-        print(f"{name:<32} {node['role']:<10} {node['pid'] or '-':>7} {node['state']:<10} "
+        # A child placed on a member host (docs/deploy.md): its pid is that host's.
+        pid = f"{node['pid']}@{node['host']}" if node.get("host") and node["pid"] else node["pid"] or "-"
+        print(f"{name:<32} {node['role']:<10} {pid:>7} {node['state']:<10} "
               f"{node['restarts']:>8} {uptime:>9}  {short_detail(node):<34} {node['last_error']}")
     return 0
 
@@ -455,10 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("topology")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("member", help="run a member host of a multi-host site (its DERs with host = NAME) "
-                                      "until SIGINT/SIGTERM")
+    s = sub.add_parser("member", help="run a member host of a multi-host site (its DERs with host = NAME, "
+                                      "LAN endpoints and simulators with runs_on = NAME) until SIGINT/SIGTERM")
     s.add_argument("topology")
-    s.add_argument("--host", required=True, help="this host's name, as [[der]] host names it")
+    s.add_argument("--host", required=True, help="this host's name, as [[der]] host and runs_on name it")
     s.set_defaults(func=cmd_member)
 
     s = sub.add_parser("check", help="validate a topology file and summarise it")

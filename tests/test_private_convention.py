@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+# LEADER_IP, MEMBER_IP, NETWORK, ip and sockets stay importable from here: tests/test_multi_host.py does.
+from netnsctl import LEADER_IP, MEMBER_IP, NETWORK, NetnsUnavailable, ip, linked_namespaces
 from sitectl import REPO, Site, free_port
 from relevent.runtime.hardening import choose_private_address, interface_addresses, private_address
 from relevent.topology import parse_topology
@@ -151,44 +152,16 @@ def test_a_private_network_without_a_convention_is_unused():
 
 
 # -- relevent run, in network namespaces linked by a private network ---------------------------------
-LEADER_IP, MEMBER_IP, NETWORK = "10.231.7.1", "10.231.7.2", "10.231.7.0/24"
-
-
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=check)
-
-
 @pytest.fixture(scope="module")
 def netns():
     """Two network namespaces, "leader" and "member", each with `lo` up, linked by a veth
     pair: d0 (10.231.7.1/24) in the leader's, d1 (10.231.7.2/24) in the member's: two hosts
-    on one private network."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the test makes network namespaces (ip netns add)")
-    tag = secrets.token_hex(3)
-    names = {"leader": f"relevent-pn-{tag}-l", "member": f"relevent-pn-{tag}-m"}
-    made: list[str] = []
+    on one private network (tests/netnsctl.py; skipped when it cannot be made)."""
     try:
-        for name in names.values():
-            try:
-                res = ip("netns", "add", name, check=False)
-            except FileNotFoundError:
-                pytest.skip("needs iproute2 (the ip command)")
-            if res.returncode != 0:
-                pytest.skip(f"cannot make a network namespace: {res.stderr.strip()}")
-            made.append(name)
-            ip("-n", name, "link", "set", "lo", "up")
-        res = ip("link", "add", "d0", "netns", names["leader"], "type", "veth", "peer", "name", "d1", "netns",
-                 names["member"], check=False)
-        if res.returncode != 0:
-            pytest.skip(f"cannot make a veth pair: {res.stderr.strip()}")
-        for role, dev, address in (("leader", "d0", LEADER_IP), ("member", "d1", MEMBER_IP)):
-            ip("-n", names[role], "addr", "add", f"{address}/24", "dev", dev)
-            ip("-n", names[role], "link", "set", dev, "up")
-        yield names
-    finally:
-        for name in made:
-            ip("netns", "del", name, check=False)
+        with linked_namespaces() as names:
+            yield names
+    except NetnsUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def run_topology(state_dir: Path, admin_port: int, network: str, leader: str, http_port: int | None = None) -> str:

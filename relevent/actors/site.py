@@ -3,6 +3,11 @@
 Its configuration is the whole normalised topology; `Reconfigure` with an edited topology
 starts, stops or restarts only the children whose slice changed.
 
+On a multi-host site a DER (`host`), a LAN endpoint or a simulator (`runs_on`) may run on a
+member host (docs/deploy.md "Placing DERs on member hosts"): created there through thespian's
+convention (ChildSpec host), supervised from here like any other child; WAN endpoints and
+the site's own children stay on the leader.
+
 Stopping for good (`Shutdown` from the runner: SIGTERM, `systemctl stop`) first leaves
 every device as its DER's `at_stop` says: "keep" (the last command stays until the
 device's own reversion timer, e.g. SunSpec RvrtTms) or "reserve" (the DER's reserve values
@@ -20,8 +25,8 @@ import time
 from typing import Any
 
 from relevent.messages import (
-    CommandSubscribe, DevicesLeft, ForecastReply, ForecastRequest, LeaveDevices, Measurement, Pong, ScheduleOperate,
-    ScheduleWrites, Shutdown, SnapshotRequest, WanContact, Wakeup,
+    CommandSubscribe, DevicesLeft, ForecastReply, ForecastRequest, Hello, LeaveDevices, Measurement, Pong,
+    ScheduleOperate, ScheduleWrites, Shutdown, SnapshotRequest, WanContact, Wakeup,
 )
 from relevent.actors.crl import crl_child
 from relevent.actors.registration import registration_child
@@ -52,13 +57,16 @@ def device_slice(der: dict, extra: tuple[str, ...] = ()) -> dict:
 
 def site_children(data: dict) -> list[ChildSpec]:
     from relevent.protocols.registry import PROTOCOLS  # here: the registry imports the topology package
-    # Simulated devices and embedded brokers first: endpoints find them up.
+    # Simulated devices and embedded brokers first: endpoints find them up.  Each runs on its
+    # `runs_on` host ("": the leader); an embedded broker with its LAN endpoint, whose
+    # `host` (the broker's address) is then that host's.
     specs = [ChildSpec(sim["name"], "simulator", "relevent.actors.simulator.SimulatorActor",
-                       {**sim, "ders": [device_slice(d) for d in data["der"] if d["name"] == sim.get("der")]})
+                       {**sim, "ders": [device_slice(d) for d in data["der"] if d["name"] == sim.get("der")]},
+                       host=sim.get("runs_on", ""))
               for sim in data.get("simulator", [])]
     specs += [ChildSpec(f"{ep['name']}-broker", "simulator", "relevent.actors.simulator.SimulatorActor",
                         {"name": f"{ep['name']}-broker", "protocol": "mqtt-broker", "address": ep["host"],
-                         "port": ep["port"]})
+                         "port": ep["port"]}, host=ep.get("runs_on", ""))
               for ep in data["lan"] if ep.get("embedded_broker")]
     # The site's registration with its DSO (docs/registration.md), once its service may be up.
     registration = registration_child(data)
@@ -74,13 +82,15 @@ def site_children(data: dict) -> list[ChildSpec]:
                                                                                        "site": data["site"]["name"],
                                                                                        "party_tables": data["party"]})
              for ep in data["wan"]]
-    # A DER with a member host runs there (its controllers with it); nothing else is placed.
+    # A DER with a member host runs there (its controllers with it), a LAN endpoint on its
+    # runs_on; WAN endpoints and the site's own children stay on the leader.
     specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True,
                         host=der.get("host", ""))
               for der in data["der"]]
     specs += [ChildSpec(ep["name"], "lan", "relevent.actors.endpoint.EndpointActor",
                         {**ep, "ders": [device_slice(d, PROTOCOLS[ep["protocol"]].der_keys)
-                                        for d in data["der"] if d["lan"] == ep["name"]]})
+                                        for d in data["der"] if d["lan"] == ep["name"]]},
+                        host=ep.get("runs_on", ""))
               for ep in data["lan"]]
     return specs
 
@@ -135,7 +145,10 @@ class SiteSupervisor(Supervisor):
                     self.send(der.address, message)
         else:
             super().on_message(message, sender)
-            self._report_change()
+            if not isinstance(message, (Pong, Hello)):   # neither changes a child's state
+                # (the summary walks every child: after each Pong it made a heartbeat round
+                # quadratic in the number of DERs)
+                self._report_change()
 
     # -- stopping for good: devices first (module docstring) -----------------------------------
     def _leave_devices(self) -> None:

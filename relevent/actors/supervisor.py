@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.actors import ActorExitRequest, ActorSystemConventionUpdate, ChildActorExited
 
 from relevent.actors.base import HOST_CAPABILITY, ReleventActor
 from relevent.actors.hosted import Host
@@ -137,6 +137,10 @@ class Supervisor(Host, ReleventActor):
         DER's member): then its pid is one of this host's."""
         return False
 
+    def remote(self, spec: ChildSpec) -> bool:
+        """Whether a child runs on another host than this supervisor: its pid is not ours."""
+        return bool(spec.host) and not self.placed_here(spec)
+
     # -- hosted children: thespian's entry points, routed ----------------------------------
     def send(self, target: Any, message: Any) -> None:
         if self.is_hosted(target):
@@ -163,13 +167,20 @@ class Supervisor(Host, ReleventActor):
         return RestartPolicy.from_settings(self.policy)
 
     def on_configure(self) -> None:
-        self._apply_specs(self.child_specs())
+        specs = self.child_specs()
+        if any(self.remote(spec) for spec in specs) and self.multiprocess:
+            # Members joining and leaving the convention (ActorSystemConventionUpdate): see
+            # _member_update.
+            self.notifyOnSystemRegistrationChanges(True)
+        self._apply_specs(specs)
         self.wakeupAfter(self.policy["heartbeat_interval"], Wakeup("tick"))
 
     # -- message handling ----------------------------------------------------------------
     def on_message(self, message: Any, sender: Any) -> None:
         if isinstance(message, ChildActorExited):
             self._child_exited(message.childAddress)
+        elif isinstance(message, ActorSystemConventionUpdate):
+            self._member_update((message.remoteCapabilities or {}).get(HOST_CAPABILITY, ""), message.remoteAdded)
         elif isinstance(message, (Hello, Ready, Pong, Failed)):
             self._child_report(message, sender)
         elif isinstance(message, StatusRequest):
@@ -316,7 +327,7 @@ class Supervisor(Host, ReleventActor):
             child.state = "stopped"
         elif child.state == "restarting":
             self._start(child)
-        elif child.state == "starting" and child.pid is None and child.spec.host and not self.placed_here(child.spec):
+        elif child.state == "starting" and child.pid is None and self.remote(child.spec):
             # Placed on a member and gone before its Hello: thespian found no member with that
             # host (not started yet, or dead).  Not a failure of the child: tried again every
             # backoff_max without counting towards the restart intensity, which would otherwise
@@ -437,6 +448,23 @@ class Supervisor(Host, ReleventActor):
         self.send(self.myAddress, ActorExitRequest())  # no child left: thespian exits at once
 
     # -- heartbeat and stop timeout --------------------------------------------------------
+    def _member_update(self, host: str, added: bool) -> None:
+        """A member host joined the convention (or registered again after a restart): what
+        is placed there and waits (in backoff, or created while the member was away and never
+        answered) is created now, instead of after backoff_max or placement_timeout.  A
+        member leaving is seen by the heartbeats of what runs there (a dead member's
+        registration stays until thespian's expiry), so nothing is done here then."""
+        if not host or not added:
+            return
+        waiting = [c for c in self.children if c.spec.host == host and self.remote(c.spec)
+                   and (c.state == "backoff" or (c.state == "starting" and c.pid is None))]
+        log.info("member host=%s joined: creating %s there", host, ", ".join(c.spec.name for c in waiting) or "nothing")
+        for child in waiting:
+            if child.state == "starting":
+                self._sigkill(child)     # gone (to backoff, not a failure): then created again
+            if child.state == "backoff" and (self._group is None or child.spec.name not in self._group.start):
+                self._start(child)
+
     def _heartbeat(self) -> None:
         now = time.monotonic()
         self._ping_seq += 1
@@ -451,6 +479,15 @@ class Supervisor(Host, ReleventActor):
                     self.send(child.address, Ping(self._ping_seq))
                 elif not stopping and now - child.ping_sent > timeout:
                     self._kill(child, f"hung: no heartbeat reply for {now - child.ping_sent:.2f} s")
+            elif child.state == "starting" and child.pid is None and self.remote(child.spec) \
+                    and now - child.started_mono > self.policy["placement_timeout"]:
+                # Its creation went to a member that is gone (thespian forwards it to the
+                # member's last registration and never answers): given up, tried again after
+                # backoff_max without counting as a failure (_after_exit), so a member that
+                # comes back gets its actors within seconds, not after startup_timeout.
+                log.warning("child=%s on member host %r: no Hello %.1f s after its creation; trying again",
+                            child.spec.name, child.spec.host, now - child.started_mono)
+                self._sigkill(child)
             elif child.state == "starting" and now - child.started_mono > self.policy["startup_timeout"]:
                 self._kill(child, f"hung: not ready {self.policy['startup_timeout']:g} s after start")
             if stopping and child.stop_asked is not None:
@@ -473,7 +510,7 @@ class Supervisor(Host, ReleventActor):
         if self.is_hosted(child.address) or child.pid == os.getpid():
             # It shares our process (hosted, or simpleSystemBase): never kill -9 it.
             self.send(child.address, ActorExitRequest())
-        elif child.spec.host and not self.placed_here(child.spec):
+        elif self.remote(child.spec):
             # On another host: its pid is not one of ours to kill.  Ask it to exit and take it
             # as gone now: thespian reports no exit of an actor whose member died (or whose
             # creation found no member), so waiting for ChildActorExited could wait for ever.

@@ -3,11 +3,12 @@
 It starts an ActorSystem (multiprocTCPBase) that joins the leader's convention over the
 site's private network, bound to this host's address there exactly as `relevent run` binds
 the leader's (relevent/runtime/hardening.py), with the capability {"relevent host": NAME}.
-It runs no supervisor of its own: the leader's site supervisor creates the DERs whose
-`host` is NAME here (ReleventActor.actorSystemCapabilityCheck) and supervises them over the
-convention.  It waits for SIGTERM or SIGINT, then shuts its ActorSystem down, which stops
-the actors placed here (the leader sees them exit and restarts them when a member with that
-name comes back).  docs/deploy.md, "Placing DERs on member hosts".
+It runs no supervisor of its own: the leader's site supervisor creates here the DERs whose
+`host` is NAME and the LAN endpoints and simulators whose `runs_on` is NAME
+(ReleventActor.actorSystemCapabilityCheck) and supervises them over the convention; it logs
+what is placed on it at start.  It waits for SIGTERM or SIGINT, then shuts its ActorSystem
+down, which stops the actors placed here (the leader sees them exit and restarts them when
+a member with that name comes back).  docs/deploy.md, "Placing DERs on member hosts".
 """
 from __future__ import annotations
 
@@ -44,6 +45,16 @@ def member_problem(topology: Topology, host: str) -> str | None:
     return None
 
 
+def placed_on(topology: Topology, host: str) -> dict[str, list[str]]:
+    """What the leader creates on member `host`: DERs (`host`, their controllers with them),
+    LAN endpoints (`runs_on`, an embedded broker with its endpoint) and simulators (`runs_on`)."""
+    data = topology.data
+    return {"der": [d["name"] for d in data["der"] if d.get("host") == host],
+            "lan": [e["name"] + (" (+ embedded broker)" if e.get("embedded_broker") else "")
+                    for e in data["lan"] if e.get("runs_on") == host],
+            "simulator": [s["name"] for s in data["simulator"] if s.get("runs_on") == host]}
+
+
 def member_files(state_dir: Path, host: str) -> dict[str, Path]:
     """This member's own files in the state directory (on a shared one, apart from the leader's)."""
     return {"log": state_dir / f"member-{host}.log", "thespian": state_dir / f"member-{host}-thespian.log",
@@ -57,7 +68,7 @@ def run_member(path: str, host: str) -> int:
         print(f"error: {problem}; nothing was started", file=sys.stderr)
         return 2
     runtime = topology.data["runtime"]
-    placed = [d["name"] for d in topology.data["der"] if d.get("host") == host]
+    placed = placed_on(topology, host)
     state_dir = topology.state_dir
     files = member_files(state_dir, host)
     # The same bind as the runner's: this host's address on the private network, or refused.
@@ -93,11 +104,12 @@ def run_member(path: str, host: str) -> int:
     asys = ActorSystem("multiprocTCPBase", capabilities, logDefs=defs, transientUnique=True)
     files["pid"].write_text(json.dumps({"member": os.getpid(), "host": host, "address": address}) + "\n")
     log.info("member host=%s of site=%s up in %.3f s: thespian bound to %s on %s (private_network %s), "
-             "convention leader %s, DERs placed here: %s", host, topology.name, time.monotonic() - started,
-             address, interface, runtime["private_network"], runtime["convention_leader"],
-             ", ".join(placed) or "none")
-    if not placed:
-        log.warning("member host=%s: no [[der]] has host = %r in %s", host, host, path)
+             "convention leader %s, placed here: DERs %s; LAN endpoints %s; simulators %s", host, topology.name,
+             time.monotonic() - started, address, interface, runtime["private_network"],
+             runtime["convention_leader"], *(", ".join(names) or "none" for names in placed.values()))
+    if not any(placed.values()):
+        log.warning("member host=%s: no [[der]] has host = %r, no [[lan]] or [[simulator]] runs_on = %r in %s",
+                    host, host, host, path)
     try:
         while not stop.wait(1.0):
             pass

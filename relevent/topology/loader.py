@@ -15,8 +15,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from relevent.problems import Problem, ProblemsError
+from relevent.protocols.modbus.address import parse_device_address
 from relevent.protocols.registry import PROTOCOLS, is_loopback, listen_address, ocpp_security
 from relevent.runtime.control import control_socket_path
 from relevent.topology import schema
@@ -198,7 +200,8 @@ class _Validator:
             elif spec is not None and spec.role != role:
                 self.problem(path + ("protocol",), f"protocol {proto_name!r} is a {spec.role.upper()} protocol, "
                                                    f"not {role.upper()}")
-            fields = {**schema.ENDPOINT_COMMON, **(spec.keys if spec else {})}
+            placed = schema.RUNS_ON if role in schema.PLACED_ROLES else {}
+            fields = {**schema.ENDPOINT_COMMON, **placed, **(spec.keys if spec else {})}
             extra = tuple(item) if spec is None and isinstance(item, dict) else ()
             out.append(self.table(item, fields, path, extra_ok=extra))
             out[-1]["role"] = role
@@ -316,7 +319,7 @@ class _Validator:
             if spec is not None and spec.check_site is not None:
                 for key, message, *warning in spec.check_site(ep, data):
                     (self.warning if warning and warning[0] == "warning" else self.problem)(("wan", i, key), message)
-        ports: dict[int, tuple] = {}
+        ports: dict[tuple, tuple] = {}   # (runs_on, port): a port is taken once per host
         admin = data["runtime"]["admin_port"]
         for section in ("simulator", "wan", "lan"):
             for i, ep in enumerate(data[section]):
@@ -324,15 +327,16 @@ class _Validator:
                 if bound is None:
                     continue
                 path = (section, i, "port")
-                port = bound[1]
+                port, host = bound[1], ep.get("runs_on", "")
                 if port == admin:
                     self.problem(path, f"port {port} is the runtime admin_port")
-                if port in ports:
-                    other = ports[port]
-                    self.problem(path, f"two endpoints on port {port}: also {key_name(other[:2])} "
+                if (host, port) in ports:
+                    other = ports[host, port]
+                    on = f" on {host!r}" if host else ""
+                    self.problem(path, f"two endpoints on port {port}{on}: also {key_name(other[:2])} "
                                        f"at line {self.index.line_of(other)}")
                 else:
-                    ports[port] = path
+                    ports[host, port] = path
 
 
     def convention_checks(self, data: dict) -> None:
@@ -375,21 +379,49 @@ class _Validator:
             self.problem(leader_path, f"{address} is the {which} address of {network}, not a host's")
 
     def placement_checks(self, data: dict) -> None:
-        """A DER placed on a member host (`[[der]] host`; "" is the leader) needs a multi-host
-        site; its LAN endpoint runs on the leader (endpoints are not placed), so its device
-        commands would cross the private network: a warning (docs/deploy.md)."""
+        """Placement on member hosts (docs/deploy.md "Placing DERs on member hosts"): a DER's
+        `host`, a LAN endpoint's or a simulator's `runs_on` ("" is the leader) needs a
+        multi-host site.  Warned, not refused, for the site still works: a DER on another
+        host than its LAN endpoint (its device commands cross the private network); and a
+        simulated device on another host than the LAN endpoint it meets over loopback on
+        both sides (a DER's `der`, or a listener on the port the endpoint connects to for
+        a DER): 127.0.0.1 is each host's own, so the two never meet."""
         runtime = data["runtime"]
+        multi_host = runtime["convention_leader"] and runtime["private_network"]
+        for section, key, what in (("der", "host", "a DER"), ("lan", "runs_on", "a LAN endpoint"),
+                                   ("simulator", "runs_on", "a simulator")):
+            for i, item in enumerate(data[section]):
+                host = item.get(key, "")
+                if host and not multi_host and (section, i, key) not in self.unfilled:
+                    self.problem((section, i, key), f"{what} on member host {host!r} needs a multi-host site: "
+                                                    f"[runtime] convention_leader and private_network (or "
+                                                    f"{key} = \"\", the leader)")
+        lans = {ep["name"]: ep for ep in data["lan"]}
         for i, der in enumerate(data["der"]):
-            host = der.get("host", "")
-            if not host or ("der", i, "host") in self.unfilled:
+            lan = lans.get(der["lan"])
+            if lan is not None and der.get("host", "") != lan.get("runs_on", ""):
+                self.warning(("der", i, "host"), f"the DER runs on {_where(der.get('host', ''))} but its LAN endpoint "
+                                                 f"{lan['name']!r} on {_where(lan.get('runs_on', ''))}: its device "
+                                                 "commands cross the private network")
+        for k, sim in enumerate(data["simulator"]):
+            side = _simulator_side(sim)
+            if side is None or not is_loopback(side[0]):
                 continue
-            if not runtime["convention_leader"] or not runtime["private_network"]:
-                self.problem(("der", i, "host"), f"a DER on member host {host!r} needs a multi-host site: "
-                                                 "[runtime] convention_leader and private_network (or host = \"\", "
-                                                 "the leader)")
-            if der.get("lan"):
-                self.warning(("der", i, "host"), f"the DER runs on {host!r} but its LAN endpoint {der['lan']!r} "
-                                                 "on the leader: its device commands cross the private network")
+            for der in data["der"]:
+                lan = lans.get(der["lan"])
+                if lan is None or lan.get("runs_on", "") == sim.get("runs_on", ""):
+                    continue
+                meets = _lan_side(der, lan)
+                if meets is None or not is_loopback(meets[0]):
+                    continue
+                if sim.get("der") == der["name"] or (listen_address(sim) is not None and listen_address(lan) is None
+                                                     and meets[1] == side[1]):
+                    self.warning(("simulator", k, "runs_on"),
+                                 f"simulator {sim['name']!r} on {_where(sim.get('runs_on', ''))} {_uses(sim, side)} "
+                                 f"and DER {der['name']!r}'s LAN endpoint {lan['name']!r} on "
+                                 f"{_where(lan.get('runs_on', ''))} {_uses(lan, meets)}: a loopback address is each "
+                                 "host's own, so the two never meet (give both the same runs_on)")
+                    break   # one warning per simulator
 
     def tls_checks(self, data: dict) -> None:
         """The [tls] files (relevent/security/tls.py `policy_problems`), what each endpoint
@@ -463,6 +495,48 @@ class _Validator:
             else:
                 self.warning(("wan", i, "address"), f"endpoint {ep['name']!r} serves {where}: {ep['protocol']} "
                                                     "over TLS is not in this build (docs/tls.md)")
+
+
+def _where(host: str) -> str:
+    """A placement as a message names it: "the leader" or the member's name."""
+    return repr(host) if host else "the leader"
+
+
+def _uses(endpoint: dict, side: tuple[str, int | None]) -> str:
+    verb = "listens on" if listen_address(endpoint) is not None else "connects to"
+    return f"{verb} {side[0]}:{side[1]}" if side[1] else f"{verb} {side[0]}"
+
+
+def _lan_side(der: dict, lan: dict) -> tuple[str, int | None] | None:
+    """Where a LAN endpoint meets a DER's device: the address it listens on (an embedded
+    broker's too), the Modbus device address it connects to, or its broker's."""
+    bound = listen_address(lan)
+    if bound is not None:
+        return bound
+    if lan.get("protocol") == "modbus":
+        try:
+            where = parse_device_address(der["address"], lan["host"], lan["port"])
+        except ValueError:
+            return None   # reported by the protocol's check_der
+        return where.host, where.port
+    return (lan["host"], lan.get("port")) if lan.get("host") else None
+
+
+def _simulator_side(sim: dict) -> tuple[str, int | None] | None:
+    """The address a simulator listens on, or the one it connects to (`host` or `url`)."""
+    bound = listen_address(sim)
+    if bound is not None:
+        return bound
+    if sim.get("host"):
+        return sim["host"], sim.get("port")
+    if sim.get("url"):
+        url = urlsplit(sim["url"])
+        try:
+            port = url.port
+        except ValueError:
+            port = None
+        return (url.hostname, port) if url.hostname else None
+    return None
 
 
 def _loopback(endpoint: dict) -> bool:

@@ -149,6 +149,11 @@ SUPERVISION = {
     "startup_timeout": Field(NUMBER, default=60.0, check=positive,
                              doc="seconds a child may take to become ready (an MMS endpoint serving 10 DERs "
                                  "needs ~16 s: bench/README.md)"),
+    "placement_timeout": Field(NUMBER, default=5.0, check=positive,
+                               doc="seconds a child placed on a member host may take to say Hello (its first "
+                                   "message, before any work); after that its creation is taken as lost (the "
+                                   "member died or is restarting) and tried again after backoff_max, without "
+                                   "counting as a failure (docs/deploy.md)"),
 }
 # [supervision] holds defaults; [supervision.<level>] overrides them per supervisor level.
 SUPERVISION_LEVELS = ("site", "der", "controller")
@@ -156,6 +161,20 @@ SUPERVISION_LEVELS = ("site", "der", "controller")
 ENDPOINT_COMMON = {
     "name": Field((str,), required=True),
     "protocol": Field((str,), required=True),
+}
+
+# Where a [[lan]] endpoint or a [[simulator]] runs (docs/deploy.md "Placing DERs on member
+# hosts"): the same host names as [[der]] host, under another key because a [[lan]]'s `host`
+# is already its device's or broker's address.  WAN endpoints are not placed: they face the
+# grid operator from the leader.  An embedded broker goes with its LAN endpoint.
+PLACED_ROLES = ("lan", "simulator")
+RUNS_ON = {
+    "runs_on": Field((str,), default="", check=lambda v: _host_label(v) if v else None,
+                     doc="the host this LAN endpoint (with its embedded broker) or simulator runs on: \"\" (the "
+                         "default) is the leader (`relevent run`), a name is the member started with `relevent "
+                         "member --host NAME` on a multi-host site, e.g. the one next to its devices; its "
+                         "addresses (host, address, url) are then that host's, 127.0.0.1 its own loopback "
+                         "(docs/deploy.md)"),
 }
 
 DER = {
@@ -172,7 +191,7 @@ DER = {
     "host": Field((str,), default="", check=lambda v: _host_label(v) if v else None,
                   doc="the host this DER (and its controllers) runs on: \"\" (the default) is the leader "
                       "(`relevent run`), a name is the member started with `relevent member --host NAME` "
-                      "on a multi-host site (docs/deploy.md)"),
+                      "on a multi-host site; best the runs_on of its LAN endpoint (docs/deploy.md)"),
     "address": Field((int, str), default="", doc="device address on that endpoint (unit id, topic, ...)"),
     "profile": Field((str,), default="", doc="device profile, e.g. sunspec, pivot"),
     "rated_power_w": Field(NUMBER, default=0.0, check=non_negative),
