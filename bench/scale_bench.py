@@ -24,6 +24,9 @@ b. PSS (memory_bench.pss_kb) of every process of the site (runner included), onc
    thespian admin and logger, site supervisor); per_der_mib = total / N.  The marginal cost of
    a DER is (total(N2) - total(N1)) / (N2 - N1) between consecutive sizes of one run
    (`pss_marginal_per_der_mib`; needs two sizes).
+   Open descriptors (the site supervisor's, the most of any process, the total), and the
+   CPU the running site uses by itself (heartbeats, the observer's samples) over
+   IDLE_WINDOW_S with no client, in cores, with its three biggest users.
 c. Round trips seen by the client over --writes schedule set-ups spread evenly over the DERs
    and cycling over the 3 functions and FSCH02..FSCH09: write = one write request (NumEntr,
    SchdIntv, SchdPrio and SETUP_ENTRIES values); enable = operate EnaReq (ctlModel given, so
@@ -117,6 +120,7 @@ LEAD_FALLBACK_S = 0.2          # s per DER when c measured nothing (--writes 0)
 LATE_SETUP_MARGIN_MS = 300     # ms: set-up must end this long before the first boundary
 OBSERVE_TAIL_MS = 300          # ms: the observer goes on this long after the last entry
 POLL_S = 0.1                   # s: MMS connect-and-read poll while waiting to be served
+IDLE_WINDOW_S = 10.0           # s: the running site's own CPU use is measured over this
 STATUS_POLL_MIN_S = 0.25       # s: status poll (a status fans out to every DER), at least ...
 STATUS_POLL_PER_DER_S = 0.002  # s: ... and this per DER (2 s at 1,000 DERs)
 PARTIAL_TREES = 5              # status trees in a row with every DER running but some controllers
@@ -374,6 +378,35 @@ def memory(site: Site, ders: int) -> dict:
                            "site_supervisor": fds.get(supervisor)}}
 
 
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+
+
+def idle_cpu(site: Site) -> dict:
+    """CPU the running site uses with no client (heartbeats, the observer's samples, the
+    switcher): all its processes over IDLE_WINDOW_S, as a share of one core; the three
+    biggest users by role."""
+    roles = {n["pid"]: n["path"] or "site" for n in walk(site.tree()) if n.get("pid") and not n.get("hosted")}
+    pids = site.leftovers() + [site.proc.pid]
+    def sample() -> dict[int, float]:
+        out = {}
+        for pid in pids:
+            try:
+                out[pid] = cpu_s(pid)
+            except (OSError, IndexError):
+                continue
+        return out
+    before = sample()
+    time.sleep(IDLE_WINDOW_S)
+    after = sample()
+    used = {pid: after[pid] - before[pid] for pid in after if pid in before}
+    top = sorted(used.items(), key=lambda kv: -kv[1])[:3]
+    return {"window_s": IDLE_WINDOW_S, "cores": round(sum(used.values()) / IDLE_WINDOW_S, 3),
+            "top": [[roles.get(pid, "runner/thespian" if pid != site.proc.pid else "runner"),
+                     round(cpu / IDLE_WINDOW_S, 3)] for pid, cpu in top]}
+
+
 # -- c. write and enable round trips -------------------------------------------------------------
 def set_up_write(c, ref: str, boolean: bool, entries: int, priority: int, values: list, interval_s: int = 1) -> list:
     """One write request: NumEntr, SchdIntv, SchdPrio and the values; its errors."""
@@ -543,6 +576,7 @@ def run_size(ders: int, args, tmp: Path, progress: Progress, limits: Limits) -> 
         record["start"] = asdict(first)
         try:
             record["memory"] = memory(site, ders)
+            record["idle_cpu"] = idle_cpu(site)
             progress.phase(f"{ders} DERs: running after {first.running_s} s, "
                            f"PSS {record['memory']['total_mib']} MiB; {args.writes} set-ups")
             record["round_trips"] = rt = round_trips(client.client, lds, args.writes)
