@@ -135,6 +135,7 @@ class Site:
 
     def wait_running(self, timeout: float = 30.0) -> dict:
         deadline = time.monotonic() + timeout
+        tree = None
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"relevent run exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
@@ -145,7 +146,12 @@ class Site:
             except (SiteNotRunning, OSError, KeyError):
                 pass
             time.sleep(0.05)
-        raise TimeoutError(f"site not fully running after {timeout} s:\n{self.log.read_text()[-3000:]}")
+        waiting = [f"{n['path'] or 'site'} {n['state']} ({n.get('last_error') or 'no error'}, "
+                   f"up {n.get('uptime_s')} s)" for n in walk(tree) if n["state"] != "running"] if tree else ["no status"]
+        log_tail = "\n".join(line for line in self.log.read_text().splitlines()
+                             if "relevent." in line or "Traceback" in line)[-3000:]
+        raise TimeoutError(f"site not fully running after {timeout} s: {'; '.join(waiting)}\n"
+                           f"the runner's log lines of relevent:\n{log_tail}")
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc is None:
