@@ -34,14 +34,11 @@ D s first: a member down for D s).  From the kill (t0, taken just before the fir
   showing the last value it had while der1 is away (`http_during_outage`).
 
 These times are set by [supervision] (heartbeat_interval/heartbeat_timeout: detection;
-backoff_*: the restart's delay; startup_timeout: a creation sent to the dead member's stale
-registration is never answered and is only given up then) and by the member's thespian
-re-registration period (CONVENTION_REREGISTRATION_PERIOD, 0:10 from relevent member); the
-results file records them.  Restarted at once, the member is back in the convention before
-the heartbeat timeout and der1's restart lands there; with --down longer than the detection,
-that restart goes to the dead member's registration and der1 runs again only once
-startup_timeout has given it up (validation, loaded box: --down 5 --startup-timeout 20 ->
-der1 running 22.7 s after the kill).
+backoff_*: the restart's delay; placement_timeout: a creation sent to the dead member's stale
+registration, never answered, is given up then) and by thespian's convention: the member
+registers with the leader as it starts, and the leader's site supervisor, told of it
+(ActorSystemConventionUpdate), creates der1 there at once.  The results file records the
+settings.
 
 remote-vs-local: DERs d000 (on the leader) and d001 (on member m1), identical (ActPow, one
 schedule, controller_isolation = "der"), an MMS endpoint on the leader; each drives a SunSpec
@@ -77,6 +74,7 @@ import open61850.mms as o61850  # noqa: E402
 from open61850.data import FloatData, IntData, TimestampData  # noqa: E402
 
 from mmsclients import mms_name  # noqa: E402
+from relevent.topology.schema import SUPERVISION  # noqa: E402
 from netnsctl import LEADER_IP, NETWORK, NetnsUnavailable, inside, kill_ns, linked_namespaces, ns_pids  # noqa: E402
 from sitectl import REPO, Site, free_port, walk  # noqa: E402
 from switch_bench import pct, summary  # noqa: E402
@@ -371,7 +369,8 @@ def member_death(ns: dict, tmp: Path, args) -> dict:
             "supervision": {"heartbeat_interval_s": args.heartbeat_interval,
                             "heartbeat_timeout_s": args.heartbeat_timeout, "startup_timeout_s": args.startup_timeout,
                             "backoff_initial_s": args.backoff_initial, "backoff_max_s": args.backoff_max,
-                            "max_restarts": 10, "period_s": DEFAULT_PERIOD_S},
+                            "max_restarts": 10, "period_s": DEFAULT_PERIOD_S,
+                            "placement_timeout_s": SUPERVISION["placement_timeout"].default},
             "convention_reregistration_period": os.environ.get("CONVENTION_REREGISTRATION_PERIOD", REREGISTRATION),
             "spacing_s": args.spacing, "poll_s": POLL_S, "http_poll_s": HTTP_POLL_S, "value_w": VALUE_W,
             "figures": figures, "per_run": runs}
