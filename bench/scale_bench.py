@@ -122,7 +122,7 @@ OBSERVE_TAIL_MS = 300          # ms: the observer goes on this long after the la
 POLL_S = 0.1                   # s: MMS connect-and-read poll while waiting to be served
 IDLE_WINDOW_S = 10.0           # s: the running site's own CPU use is measured over this
 STATUS_POLL_MIN_S = 0.25       # s: status poll (a status fans out to every DER), at least ...
-STATUS_POLL_PER_DER_S = 0.002  # s: ... and this per DER (2 s at 1,000 DERs)
+STATUS_POLL_PER_DER_S = 0.01   # s: ... and this per DER (10 s at 1,000 DERs: each poll is 1,000 requests)
 PARTIAL_TREES = 5              # status trees in a row with every DER running but some controllers
                                # missing (late status parts): taken as running, with what they show
 STOP_WAIT_S = 60.0             # s: SIGTERM -> exited, before the runner is killed (stop_timeout 20 s)

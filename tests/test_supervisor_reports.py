@@ -72,3 +72,10 @@ def test_a_heartbeat_round_of_a_thousand_pongs_stays_linear():
     took = time.perf_counter() - t0
     assert [c.detail for c in sup.children] == [{"i": i} for i in range(1000)]
     assert took < 0.25, f"{took:.3f} s for 1,000 pongs"
+
+
+def test_a_supervisor_whose_children_are_starting_gets_the_startup_timeout_before_it_is_taken_as_hung():
+    from relevent.actors.restart_policy import silence_limit
+    assert silence_limit(20.0, 560.0, starting=True) == 560.0
+    assert silence_limit(20.0, 560.0, starting=False) == 20.0
+    assert silence_limit(0.6, 0.5, starting=True) == 0.6     # never below the heartbeat timeout

@@ -38,7 +38,9 @@ from relevent.messages import (
     Configure, FaultAck, Failed, ForecastReply, ForecastRequest, Hello, InjectFault, Pong, Ready, Reconfigure,
     Reconfigured, StatusReply, StatusRequest, FAULT_KINDS,
 )
-from relevent.actors.restart_policy import Escalate, History, RestartPolicy, on_failure, stop_overdue
+from relevent.actors.restart_policy import (
+    Escalate, History, RestartPolicy, on_failure, silence_limit, stop_overdue,
+)
 from relevent.actors.site import site_settings
 from relevent.messages import Shutdown
 from relevent import __version__
@@ -329,7 +331,8 @@ class SiteRunner:
 
     def _watch_root(self, now: float, policy: dict) -> None:
         """The site supervisor sends a heartbeat (Pong) every heartbeat_interval unasked;
-        none for heartbeat_timeout means hung: kill it and start it again."""
+        none for heartbeat_timeout (startup_timeout while its DERs and WAN endpoints are not
+        all up: restart_policy.silence_limit) means hung: kill it and start it again."""
         if self.root_due is not None:
             if now >= self.root_due:
                 self._start_root_again()
@@ -343,7 +346,10 @@ class SiteRunner:
                 self.root_error = self.root_error or "site supervisor process exited"
                 self.root_cause = self.root_cause or "killed"
         silent = now - self.root_alive_at
-        if not dead and self.root_ready and silent > policy["heartbeat_timeout"]:
+        summary = summary_of(self.root_detail, True)
+        starting = summary.ders_running < summary.ders or summary.wan_serving < summary.wan
+        limit = silence_limit(policy["heartbeat_timeout"], policy["startup_timeout"], starting)
+        if not dead and self.root_ready and silent > limit:
             self.root_error = f"hung: no heartbeat for {silent:.2f} s"
             self.root_cause = "hung"
             if self.root_pid and self.root_pid != os.getpid():
