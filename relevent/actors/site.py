@@ -185,16 +185,18 @@ class SiteSupervisor(Supervisor):
             self.send(self.parent, Pong(self.name, 0, os.getpid(), self.detail()))
 
     def on_wakeup(self, payload: Any) -> None:
+        if isinstance(payload, Wakeup) and payload.what == "tick" and self.parent is not None:
+            # Unasked heartbeat to the runner: the runner must never `tell` a hung actor
+            # (thespian's tell() then blocks for up to 60 s), so it only listens for these.
+            # Sent before this tick's Pings: thespian transmits in order, and behind a Ping
+            # to every DER of a big site it would reach the runner seconds late.
+            self.send(self.parent, Pong(self.name, 0, os.getpid(), self.detail()))
         super().on_wakeup(payload)
         if isinstance(payload, Wakeup) and payload.what == "leave-timeout" and self._leaving:
             log.warning("at stop: ders=%s did not confirm in %.1f s; stopping anyway", sorted(self._leaving),
                         AT_STOP_TIMEOUT_S)
             self._leaving = None
             self._close("asked to stop")
-        if isinstance(payload, Wakeup) and payload.what == "tick" and self.parent is not None:
-            # Unasked heartbeat to the runner: the runner must never `tell` a hung actor
-            # (thespian's tell() then blocks for up to 60 s), so it only listens for these.
-            self.send(self.parent, Pong(self.name, 0, os.getpid(), self.detail()))
 
     def detail(self) -> dict:
         self._reported = self.summary()
