@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from sitectl import REPO, Site, free_port
+from netnsctl import kill_ns, ns_pids
 from test_private_convention import LEADER_IP, MEMBER_IP, NETWORK, ip, netns, sockets  # noqa: F401 - netns: a fixture
 from relevent.actors.base import ReleventActor
 from relevent.actors.site import site_children
@@ -244,18 +245,6 @@ def test_a_member_without_a_multi_host_site_does_not_start(tmp_path):
 
 
 # -- end to end: a leader and a member in two network namespaces ----------------------------------------
-def ns_pids(name: str) -> set[int]:
-    return {int(p) for p in ip("netns", "pids", name).stdout.split()}
-
-
-def kill_ns(name: str) -> None:
-    for pid in ns_pids(name):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def start_member(netns_name: str, path: Path, state: Path, out: Path) -> subprocess.Popen:
     with open(out, "ab") as log:
         proc = subprocess.Popen(["ip", "netns", "exec", netns_name, sys.executable, "-m", "relevent", "member",
