@@ -56,7 +56,8 @@ def test_a_der_moved_with_its_store_files_resumes_its_schedule_on_the_new_host(t
     old_port, new_port = free_port(), free_port()
     (tmp_path / "old.toml").write_text(topology(old_state, old_port))
     (tmp_path / "new.toml").write_text(topology(new_state, new_port))
-    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2))
+    # A start in the past is refused (422): ahead enough for a loaded machine to write it first.
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 6))
     old = Site(tmp_path / "old.toml", old_state)
     old.start()
     try:
@@ -65,7 +66,7 @@ def test_a_der_moved_with_its_store_files_resumes_its_schedule_on_the_new_host(t
             http(old_port, "PUT", f"/api/v1/ders/{der}/ActPow/schedules/1",
                  {"values": [value], "interval_s": 3600, "priority": 20, "start": start})
             http(old_port, "POST", f"/api/v1/ders/{der}/ActPow/schedules/1/enable")
-        old.wait_for("der1/ActPow", lambda n: n["detail"].get("output") == 1234.0, timeout=15)
+        old.wait_for("der1/ActPow", lambda n: n["detail"].get("output") == 1234.0, timeout=30)
         assert old.stop(60) == 0
     finally:
         old.kill_everything()

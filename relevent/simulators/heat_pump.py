@@ -293,6 +293,7 @@ class HeatPumpSimulator(AsyncioSimulator):
 
     # -- running ---------------------------------------------------------------------------------
     def start(self) -> None:
+        self.ready_once_listening()
         self.aio = AsyncioThread(f"sim-{self.config['name']}")
         self.aio.spawn(self._serve(), "serve")
         if self.config.get("s2_url"):     # s2-python loaded only for a simulator that speaks S2

@@ -7,6 +7,11 @@ the stop: what runs on the loop (a server, a link) is closed there first, within
 
 One owner for that life cycle: each simulator says only what to close (`aclose`).  The
 thread-based IEC 104 station (c104 has its own threads) does not use it.
+
+A simulator that serves a port calls `ready_once_listening()` in `start()` and posts
+"listening" once the port is bound: its Ready waits for that, so a client that connects
+when the site says the simulator runs finds the port (on a loaded machine the server's
+bind came after Ready, and a test's first connection was refused).
 """
 from __future__ import annotations
 
@@ -19,8 +24,17 @@ CLOSE_S = 2.0   # seconds what runs on the loop gets to close at stop
 
 class AsyncioSimulator:
     config: dict
+    actor: Any
     aio: AsyncioThread | None = None
     _log: Any = None   # an open log file (write_log, command_log), or None
+    _ready_when_listening = False
+
+    def ready_once_listening(self) -> None:
+        """In start(): the actor's Ready waits for the loop's "listening" event (a simulator
+        run outside a site, with no actor, has no Ready to wait with)."""
+        if self.actor is not None:
+            self._ready_when_listening = True
+            self.actor.defer_ready()
 
     async def aclose(self) -> None:
         """On the loop, at stop: close what the simulator serves (a server, a link)."""
@@ -39,7 +53,10 @@ class AsyncioSimulator:
 
     def on_ready(self, fds: list[int]) -> None:
         if self.aio is not None:
-            self.aio.events(f"simulator {self.config.get('name')}")
+            events = self.aio.events(f"simulator {self.config.get('name')}")
+            if self._ready_when_listening and "listening" in events:
+                self._ready_when_listening = False
+                self.actor.mark_ready()
 
     def on_message(self, message: Any, sender: Any) -> bool:
         return False

@@ -233,6 +233,7 @@ class SunSpecInverter(AsyncioSimulator):
         self._server: ModbusTcpServer | None = None
 
     def start(self) -> None:
+        self.ready_once_listening()
         self.aio = AsyncioThread(f"sim-{self.config['name']}")
         self.aio.spawn(self._serve(), "serve")
 
