@@ -171,8 +171,7 @@ def stop_overdue(waited_s: float, silent_s: float, supervisor: bool, heartbeat_t
 def silence_limit(heartbeat_timeout_s: float, startup_timeout_s: float, starting: bool) -> float:
     """How long a supervisor child may go without a heartbeat before it is taken as hung.
     While its own children are still starting (`starting`), it is as busy as it will ever
-    be (at 1,000 DERs on 2 cores it created 1,000 processes and sent each its Configure,
-    queued behind which its heartbeats waited more than 20 s), so it gets its
-    `startup_timeout`, the time any child may take to become ready; after that, the
-    heartbeat timeout."""
+    be (it creates a process per child and sends each its Configure, and its heartbeats
+    queue behind them; bench/README.md, "Scale"), so it gets its `startup_timeout`, the
+    time any child may take to become ready; after that, the heartbeat timeout."""
     return max(heartbeat_timeout_s, startup_timeout_s) if starting else heartbeat_timeout_s
