@@ -2,15 +2,19 @@
 
     .venv/bin/python bench/scale_bench.py --ders 1 --ders 10 --ders 100 --ders 1000 --json bench/results-scale.json
     .venv/bin/python bench/scale_bench.py --ders 1 --ders 10 --writes 50 --entries 3
+    .venv/bin/python bench/scale_bench.py --ders 1000 --mms-endpoints 10 --values 24 --size-timeout 1800
 
 Each size runs one site (`relevent run` in its own processes, tests/sitectl.py): N DERs, each
 with ActPow, MaxPow and OnOff and `schedules = 10` (FSCH01..FSCH10 plus the reserve
 Res_FSCH01: 11 schedules a function, 33 a DER), `[runtime] controller_isolation = "der"` (a
-DER's 3 controllers in the DER's process: N + 5 processes), one MMS WAN endpoint, no LAN.
-The client is open61850 in this process, over loopback.  Per size, in this order:
+DER's 3 controllers in the DER's process: N + 5 processes), one MMS WAN endpoint (or, with
+--mms-endpoints K, K of them, each serving a contiguous slice of the DERs: `[[wan]] ders`),
+no LAN.  The client is open61850 in this process, over loopback, one connection per
+endpoint.  Per size, in this order:
 
 a. serve_s: `relevent run` spawned -> the first successful MMS read of the LAST DER's
-   ActPow_GGIO1.AnOut1.mxVal.f (connect and read, polled every POLL_S).  Also, from the
+   ActPow_GGIO1.AnOut1.mxVal.f (connect and read, polled every POLL_S), of each endpoint in
+   turn: the time the last of them served.  Also, from the
    supervisors' wall-clock `ready_at` stamps in `relevent status` (so the status polling,
    every STATUS_POLL_MIN_S or STATUS_POLL_PER_DER_S x N, does not add to them): mms_ready_s
    (the site supervisor heard the MMS endpoint's Ready, sent once it listens with every
@@ -230,7 +234,30 @@ class Limits:
             self._watcher = None
 
 
-def topology(state: Path, ders: int, mms_port: int, sup: Supervision, values: int = VALUES) -> str:
+class Layout:
+    """Which MMS endpoint serves which DER: one endpoint ("mms", every DER) or, with
+    --mms-endpoints K, K endpoints "mms0".. each serving a contiguous slice of the DERs
+    (`[[wan]] ders`), as a big site splits its model over several IEDs (docs/scaling.md)."""
+
+    def __init__(self, ders: int, endpoints: int) -> None:
+        self.ders, self.ports = ders, [free_port() for _ in range(endpoints)]
+        self.names = ["mms"] if endpoints == 1 else [f"mms{k}" for k in range(endpoints)]
+        self.slices = [range(k * ders // endpoints, (k + 1) * ders // endpoints) for k in range(endpoints)]
+        self.endpoint_of = [k for k, part in enumerate(self.slices) for _ in part]
+        # Each endpoint's model names its DERs' logical devices by how many it serves.
+        self.lds = [default_ld_inst({"name": der_name(i)}, len(self.slices[self.endpoint_of[i]]))
+                    for i in range(ders)]
+
+    def wan_tables(self) -> str:
+        out = ""
+        for k, (name, port) in enumerate(zip(self.names, self.ports)):
+            out += f'[[wan]]\nname = "{name}"\nprotocol = "mms"\nport = {port}\n'
+            if len(self.names) > 1:
+                out += "ders = [" + ", ".join(f'"{der_name(i)}"' for i in self.slices[k]) + "]\n"
+        return out
+
+
+def topology(state: Path, ders: int, layout: Layout, sup: Supervision, values: int = VALUES) -> str:
     funcs = ", ".join(f'"{f}"' for f in FUNCTIONS)
     der_tables = "".join(f'\n[[der]]\nname = "{der_name(i)}"\nfunctions = [{funcs}]\nschedules = {SCHEDULES}\n'
                          f'values = {values}\n' for i in range(ders))
@@ -244,19 +271,11 @@ controller_isolation = "der"
 heartbeat_interval = {sup.heartbeat_interval}
 heartbeat_timeout = {sup.heartbeat_timeout}
 startup_timeout = {sup.startup_timeout}
-[[wan]]
-name = "mms"
-protocol = "mms"
-port = {mms_port}
-{der_tables}"""
+{layout.wan_tables()}{der_tables}"""
 
 
 def der_name(i: int) -> str:
     return f"d{i:04d}"
-
-
-def lds_of(ders: int) -> list[str]:
-    return [default_ld_inst({"name": der_name(i)}, ders) for i in range(ders)]
 
 
 def fsch(ld: str, kind: str, schedule: str) -> str:
@@ -317,11 +336,30 @@ def tree_running(site: Site, ders: int) -> tuple[dict | None, bool]:
     return tree, sum(1 for n in nodes if n["role"] == "controller") == ders * len(FUNCTIONS)
 
 
-def start(site: Site, port: int, ders: int, progress: Progress) -> tuple[Start, Open61850Client]:
-    last = actpow_name(lds_of(ders)[-1])
+class Clients:
+    """One open61850 client per MMS endpoint; `of(i)`: the raw client that reaches DER i."""
+
+    def __init__(self, layout: Layout, clients: list[Open61850Client]) -> None:
+        self.layout, self.clients = layout, clients
+
+    def of(self, i: int):
+        return self.clients[self.layout.endpoint_of[i]].client
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+
+def start(site: Site, layout: Layout, progress: Progress) -> tuple[Start, Clients]:
+    """serve_s: until the last DER of every endpoint was read (each endpoint's model holds
+    its DERs; it listens once it is built and its controllers' states are in)."""
+    ders = layout.ders
     spawned_wall, spawned = time.time(), time.monotonic()
     spawn(site)
-    client, value = first_read(site, port, last)
+    clients: list[Open61850Client] = []
+    for port, part in zip(layout.ports, layout.slices):
+        client, value = first_read(site, port, actpow_name(layout.lds[part[-1]]))
+        clients.append(client)
     serve_s = time.monotonic() - spawned
     progress.phase(f"{ders} DERs: MMS served after {serve_s:.2f} s; waiting for every actor")
     every = max(STATUS_POLL_MIN_S, STATUS_POLL_PER_DER_S * ders)
@@ -337,13 +375,13 @@ def start(site: Site, port: int, ders: int, progress: Progress) -> tuple[Start, 
     site.admin_pgid = json.loads((site.state_dir / "relevent.pid").read_text())["admin_pgid"]
     nodes = list(walk(tree))
     stamps = [n["ready_at"] for n in nodes if n.get("ready_at")]
-    mms = next((n for n in nodes if n["role"] == "wan"), {})
+    mms_ready = [n.get("ready_at") for n in nodes if n["role"] == "wan"]
     return Start(serve_s=round(serve_s, 3),
-                 mms_ready_s=round(mms["ready_at"] - spawned_wall, 3) if mms.get("ready_at") else None,
+                 mms_ready_s=round(max(mms_ready) - spawned_wall, 3) if mms_ready and all(mms_ready) else None,
                  running_s=round(max(stamps) - spawned_wall, 3) if stamps else None,
                  running_seen_s=round(seen_s, 3), first_value=value, actors=len(nodes),
                  controllers=sum(1 for n in nodes if n["role"] == "controller"),
-                 restarts=sum(n.get("restarts") or 0 for n in nodes)), client
+                 restarts=sum(n.get("restarts") or 0 for n in nodes)), Clients(layout, clients)
 
 
 # -- b. memory -----------------------------------------------------------------------------------
@@ -434,12 +472,13 @@ def set_up_slot(j: int, ders: int, writes: int) -> tuple[int, str, str]:
     return der, kind, SETUP_SCHEDULES[(j // (len(FUNCTIONS) * ders)) % len(SETUP_SCHEDULES)]
 
 
-def round_trips(c, lds: list[str], writes: int) -> dict:
+def round_trips(clients: Clients, lds: list[str], writes: int) -> dict:
     start_ms = (int(time.time()) + SETUP_AHEAD_S) * 1000
     write_ms, enable_ms, errors = [], [], []
     slots = [set_up_slot(j, len(lds), writes) for j in range(writes)]
     for j, (der, kind, schedule) in enumerate(slots):
         ref = fsch(lds[der], kind, schedule)
+        c = clients.of(der)
         boolean = kind == "OnOff"
         values = [k % 2 == 0 for k in range(SETUP_ENTRIES)] if boolean else \
             [100.0 * (j % 50) + k for k in range(SETUP_ENTRIES)]
@@ -459,20 +498,20 @@ def round_trips(c, lds: list[str], writes: int) -> dict:
 
 
 # -- d. switch lateness --------------------------------------------------------------------------
-def lateness(c, lds: list[str], args, per_der_s: float) -> dict:
+def lateness(clients: Clients, lds: list[str], args, per_der_s: float) -> dict:
     n = len(lds)
     k_ders = min(n, args.lateness_ders or n)
     sample = sorted({i * n // k_ders for i in range(k_ders)})
     entries = args.entries
     for i in sample:
-        refused = set_up_write(c, fsch(lds[i], "ActPow", LATENESS_SCHEDULE), False, entries, PRIORITY,
+        refused = set_up_write(clients.of(i), fsch(lds[i], "ActPow", LATENESS_SCHEDULE), False, entries, PRIORITY,
                                [1000.0 * (i + 1) + k for k in range(entries)])
         if refused:
             raise RuntimeError(f"lateness set-up of {lds[i]} refused: {refused}")
     lead_s = LEAD_MIN_S + LEAD_FACTOR * len(sample) * per_der_s
     t0 = (int(time.time() + lead_s) + 1) * 1000
     for i in sample:
-        enable(c, fsch(lds[i], "ActPow", LATENESS_SCHEDULE), t0)
+        enable(clients.of(i), fsch(lds[i], "ActPow", LATENESS_SCHEDULE), t0)
     spare_ms = t0 - time.time() * 1000
     result = {"ders_sampled": len(sample), "entries_per_der": entries, "expected": len(sample) * entries,
               "lead_s": round(lead_s, 1), "setup_spare_ms": round(spare_ms), "read_batch": args.read_batch,
@@ -480,7 +519,11 @@ def lateness(c, lds: list[str], args, per_der_s: float) -> dict:
     if spare_ms < LATE_SETUP_MARGIN_MS:
         return {**result, "error": "set-up took longer than the lead: not observed"}
     names = [actpow_name(lds[i]) for i in sample]
-    batches = [range(a, min(a + args.read_batch, len(sample))) for a in range(0, len(sample), args.read_batch)]
+    # Read requests of at most --read-batch names, each to the endpoint serving its DERs.
+    batches = []
+    for k in range(len(clients.clients)):
+        mine = [j for j in range(len(sample)) if clients.layout.endpoint_of[sample[j]] == k]
+        batches += [mine[a:a + args.read_batch] for a in range(0, len(mine), args.read_batch)]
     seen: dict[tuple[int, int], float] = {}
     sweeps, requests = [], []
     end = t0 + entries * 1000 + OBSERVE_TAIL_MS
@@ -488,7 +531,7 @@ def lateness(c, lds: list[str], args, per_der_s: float) -> dict:
         s0 = time.time() * 1000
         for batch in batches:
             r0 = time.time() * 1000
-            values = c.read_many([names[j] for j in batch])
+            values = clients.of(sample[batch[0]]).read_many([names[j] for j in batch])
             r1 = time.time() * 1000
             requests.append(r1 - r0)
             for j, v in zip(batch, values):
@@ -521,7 +564,8 @@ def arm_keeper(c, ld: str) -> float:
     return round(time.monotonic() - t, 2)
 
 
-def restart(site: Site, port: int, ders: int, progress: Progress) -> dict:
+def restart(site: Site, layout: Layout, progress: Progress) -> dict:
+    ders = layout.ders
     t = time.monotonic()
     code = site.stop(timeout=STOP_WAIT_S)
     stop_s = time.monotonic() - t
@@ -529,11 +573,11 @@ def restart(site: Site, port: int, ders: int, progress: Progress) -> dict:
     site.kill_everything()
     progress.phase(f"{ders} DERs: stopped in {stop_s:.2f} s (exit {code}, {len(left)} processes left); "
                    "running it again")
-    again, client = start(site, port, ders, progress)
+    again, clients = start(site, layout, progress)
     try:
-        value = client.client.read(actpow_name(lds_of(ders)[-1])).value
+        value = clients.of(ders - 1).read(actpow_name(layout.lds[-1])).value
     finally:
-        client.close()
+        clients.close()
     return {"stop_s": round(stop_s, 3), "exit_code": code, "processes_left": len(left), **asdict(again),
             "keeper_value": value, "survived": value == KEEP_VALUE}
 
@@ -553,7 +597,7 @@ def log_facts(state: Path) -> dict:
     facts: dict = {name: len(re.findall(pattern, text)) for name, pattern in LOG_MARKERS.items()}
     facts["site_up_s"] = [float(m) for m in re.findall(r"site=\S+ up in ([\d.]+) s", text)]
     facts["mms_serving_at"] = [LOG_TIME.match(line).group(1) for line in text.splitlines()
-                               if "mms endpoint=mms serving" in line and LOG_TIME.match(line)]
+                               if re.search(r"mms endpoint=\S+ serving", line) and LOG_TIME.match(line)]
     thespian = text_of(state / "thespian.log")
     facts.update({f"thespian_{name}": len(re.findall(p, thespian)) for name, p in THESPIAN_MARKERS.items()})
     return facts
@@ -561,36 +605,36 @@ def log_facts(state: Path) -> dict:
 
 def run_size(ders: int, args, tmp: Path, progress: Progress, limits: Limits) -> dict:
     sup = Supervision.for_ders(ders)
-    state, port = tmp / f"state-{ders}", free_port()
+    state, layout = tmp / f"state-{ders}", Layout(ders, args.mms_endpoints)
     topo = tmp / f"scale-{ders}.toml"
-    topo.write_text(topology(state, ders, port, sup, args.values))
+    topo.write_text(topology(state, ders, layout, sup, args.values))
     record: dict = {"ders": ders, "loadavg_before": [round(x, 2) for x in os.getloadavg()],
                     "mem_available_before_mib": mem_available_mib(), "supervision": asdict(sup), "ok": False}
     site = Site(topo, state)
-    lds = lds_of(ders)
+    lds = layout.lds
     clean = False
     try:
         limits.arm(args.size_timeout, args.mem_floor)
         progress.phase(f"{ders} DERs: starting (load average {record['loadavg_before'][0]})")
-        first, client = start(site, port, ders, progress)
+        first, clients = start(site, layout, progress)
         record["start"] = asdict(first)
         try:
             record["memory"] = memory(site, ders)
             record["idle_cpu"] = idle_cpu(site)
             progress.phase(f"{ders} DERs: running after {first.running_s} s, "
                            f"PSS {record['memory']['total_mib']} MiB; {args.writes} set-ups")
-            record["round_trips"] = rt = round_trips(client.client, lds, args.writes)
+            record["round_trips"] = rt = round_trips(clients, lds, args.writes)
             # After the lead is chosen, each sampled DER costs a StrTm write and an enable.
             per_der_s = ((rt["write_rtt"]["mean_ms"] + rt["enable_rtt"]["mean_ms"]) / 1000
                          if rt["write_rtt"] and rt["enable_rtt"] else LEAD_FALLBACK_S)
             progress.phase(f"{ders} DERs: switch lateness, {args.entries} entries")
-            record["lateness"] = lateness(client.client, lds, args, per_der_s)
-            record["endpoint_switches"] = site.node("mms")["detail"].get("switches", [])
-            record["keeper_seen_s"] = arm_keeper(client.client, lds[-1])
+            record["lateness"] = lateness(clients, lds, args, per_der_s)
+            record["endpoint_switches"] = site.node(layout.names[0])["detail"].get("switches", [])
+            record["keeper_seen_s"] = arm_keeper(clients.of(ders - 1), lds[-1])
         finally:
-            client.close()
+            clients.close()
         progress.phase(f"{ders} DERs: SIGTERM")
-        record["restart"] = restart(site, port, ders, progress)
+        record["restart"] = restart(site, layout, progress)
         t = time.monotonic()
         record["restart"]["second_exit_code"] = site.stop(timeout=STOP_WAIT_S)
         record["restart"]["second_stop_s"] = round(time.monotonic() - t, 3)
@@ -665,17 +709,21 @@ def main() -> None:
                     help="MiB: a size is killed when the machine's MemAvailable falls below this")
     ap.add_argument("--values", type=int, default=VALUES,
                     help="[[der]] values: value slots per schedule (the MMS model's size grows with it)")
+    ap.add_argument("--mms-endpoints", type=int, default=1,
+                    help="MMS endpoints, each serving a contiguous slice of the DERs ([[wan]] ders)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not SETUP_ENTRIES <= args.values <= 100:
         ap.error(f"--values must be {SETUP_ENTRIES}..100 (a set-up writes {SETUP_ENTRIES} values)")
+    if args.mms_endpoints < 1 or any(n < args.mms_endpoints for n in args.ders or [1, 10]):
+        ap.error("--mms-endpoints must be 1..the smallest --ders (each endpoint serves at least one DER)")
     if not 1 <= args.entries < 1000:
         ap.error("--entries must be 1..999 (values encode the entry in the last 3 digits)")
     sizes = args.ders or [1, 10]
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, signal.default_int_handler)   # also when started in the background
     results: dict = {"machine": machine(), "functions": list(FUNCTIONS), "schedules_per_function": SCHEDULES + 1,
-                     "values": args.values,
+                     "values": args.values, "mms_endpoints": args.mms_endpoints,
                      "writes": args.writes, "entries": args.entries, "sizes": []}
     progress = Progress(len(sizes), "scale_bench")
     limits = Limits()

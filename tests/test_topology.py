@@ -81,7 +81,7 @@ def test_supervision_levels_inherit_and_override():
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda t: t.replace('port = 10102', 'port = 10102\nprot = 1'),
-     "site.toml:9: wan[0].prot: unknown key (known: address, anonymous, ied_name, insecure, name, parties, party, port, protocol, scl, serve_nice, switch_nice, tls)"),
+     "site.toml:9: wan[0].prot: unknown key (known: address, anonymous, ders, ied_name, insecure, name, parties, party, port, protocol, scl, serve_nice, switch_nice, tls)"),
     (lambda t: t.replace('port = 10102', 'port = "x"'),
      "site.toml:8: wan[0].port: expected integer, got str 'x'"),
     (lambda t: t.replace('port = 10102', 'port = 70000'),
@@ -114,6 +114,10 @@ def test_supervision_levels_inherit_and_override():
      "site.toml:22: wan[1].der: DER 'pv9' does not exist (known: pv1)"),
     (lambda t: t + '\n[[wan]]\nname = "ems"\nprotocol = "mqtt-ems"\nfunction = "MaxPow"\nschedule = 99\n',
      "site.toml:23: wan[1].schedule: schedule 99 but pv1 has"),
+    (lambda t: t.replace('port = 10102', 'port = 10102\nders = ["pv1", "pv2"]'),
+     "site.toml:9: wan[0].ders: DER 'pv2' does not exist (known: pv1)"),
+    (lambda t: t.replace('port = 10102', 'port = 10102\nders = ["pv1", "pv1"]'),
+     "site.toml:9: wan[0].ders: DER 'pv1' is listed twice"),
 ])
 def test_each_error_names_file_line_and_key(edit, expected):
     found = problems(edit(GOOD))

@@ -56,7 +56,8 @@ def device_slice(der: dict, extra: tuple[str, ...] = ()) -> dict:
 
 
 def site_children(data: dict) -> list[ChildSpec]:
-    from relevent.protocols.registry import PROTOCOLS  # here: the registry imports the topology package
+    # here: the registry imports the topology package
+    from relevent.protocols.registry import PROTOCOLS, served_ders
     # Simulated devices and embedded brokers first: endpoints find them up.  Each runs on its
     # `runs_on` host ("": the leader); an embedded broker with its LAN endpoint, whose
     # `host` (the broker's address) is then that host's.
@@ -78,10 +79,10 @@ def site_children(data: dict) -> list[ChildSpec]:
     if crl is not None:
         specs.append(ChildSpec("crl", "crl", "relevent.actors.crl.CrlActor", crl))
     # WAN endpoints serve the site's DERs (the MMS model is built from them).
-    specs += [ChildSpec(ep["name"], "wan", "relevent.actors.endpoint.EndpointActor", {**ep, "ders": data["der"],
-                                                                                       "site": data["site"]["name"],
-                                                                                       "party_tables": data["party"]})
-             for ep in data["wan"]]
+    specs += [ChildSpec(ep["name"], "wan", "relevent.actors.endpoint.EndpointActor",
+                        {**ep, "ders": served_ders(ep, data["der"]), "site": data["site"]["name"],
+                         "party_tables": data["party"]})
+              for ep in data["wan"]]
     # A DER with a member host runs there (its controllers with it), a LAN endpoint on its
     # runs_on; WAN endpoints and the site's own children stay on the leader.
     specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True,
@@ -109,7 +110,16 @@ class SiteSupervisor(Supervisor):
     def runtime_config(self, spec: ChildSpec) -> dict:
         if spec.role != "der":
             return {}
-        return {"subscribers": dict(self.subscribers), "lan_subscribers": dict(self.lan_subscribers)}
+        return {"subscribers": {name: address for name, address in self.subscribers.items()
+                                if self._serves(name, spec.name)},
+                "lan_subscribers": dict(self.lan_subscribers)}
+
+    def _serves(self, endpoint: str, der: str) -> bool:
+        """Whether WAN endpoint `endpoint` serves DER `der` (its `ders`): a DER sends its
+        states and measurements only to the endpoints that serve it."""
+        from relevent.protocols.registry import serves
+        ep = next((e for e in self.config.get("wan", []) if e["name"] == endpoint), None)
+        return ep is None or serves(ep, der)
 
     def child_specs(self) -> list[ChildSpec]:
         return site_children(self.config)
@@ -126,7 +136,8 @@ class SiteSupervisor(Supervisor):
         elif isinstance(message, SnapshotRequest):
             self.subscribers[message.subscriber] = message.reply_to
             for der in self.running_children("der"):
-                self.send(der.address, message)
+                if self._serves(message.subscriber, der.spec.name):
+                    self.send(der.address, message)
         elif isinstance(message, CommandSubscribe):
             self.lan_subscribers[message.subscriber] = message.reply_to
             for der in self.running_children("der"):

@@ -56,6 +56,10 @@ class ChaosRun:
         if not mms:
             raise ChaosError(f"{topology.path}: a chaos run writes its schedules over MMS: add a [[wan]] endpoint "
                              f"with protocol = \"mms\"")
+        if mms[0]["ders"] and len(mms[0]["ders"]) < len(topology.data["der"]):
+            raise ChaosError(f"{topology.path}: a chaos run writes its schedules over the first MMS endpoint, "
+                             f"{mms[0]['name']!r}, which serves only {', '.join(mms[0]['ders'])}: it must serve "
+                             f"every DER (remove its `ders`)")
         self.topo, self.plan, self.say = topology, plan, say
         self.data = topology.data
         self.proc: subprocess.Popen | None = None

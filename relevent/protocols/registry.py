@@ -234,6 +234,13 @@ WAN_KEYS = {
                        doc="what a client without an accepted credential gets: act as `party`, read only, or "
                            "nothing; empty: \"party\" on a loopback address, \"none\" on any other"),
 }
+# An endpoint that serves every DER of the site unless told which (MMS, HTTP); the other WAN
+# protocols name their DERs in their own tables (`der`, an IEC 104 address table).
+SERVED_DERS = {
+    "ders": Field((list,), default=[], item_types=(str,),
+                  doc="the DERs this endpoint serves, by name (an MMS endpoint's model holds only these: a big "
+                      "site splits its DERs over several IEDs, docs/scaling.md); empty: every DER of the site"),
+}
 
 PROTOCOLS: dict[str, ProtocolSpec] = {
     spec.name: spec
@@ -242,6 +249,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "mms", "wan", True,
             {
                 **WAN_KEYS,
+                **SERVED_DERS,
                 "address": Field((str,), default="127.0.0.1", doc="listen address"),
                 "port": Field((int,), default=102, check=port_check,
                               doc="102 for plain MMS; 3782 by convention for MMS over TLS (IEC 62351-3)"),
@@ -263,6 +271,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "http", "wan", True,
             {
                 **WAN_KEYS,
+                **SERVED_DERS,
                 "address": Field((str,), default="127.0.0.1", doc="listen address (loopback unless a proxy or TLS "
                                                                   "faces the network)"),
                 "port": Field((int,), default=8080, check=port_check),
@@ -671,6 +680,19 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "with a known token, serves a CRL, revokes on request (docs/registration.md)"),
     )
 }
+
+
+def serves(endpoint: dict, der: str) -> bool:
+    """Whether a WAN endpoint serves the DER named `der`: one its `ders` names, or any if it
+    names none.  The one place that decides it: the site hands an endpoint only the DERs it
+    serves (served_ders) and sends it only their states, and an MMS endpoint's model,
+    exported or served, holds only these."""
+    return not endpoint.get("ders") or der in endpoint["ders"]
+
+
+def served_ders(endpoint: dict, ders: list[dict]) -> list[dict]:
+    """The DERs a WAN endpoint serves (see serves), in the site's order."""
+    return [d for d in ders if serves(endpoint, d["name"])]
 
 
 def is_loopback(host: str) -> bool:

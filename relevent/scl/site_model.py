@@ -1,9 +1,10 @@
 """The SCL model a site's MMS endpoint serves: its configured SCL file, or one generated
-from the site's DERs."""
+from the DERs it serves (all the site's, or those its `ders` names)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from relevent.protocols.registry import served_ders
 from relevent.scl.generate import generate_scl
 from relevent.topology import Topology
 
@@ -24,4 +25,5 @@ def endpoint_scl(endpoint: dict, ders: list[dict], site: str) -> bytes:
 
 
 def site_scl(topo: Topology, endpoint_name: str | None = None) -> bytes:
-    return endpoint_scl(mms_endpoint(topo, endpoint_name), topo.data["der"], topo.name)
+    endpoint = mms_endpoint(topo, endpoint_name)
+    return endpoint_scl(endpoint, served_ders(endpoint, topo.data["der"]), topo.name)

@@ -314,6 +314,14 @@ class _Validator:
             if lan is not None and not der["rated_power_w"] > 0 and ("der", i, "rated_power_w") not in self.unfilled:
                 self.problem(("der", i, "rated_power_w"), "a DER driven over a LAN endpoint needs rated_power_w > 0 "
                                                           "(the device set-point is bounded by it)")
+        der_names = [d["name"] for d in data["der"] if isinstance(d.get("name"), str)]
+        for i, ep in enumerate(data["wan"]):  # the DERs an endpoint serves (`ders`) exist, once each
+            for j, name in enumerate(ep.get("ders", [])):
+                if name not in der_names:
+                    self.problem(("wan", i, "ders"), f"DER {name!r} does not exist (known: "
+                                                     f"{', '.join(der_names) or 'none defined'})")
+                elif name in ep["ders"][:j]:
+                    self.problem(("wan", i, "ders"), f"DER {name!r} is listed twice")
         for i, ep in enumerate(data["wan"]):  # what a WAN protocol needs of the site
             spec = PROTOCOLS.get(ep.get("protocol"))
             if spec is not None and spec.check_site is not None:

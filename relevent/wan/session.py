@@ -520,6 +520,8 @@ class ControlSession:
         return False
 
     def on_message(self, message: Any) -> bool:
+        if isinstance(message, (ControllerState, Measurement)) and message.der not in self.ders:
+            return True   # a DER this endpoint does not serve (`ders`): the site sends none; ignored
         if isinstance(message, Measurement):
             with self.lock:
                 self.measured[message.der] = message
