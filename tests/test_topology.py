@@ -169,3 +169,47 @@ def test_snippet_forms():
         parse_snippet('protocol = "mqtt"')
     with pytest.raises(EditError, match="not written as a"):
         remove_endpoint('wan = [{name = "x", protocol = "mms"}]\n[site]\nname = "s"\n', "x")
+
+
+# -- warnings for a site bigger than its settings (docs/scaling.md) --------------------------------
+def many_ders(n: int, wan: str = "", supervision: str = "") -> str:
+    ders = "".join(f'[[der]]\nname = "d{i:03d}"\n' for i in range(n))
+    return f'[site]\nname = "s"\n{supervision}\n[[wan]]\nname = "mms"\nprotocol = "mms"\nport = 10102\n{wan}\n{ders}'
+
+
+def warnings_of(text: str) -> list[str]:
+    return [str(w) for w in parse_topology(text, "site.toml", env={}).warnings]
+
+
+def test_an_mms_endpoint_serving_more_than_200_ders_is_warned_about_and_a_split_is_not():
+    slow = "[supervision]\nheartbeat_interval = 5.0"
+    assert warnings_of(many_ders(200, supervision=slow)) == []
+    found = warnings_of(many_ders(201, supervision=slow))
+    assert len(found) == 1 and found[0].startswith("site.toml:5: wan[0].ders: MMS endpoint 'mms' serves 201 DERs"), found
+    halves = ('ders = [' + ", ".join(f'"d{i:03d}"' for i in range(150)) + ']\n'
+              '[[wan]]\nname = "mms2"\nprotocol = "mms"\nport = 10103\nders = [' +
+              ", ".join(f'"d{i:03d}"' for i in range(150, 300)) + ']')
+    assert warnings_of(many_ders(300, wan=halves, supervision=slow)) == []
+
+
+def test_a_heartbeat_round_of_more_than_200_pings_a_second_is_warned_about_with_the_interval_to_use():
+    assert warnings_of(many_ders(40)) == []        # the default 0.2 s: 200 a second
+    found = warnings_of(many_ders(41))
+    assert found == ["site.toml: supervision.heartbeat_interval: 41 DERs pinged every 0.2 s: the site supervisor "
+                     "sends 205 Pings a second, more than the 200 measured without a DER taken for hung: set "
+                     "heartbeat_interval >= 0.205 s and heartbeat_timeout >= 4 intervals (docs/scaling.md)"], found
+    assert warnings_of(many_ders(41, supervision="[supervision]\nheartbeat_interval = 0.25")) == []
+
+
+def test_relevent_run_logs_the_warnings_relevent_check_prints(tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from sitectl import Site, free_port, running, small_topology
+    # One DER pinged every 4 ms: 250 Pings a second, a warning (and a cheap one to run).
+    path = tmp_path / "site.toml"
+    path.write_text(small_topology(tmp_path / "state", free_port()).replace("heartbeat_interval = 0.1",
+                                                                             "heartbeat_interval = 0.004"))
+    checked = subprocess.run([sys.executable, "-m", "relevent", "check", str(path)], capture_output=True, text=True)
+    assert "warning: " in checked.stderr and "250 Pings a second" in checked.stderr, checked.stderr
+    with running(Site(path, tmp_path / "state")):
+        log = (tmp_path / "state" / "relevent.log").read_text()
+    assert "WARNING relevent.runner" in log and "topology" in log and "250 Pings a second" in log, log[-2000:]

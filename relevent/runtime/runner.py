@@ -158,6 +158,8 @@ class SiteRunner:
         logging.config.dictConfig(self._log_defs())
         if self._lock_warning:
             log.warning("%s", self._lock_warning)
+        for warning in self.topology.warnings:   # what `relevent check` prints, in the log too
+            log.warning("topology %s", warning)
         if multi_host:
             log.info("site=%s thespian bound to %s on %s (private_network %s), convention leader %s",
                      self.topology.name, private[1], private[0], runtime["private_network"],

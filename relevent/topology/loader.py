@@ -19,11 +19,17 @@ from urllib.parse import urlsplit
 
 from relevent.problems import Problem, ProblemsError
 from relevent.protocols.modbus.address import parse_device_address
-from relevent.protocols.registry import PROTOCOLS, is_loopback, listen_address, ocpp_security
+from relevent.protocols.registry import PROTOCOLS, is_loopback, listen_address, ocpp_security, served_ders
 from relevent.runtime.control import control_socket_path
 from relevent.topology import schema
 from relevent.topology.locate import LineIndex
 
+# Scale warnings (scale_checks; bench/README.md, "Scale"): DERs one MMS endpoint serves
+# before its model build (which grows with the square of the model) takes minutes, and
+# Pings a second the site supervisor sends at most (the benchmark's, 100 DERs every 0.5 s,
+# ran without a DER taken for hung).
+MMS_DERS_PER_ENDPOINT = 200
+PINGS_PER_SECOND = 200
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # A value a site template (`relevent init`) leaves for the installer: "<fill in: what goes here>".
 # Reported as not filled in, naming its key, and never also as a wrong type.
@@ -270,6 +276,26 @@ class _Validator:
                 self.warning(("wan", i, "anonymous"), "every client of this endpoint may do everything: no "
                                                       "[[party]] is defined and it listens beyond loopback")
 
+    def scale_checks(self, data: dict) -> None:
+        """Warnings for a site bigger than its settings (docs/scaling.md): an MMS endpoint
+        whose model build takes minutes, a heartbeat round that floods the site supervisor."""
+        for i, ep in enumerate(data["wan"]):
+            served = len(served_ders(ep, data["der"])) if ep.get("protocol") == "mms" else 0
+            if served > MMS_DERS_PER_ENDPOINT and not ep.get("scl"):
+                self.warning(("wan", i, "ders"), f"MMS endpoint {ep['name']!r} serves {served} DERs: libiec61850 "
+                                                 f"builds its model in a time that grows with the square of its "
+                                                 f"size (serving after 13 s at 100 DERs, 650 s at 1,000): split the DERs over "
+                                                 f"several MMS endpoints of at most {MMS_DERS_PER_ENDPOINT} with "
+                                                 f"`ders` (docs/scaling.md)")
+        interval = data["supervision"]["site"]["heartbeat_interval"]
+        ders = len(data["der"])
+        if ders / interval > PINGS_PER_SECOND:
+            self.warning(("supervision", "heartbeat_interval"),
+                         f"{ders} DERs pinged every {interval:g} s: the site supervisor sends "
+                         f"{ders / interval:.0f} Pings a second, more than the {PINGS_PER_SECOND} measured without a DER "
+                         f"taken for hung: set heartbeat_interval >= "
+                         f"{ders / PINGS_PER_SECOND:g} s and heartbeat_timeout >= 4 intervals (docs/scaling.md)")
+
     def cross_checks(self, data: dict) -> None:
         seen: dict[str, tuple] = {}
         for section in ("simulator", "wan", "lan", "der"):
@@ -322,6 +348,7 @@ class _Validator:
                                                      f"{', '.join(der_names) or 'none defined'})")
                 elif name in ep["ders"][:j]:
                     self.problem(("wan", i, "ders"), f"DER {name!r} is listed twice")
+        self.scale_checks(data)
         for i, ep in enumerate(data["wan"]):  # what a WAN protocol needs of the site
             spec = PROTOCOLS.get(ep.get("protocol"))
             if spec is not None and spec.check_site is not None:
