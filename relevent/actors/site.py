@@ -20,8 +20,8 @@ does not confirm within AT_STOP_TIMEOUT_S is logged and the stop goes on.
 Memory: every child process is forked from this one (thespian's multiprocTCPBase), and a
 page it shares with us stays shared until either side writes to it.  So the modules a DER
 runs (its controllers' too) are imported here, before the forks, and what this process
-holds is frozen out of the garbage collector's reach before its children start: 2.3 MiB
-less PSS a DER (bench/README.md, "Scale").
+holds is frozen out of the garbage collector's reach before its children start (what it
+saves a DER: bench/README.md, "Scale").
 """
 from __future__ import annotations
 

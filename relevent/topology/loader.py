@@ -24,10 +24,9 @@ from relevent.runtime.control import control_socket_path
 from relevent.topology import schema
 from relevent.topology.locate import LineIndex
 
-# Scale warnings (scale_checks; bench/README.md, "Scale"): DERs one MMS endpoint serves
-# before its model build (which grows with the square of the model) takes minutes, and
-# Pings a second the site supervisor sends at most (the benchmark's, 100 DERs every 0.5 s,
-# ran without a DER taken for hung).
+# Scale warnings (scale_checks): DERs one MMS endpoint serves at most (its model build grows
+# with the square of the model), and Pings a second the site supervisor sends at most (the
+# most the scale benchmark ran without a DER taken for hung; bench/README.md, "Scale").
 MMS_DERS_PER_ENDPOINT = 200
 PINGS_PER_SECOND = 200
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -284,17 +283,17 @@ class _Validator:
             if served > MMS_DERS_PER_ENDPOINT and not ep.get("scl"):
                 self.warning(("wan", i, "ders"), f"MMS endpoint {ep['name']!r} serves {served} DERs: libiec61850 "
                                                  f"builds its model in a time that grows with the square of its "
-                                                 f"size (serving after 13 s at 100 DERs, 650 s at 1,000): split the DERs over "
-                                                 f"several MMS endpoints of at most {MMS_DERS_PER_ENDPOINT} with "
-                                                 f"`ders` (docs/scaling.md)")
+                                                 f"size (minutes at 1,000 DERs): split the DERs over several MMS "
+                                                 f"endpoints of at most {MMS_DERS_PER_ENDPOINT} with `ders` "
+                                                 f"(docs/scaling.md)")
         interval = data["supervision"]["site"]["heartbeat_interval"]
         ders = len(data["der"])
         if ders / interval > PINGS_PER_SECOND:
             self.warning(("supervision", "heartbeat_interval"),
                          f"{ders} DERs pinged every {interval:g} s: the site supervisor sends "
-                         f"{ders / interval:.0f} Pings a second, more than the {PINGS_PER_SECOND} measured without a DER "
-                         f"taken for hung: set heartbeat_interval >= "
-                         f"{ders / PINGS_PER_SECOND:g} s and heartbeat_timeout >= 4 intervals (docs/scaling.md)")
+                         f"{ders / interval:.0f} Pings a second, more than the {PINGS_PER_SECOND} measured without "
+                         f"a DER taken for hung: set heartbeat_interval >= {ders / PINGS_PER_SECOND:g} s and "
+                         f"heartbeat_timeout >= 4 intervals (docs/scaling.md)")
 
     def cross_checks(self, data: dict) -> None:
         seen: dict[str, tuple] = {}
