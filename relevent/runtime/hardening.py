@@ -71,8 +71,8 @@ def harden_actor_process(crash_log_path: str | None = None) -> None:
     else:
         faulthandler.enable(all_threads=True)
     set_parent_death_signal()
-    from relevent.runtime.logs import install_repeat_filter
-    install_repeat_filter()
+    from relevent.runtime.logs import install_actor_logging
+    install_actor_logging()
     # Orphaned by a dead parent before prctl took effect: do not linger.
     if os.getppid() == 1:
         os._exit(1)

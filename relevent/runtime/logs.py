@@ -16,12 +16,24 @@ flood filled the disk (../shared/spec/security.md section 5).
 * `RepeatFilter`: keyed by (logger name, message template), so "rejected payload: %s" is
   one key whatever the payload.  One instance may sit on several handlers (dictConfig
   shares it): a record is decided once and that decision holds for every handler.  It
-  is installed in every actor process too (`install_repeat_filter`), because thespian
+  is installed in every actor process too (`install_actor_logging`), because thespian
   formats a record before sending it to its logger process, where the template is lost.
+* Records of other threads (`guard_handlers`): in an actor process thespian's handler
+  sends each record to its logger process through the actor's transport, which is not
+  thread-safe.  A record logged by another thread of the process (libiec61850's server
+  thread refusing a write, an HTTP server's, an asyncio loop's) crashed the MMS endpoint:
+  the actor thread, iterating the transport's pending transmits, found them changed
+  ("dictionary changed size during iteration").  So only the actor's own thread goes
+  through thespian; every other thread writes to the site's log itself (relevent.log and
+  stderr, as the logger process would: `direct_logger`, from the definitions the runner
+  exports in RELEVENT_LOG_DEFS).
 """
 from __future__ import annotations
 
+import copy
+import json
 import logging
+import logging.config
 import logging.handlers
 import os
 import threading
@@ -35,6 +47,7 @@ REPEAT_BURST = 5                # identical (logger, template) records let throu
 REPEAT_INTERVAL_S = 60.0        # seconds
 REPEAT_LEVEL = logging.WARNING  # records below it are never rate-limited
 SUMMARY = "suppressed %d similar messages in %.0f s (logger %s): %s"
+LOG_DEFS_ENV = "RELEVENT_LOG_DEFS"   # the site's log definitions (log_config), JSON, for actor processes
 
 
 class SiteLogHandler(logging.handlers.RotatingFileHandler):
@@ -112,15 +125,25 @@ class RepeatFilter(logging.Filter):
 _installed_pid: int | None = None
 
 
-def install_repeat_filter() -> None:
-    """Put a RepeatFilter on every handler of the root logger of this process (an actor
-    process: thespian's forwarding handler).  Idempotent per process."""
+def install_actor_logging() -> None:
+    """In an actor process, on its actor thread: `guard_handlers` on the root logger, other
+    threads writing through `direct_logger`.  Idempotent per process."""
     global _installed_pid
     if _installed_pid == os.getpid():
         return
     _installed_pid = os.getpid()
+    defs = os.environ.get(LOG_DEFS_ENV)
+    guard_handlers(logging.getLogger(), threading.current_thread(), direct_logger(json.loads(defs) if defs else None))
+
+
+def guard_handlers(logger: logging.Logger, actor_thread: threading.Thread, direct: logging.Logger) -> None:
+    """Put one RepeatFilter on every handler of `logger`, and send what another thread than
+    `actor_thread` logs to `direct` instead of through thespian's transport (module
+    docstring)."""
+    from thespian.system.logdirector import ThespianLogForwardHandler
+
     shared = RepeatFilter()
-    for handler in logging.getLogger().handlers:
+    for handler in logger.handlers:
         if any(isinstance(f, RepeatFilter) for f in handler.filters):
             continue
         handler.addFilter(shared)
@@ -128,11 +151,42 @@ def install_repeat_filter() -> None:
         # filters: ask the filter first.  (A handler that does filter asks it again and gets
         # the same answer: one decision per record.)
         forward = handler.handle
+        transport = isinstance(handler, ThespianLogForwardHandler)
 
-        def handle(record: logging.LogRecord, forward=forward) -> bool:
-            return bool(shared.filter(record)) and forward(record) is not False
+        def handle(record: logging.LogRecord, forward=forward, transport=transport) -> bool:
+            if not shared.filter(record):
+                return False
+            if transport and threading.current_thread() is not actor_thread:
+                direct.handle(record)
+                return True
+            return forward(record) is not False
 
         handler.handle = handle
+
+
+def direct_logger(defs: dict | None) -> logging.Logger:
+    """A logger outside logging's tree with the handlers of the site's log definitions
+    (log_config: relevent.log, opened at its first record, and stderr), without their
+    filters (the record was decided already); stderr alone without definitions."""
+    logger = logging.Logger("relevent.direct")
+    if defs is None:
+        logger.addHandler(logging.StreamHandler())
+        return logger
+    config = logging.config.DictConfigurator(copy.deepcopy(defs))
+    formatters = {name: config.configure_formatter(f) for name, f in config.config["formatters"].items()}
+    for definition in config.config["handlers"].values():
+        definition = dict(definition)
+        definition.pop("filters", None)
+        formatter, level = definition.pop("formatter", None), definition.pop("level", None)
+        if "filename" in definition:
+            definition["delay"] = True   # a process whose other threads never log opens no file
+        handler = config.configure_handler(definition)
+        if formatter is not None:
+            handler.setFormatter(formatters[formatter])
+        if level is not None:
+            handler.setLevel(level)
+        logger.addHandler(handler)
+    return logger
 
 
 def log_config(state_dir: str, level: str, journal: bool) -> dict:

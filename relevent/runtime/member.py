@@ -25,7 +25,7 @@ from pathlib import Path
 from relevent.actors.base import HOST_CAPABILITY
 from relevent.runtime import hardening
 from relevent.runtime.journal import stderr_is_journal
-from relevent.runtime.logs import log_config
+from relevent.runtime.logs import LOG_DEFS_ENV, log_config
 from relevent.topology import Topology, load_topology
 from relevent.topology.schema import _host_label
 
@@ -94,6 +94,7 @@ def run_member(path: str, host: str) -> int:
 
     defs = log_config(str(state_dir), runtime["log_level"], stderr_is_journal())
     defs["handlers"]["file"]["filename"] = str(files["log"])
+    os.environ[LOG_DEFS_ENV] = json.dumps(defs)   # for actors' other threads (relevent/runtime/logs.py)
     logging.config.dictConfig(defs)
     capabilities = {"Admin Port": runtime["admin_port"], "Convention Address.IPv4": runtime["convention_leader"],
                     HOST_CAPABILITY: host}

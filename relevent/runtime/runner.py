@@ -46,7 +46,7 @@ from relevent.messages import Shutdown
 from relevent import __version__
 from relevent.runtime import hardening
 from relevent.runtime.journal import stderr_is_journal
-from relevent.runtime.logs import log_config
+from relevent.runtime.logs import LOG_DEFS_ENV, log_config
 from relevent.runtime.notify import Notifier, SiteSummary, summary_of
 from relevent.observe.serve import MetricsAddressError, metrics_address
 from relevent.runtime.statelock import LockRefused, StateLock
@@ -143,6 +143,7 @@ class SiteRunner:
                 raise SystemExit(f"error: {taken}")
         os.environ["RELEVENT_RUNNER_PID"] = str(os.getpid())
         os.environ["RELEVENT_CRASH_LOG"] = str(self.state_dir / "crash.log")
+        os.environ[LOG_DEFS_ENV] = json.dumps(self._log_defs())   # for actors' other threads (logs.py)
         os.environ.setdefault("THESPLOG_FILE", str(self.state_dir / "thespian.log"))
         os.environ.setdefault("THESPLOG_FILE_MAXSIZE", str(1 << 20))
         os.environ["THESPIAN_BASE_IPADDR"] = private[1]
