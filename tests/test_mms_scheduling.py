@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 
 from mmsclients import CLIENTS, LibIec61850Client, Open61850Client
-from sitectl import mms_port as port_of, now_ms, wait_until
+from sitectl import mms_port as port_of, now_ms, until, wait_until
 
 LD = "DER_Scheduler_Control"
 S = 1000
@@ -453,6 +453,10 @@ def test_a_pending_operate_does_not_hold_up_other_clients_reads(site):
         assert op.stdout.readline().strip() == "ready"
         time.sleep(0.2)  # the writes are saved (FLUSH_DELAY) before the controller hangs
         site.fault("der1/ActPow", "hang")
+        # The fault travels runner -> site -> DER -> controller like any message: the enable
+        # must go only once the controller has taken it (it logs the fault, then hangs).
+        until(lambda: "der1/ActPow: injected fault hang" in (site.state_dir / "relevent.log").read_text(),
+              "the hang reaching the controller", timeout=20)
         op.stdin.write("go\n")
         op.stdin.flush()
         worst, reads = 0.0, 0
