@@ -200,3 +200,59 @@ def test_the_policy_reads_a_supervision_table_of_the_topology():
     table = {"strategy": "rest_for_one", "max_restarts": 2, "period": 10, "backoff_initial": 0.05,
              "backoff_max": 5, "heartbeat_interval": 0.2}
     assert RestartPolicy.from_settings(table) == RestartPolicy("rest_for_one", 2, 10.0, 0.05, 5.0)
+
+
+# -- the runner's watch on the site supervisor: heartbeats and the alive file ---------------------
+def test_the_site_supervisor_is_hung_only_when_neither_its_heartbeat_nor_its_tick_came_within_the_limit():
+    from relevent.actors.restart_policy import root_hung
+    assert root_hung(19.0, 19.0, 20.0) == ""
+    assert root_hung(21.0, 21.0, 20.0) == "hung: no heartbeat for 21.00 s"
+    assert root_hung(21.0, None, 20.0) == "hung: no heartbeat for 21.00 s"    # no tick mark since it started
+    assert root_hung(5.0, 60.0, 20.0) == ""                                   # heartbeats came: the file does not matter
+    assert root_hung(60.0, 0.5, 20.0) == ""                                   # heartbeats queued, its tick runs
+
+
+def test_heartbeats_that_never_leave_a_ticking_site_supervisor_are_a_hang_too():
+    from relevent.actors.restart_policy import QUEUED_HEARTBEAT_FACTOR, root_hung
+    limit = 20.0
+    assert root_hung(QUEUED_HEARTBEAT_FACTOR * limit, 0.5, limit) == ""
+    reason = root_hung(QUEUED_HEARTBEAT_FACTOR * limit + 1, 0.5, limit)
+    assert reason.startswith("hung: no heartbeat for 101.00 s, although its heartbeat tick ran 0.50 s ago"), reason
+
+
+def runner_watching(tmp_path, heartbeat_silent_s: float, touched_s_ago: float | None):
+    """A SiteRunner (not started) whose site supervisor has been ready for a minute, last
+    heard `heartbeat_silent_s` ago, its alive file touched `touched_s_ago` ago (None: no
+    file); its restarts recorded instead of made."""
+    import os
+    import time
+
+    from relevent.runtime.control import alive_path
+    from relevent.runtime.runner import SiteRunner
+    from relevent.topology import parse_topology
+    topo = parse_topology(f'[site]\nname = "w"\nstate_dir = "{tmp_path}"\n', "site.toml", env={})
+    runner = SiteRunner(topo)
+    now = time.monotonic()
+    runner.root_ready, runner.root_pid, runner.root_started = True, None, time.time() - 60
+    runner.root_alive_at = now - heartbeat_silent_s
+    if touched_s_ago is not None:
+        alive_path(tmp_path).touch()
+        stamp = time.time() - touched_s_ago
+        os.utime(alive_path(tmp_path), (stamp, stamp))
+    restarts = []
+    runner._restart_root = lambda policy: restarts.append(runner.root_error)
+    runner._watch_root(now, topo.data["supervision"]["site"])   # heartbeat_timeout 0.6 s by default
+    return restarts
+
+
+def test_the_runner_keeps_a_site_supervisor_whose_heartbeats_are_late_but_whose_tick_runs(tmp_path):
+    assert runner_watching(tmp_path, heartbeat_silent_s=2.0, touched_s_ago=0.1) == []
+
+
+def test_the_runner_restarts_a_site_supervisor_whose_tick_stopped_too(tmp_path):
+    assert runner_watching(tmp_path, heartbeat_silent_s=2.0, touched_s_ago=2.0) == ["hung: no heartbeat for 2.00 s"]
+
+
+def test_an_alive_file_older_than_the_site_supervisor_does_not_count(tmp_path):
+    assert runner_watching(tmp_path, heartbeat_silent_s=2.0, touched_s_ago=120.0) == ["hung: no heartbeat for 2.00 s"]
+    assert runner_watching(tmp_path, heartbeat_silent_s=2.0, touched_s_ago=None) == ["hung: no heartbeat for 2.00 s"]

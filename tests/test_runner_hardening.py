@@ -19,7 +19,7 @@ import pytest
 from mmsclients import LibIec61850Client
 from sitectl import REPO, free_port, group_processes, now_ms
 from relevent.protocols.mqtt import pivot
-from relevent.runtime.control import request
+from relevent.runtime.control import alive_path, request
 from relevent.runtime.runner import MAX_REQUEST_BYTES, REQUEST_DEADLINE_S
 from relevent.runtime.status import walk
 
@@ -279,6 +279,15 @@ def test_a_flood_of_rejected_mqtt_payloads_logs_a_few_warnings_not_one_each(site
     assert REPEAT_BURST <= len(lines) <= REPEAT_BURST + 1, lines[:10]
 
 
+# -- 7. the runner's second sign of life from the site supervisor ------------------------------------------------
+def test_the_site_supervisor_touches_its_alive_file_at_each_heartbeat_tick(site):
+    from sitectl import until
+    path = alive_path(site["root"] / "state")
+    first = until(lambda: path.exists() and path.stat().st_mtime, f"{path} touched", timeout=10)
+    # heartbeat_interval 0.2 s: touched again within a few ticks
+    until(lambda: path.stat().st_mtime > first, f"{path} touched again", timeout=5, every=0.02)
+
+
 # -- 8. a clean stop logs no traceback ---------------------------------------------------------------------------
 def test_a_clean_stop_of_a_site_with_mqtt_endpoints_logs_no_traceback(site):
     proc = site["proc"]
@@ -295,6 +304,7 @@ def test_a_clean_stop_of_a_site_with_mqtt_endpoints_logs_no_traceback(site):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert group_processes(site["admin_pgid"]) == []
+    assert not alive_path(site["root"] / "state").exists()
     log = (site["root"] / "state" / "relevent.log").read_text()
     assert "stopped in" in log
     assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:4000]

@@ -210,3 +210,20 @@ def test_a_hung_child_is_killed_after_the_stop_timeout_when_its_supervisor_stops
     other = restarted(site, killed, before[killed])
     assert other["ready_at"] - t0 >= STOP_TIMEOUT_S
     assert node["ready_at"] - t0 < STOP_TIMEOUT_S + 2.0, "killed long after the stop timeout"
+
+
+def test_a_hung_site_supervisor_is_taken_for_hung_by_the_runner_and_the_site_comes_back(make_site):
+    """The runner's watch on the root (restart_policy.root_hung): a hang stops both its
+    heartbeats and the touches of its alive file, so the runner kills and recreates it."""
+    from sitectl import until
+    site = make_site()
+    before = site.pids()
+    site.fault("", "hang")
+    until(lambda: "restarting site supervisor: hung: no heartbeat for" in (site.state_dir / "relevent.log").read_text(),
+          "the runner taking the hung site supervisor for hung", timeout=20)
+
+    def running_again() -> bool:
+        pids = site.pids()
+        return pids.get("") not in (None, before[""]) and pids.get("der1") not in (None, before["der1"])
+    until(running_again, "the site running again with a new site supervisor and DERs", timeout=30)
+    assert not alive(before[""])

@@ -44,6 +44,10 @@ STRATEGIES = ("one_for_one", "rest_for_one", "one_for_all")
 # in" lines of relevent.log).  2 s is a hundred times that, and still bounds a group
 # restart or a shutdown held up by a hung child.
 STOP_TIMEOUT_S = 2.0
+# How many times its silence limit the site supervisor's heartbeats may stay away while its
+# heartbeat tick still runs (root_hung): long enough for a busy supervisor's transmit queue
+# to drain, short enough that one that never does is restarted in minutes, not never.
+QUEUED_HEARTBEAT_FACTOR = 5.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,27 @@ def stop_overdue(waited_s: float, silent_s: float, supervisor: bool, heartbeat_t
     if limit_s is not None and waited_s > limit_s:
         return True
     return not (supervisor and silent_s <= heartbeat_timeout_s)
+
+
+def root_hung(heartbeat_silent_s: float, tick_silent_s: float | None, limit_s: float,
+              queued_factor: float = QUEUED_HEARTBEAT_FACTOR) -> str:
+    """Why the runner takes the site supervisor for hung, or "" if it does not.
+
+    `heartbeat_silent_s`: since its last heartbeat (a thespian message) reached the runner;
+    `tick_silent_s`: since it last touched its alive file at a heartbeat tick (None: not
+    since it started).  A heartbeat waits in thespian's queue behind every transmit queued
+    before it, one per DER for each heartbeat round and status request (at 1,000 DERs more
+    than 950 at times: bench/README.md, "Scale").  The tick runs on the supervisor's own
+    thread, between those messages: while it keeps touching the file it is not hung, unless
+    its heartbeats stay away `queued_factor` times the limit (a queue that never drains is a
+    fault too)."""
+    tick = heartbeat_silent_s if tick_silent_s is None else tick_silent_s
+    if min(heartbeat_silent_s, tick) > limit_s:
+        return f"hung: no heartbeat for {heartbeat_silent_s:.2f} s"
+    if heartbeat_silent_s > queued_factor * limit_s:
+        return (f"hung: no heartbeat for {heartbeat_silent_s:.2f} s, although its heartbeat tick ran "
+                f"{tick:.2f} s ago (its messages do not leave)")
+    return ""
 
 
 def silence_limit(heartbeat_timeout_s: float, startup_timeout_s: float, starting: bool) -> float:

@@ -38,6 +38,7 @@ from relevent.messages import (
 from relevent.actors.crl import crl_child
 from relevent.actors.registration import registration_child
 from relevent.actors.supervisor import ChildSpec, Supervisor
+from relevent.runtime.control import alive_path
 # Loaded here, before the DER processes are forked from this one, so that each DER shares
 # these modules' pages instead of importing them again into memory of its own (module
 # docstring, "Memory").
@@ -219,7 +220,10 @@ class SiteSupervisor(Supervisor):
             # Unasked heartbeat to the runner: the runner must never `tell` a hung actor
             # (thespian's tell() then blocks for up to 60 s), so it only listens for these.
             # Sent before this tick's Pings: thespian transmits in order, and behind a Ping
-            # to every DER of a big site it would reach the runner seconds late.
+            # to every DER of a big site it would reach the runner seconds late.  It can
+            # still wait behind what earlier ticks and status requests queued: the alive
+            # file, touched here, says the tick ran (restart_policy.root_hung).
+            self._mark_alive()
             self.send(self.parent, Pong(self.name, 0, os.getpid(), self.detail()))
         super().on_wakeup(payload)
         if isinstance(payload, Wakeup) and payload.what == "leave-timeout" and self._leaving:
@@ -227,6 +231,16 @@ class SiteSupervisor(Supervisor):
                         AT_STOP_TIMEOUT_S)
             self._leaving = None
             self._close("asked to stop")
+
+    def _mark_alive(self) -> None:
+        path = alive_path(self.site["state_dir"])
+        try:
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                path.touch()
+        except OSError as exc:   # a full or read-only disk: the heartbeats alone then decide
+            log.warning("cannot touch %s: %s", path, exc)
 
     def detail(self) -> dict:
         self._reported = self.summary()

@@ -15,6 +15,13 @@ def control_socket_path(state_dir: str | Path) -> Path:
     return Path(state_dir) / "relevent.sock"
 
 
+def alive_path(state_dir: str | Path) -> Path:
+    """The file the site supervisor touches at each of its heartbeat ticks, from its own
+    thread: the runner reads its time when the heartbeats (thespian messages) are late
+    (relevent/actors/restart_policy.py `root_hung`)."""
+    return Path(state_dir) / "site.alive"
+
+
 def request(socket_path: Path, payload: dict, timeout: float = 15.0) -> dict:
     """Send one request to a running site and return its JSON reply."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -39,9 +39,10 @@ from relevent.messages import (
     Reconfigured, StatusReply, StatusRequest, FAULT_KINDS,
 )
 from relevent.actors.restart_policy import (
-    Escalate, History, RestartPolicy, on_failure, silence_limit, stop_overdue,
+    Escalate, History, RestartPolicy, on_failure, root_hung, silence_limit, stop_overdue,
 )
 from relevent.actors.site import site_settings
+from relevent.runtime.control import alive_path
 from relevent.messages import Shutdown
 from relevent import __version__
 from relevent.runtime import hardening
@@ -352,14 +353,24 @@ class SiteRunner:
         summary = summary_of(self.root_detail, True)
         starting = summary.ders_running < summary.ders or summary.wan_serving < summary.wan
         limit = silence_limit(policy["heartbeat_timeout"], policy["startup_timeout"], starting)
-        if not dead and self.root_ready and silent > limit:
-            self.root_error = f"hung: no heartbeat for {silent:.2f} s"
+        hung = root_hung(silent, self._root_tick_silence(), limit) if self.root_ready and not dead else ""
+        if hung:
+            self.root_error = hung
             self.root_cause = "hung"
             if self.root_pid and self.root_pid != os.getpid():
                 os.kill(self.root_pid, signal.SIGKILL)
             dead = True
         if dead:
             self._restart_root(policy)
+
+    def _root_tick_silence(self) -> float | None:
+        """Seconds since the site supervisor last touched its alive file (control.alive_path),
+        or None if it has not since it started."""
+        try:
+            touched = os.stat(alive_path(self.state_dir)).st_mtime
+        except OSError:
+            return None
+        return max(0.0, time.time() - touched) if touched >= self.root_started else None
 
     def _root_answering(self) -> bool:
         return self.root_ready and time.monotonic() - self.root_alive_at <= \
@@ -640,7 +651,7 @@ class SiteRunner:
         except Exception:
             log.exception("actor system shutdown")
         self._kill_leftovers()
-        for name in ("relevent.sock", "relevent.pid"):
+        for name in ("relevent.sock", "relevent.pid", alive_path(self.state_dir).name):
             try:
                 (self.state_dir / name).unlink()
             except FileNotFoundError:
