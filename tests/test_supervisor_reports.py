@@ -81,9 +81,11 @@ def test_a_supervisor_whose_children_are_starting_gets_the_startup_timeout_befor
     assert silence_limit(0.6, 0.5, starting=True) == 0.6     # never below the heartbeat timeout
 
 
-def test_the_site_supervisors_heartbeat_to_the_runner_goes_before_its_pings_to_every_child():
+def test_the_site_supervisors_heartbeat_to_the_runner_goes_before_its_pings_to_every_child(tmp_path):
     """thespian transmits an actor's messages in order: behind a Ping to each of 1,000 DERs the
-    runner's heartbeat arrived late enough for the runner to take the site for hung."""
+    runner's heartbeat arrived late enough for the runner to take the site for hung.  The
+    tick also touches the site's alive file (restart_policy.root_hung)."""
+    from relevent.runtime.control import alive_path
     from relevent.actors.site import SiteSupervisor
     from relevent.messages import Ping, Wakeup
     from relevent.topology import parse_topology
@@ -97,8 +99,8 @@ def test_the_site_supervisors_heartbeat_to_the_runner_goes_before_its_pings_to_e
 
     sent: list = []
     sup = Recorded()
-    sup.site = {"name": "s", "supervision": parse_topology('[site]\nname = "s"\n', "site.toml", env={}).data[
-        "supervision"]}
+    sup.site = {"name": "s", "state_dir": str(tmp_path),
+                "supervision": parse_topology('[site]\nname = "s"\n', "site.toml", env={}).data["supervision"]}
     sup.parent = runner = address(19999)
     for i in range(5):
         spec = ChildSpec(f"d{i}", "der", "relevent.actors.der.DerActor", {})
@@ -106,3 +108,4 @@ def test_the_site_supervisors_heartbeat_to_the_runner_goes_before_its_pings_to_e
     sup.on_wakeup(Wakeup("tick"))
     assert sent[0][0] == runner and isinstance(sent[0][1], Pong)
     assert [type(m) for _, m in sent[1:]] == [Ping] * 5
+    assert alive_path(tmp_path).exists()

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from relevent.protocols.mms.client import ScheduleClient, Target
 from relevent.topology import load_topology
-from sitectl import Site, free_port, small_topology
+from relevent.runtime.runner import group_processes
+from sitectl import Site, free_port, small_topology, until
 
 LD = "DER_Scheduler_Control"
 SCHEDULES = 3
@@ -42,6 +43,12 @@ def _kill_site(site: Site) -> None:
     if site.proc is not None:
         site.proc.wait()
         site.proc = None
+    # SIGKILL is delivered at once but a process exits (and frees the admin port) when it
+    # next runs: on a loaded machine the next start found the port still held.  Power comes
+    # back only once every process of the site is gone.
+    if info.get("admin_pgid"):
+        until(lambda: not group_processes(info["admin_pgid"]), "the killed site's processes gone", timeout=20,
+              every=0.01)
 
 
 def power_loss_cycles(workdir: Path, cycles: int, seed: int = 5, say=lambda text: None, progress=None,
