@@ -202,7 +202,6 @@ def test_a_heartbeat_round_of_more_than_200_pings_a_second_is_warned_about_with_
 
 
 def test_relevent_run_logs_the_warnings_relevent_check_prints(tmp_path):
-    sys.path.insert(0, str(REPO / "tests"))
     from sitectl import Site, free_port, running, small_topology
     # One DER pinged every 4 ms: 250 Pings a second, a warning (and a cheap one to run).
     path = tmp_path / "site.toml"
