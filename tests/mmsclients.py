@@ -246,3 +246,20 @@ CLIENTS = (LibIec61850Client, Open61850Client)
 
 def isnan(x: float) -> bool:
     return isinstance(x, float) and math.isnan(x)
+
+
+def write_schedule(c, ref: str, values: list, *, interval_s: int = 1, prio: int = 20,
+                   start_ms: int | None = None) -> None:
+    """Set up the schedule `ref` (`LD/Kind_FSCHnn`) over MMS as a central system does: NumEntr,
+    SchdIntv, SchdPrio, the values (ValSPGnnn for OnOff, ValASGnnn.setMag.f otherwise) and,
+    given, StrTm01; each write must be accepted.  Enabling it is the caller's step."""
+    for attr, v in (("NumEntr", len(values)), ("SchdIntv", interval_s), ("SchdPrio", prio)):
+        assert c.write_int(f"{ref}.{attr}.setVal", v) is None, attr
+    boolean = ref.rsplit("/", 1)[-1].startswith("OnOff_")
+    for i, v in enumerate(values, start=1):
+        if boolean:
+            assert c.write_bool(f"{ref}.ValSPG{i:03d}.setVal", v) is None, i
+        else:
+            assert c.write_float(f"{ref}.ValASG{i:03d}.setMag.f", v) is None, i
+    if start_ms is not None:
+        assert c.write_time(f"{ref}.StrTm01.setTm", start_ms) is None, "StrTm01"

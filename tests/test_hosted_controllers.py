@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from mmsclients import LibIec61850Client
+from mmsclients import LibIec61850Client, write_schedule
 from sitectl import mms_port as port_of, now_ms, wait_until, walk
 
 LD = "DER_Scheduler_Control"
@@ -34,12 +34,7 @@ def client(site):
 
 def prepare(c, n: str, values: list, start: int, prio: int = 20) -> None:
     ref = fsch("ActPow", n)
-    assert c.write_int(f"{ref}.NumEntr.setVal", len(values)) is None
-    assert c.write_int(f"{ref}.SchdIntv.setVal", 1) is None
-    assert c.write_int(f"{ref}.SchdPrio.setVal", prio) is None
-    for i, v in enumerate(values, start=1):
-        assert c.write_float(f"{ref}.ValASG{i:03d}.setMag.f", v) is None
-    assert c.write_time(f"{ref}.StrTm01.setTm", start) is None
+    write_schedule(c, ref, values, prio=prio, start_ms=start)
     assert c.operate(f"{ref}.EnaReq", True)[0]
 
 

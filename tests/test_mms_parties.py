@@ -10,7 +10,7 @@ from pathlib import Path
 import open61850.mms as o61850
 import pytest
 
-from mmsclients import AssociationRefused, LibIec61850Client, Open61850Client
+from mmsclients import AssociationRefused, LibIec61850Client, Open61850Client, write_schedule
 from relevent.iec61850 import lib as L
 from relevent.iec61850.server import MmsServer
 from sitectl import Site, free_port, now_ms, small_topology
@@ -108,10 +108,7 @@ def fsch(kind: str, n: str, ld: str = LD) -> str:
 
 
 def prepare(c, ref: str, value: float, prio: int, start: int) -> None:
-    for attr, v in (("NumEntr", 1), ("SchdIntv", 3600), ("SchdPrio", prio)):
-        assert c.write_int(f"{ref}.{attr}.setVal", v) is None, attr
-    assert c.write_float(f"{ref}.ValASG001.setMag.f", value) is None
-    assert c.write_time(f"{ref}.StrTm01.setTm", start) is None
+    write_schedule(c, ref, [value], interval_s=3600, prio=prio, start_ms=start)
 
 
 def output_becomes(c, ref: str, value: float, timeout: float = 10.0) -> float:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from mmsclients import CLIENTS, LibIec61850Client, Open61850Client
+from mmsclients import CLIENTS, LibIec61850Client, Open61850Client, write_schedule
 from sitectl import mms_port as port_of, now_ms, until, wait_until
 
 LD = "DER_Scheduler_Control"
@@ -36,17 +36,8 @@ def client(request, site):
 
 
 def prepare(c, kind: str, n: str, values: list, intv: int = 1, prio: int = 20, start: int | None = None) -> int:
-    ref = fsch(kind, n)
-    assert c.write_int(f"{ref}.NumEntr.setVal", len(values)) is None
-    assert c.write_int(f"{ref}.SchdIntv.setVal", intv) is None
-    assert c.write_int(f"{ref}.SchdPrio.setVal", prio) is None
-    for i, v in enumerate(values, start=1):
-        if kind == "OnOff":
-            assert c.write_bool(f"{ref}.ValSPG{i:03d}.setVal", v) is None
-        else:
-            assert c.write_float(f"{ref}.ValASG{i:03d}.setMag.f", v) is None
     start = start or now_ms() + 1500
-    assert c.write_time(f"{ref}.StrTm01.setTm", start) is None
+    write_schedule(c, fsch(kind, n), values, interval_s=intv, prio=prio, start_ms=start)
     return start
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyiec61850.pyiec61850 as iec
 import pytest
 
-from mmsclients import AssociationRefused, LibIec61850Client, TlsClient
+from mmsclients import AssociationRefused, LibIec61850Client, TlsClient, write_schedule
 from sitectl import Site, free_port, make_pki, now_ms, running
 from sitectl import relevent_cli as relevent
 
@@ -122,10 +122,7 @@ def mms_tls(site) -> dict:
 
 
 def prepare(c, ref: str, value: float, prio: int, start: int) -> None:
-    for attr, v in (("NumEntr", 1), ("SchdIntv", 3600), ("SchdPrio", prio)):
-        assert c.write_int(f"{ref}.{attr}.setVal", v) is None, attr
-    assert c.write_float(f"{ref}.ValASG001.setMag.f", value) is None
-    assert c.write_time(f"{ref}.StrTm01.setTm", start) is None
+    write_schedule(c, ref, [value], interval_s=3600, prio=prio, start_ms=start)
 
 
 def audit_records(site) -> list[dict]:

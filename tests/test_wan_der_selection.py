@@ -11,7 +11,7 @@ import pytest
 from thespian.actors import ActorAddress
 from thespian.system.transport.IPBase import TCPv4ActorAddress
 
-from mmsclients import LibIec61850Client, Open61850Client
+from mmsclients import LibIec61850Client, Open61850Client, write_schedule
 from relevent.actors.site import SiteSupervisor, site_children
 from relevent.actors.supervisor import Child
 from relevent.messages import SnapshotRequest
@@ -160,11 +160,7 @@ def test_a_schedule_written_on_the_second_endpoint_runs_its_der_and_shows_over_h
     c = Open61850Client("127.0.0.1", site.ports["mms_b"])
     ref = "IedBControl/ActPow_FSCH01"
     try:
-        assert c.write_int(f"{ref}.NumEntr.setVal", 1) is None
-        assert c.write_int(f"{ref}.SchdIntv.setVal", 3600) is None
-        assert c.write_int(f"{ref}.SchdPrio.setVal", 20) is None
-        assert c.write_float(f"{ref}.ValASG001.setMag.f", 1234.0) is None
-        assert c.write_time(f"{ref}.StrTm01.setTm", now_ms() + 500) is None
+        write_schedule(c, ref, [1234.0], interval_s=3600, start_ms=now_ms() + 500)
         ok, cause = c.operate(f"{ref}.EnaReq", True)
         assert ok, cause
     finally:
