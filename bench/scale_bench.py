@@ -49,16 +49,18 @@ e. Restart: the last DER gets a keeper schedule (ActPow FSCH10, one entry of KEE
    one read of the last DER's ActPow value must be KEEP_VALUE (the schedule survived).
 
 Supervision, scaled with N (Supervision.for_ders): heartbeat_interval = max(0.5, N / 200) s
-(each interval the site supervisor sends a Ping to every DER at once: at 1,000 DERs, 5 s keeps
-that at 200 a second and leaves each burst time to drain), heartbeat_timeout = max(5, 4 x
+(200 Pings a second: the site supervisor spreads a round over ticks of at most 200 Pings,
+restart_policy.heartbeat_slices: at 1,000 DERs and their site's other children, 6 ticks
+of at most 167 in 5 s), heartbeat_timeout = max(5, 4 x
 interval) s (a DER answers late while 1,000 processes fork and start on 2 cores), and
 startup_timeout = 60 + 0.5 x N s (the MMS endpoint's start-up is linear, 4.7 s at 100 DERs
 (bench/README.md, "MMS start-up"); the runner also waits that long for the site supervisor).
 `stop_timeout` stays at its default (20 s), as on a real site.  The same settings apply at every
 level (the DERs' hosted controllers too).
 
-thespian at 1,000 DERs: the site supervisor's Configures at start, each round of Pings and each
-status request are bursts of N transmits from one process.  thespian keeps 20 in flight and
+thespian at 1,000 DERs: the site supervisor's Configures at start are a burst of N transmits
+from one process (a status request is one per DER up to 200 DERs; above, the DERs push their
+status with their heartbeat replies: supervisor.STATUS_FANOUT_MAX).  thespian keeps 20 in flight and
 queues the rest; above 950 queued (THESPIAN_MAX_QUEUED_TRANSMITS) the sender only transmits
 until it is down to 780: a pause in what it receives, not a loss (a burst of 2,000 from one
 handler arrived whole with thespian's defaults).  `log` counts those events in thespian.log,
@@ -125,10 +127,11 @@ LATE_SETUP_MARGIN_MS = 300     # ms: set-up must end this long before the first 
 OBSERVE_TAIL_MS = 300          # ms: the observer goes on this long after the last entry
 POLL_S = 0.1                   # s: MMS connect-and-read poll while waiting to be served
 IDLE_WINDOW_S = 10.0           # s: the running site's own CPU use is measured over this
-STATUS_POLL_MIN_S = 0.25       # s: status poll (a status fans out to every DER), at least ...
-STATUS_POLL_PER_DER_S = 0.01   # s: ... and this per DER (10 s at 1,000 DERs: each poll is 1,000 requests)
+STATUS_POLL_MIN_S = 0.25       # s: status poll (a status fans out to every DER up to 200), at least ...
+STATUS_POLL_PER_DER_S = 0.01   # s: ... and this per DER (10 s at 1,000 DERs)
 PARTIAL_TREES = 5              # status trees in a row with every DER running but some controllers
-                               # missing (late status parts): taken as running, with what they show
+                               # missing (status parts late, or above 200 DERs not pushed yet):
+                               # taken as running, with what they show
 STOP_WAIT_S = 60.0             # s: SIGTERM -> exited, before the runner is killed (stop_timeout 20 s)
 SIZE_TIMEOUT_S = 900.0         # s: one size, start to stop
 MEM_FLOOR_MIB = 2048           # MiB: a size is killed when MemAvailable falls below this
@@ -325,7 +328,8 @@ def first_read(site: Site, port: int, name: str) -> tuple[Open61850Client, float
 def tree_running(site: Site, ders: int) -> tuple[dict | None, bool]:
     """(the status tree, whether it shows every controller) once every actor in it runs, every
     DER included; (None, False) before.  A DER whose status part came later than the site
-    supervisor's STATUS_TIMEOUT (1 s) shows no controllers."""
+    supervisor's STATUS_TIMEOUT (1 s), or above 200 DERs one that has not yet sent its
+    controllers with a heartbeat reply, shows no controllers."""
     try:
         tree = site.tree()
     except (SiteNotRunning, OSError, KeyError):

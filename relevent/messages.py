@@ -44,14 +44,20 @@ class Ready:
 @dataclass
 class Ping:
     seq: int
+    # Asked of a child supervisor by a parent with more of them than it fans status requests
+    # out to (relevent/actors/supervisor.py, STATUS_FANOUT_MAX): answer with your children.
+    status: bool = False
 
 
-@dataclass
-class Pong:
+@dataclass(repr=False)
+class Pong(ShortRepr):
+    """A heartbeat reply (thespian formats every message it logs: a short repr, as the
+    children's nodes a child supervisor may send with it run to kilobytes)."""
     name: str
     seq: int
     pid: int
     detail: dict = field(default_factory=dict)
+    children: list | None = None  # the sender's children's nodes, when its Ping asked for them
 
 
 @dataclass

@@ -256,3 +256,14 @@ def test_the_runner_restarts_a_site_supervisor_whose_tick_stopped_too(tmp_path):
 def test_an_alive_file_older_than_the_site_supervisor_does_not_count(tmp_path):
     assert runner_watching(tmp_path, heartbeat_silent_s=2.0, touched_s_ago=120.0) == ["hung: no heartbeat for 2.00 s"]
     assert runner_watching(tmp_path, heartbeat_silent_s=2.0, touched_s_ago=None) == ["hung: no heartbeat for 2.00 s"]
+
+
+def test_a_heartbeat_round_goes_out_in_slices_of_at_most_the_pings_per_tick():
+    from relevent.actors.restart_policy import PINGS_PER_TICK, heartbeat_slices
+    assert heartbeat_slices(0) == heartbeat_slices(1) == heartbeat_slices(PINGS_PER_TICK) == 1
+    assert heartbeat_slices(PINGS_PER_TICK + 1) == 2
+    assert heartbeat_slices(1000, per_tick=200) == 5
+    for n in (1, 7, 199, 200, 201, 999, 1000, 1001, 5000):
+        slices = heartbeat_slices(n)
+        assert -(-n // slices) <= PINGS_PER_TICK          # never more than the limit per tick
+        assert slices == 1 or -(-n // (slices - 1)) > PINGS_PER_TICK   # and no more slices than needed

@@ -92,6 +92,10 @@ class ReleventActor(Actor):
         """Role-specific state shown by `relevent status`."""
         return {}
 
+    def status_nodes(self) -> list | None:
+        """A supervisor's children, as `relevent status` shows them (Supervisor.node)."""
+        return None
+
     # -- helpers -------------------------------------------------------------------------
     @property
     def store(self) -> StateStore:
@@ -119,7 +123,8 @@ class ReleventActor(Actor):
 
     def _dispatch(self, message: Any, sender: Any) -> None:
         if isinstance(message, Ping):
-            self.send(sender, Pong(self.name, message.seq, os.getpid(), self.detail()))
+            children = self.status_nodes() if message.status else None
+            self.send(sender, Pong(self.name, message.seq, os.getpid(), self.detail(), children))
         elif isinstance(message, Configure):
             self._configure(message, sender)
         elif isinstance(message, InjectFault) and not message.target:

@@ -48,6 +48,11 @@ STOP_TIMEOUT_S = 2.0
 # heartbeat tick still runs (root_hung): long enough for a busy supervisor's transmit queue
 # to drain, short enough that one that never does is restarted in minutes, not never.
 QUEUED_HEARTBEAT_FACTOR = 5.0
+# Pings a supervisor sends at one heartbeat tick at most (heartbeat_slices).  thespian sends
+# 20 messages at a time and queues up to 950 more (MAX_PENDING_TRANSMITS and
+# MAX_QUEUED_TRANSMITS, thespian/system/transport/asyncTransportBase.py); past that it stops
+# receiving until the queue is down to 780: a round of 1,000 Pings at once went past it alone.
+PINGS_PER_TICK = 200
 
 
 @dataclass(frozen=True)
@@ -200,3 +205,12 @@ def silence_limit(heartbeat_timeout_s: float, startup_timeout_s: float, starting
     queue behind them; bench/README.md, "Scale"), so it gets its `startup_timeout`, the
     time any child may take to become ready; after that, the heartbeat timeout."""
     return max(heartbeat_timeout_s, startup_timeout_s) if starting else heartbeat_timeout_s
+
+
+def heartbeat_slices(children: int, per_tick: int = PINGS_PER_TICK) -> int:
+    """Over how many ticks a supervisor spreads one heartbeat round to `children` children.
+    Its ticks come heartbeat_interval / slices apart and each pings the children whose place
+    in the list is the tick's number modulo slices: every child is still pinged once per
+    heartbeat_interval (up to two after a reload moved it in the list; its heartbeat_timeout
+    counts from its Ping), and never more than `per_tick` Pings go out at once."""
+    return max(1, -(-children // per_tick))

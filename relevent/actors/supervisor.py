@@ -15,10 +15,14 @@ timeout); this module carries the decisions out:
 * a child asked to stop and not gone after STOP_TIMEOUT_S is SIGKILLed by its pid (from
   `Hello`); a supervisor child, which stops its own children first, gets as long as it
   keeps answering heartbeats;
-* heartbeat: every ``heartbeat_interval`` each child gets a `Ping`; a child that has not
-  answered for ``heartbeat_timeout`` (e.g. blocked in C) is SIGKILLed and restarted;
+* heartbeat: every ``heartbeat_interval`` each child gets a `Ping` (a round to many
+  children spread over several ticks, `restart_policy.heartbeat_slices`); a child that has
+  not answered for ``heartbeat_timeout`` (e.g. blocked in C) is SIGKILLed and restarted;
 * configuration is re-sent on every restart (`Configure`), and `Reconfigure` applies a
-  new child list as a diff: only added, removed or changed children are touched.
+  new child list as a diff: only added, removed or changed children are touched;
+* status (`StatusRequest`) is this supervisor's view of its children, and each child
+  supervisor's of its own: asked of each at the request, or, above STATUS_FANOUT_MAX of
+  them, pushed by each with its heartbeat reply.
 """
 from __future__ import annotations
 
@@ -38,12 +42,21 @@ from relevent.messages import (
     Shutdown, StatusReply, StatusRequest, Wakeup,
 )
 from relevent.actors.restart_policy import (
-    STOP_TIMEOUT_S, Escalate, History, Restart, RestartPolicy, merge, on_failure, stop_order, stop_overdue,
+    STOP_TIMEOUT_S, Escalate, History, Restart, RestartPolicy, heartbeat_slices, merge, on_failure, stop_order,
+    stop_overdue,
 )
 
 log = logging.getLogger("relevent.supervisor")
 
 STATUS_TIMEOUT = 1.0
+
+# Child supervisors (a site's DERs) a status request is sent on to.  With more, each pushes its
+# children's status with its heartbeat reply (Ping.status) and a status request is answered
+# from those, up to a heartbeat_interval old: one request to each of 1,000 DERs, with the
+# heartbeat round's Pings, overran the ~950 transmits thespian queues before it stops
+# receiving, and the observer and `relevent status` ask every few seconds (bench/README.md,
+# "Scale").  At or below it, a request sees every child as it is now.
+STATUS_FANOUT_MAX = 200
 
 # Asked to exit; the state says what the exit means: stopping = for a group restart or for
 # the supervisor's own stop (the child waits in "stopped"), restarting = for a changed
@@ -95,6 +108,8 @@ class Child:
     stop_asked: float | None = None  # monotonic time it was asked to exit (STOPPING states)
     sticky_fault: str = ""
     detail: dict = field(default_factory=dict)
+    nodes: list | None = None  # a child supervisor's children, from its last Pong (STATUS_FANOUT_MAX)
+    nodes_at: float = 0.0      # monotonic time of that Pong
     # Why the current incarnation failed (killed, crashed, hung, escalated; RESTART_CAUSES),
     # and the restarts so far by cause (their sum is `restarts`): metrics (docs/observability.md).
     cause: str = ""
@@ -163,6 +178,12 @@ class Supervisor(Host, ReleventActor):
         return self.site["supervision"][self.level]
 
     @property
+    def tick_interval(self) -> float:
+        """Seconds between heartbeat ticks: a round of Pings spreads over several of them
+        with many children (restart_policy.heartbeat_slices)."""
+        return self.policy["heartbeat_interval"] / heartbeat_slices(len(self.children))
+
+    @property
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy.from_settings(self.policy)
 
@@ -173,7 +194,7 @@ class Supervisor(Host, ReleventActor):
             # _member_update.
             self.notifyOnSystemRegistrationChanges(True)
         self._apply_specs(specs)
-        self.wakeupAfter(self.policy["heartbeat_interval"], Wakeup("tick"))
+        self.wakeupAfter(self.tick_interval, Wakeup("tick"))
 
     # -- message handling ----------------------------------------------------------------
     def on_message(self, message: Any, sender: Any) -> None:
@@ -209,7 +230,7 @@ class Supervisor(Host, ReleventActor):
             # Also while closing: the stop timeout is checked here, and the site supervisor's
             # heartbeat to the runner goes with it (SiteSupervisor.on_wakeup).
             self._heartbeat()
-            self.wakeupAfter(self.policy["heartbeat_interval"], Wakeup("tick"))
+            self.wakeupAfter(self.tick_interval, Wakeup("tick"))
         elif self._closing is not None:
             return
         elif payload.what == "restart":
@@ -268,7 +289,7 @@ class Supervisor(Host, ReleventActor):
         child.started_mono = time.monotonic()
         child.ready_wall = None
         child.ping_sent = None
-        child.detail = {}
+        child.detail, child.nodes = {}, None
         child.reason = child.cause = ""
         path = f"{self.path}/{child.spec.name}" if self.path else child.spec.name
         config = {**child.spec.config, **self.runtime_config(child.spec)}
@@ -301,7 +322,7 @@ class Supervisor(Host, ReleventActor):
                 child.ready_wall = time.time()
         elif isinstance(msg, Pong):
             child.ping_sent = None
-            child.detail = msg.detail
+            child.detail, child.nodes, child.nodes_at = msg.detail, msg.children, time.monotonic()
         elif isinstance(msg, Failed):
             child.reason = child.last_error = msg.error
             child.cause = "escalated" if msg.error.startswith("escalated:") else "crashed"
@@ -469,14 +490,17 @@ class Supervisor(Host, ReleventActor):
         now = time.monotonic()
         self._ping_seq += 1
         timeout = self.policy["heartbeat_timeout"]
-        for child in list(self.children):   # a copy: a child on another host is taken as gone at its kill
+        push_status = self._status_pushed()
+        slices = heartbeat_slices(len(self.children))
+        for index, child in enumerate(list(self.children)):   # a copy: a child on another host is taken as gone at its kill
             if child.address is None:
                 continue
             stopping = child.state in STOPPING
             if child.state == "running" or (stopping and child.spec.supervisor):
                 if child.ping_sent is None:
-                    child.ping_sent = now
-                    self.send(child.address, Ping(self._ping_seq))
+                    if index % slices == self._ping_seq % slices:   # else at another tick of the round
+                        child.ping_sent = now
+                        self.send(child.address, Ping(self._ping_seq, push_status and child.spec.supervisor))
                 elif not stopping and now - child.ping_sent > timeout:
                     self._kill(child, f"hung: no heartbeat reply for {now - child.ping_sent:.2f} s")
             elif child.state == "starting" and child.pid is None and self.remote(child.spec) \
@@ -611,7 +635,8 @@ class Supervisor(Host, ReleventActor):
     def node(self, child: Child) -> dict:
         prefix = f"{self.path}/" if self.path else ""
         alive = child.address is not None
-        return {
+        pushed = alive and child.nodes is not None and (child.state == "running" or child.state in STOPPING)
+        node = {
             "name": child.spec.name,
             "path": prefix + child.spec.name,
             "role": child.spec.role,
@@ -625,19 +650,34 @@ class Supervisor(Host, ReleventActor):
             "ready_at": child.ready_wall,
             "last_error": child.last_error,
             "detail": child.detail,
-            "children": [] if child.spec.supervisor else None,
+            "children": (child.nodes if pushed else []) if child.spec.supervisor else None,
         }
+        if pushed:   # how old (STATUS_FANOUT_MAX): a DER slow to answer shows what it last sent
+            node["children_age_s"] = round(time.monotonic() - child.nodes_at, 3)
+        return node
+
+    def status_nodes(self) -> list:
+        """Sent with a Pong when the parent asks (Ping.status); a child supervisor of its own
+        shows the children it last pushed (none in today's tree: site -> DER -> controller)."""
+        return [self.node(c) for c in self.children]
+
+    def _status_pushed(self) -> bool:
+        """Whether child supervisors push their status with their Pongs (STATUS_FANOUT_MAX)."""
+        return sum(1 for c in self.children if c.spec.supervisor) > STATUS_FANOUT_MAX
 
     def _status_start(self, request_id: int, sender: Any) -> None:
         job = {"reply_to": sender, "request_id": request_id,
                "nodes": [self.node(c) for c in self.children], "waiting": {}}
         key = self._next_request
         self._next_request += 1
+        fan_out = not self._status_pushed()   # else node() has them from the last Pongs
         for index, child in enumerate(self.children):
-            if child.spec.supervisor and child.state == "running":
+            if fan_out and child.spec.supervisor and child.state == "running":
                 sub = self._next_request
                 self._next_request += 1
                 job["waiting"][sub] = index
+                job["nodes"][index]["children"] = []   # its reply's, not an older Pong's
+                job["nodes"][index].pop("children_age_s", None)
                 self.send(child.address, StatusRequest(sub))
         self._status_jobs[key] = job
         if job["waiting"]:

@@ -4,7 +4,8 @@ Each node is a dict built by `Supervisor.node()` (the runner builds the root, th
 supervisor, the same way): name, path, role, pid, state, restarts, uptime_s, last_error,
 detail, and "children": a list of nodes for a supervisor (its children in start order;
 empty when it did not answer), None for a leaf.  Supervisors fill their children in
-from their children's `StatusReply`.
+from their children's `StatusReply`, or, above STATUS_FANOUT_MAX child supervisors, from
+the nodes each sent with its last heartbeat reply (then with "children_age_s").
 
 `walk_depths` is the one walk over that nesting: every other reader of the tree uses it
 (or `walk`), so the tree's shape is known in one place.
