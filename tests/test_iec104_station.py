@@ -81,7 +81,9 @@ def test_the_simulated_station_limits_the_der_in_turn_and_releases_it(tmp_path):
         wait_for(site, (4000.0, "FSCH02"), timeout=15)       # 40 % of 10 kW
         wait_for(site, (10000.0, "Res_FSCH01"), timeout=5)   # released after hold_s
         wait_for(site, (2500.0, "FSCH02"), timeout=6)        # the next value, every_s later
-        detail = site.node("scada")["detail"]
+        # The station counts a command once its confirmation is back, and its status comes with
+        # its heartbeat reply: both may follow the DER's output by a moment (seen under load).
+        detail = site.wait_for("scada", lambda n: n["detail"]["confirmed"] >= 3, timeout=5)["detail"]
         assert detail["confirmed"] >= 3 and detail["refused"] == 0 and detail["connected"] and detail["clock_sync"]
         assert site.node("iec104")["detail"]["clock_sync"]["applied"] is False   # logged, never applied
         site.stop()
