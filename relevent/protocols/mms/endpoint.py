@@ -119,7 +119,7 @@ class MmsEndpoint:
         self.config = config
         self.bridge = ThreadBridge()
         self.server: MmsServer | None = None
-        # States to write, in order: (state, writes accepted after it), measurements, LISTEN.
+        # States to write, in order: controllers' states, measurements, LISTEN.
         self.states: queue.SimpleQueue = queue.SimpleQueue()
         self.writer: threading.Thread | None = None
         # What the model holds or will hold once the switcher has written what is pushed, and
@@ -217,7 +217,9 @@ class MmsEndpoint:
         self.states.put(LISTEN)
 
     def on_state(self, state: ControllerState, unacked: list[tuple]) -> None:
-        self.states.put((state, unacked))
+        # `unacked` is as the session had it when the state came in; the writer takes it again
+        # when it writes the state (_unacked), as a client may have written since.
+        self.states.put(state)
 
     def on_measurement(self, measurement: Measurement) -> None:
         self.states.put(measurement)  # the writer thread puts it in the DER's MMXU1
@@ -529,7 +531,7 @@ class MmsEndpoint:
                 if isinstance(item, Measurement):
                     self._apply_measurement(item)
                 else:
-                    self._apply(*item)
+                    self._apply(item)
             except Exception:  # one bad state must not stop the writer
                 log.exception("applying %r", item)
 
@@ -561,12 +563,22 @@ class MmsEndpoint:
         if updates:
             self.switcher.push(updates)
 
-    def _apply(self, state: ControllerState, unacked: list[tuple]) -> None:
+    def _unacked(self, state: ControllerState) -> list[tuple]:
+        """What clients wrote to this controller after `state`, as the session has it now:
+        taken with the book held, it holds every write whose handler has not yet taken the
+        book, and a write after it drains what this push puts in before its own value goes
+        in (_unstage_in_handler).  Taken when the state came in instead, a write made
+        since was overwritten with the value before it until the next state (a read-back
+        of -inf gave inf, seen on a loaded machine)."""
+        return self.ctx.unacked(state.der, state.kind, state.writes_applied.get(self.config["name"], 0))
+
+    def _apply(self, state: ControllerState) -> None:
         """Writer thread: have the switcher write a state into the model unless a newer one
-        is there or will be; what clients wrote after it stays as they wrote it (`unacked`)."""
+        is there or will be; what clients wrote after it stays as they wrote it (`_unacked`)."""
         if state.der not in self.lds or self.server is None:
             return
         with self.book as book:
+            unacked = self._unacked(state)
             self._collect(book)
             plan = book.take(state, unacked, self.switcher.cancel)
             self._cancelled(book)
@@ -581,8 +593,8 @@ class MmsEndpoint:
         what is still pushed, unless a newer one is there or will be."""
         if state.der not in self.lds or self.server is None:
             return
-        unacked = self.ctx.unacked(state.der, state.kind, state.writes_applied.get(self.config["name"], 0))
         with self.book as book:
+            unacked = self._unacked(state)
             self.switcher.drain()
             self._collect(book)
             plan = book.take(state, unacked, self.switcher.cancel)
@@ -664,8 +676,8 @@ class _Guarded:
     """The model book behind its lock: the only way to reach it is `with guarded as book:`,
     so no code can read or change it unlocked.  Lock order (by structure, too): the
     model lock (held by libiec61850 around handlers) before this one, and nothing done
-    under this one takes another lock but the switcher's own short mutex (the session's
-    `unacked` is read before it is taken)."""
+    under this one takes another lock but the switcher's own short mutex and the session's
+    lock (to read `unacked`: the session takes neither of ours while it holds it)."""
 
     def __init__(self, book: ModelBook) -> None:
         self._book = book
