@@ -20,6 +20,7 @@ import open61850.mms.association as o61850_association
 from open61850 import ber
 import pyiec61850.pyiec61850 as iec
 from open61850.data import BoolData, FloatData, IntData, TimestampData, VisibleStringData
+from relevent.clock import now_ms
 
 FC = {"ST": iec.IEC61850_FC_ST, "MX": iec.IEC61850_FC_MX, "SP": iec.IEC61850_FC_SP, "CF": iec.IEC61850_FC_CF}
 IED_ERRORS = {iec.IED_ERROR_OBJECT_VALUE_INVALID: "value-invalid", iec.IED_ERROR_ACCESS_DENIED: "access-denied"}
@@ -249,10 +250,12 @@ def isnan(x: float) -> bool:
 
 
 def write_schedule(c, ref: str, values: list, *, interval_s: int = 1, prio: int = 20,
-                   start_ms: int | None = None) -> None:
+                   start_ms: int | None = None, start_in_ms: int | None = None) -> int | None:
     """Set up the schedule `ref` (`LD/Kind_FSCHnn`) over MMS as a central system does: NumEntr,
     SchdIntv, SchdPrio, the values (ValSPGnnn for OnOff, ValASGnnn.setMag.f otherwise) and,
-    given, StrTm01; each write must be accepted.  Enabling it is the caller's step."""
+    given, StrTm01: `start_ms`, or `start_in_ms` after the other writes are done (they take a
+    while on a loaded machine).  Each write must be accepted.  Returns the start written.
+    Enabling it is the caller's step."""
     for attr, v in (("NumEntr", len(values)), ("SchdIntv", interval_s), ("SchdPrio", prio)):
         assert c.write_int(f"{ref}.{attr}.setVal", v) is None, attr
     boolean = ref.rsplit("/", 1)[-1].startswith("OnOff_")
@@ -261,5 +264,8 @@ def write_schedule(c, ref: str, values: list, *, interval_s: int = 1, prio: int 
             assert c.write_bool(f"{ref}.ValSPG{i:03d}.setVal", v) is None, i
         else:
             assert c.write_float(f"{ref}.ValASG{i:03d}.setMag.f", v) is None, i
+    if start_in_ms is not None:
+        start_ms = now_ms() + start_in_ms
     if start_ms is not None:
         assert c.write_time(f"{ref}.StrTm01.setTm", start_ms) is None, "StrTm01"
+    return start_ms

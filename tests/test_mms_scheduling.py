@@ -36,11 +36,8 @@ def client(request, site):
 
 
 def prepare(c, kind: str, n: str, values: list, intv: int = 1, prio: int = 20, start: int | None = None) -> int:
-    ref = fsch(kind, n)
-    write_schedule(c, ref, values, interval_s=intv, prio=prio)
-    start = start or now_ms() + 1500     # from the end of the writes: they take a while under load
-    assert c.write_time(f"{ref}.StrTm01.setTm", start) is None
-    return start
+    return write_schedule(c, fsch(kind, n), values, interval_s=intv, prio=prio,
+                          start_ms=start, start_in_ms=None if start else 1500)
 
 
 # -- 1. model and initial state -----------------------------------------------------------------

@@ -18,7 +18,7 @@ from relevent.messages import SnapshotRequest
 from relevent.scl.parser import parse_scl
 from relevent.scl.site_model import site_scl
 from relevent.topology import parse_topology
-from sitectl import Site, free_port, now_ms, running, until
+from sitectl import Site, free_port, running, until
 
 
 def topology(state_dir, admin: int, mms_a: int, mms_b: int, http: int) -> str:
@@ -160,7 +160,7 @@ def test_a_schedule_written_on_the_second_endpoint_runs_its_der_and_shows_over_h
     c = Open61850Client("127.0.0.1", site.ports["mms_b"])
     ref = "IedBControl/ActPow_FSCH01"
     try:
-        write_schedule(c, ref, [1234.0], interval_s=3600, start_ms=now_ms() + 500)
+        write_schedule(c, ref, [1234.0], interval_s=3600, start_in_ms=500)
         ok, cause = c.operate(f"{ref}.EnaReq", True)
         assert ok, cause
     finally:
