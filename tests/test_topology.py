@@ -51,7 +51,8 @@ def test_defaults_are_filled_in():
     data = parse_topology(GOOD, env={}).data
     assert data["runtime"] == {"base": "multiprocTCPBase", "admin_port": 19500, "convention_leader": "",
                                "private_network": "", "allow_fault_injection": False, "log_level": "INFO", "stop_timeout": 20.0,
-                               "controller_isolation": "process", "metrics": "", "metrics_insecure": False,
+                               "controller_isolation": "process", "ders_per_process": 1, "metrics": "",
+                               "metrics_insecure": False,
                                "history_days": 7.0, "sample_s": 5.0}
     assert data["der"][0]["functions"] == ["ActPow", "MaxPow", "OnOff"]
     assert data["der"][0]["schedules"] == 10

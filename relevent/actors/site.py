@@ -32,10 +32,11 @@ import time
 from typing import Any
 
 from relevent.messages import (
-    CommandSubscribe, DevicesLeft, ForecastReply, ForecastRequest, Hello, LeaveDevices, Measurement, Pong,
-    ScheduleOperate, ScheduleWrites, Shutdown, SnapshotRequest, WanContact, Wakeup,
+    CommandSubscribe, DevicesLeft, ForecastReply, ForecastRequest, Hello, InjectFault, LeaveDevices, Measurement,
+    Pong, ScheduleOperate, ScheduleWrites, Shutdown, SnapshotRequest, WanContact, Wakeup,
 )
 from relevent.actors.crl import crl_child
+from relevent.actors.der_group import endpoint_serves, groups_of, no_telecom, reserve_at_stop
 from relevent.actors.registration import registration_child
 from relevent.actors.supervisor import ChildSpec, Supervisor
 from relevent.runtime.control import alive_path
@@ -44,6 +45,7 @@ from relevent.runtime.control import alive_path
 # docstring, "Memory").
 import relevent.actors.controller  # noqa: E402,F401
 import relevent.actors.der  # noqa: E402,F401
+import relevent.actors.der_group  # noqa: E402,F401
 
 
 log = logging.getLogger("relevent.site")
@@ -97,10 +99,19 @@ def site_children(data: dict) -> list[ChildSpec]:
                          "party_tables": data["party"]})
               for ep in data["wan"]]
     # A DER with a member host runs there (its controllers with it), a LAN endpoint on its
-    # runs_on; WAN endpoints and the site's own children stay on the leader.
-    specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True,
-                        host=der.get("host", ""))
-              for der in data["der"]]
+    # runs_on; WAN endpoints and the site's own children stay on the leader.  With
+    # ders_per_process > 1 the DERs share processes, a group of them in each
+    # (relevent/actors/der_group.py), a group on one host.
+    per_process = data["runtime"].get("ders_per_process", 1)
+    if per_process > 1:
+        wan = [{"name": ep["name"], "ders": ep.get("ders", [])} for ep in data["wan"]]
+        specs += [ChildSpec(name, "group", "relevent.actors.der_group.DerGroupActor",
+                            {"ders": members, "wan": wan}, supervisor=True, host=host)
+                  for name, host, members in groups_of(data["der"], per_process)]
+    else:
+        specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True,
+                            host=der.get("host", ""))
+                  for der in data["der"]]
     specs += [ChildSpec(ep["name"], "lan", "relevent.actors.endpoint.EndpointActor",
                         {**ep, "ders": [device_slice(d, PROTOCOLS[ep["protocol"]].der_keys)
                                         for d in data["der"] if d["lan"] == ep["name"]]},
@@ -119,8 +130,11 @@ class SiteSupervisor(Supervisor):
         self._reported: dict | None = None  # the summary the runner last heard (see _report_change)
         self._leaving: set[str] | None = None  # DERs leaving their device at stop, not answered yet
         self._leave_started = 0.0
+        self._group_of: dict[str, str] = {}   # DER -> the group it runs in (ders_per_process > 1)
 
     def runtime_config(self, spec: ChildSpec) -> dict:
+        if spec.role == "group":   # the group hands each of its DERs its part (DerGroupActor)
+            return {"subscribers": dict(self.subscribers), "lan_subscribers": dict(self.lan_subscribers)}
         if spec.role != "der":
             return {}
         return {"subscribers": {name: address for name, address in self.subscribers.items()
@@ -128,14 +142,23 @@ class SiteSupervisor(Supervisor):
                 "lan_subscribers": dict(self.lan_subscribers)}
 
     def _serves(self, endpoint: str, der: str) -> bool:
-        """Whether WAN endpoint `endpoint` serves DER `der` (its `ders`): a DER sends its
-        states and measurements only to the endpoints that serve it."""
-        from relevent.protocols.registry import serves
-        ep = next((e for e in self.config.get("wan", []) if e["name"] == endpoint), None)
-        return ep is None or serves(ep, der)
+        return endpoint_serves(self.config.get("wan", []), endpoint, der)
 
     def child_specs(self) -> list[ChildSpec]:
-        return site_children(self.config)
+        specs = site_children(self.config)
+        self._group_of = {der["name"]: spec.name for spec in specs if spec.role == "group"
+                          for der in spec.config["ders"]}
+        return specs
+
+    def _carriers(self) -> list[tuple[Any, list[dict]]]:
+        """Each running child that carries DERs' messages, with those DERs' topology slices:
+        a DER, or a group of them (ders_per_process > 1)."""
+        return [(c, [c.spec.config] if c.spec.role == "der" else c.spec.config["ders"])
+                for c in self.running_children() if c.spec.role in ("der", "group")]
+
+    def _to_der(self, der: str, message: Any) -> bool:
+        """Send to a DER, through its group if it has one (which routes by `der`)."""
+        return self.send_to_child(self._group_of.get(der, der), message)
 
     def on_configure(self) -> None:
         # Before the children are forked (module docstring, "Memory"): what this process
@@ -148,22 +171,22 @@ class SiteSupervisor(Supervisor):
         if isinstance(message, (ScheduleWrites, ScheduleOperate)):
             if isinstance(message, ScheduleOperate) and message.reply_to is None:
                 message.reply_to = sender
-            self.send_to_child(message.der, message)
+            self._to_der(message.der, message)
         elif isinstance(message, ForecastRequest):
             message.reply_to = self.reply_via_self(message.request_id, sender, message.reply_to)
-            if not self.send_to_child(message.der, message):
+            if not self._to_der(message.der, message):
                 self.send(message.reply_to, ForecastReply(message.request_id, message.der, message.kind, []))
         elif isinstance(message, SnapshotRequest):
             self.subscribers[message.subscriber] = message.reply_to
-            for der in self.running_children("der"):
-                if self._serves(message.subscriber, der.spec.name):
-                    self.send(der.address, message)
+            for child, ders in self._carriers():
+                if any(self._serves(message.subscriber, der["name"]) for der in ders):
+                    self.send(child.address, message)
         elif isinstance(message, CommandSubscribe):
             self.lan_subscribers[message.subscriber] = message.reply_to
-            for der in self.running_children("der"):
-                self.send(der.address, message)
+            for child, _ders in self._carriers():
+                self.send(child.address, message)
         elif isinstance(message, Measurement):
-            self.send_to_child(message.der, message)
+            self._to_der(message.der, message)
         elif isinstance(message, Shutdown):
             self._leave_devices()
         elif isinstance(message, DevicesLeft):
@@ -171,9 +194,13 @@ class SiteSupervisor(Supervisor):
         elif isinstance(message, WanContact):
             # Only DERs with a "no telecom" schedule need it: a copy to every DER each second
             # filled thespian's 20 transmit slots at 100 DERs and delayed the heartbeats.
-            for der in self.running_children("der"):
-                if any(local["trigger"] == "no_telecom" for local in der.spec.config.get("local", [])):
-                    self.send(der.address, message)
+            for child, ders in self._carriers():
+                if any(no_telecom(der) for der in ders):
+                    self.send(child.address, message)
+        elif isinstance(message, InjectFault) and message.target.partition("/")[0] in self._group_of:
+            # `relevent fault DER/...` for a DER in a group: its path is GROUP/DER/...
+            message.target = f"{self._group_of[message.target.partition('/')[0]]}/{message.target}"
+            super().on_message(message, sender)
         else:
             super().on_message(message, sender)
             if not isinstance(message, (Pong, Hello)):   # neither changes a child's state
@@ -185,14 +212,14 @@ class SiteSupervisor(Supervisor):
     def _leave_devices(self) -> None:
         if self._leaving is not None or self._closing is not None:
             return
-        ders = [c for c in self.running_children("der")
-                if c.spec.config.get("at_stop") == "reserve" and c.spec.config.get("lan")]
-        if not ders:
+        carriers = [(child, [d["name"] for d in ders if reserve_at_stop(d)]) for child, ders in self._carriers()]
+        carriers = [(child, names) for child, names in carriers if names]
+        if not carriers:
             self._close("asked to stop")
             return
-        self._leaving = {c.spec.name for c in ders}
+        self._leaving = {name for _child, names in carriers for name in names}
         self._leave_started = time.monotonic()
-        for child in ders:
+        for child, _names in carriers:
             self.send(child.address, LeaveDevices(0))
         self.wakeupAfter(AT_STOP_TIMEOUT_S, Wakeup("leave-timeout"))
 
@@ -254,5 +281,8 @@ class SiteSupervisor(Supervisor):
         def count(role: str, running: bool) -> int:
             return sum(1 for c in children if c.spec.role == role and (c.state == "running" or not running))
         faults = sum(1 for c in children if c.state != "running" and not (c.state == "starting" and c.restarts == 0))
-        return {"ders": count("der", False), "ders_running": count("der", True), "wan": count("wan", False),
-                "wan_serving": count("wan", True), "faults": faults}
+        groups = [c for c in children if c.spec.role == "group"]   # their DERs, as each last said
+        return {"ders": count("der", False) + sum(len(c.spec.config["ders"]) for c in groups),
+                "ders_running": count("der", True) + sum(c.detail.get("ders_running", 0) for c in groups
+                                                         if c.state == "running"),
+                "wan": count("wan", False), "wan_serving": count("wan", True), "faults": faults}

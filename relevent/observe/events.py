@@ -30,8 +30,8 @@ def _der_names(*trees: dict) -> set[str]:
 
 
 def _der(path: str, ders: set[str]) -> str | None:
-    head = path.split("/", 1)[0]
-    return head if head in ders else None
+    """The DER a path is in: its first part, or its second under a DER group (ders.1/pv1/...)."""
+    return next((part for part in path.split("/")[:2] if part in ders), None)
 
 
 def _parent(path: str) -> str:

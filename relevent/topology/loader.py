@@ -174,6 +174,7 @@ class _Validator:
         self.cross_checks(data)
         self.convention_checks(data)
         self.placement_checks(data)
+        self.grouping_checks(data)
         self.party_checks(data)
         self.tls_checks(data)
         return data
@@ -411,6 +412,15 @@ class _Validator:
         elif net.prefixlen < 31 and address in (net.network_address, net.broadcast_address):
             which = "network" if address == net.network_address else "broadcast"
             self.problem(leader_path, f"{address} is the {which} address of {network}, not a host's")
+
+    def grouping_checks(self, data: dict) -> None:
+        """DERs sharing processes ([runtime] ders_per_process > 1, relevent/actors/der_group.py)
+        host their controllers in them: a hosted DER cannot create processes."""
+        runtime, path = data["runtime"], ("runtime", "ders_per_process")
+        if runtime["ders_per_process"] > 1 and runtime["controller_isolation"] != "der" \
+                and path not in self.unfilled:
+            self.problem(path, f"ders_per_process = {runtime['ders_per_process']} needs controller_isolation = "
+                               "\"der\" (a DER sharing a process hosts its controllers in it)")
 
     def placement_checks(self, data: dict) -> None:
         """Placement on member hosts (docs/deploy.md "Placing DERs on member hosts"): a DER's
