@@ -86,9 +86,25 @@ def group_of(ders: list[dict], wan: list[dict]) -> DerGroupActor:
 def test_ders_are_grouped_in_topology_order_per_host_and_never_share_a_name_with_a_der():
     ders = [{"name": n, "host": h} for n, h in (("a", ""), ("b", ""), ("c", "far"), ("d", ""), ("e", ""))]
     got = [(name, host, [d["name"] for d in members]) for name, host, members in groups_of(ders, 2)]
-    assert got == [("ders.1", "", ["a", "b"]), ("ders.2", "", ["d", "e"]), ("ders.3", "far", ["c"])]
+    assert got == [("ders.1", "", ["a", "b"]), ("ders.2", "far", ["c"]), ("ders.3", "", ["d", "e"])]
     assert [len(m) for _, _, m in groups_of(ders, 1)] == [1] * 5
     assert all("." in name for name, _, _ in groups_of(ders, 3))   # a topology name has none
+
+
+def test_on_a_reload_every_der_keeps_its_group_and_a_new_one_joins_a_group_with_room():
+    names = lambda groups: [(g, h, [d["name"] for d in m]) for g, h, m in groups]  # noqa: E731
+    ders = [{"name": n} for n in "abcdefgh"]
+    before = {d["name"]: g for g, _h, m in groups_of(ders, 4) for d in m}
+    assert before == {**dict.fromkeys("abcd", "ders.1"), **dict.fromkeys("efgh", "ders.2")}
+    # x inserted after a, c removed: nobody moves; x takes c's place in ders.1.
+    edited = [{"name": n} for n in "axbdefgh"]
+    assert names(groups_of(edited, 4, before)) == [("ders.1", "", ["a", "x", "b", "d"]),
+                                                    ("ders.2", "", ["e", "f", "g", "h"])]
+    # Full groups: a new DER opens a new group; a group whose DERs all went is gone.
+    assert names(groups_of([{"name": n} for n in "abcdyefgh"], 4, before))[2] == ("ders.3", "", ["y"])
+    assert names(groups_of([{"name": n} for n in "abcd"], 4, before)) == [("ders.1", "", ["a", "b", "c", "d"])]
+    # A DER on another host never joins a group of the leader's.
+    assert names(groups_of([*ders[:3], {"name": "z", "host": "far"}], 4, before))[1] == ("ders.2", "far", ["z"])
 
 
 def test_a_group_hands_a_message_to_the_der_it_names_and_answers_for_one_it_does_not_have():
@@ -117,6 +133,12 @@ def test_a_group_sends_what_the_site_sends_every_der_only_to_the_ders_it_concern
     assert sent_to(group, WanContact) == [b]                      # b has a "no telecom" schedule
     group.on_message(LeaveDevices(0), address(19000))
     assert sent_to(group, LeaveDevices) == [a]                    # a leaves its device at its reserve
+    group.children[0].state = "backoff"                           # a restarting DER answers at once, not ok
+    group.on_message(LeaveDevices(0), address(19000))
+    left = [m for t, m in group.sent if isinstance(m, DevicesLeft)]
+    assert sent_to(group, LeaveDevices) == [a] and [(m.der, m.ok) for m in left] == [("a", False)]
+    group.children[0].state = "running"
+    group.sent.clear()
     group.on_message(DevicesLeft("a", 0, "reserve"), group.children[0].address)
     assert sent_to(group, DevicesLeft) == [address(19000)]        # up to the site
 
@@ -150,18 +172,18 @@ def test_the_site_reaches_a_grouped_der_through_its_group():
     site = site_with_groups()
     groups = {c.spec.name: c for c in site.children if c.spec.role == "group"}
     assert {n: [d["name"] for d in c.spec.config["ders"]] for n, c in groups.items()} == \
-        {"ders.1": ["a", "b"], "ders.2": ["d"], "ders.3": ["c"]}
-    assert groups["ders.3"].spec.host == "far"
+        {"ders.1": ["a", "b"], "ders.2": ["c"], "ders.3": ["d"]}
+    assert groups["ders.2"].spec.host == "far"
     site.on_message(ScheduleWrites("d", "ActPow", [], "all"), address(19500))
     site.on_message(Measurement("c", 1.0, True, 0), address(19500))
-    assert [t for t, _ in site.sent] == [groups["ders.2"].address, groups["ders.3"].address]
+    assert [t for t, _ in site.sent] == [groups["ders.3"].address, groups["ders.2"].address]
     site.sent.clear()
     site.on_message(SnapshotRequest("some", address(19700)), address(19500))
     assert sent_to(site, SnapshotRequest) == [groups["ders.1"].address]   # only b's group holds a DER "some" serves
     site.sent.clear()
     site.on_message(InjectFault("d/ActPow", "raise", 9, address(19900)), address(19500))
     target, fault = site.sent[0]
-    assert target == groups["ders.2"].address and fault.target == "d/ActPow"   # the group's part of ders.2/d/ActPow
+    assert target == groups["ders.3"].address and fault.target == "d/ActPow"   # the group's part of ders.3/d/ActPow
 
 
 def test_the_site_waits_at_stop_for_each_grouped_der_that_leaves_its_device_at_its_reserve():
@@ -182,3 +204,27 @@ def test_history_events_name_the_der_of_an_actor_in_a_group():
     ders = {"pv1", "pv2"}
     assert _der("ders.1/pv1/ActPow", ders) == "pv1" and _der("ders.1/pv2", ders) == "pv2"
     assert _der("pv1/ActPow", ders) == "pv1" and _der("ders.1", ders) is None and _der("mms", ders) is None
+
+
+def test_a_group_shows_its_ders_controllers_as_they_are_now_whoever_asks():
+    """Its DERs are in its process: their status is read, never asked for or pushed (a site
+    of more than 200 groups asks each for its status with its heartbeat)."""
+    from relevent.actors.hosted import HostedAddress
+    from relevent.actors.supervisor import Supervisor
+
+    class Der(Supervisor):
+        def status_nodes(self):
+            return [{"name": "ActPow", "path": f"{self.name}/ActPow", "children": None}]
+
+    topo = data()
+    group = group_of(topo["der"][:2], topo["wan"])
+    for child in group.children:
+        child.address = HostedAddress(child.spec.name, 1)
+        der = Der()
+        der.name = child.spec.name
+        group.hosted[child.address.actorAddressString] = (child.address, der)
+    nodes = group.status_nodes()
+    assert [n["children"][0]["path"] for n in nodes] == ["a/ActPow", "b/ActPow"]
+    group._status_start(1, address(19000))
+    assert [type(m).__name__ for _, m in group.sent] == ["StatusReply"]   # asked nobody: answered at once
+    assert [n["children"][0]["path"] for n in group.sent[0][1].children] == ["a/ActPow", "b/ActPow"]

@@ -183,3 +183,34 @@ def test_check_refuses_shared_processes_without_hosted_controllers(tmp_path):
         load_topology(path)
     assert "ders_per_process = 2 needs controller_isolation = \"der\"" in str(err.value)
     assert "site.toml:8: runtime.ders_per_process:" in str(err.value)   # the file, its line, the field
+
+
+def test_a_der_added_by_a_reload_joins_a_group_with_room_and_no_other_der_restarts(grouped):
+    site, _client, _ports, _log = grouped
+    before = {n["path"]: n for n in walk(site.tree())}
+    text = site.topology.read_text()
+    added = text.replace("[[lan]]", '[[der]]\nname = "pv4"\ntype = "pv"\nfunctions = ["MaxPow"]\nschedules = 2\n'
+                                     'rated_power_w = 10000\nreserve = { MaxPow = 3000.0 }\n\n[[lan]]', 1)
+    site.topology.write_text(added)
+    res = site.cli("reload", str(site.topology))
+    assert res.returncode == 0, res.stdout + res.stderr
+    node = site.wait_for("ders.2/pv4", lambda n: n["state"] == "running", timeout=20)
+    after = {n["path"]: n for n in walk(site.tree())}
+    assert node["pid"] == before["ders.2"]["pid"]                    # in pv3's group, which kept running
+    for path in ("ders.1", "ders.2", "ders.1/pv1", "ders.1/pv2", "ders.2/pv3", "ders.2/pv3/MaxPow"):
+        assert after[path]["ready_at"] == before[path]["ready_at"] and after[path]["restarts"] == 0, path
+
+    # Regrouping moves DERs between processes: only with a restart.
+    site.topology.write_text(added.replace("ders_per_process = 2", "ders_per_process = 3"))
+    reply = site.call({"op": "reload"})
+    assert not reply["ok"] and "[runtime] ders_per_process" in reply["error"], reply
+
+
+def test_a_chaos_run_refuses_a_site_whose_ders_share_processes(tmp_path):
+    from relevent.chaos.plan import Plan
+    from relevent.chaos.runner import ChaosError, ChaosRun
+    from relevent.topology import load_topology
+    path = tmp_path / "site.toml"
+    path.write_text(topology(tmp_path / "state", {"admin": 19501, "mms": 10102, "modbus": 10502}, tmp_path / "w.jsonl"))
+    with pytest.raises(ChaosError, match="needs every DER in its own process: \\[runtime\\] ders_per_process = 1"):
+        ChaosRun(load_topology(path), Plan(count=1))

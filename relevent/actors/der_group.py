@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from relevent.actors.supervisor import ChildSpec, Supervisor
+from relevent.actors.supervisor import Child, ChildSpec, Supervisor
 from relevent.messages import (
     CommandApplied, CommandSubscribe, DevicesLeft, ForecastReply, ForecastRequest, LeaveDevices, Measurement,
     ScheduleOperate, ScheduleWrites, SnapshotRequest, WanContact,
@@ -39,18 +39,39 @@ log = logging.getLogger("relevent.der_group")
 ROUTED = (ScheduleWrites, ScheduleOperate, ForecastRequest, Measurement, CommandApplied)
 
 
-def groups_of(ders: list[dict], per_process: int) -> list[tuple[str, str, list[dict]]]:
-    """(group name, host, its DERs): the DERs in topology order, `per_process` at a time,
-    each group on one host (a DER's `host`, "" the leader).  Names ("ders.1", ...) cannot be
-    a DER's or an endpoint's (topology names have no '.')."""
-    by_host: dict[str, list[dict]] = {}
+def groups_of(ders: list[dict], per_process: int, previous: dict[str, str] | None = None
+              ) -> list[tuple[str, str, list[dict]]]:
+    """(group name, host, its DERs in topology order), groups in the order of their numbers.
+
+    Without `previous` (DER -> group, the running site's), the DERs in topology order,
+    `per_process` at a time, each group on one host (a DER's `host`, "" the leader).  With
+    it (a reload), every DER stays in its group, so an edit restarts no DER it does not
+    touch: a new DER joins the first group of its host with room, else a new group; a group
+    left empty goes.  A DER whose host changed moves; the runner refuses that on a reload
+    (a restart regroups).  Names ("ders.1", ...) cannot be a DER's or an endpoint's
+    (topology names have no '.')."""
+    previous = previous or {}
+    order = {der["name"]: i for i, der in enumerate(ders)}
+    members: dict[str, list[dict]] = {}   # group -> its DERs
+    hosts: dict[str, str] = {}            # group -> its host
+    joining = []
     for der in ders:
-        by_host.setdefault(der.get("host", ""), []).append(der)
-    out = []
-    for host, members in by_host.items():
-        for start in range(0, len(members), per_process):
-            out.append((f"ders.{len(out) + 1}", host, members[start:start + per_process]))
-    return out
+        group, host = previous.get(der["name"]), der.get("host", "")
+        if group is not None and hosts.setdefault(group, host) == host:
+            members.setdefault(group, []).append(der)
+        else:
+            joining.append(der)
+    def number(name: str) -> int:
+        return int(name.rpartition(".")[2])
+    for der in joining:
+        host = der.get("host", "")
+        group = next((g for g in sorted(hosts, key=number)
+                      if hosts[g] == host and len(members.get(g, [])) < per_process), None)
+        if group is None:
+            group = f"ders.{max(map(number, hosts), default=0) + 1}"
+            hosts[group] = host
+        members.setdefault(group, []).append(der)
+    return [(g, hosts[g], sorted(members[g], key=lambda d: order[d["name"]])) for g in sorted(members, key=number)]
 
 
 def endpoint_serves(wan: list[dict], endpoint: str, der: str) -> bool:
@@ -104,7 +125,7 @@ class DerGroupActor(Supervisor):
     def on_message(self, message: Any, sender: Any) -> None:
         if isinstance(message, ROUTED):
             if not self.send_to_child(message.der, message) and isinstance(message, ForecastRequest):
-                self.send(message.reply_to, ForecastReply(message.request_id, message.der, message.kind, []))
+                self.send(message.reply_to or sender, ForecastReply(message.request_id, message.der, message.kind, []))
         elif isinstance(message, SnapshotRequest):
             self.subscribers[message.subscriber] = message.reply_to
             for der in self.running_children("der"):
@@ -119,16 +140,29 @@ class DerGroupActor(Supervisor):
                 if no_telecom(der.spec.config):
                     self.send(der.address, message)
         elif isinstance(message, LeaveDevices):
-            for der in self.running_children("der"):
-                if reserve_at_stop(der.spec.config):
+            for der in self.children:
+                if der.spec.role != "der" or not reserve_at_stop(der.spec.config):
+                    continue
+                if der.address is not None and der.state in ("starting", "running"):
                     self.send(der.address, message)
+                else:   # (restarting): the site waits for each, and must not wait its timeout out
+                    self.send(self.parent, DevicesLeft(der.spec.name, message.request_id, "reserve", False,
+                                                       "its DER is not running"))
         elif isinstance(message, DevicesLeft):
             self.send(self.parent, message)   # from one of our DERs: the site waits for it
         else:
             super().on_message(message, sender)
 
+    def node(self, child: Child) -> dict:
+        node = super().node(child)
+        if child.spec.config.get("host"):   # a group on a member: its DERs' pids are that host's
+            node["host"] = child.spec.config["host"]
+        return node
+
     def detail(self) -> dict:
-        """The site counts its DERs from these (SiteSupervisor.summary)."""
+        """The site counts its DERs, and their faults, from these (SiteSupervisor.summary)."""
+        ders = [c for c in self.children if c.spec.role == "der"]
         return {"ders": len(self.config.get("ders", [])),
-                "ders_running": sum(1 for c in self.children if c.spec.role == "der" and c.state == "running"),
+                "ders_running": sum(1 for c in ders if c.state == "running"),
+                "faults": sum(1 for c in ders if c.state != "running" and not (c.state == "starting" and c.restarts == 0)),
                 "starts": self.lifetime.get("starts")}

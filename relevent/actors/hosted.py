@@ -86,6 +86,13 @@ class Host:
     def is_hosted(self, address: Any) -> bool:
         return isinstance(address, HostedAddress)
 
+    def hosted_actor(self, address: Any) -> Any:
+        """The actor object of one of our hosted incarnations; None for any other address."""
+        if not isinstance(address, HostedAddress):
+            return None
+        entry = self.hosted.get(address.actorAddressString)
+        return entry[1] if entry is not None and entry[0] is address else None
+
     # -- sending -------------------------------------------------------------------------------
     def deliver_local(self, target: HostedAddress, message: Any) -> None:
         """The host sends to one of its hosted actors."""

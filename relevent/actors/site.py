@@ -70,7 +70,9 @@ def device_slice(der: dict, extra: tuple[str, ...] = ()) -> dict:
     return {k: der[k] for k in (*DEVICE_KEYS, *extra) if k in der}
 
 
-def site_children(data: dict) -> list[ChildSpec]:
+def site_children(data: dict, groups: dict[str, str] | None = None) -> list[ChildSpec]:
+    """The site's children in start order.  `groups`: the running site's DER -> group, kept
+    on a reload (der_group.groups_of)."""
     # here: the registry imports the topology package
     from relevent.protocols.registry import PROTOCOLS, served_ders
     # Simulated devices and embedded brokers first: endpoints find them up.  Each runs on its
@@ -107,7 +109,7 @@ def site_children(data: dict) -> list[ChildSpec]:
         wan = [{"name": ep["name"], "ders": ep.get("ders", [])} for ep in data["wan"]]
         specs += [ChildSpec(name, "group", "relevent.actors.der_group.DerGroupActor",
                             {"ders": members, "wan": wan}, supervisor=True, host=host)
-                  for name, host, members in groups_of(data["der"], per_process)]
+                  for name, host, members in groups_of(data["der"], per_process, groups)]
     else:
         specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True,
                             host=der.get("host", ""))
@@ -145,7 +147,7 @@ class SiteSupervisor(Supervisor):
         return endpoint_serves(self.config.get("wan", []), endpoint, der)
 
     def child_specs(self) -> list[ChildSpec]:
-        specs = site_children(self.config)
+        specs = site_children(self.config, self._group_of)
         self._group_of = {der["name"]: spec.name for spec in specs if spec.role == "group"
                           for der in spec.config["ders"]}
         return specs
@@ -282,6 +284,7 @@ class SiteSupervisor(Supervisor):
             return sum(1 for c in children if c.spec.role == role and (c.state == "running" or not running))
         faults = sum(1 for c in children if c.state != "running" and not (c.state == "starting" and c.restarts == 0))
         groups = [c for c in children if c.spec.role == "group"]   # their DERs, as each last said
+        faults += sum(c.detail.get("faults", 0) for c in groups if c.state == "running")
         return {"ders": count("der", False) + sum(len(c.spec.config["ders"]) for c in groups),
                 "ders_running": count("der", True) + sum(c.detail.get("ders_running", 0) for c in groups
                                                          if c.state == "running"),

@@ -636,6 +636,8 @@ class Supervisor(Host, ReleventActor):
         prefix = f"{self.path}/" if self.path else ""
         alive = child.address is not None
         pushed = alive and child.nodes is not None and (child.state == "running" or child.state in STOPPING)
+        # A child supervisor in our process (a DER in a group): its children as they are now.
+        live = self.hosted_actor(child.address) if child.spec.supervisor else None
         node = {
             "name": child.spec.name,
             "path": prefix + child.spec.name,
@@ -650,20 +652,23 @@ class Supervisor(Host, ReleventActor):
             "ready_at": child.ready_wall,
             "last_error": child.last_error,
             "detail": child.detail,
-            "children": (child.nodes if pushed else []) if child.spec.supervisor else None,
+            "children": (live.status_nodes() if live is not None else child.nodes if pushed else [])
+                        if child.spec.supervisor else None,
         }
-        if pushed:   # how old (STATUS_FANOUT_MAX): a DER slow to answer shows what it last sent
+        if pushed and live is None:   # how old (STATUS_FANOUT_MAX): a DER slow to answer shows what it last sent
             node["children_age_s"] = round(time.monotonic() - child.nodes_at, 3)
         return node
 
     def status_nodes(self) -> list:
         """Sent with a Pong when the parent asks (Ping.status); a child supervisor of its own
-        shows the children it last pushed (none in today's tree: site -> DER -> controller)."""
+        shows the children it last pushed, a hosted one (a group's DER) its children now."""
         return [self.node(c) for c in self.children]
 
     def _status_pushed(self) -> bool:
-        """Whether child supervisors push their status with their Pongs (STATUS_FANOUT_MAX)."""
-        return sum(1 for c in self.children if c.spec.supervisor) > STATUS_FANOUT_MAX
+        """Whether child supervisors push their status with their Pongs (STATUS_FANOUT_MAX);
+        hosted ones (a group's DERs) are read in-process, never asked (node)."""
+        return sum(1 for c in self.children if c.spec.supervisor and not self.is_hosted(c.address)) \
+            > STATUS_FANOUT_MAX
 
     def _status_start(self, request_id: int, sender: Any) -> None:
         job = {"reply_to": sender, "request_id": request_id,
@@ -672,7 +677,7 @@ class Supervisor(Host, ReleventActor):
         self._next_request += 1
         fan_out = not self._status_pushed()   # else node() has them from the last Pongs
         for index, child in enumerate(self.children):
-            if fan_out and child.spec.supervisor and child.state == "running":
+            if fan_out and child.spec.supervisor and child.state == "running" and not self.is_hosted(child.address):
                 sub = self._next_request
                 self._next_request += 1
                 job["waiting"][sub] = index

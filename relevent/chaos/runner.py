@@ -52,6 +52,11 @@ class ChaosRun:
         plan.check()
         if not topology.data["runtime"]["allow_fault_injection"]:
             raise ChaosError(f"{topology.path}: [runtime] allow_fault_injection must be true for a chaos run")
+        if topology.data["runtime"]["ders_per_process"] > 1:
+            # Its targets and checks are a DER's own path and process (pv1, pv1/ActPow, a new
+            # pid after a restart); a grouped DER has neither (relevent/actors/der_group.py).
+            raise ChaosError(f"{topology.path}: a chaos run needs every DER in its own process: [runtime] "
+                             f"ders_per_process = 1 (it is {topology.data['runtime']['ders_per_process']})")
         mms = [ep for ep in topology.data["wan"] if ep["protocol"] == "mms"]
         if not mms:
             raise ChaosError(f"{topology.path}: a chaos run writes its schedules over MMS: add a [[wan]] endpoint "

@@ -66,7 +66,8 @@ DERS_PER_CORE_IN_PROCESS_MODE = 25
 # Settings that need a full restart of the site to change.
 RESTART_ONLY = {("site", "name"), ("site", "state_dir"), ("runtime", "base"), ("runtime", "admin_port"),
                 ("runtime", "convention_leader"), ("runtime", "private_network"), ("runtime", "metrics"),
-                ("runtime", "metrics_insecure"), ("runtime", "history_days"), ("runtime", "sample_s")}
+                ("runtime", "metrics_insecure"), ("runtime", "history_days"), ("runtime", "sample_s"),
+                ("runtime", "ders_per_process")}
 REPLY_TIMEOUT = 5.0
 MAX_REQUEST_BYTES = 64 * 1024    # one control request (a JSON line), bytes
 REQUEST_DEADLINE_S = 5.0         # from accept to the request's last byte, seconds
@@ -552,6 +553,12 @@ class SiteRunner:
         old = self.topology.data
         blocked = [f"[{section}] {key}" for section, key in sorted(RESTART_ONLY)
                    if old[section][key] != new.data[section][key]]
+        if new.data["runtime"]["ders_per_process"] > 1:
+            # A DER in a group moves only with a restart: in a reload its new group would
+            # start it before its old one had stopped it (relevent/actors/der_group.py).
+            hosts = {der["name"]: der.get("host", "") for der in old["der"]}
+            blocked += [f"[[der]] {der['name']} host" for der in new.data["der"]
+                        if hosts.get(der["name"], der.get("host", "")) != der.get("host", "")]
         if blocked:
             return {"ok": False, "error": "needs a restart of the site: " + ", ".join(blocked) + " changed"}
         if not self._root_answering():

@@ -288,10 +288,13 @@ class _Validator:
                                                  f"endpoints of at most {MMS_DERS_PER_ENDPOINT} with `ders` "
                                                  f"(docs/scaling.md)")
         interval = data["supervision"]["site"]["heartbeat_interval"]
-        ders = len(data["der"])
+        # The site pings its DERs' processes: one a DER, or one a group (ders_per_process).
+        per_process = data["runtime"].get("ders_per_process", 1)
+        ders = len(data["der"]) if per_process == 1 else -(-len(data["der"]) // per_process)
+        what = "DERs" if per_process == 1 else "DER groups"
         if ders / interval > PINGS_PER_SECOND:
             self.warning(("supervision", "heartbeat_interval"),
-                         f"{ders} DERs pinged every {interval:g} s: the site supervisor sends "
+                         f"{ders} {what} pinged every {interval:g} s: the site supervisor sends "
                          f"{ders / interval:.0f} Pings a second, more than the {PINGS_PER_SECOND} measured without "
                          f"a DER taken for hung: set heartbeat_interval >= {ders / PINGS_PER_SECOND:g} s and "
                          f"heartbeat_timeout >= 4 intervals (docs/scaling.md)")
