@@ -3,11 +3,13 @@
     .venv/bin/python bench/scale_bench.py --ders 1 --ders 10 --ders 100 --ders 1000 --json bench/results-scale.json
     .venv/bin/python bench/scale_bench.py --ders 1 --ders 10 --writes 50 --entries 3
     .venv/bin/python bench/scale_bench.py --ders 1000 --mms-endpoints 10 --values 24 --size-timeout 1800
+    .venv/bin/python bench/scale_bench.py --ders 1000 --mms-endpoints 10 --ders-per-process 50 --lateness-ders 100
 
 Each size runs one site (`relevent run` in its own processes, tests/sitectl.py): N DERs, each
 with ActPow, MaxPow and OnOff and `schedules = 10` (FSCH01..FSCH10 plus the reserve
 Res_FSCH01: 11 schedules a function, 33 a DER), `[runtime] controller_isolation = "der"` (a
-DER's 3 controllers in the DER's process: N + 5 processes), one MMS WAN endpoint (or, with
+DER's 3 controllers in the DER's process: N + 5 processes; with --ders-per-process K,
+`ders_per_process = K`, the DERs K to a process: N / K + 5), one MMS WAN endpoint (or, with
 --mms-endpoints K, K of them, each serving a contiguous slice of the DERs: `[[wan]] ders`),
 no LAN.  The client is open61850 in this process, over loopback, one connection per
 endpoint.  Per size, in this order:
@@ -22,9 +24,12 @@ a. serve_s: `relevent run` spawned -> the first successful MMS read of the LAST 
    running_s (the last actor of the tree, controllers included, became ready; a tree whose
    DERs all run but lacks some DER's controllers PARTIAL_TREES times in a row, their status
    parts late, is taken as it is: `controllers` says so), and from relevent.log the runner's
-   "up in" (the site supervisor ready) and the endpoint's "serving".
+   "up in" (the site supervisor ready) and the endpoint's "serving".  cpu_at_serve: the CPU
+   seconds every process of the site had used when the last endpoint served, by role (the
+   MMS endpoints, the DER processes, the rest): what the 2 cores spent on the way there.
 b. PSS (memory_bench.pss_kb) of every process of the site (runner included), once it runs:
-   total; by role: the MMS endpoint, the DER processes (sum and each), the rest (runner,
+   total; by role: the MMS endpoint, the DER processes (sum and each: a group's, with
+   --ders-per-process), the rest (runner,
    thespian admin and logger, site supervisor); per_der_mib = total / N.  The marginal cost of
    a DER is (total(N2) - total(N1)) / (N2 - N1) between consecutive sizes of one run
    (`pss_marginal_per_der_mib`; needs two sizes).
@@ -104,6 +109,7 @@ from switch_bench import summary  # noqa: E402
 
 from relevent.progress import Progress  # noqa: E402
 from relevent.runtime.control import SiteNotRunning  # noqa: E402
+from relevent.runtime.runner import group_processes  # noqa: E402
 from relevent.scl.generate import default_ld_inst  # noqa: E402
 
 FUNCTIONS = ("ActPow", "MaxPow", "OnOff")
@@ -180,6 +186,10 @@ class Start:
     actors: int
     controllers: int            # seen in that tree: 3 x N unless PARTIAL_TREES ended the wait
     restarts: int               # restarts counted anywhere in the tree (a DER killed as hung...)
+    # CPU seconds the site's processes had used when it served, by role (MMS endpoints, DER
+    # processes, the rest: runner, thespian's admin and logger, site supervisor): where the
+    # time to serve went (a process that exited before is not counted).
+    cpu_at_serve: dict | None = None
 
 
 class SizeAborted(Exception):
@@ -260,7 +270,8 @@ class Layout:
         return out
 
 
-def topology(state: Path, ders: int, layout: Layout, sup: Supervision, values: int = VALUES) -> str:
+def topology(state: Path, ders: int, layout: Layout, sup: Supervision, values: int = VALUES,
+             ders_per_process: int = 1) -> str:
     funcs = ", ".join(f'"{f}"' for f in FUNCTIONS)
     der_tables = "".join(f'\n[[der]]\nname = "{der_name(i)}"\nfunctions = [{funcs}]\nschedules = {SCHEDULES}\n'
                          f'values = {values}\n' for i in range(ders))
@@ -270,6 +281,7 @@ state_dir = "{state}"
 [runtime]
 admin_port = {free_port()}
 controller_isolation = "der"
+ders_per_process = {ders_per_process}
 [supervision]
 heartbeat_interval = {sup.heartbeat_interval}
 heartbeat_timeout = {sup.heartbeat_timeout}
@@ -365,6 +377,7 @@ def start(site: Site, layout: Layout, progress: Progress) -> tuple[Start, Client
         client, value = first_read(site, port, actpow_name(layout.lds[part[-1]]))
         clients.append(client)
     serve_s = time.monotonic() - spawned
+    cpu = site_cpu(site)
     progress.phase(f"{ders} DERs: MMS served after {serve_s:.2f} s; waiting for every actor")
     every = max(STATUS_POLL_MIN_S, STATUS_POLL_PER_DER_S * ders)
     partial = 0   # polls in a row where all ran but some DER's controllers were missing
@@ -385,19 +398,52 @@ def start(site: Site, layout: Layout, progress: Progress) -> tuple[Start, Client
                  running_s=round(max(stamps) - spawned_wall, 3) if stamps else None,
                  running_seen_s=round(seen_s, 3), first_value=value, actors=len(nodes),
                  controllers=sum(1 for n in nodes if n["role"] == "controller"),
-                 restarts=sum(n.get("restarts") or 0 for n in nodes)), Clients(layout, clients)
+                 restarts=sum(n.get("restarts") or 0 for n in nodes),
+                 cpu_at_serve=cpu_by_role(cpu, tree)), Clients(layout, clients)
+
+
+def site_cpu(site: Site) -> dict[int, float]:
+    """CPU seconds (user + system) of every process of the running site, by pid."""
+    try:
+        pgid = json.loads((site.state_dir / "relevent.pid").read_text())["admin_pgid"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    out = {}
+    for pid in group_processes(pgid) + [site.proc.pid]:
+        try:
+            out[pid] = cpu_s(pid)
+        except (OSError, IndexError):   # gone since the listing
+            continue
+    return out
+
+
+def process_roles(tree: dict) -> dict[int, str]:
+    """pid -> "wan" (an MMS endpoint), "der" (a DER's process, or a group of DERs':
+    --ders-per-process) or "rest", for every process the tree shows."""
+    kinds = {"wan": "wan", "der": "der", "group": "der"}
+    return {n["pid"]: kinds.get(n["role"], "rest") for n in walk(tree) if n.get("pid") and not n.get("hosted")}
+
+
+def cpu_by_role(cpu: dict[int, float], tree: dict | None) -> dict | None:
+    if not cpu or tree is None:
+        return None
+    roles = process_roles(tree)
+    out = {"wan": 0.0, "der": 0.0, "rest": 0.0}
+    for pid, seconds in cpu.items():
+        out[roles.get(pid, "rest")] += seconds
+    return {k: round(v, 1) for k, v in out.items()} | {"total": round(sum(out.values()), 1)}
 
 
 # -- b. memory -----------------------------------------------------------------------------------
 def memory(site: Site, ders: int) -> dict:
-    roles = {n["pid"]: n["role"] for n in walk(site.tree()) if n.get("pid") and not n.get("hosted")}
+    roles = process_roles(site.tree())
     by_role: dict[str, list[float]] = {"wan": [], "der": [], "rest": []}
     for pid in site.leftovers() + [site.proc.pid]:
         try:
             mib = pss_kb(pid) / MiB
         except OSError:   # gone since the listing
             continue
-        by_role[roles.get(pid) if roles.get(pid) in ("wan", "der") else "rest"].append(mib)
+        by_role[roles.get(pid, "rest")].append(mib)
     total = sum(sum(v) for v in by_role.values())
     der = by_role["der"]
     # Open descriptors: the site supervisor's (it holds a few per DER) and the most any
@@ -611,7 +657,7 @@ def run_size(ders: int, args, tmp: Path, progress: Progress, limits: Limits) -> 
     sup = Supervision.for_ders(ders)
     state, layout = tmp / f"state-{ders}", Layout(ders, args.mms_endpoints)
     topo = tmp / f"scale-{ders}.toml"
-    topo.write_text(topology(state, ders, layout, sup, args.values))
+    topo.write_text(topology(state, ders, layout, sup, args.values, args.ders_per_process))
     record: dict = {"ders": ders, "loadavg_before": [round(x, 2) for x in os.getloadavg()],
                     "mem_available_before_mib": mem_available_mib(), "supervision": asdict(sup), "ok": False}
     site = Site(topo, state)
@@ -715,6 +761,8 @@ def main() -> None:
                     help="[[der]] values: value slots per schedule (the MMS model's size grows with it)")
     ap.add_argument("--mms-endpoints", type=int, default=1,
                     help="MMS endpoints, each serving a contiguous slice of the DERs ([[wan]] ders)")
+    ap.add_argument("--ders-per-process", type=int, default=1,
+                    help="[runtime] ders_per_process: DERs sharing a process (1: one process each)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not SETUP_ENTRIES <= args.values <= 100:
@@ -728,6 +776,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)   # also when started in the background
     results: dict = {"machine": machine(), "functions": list(FUNCTIONS), "schedules_per_function": SCHEDULES + 1,
                      "values": args.values, "mms_endpoints": args.mms_endpoints,
+                     "ders_per_process": args.ders_per_process,
                      "writes": args.writes, "entries": args.entries, "sizes": []}
     progress = Progress(len(sizes), "scale_bench")
     limits = Limits()
