@@ -38,7 +38,6 @@ adapter may call the context while holding a lock of its own (libiec61850's mode
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import hmac
 import itertools
 import logging
@@ -162,7 +161,10 @@ class ControlSession:
         self.bridge = ThreadBridge()
         self.lock = threading.Lock()
         self.mirrors: dict[tuple, Schedule] = {}      # (der, kind, schedule) -> settings as clients see them
-        self.pending: dict[tuple, tuple] = {}         # (der, kind, schedule, field, index) -> (seq, value, party)
+        # (der, kind) -> {(schedule, field, index): (seq, value, party)}: by controller, because
+        # every state of a controller looks up its own (a scan of every controller's was most
+        # of the endpoint's work under a stream of writes; bench/README.md, "Scale").
+        self.pending: dict[tuple, dict[tuple, tuple]] = {}
         self.waiting: dict[int, tuple] = {}           # operate request id -> (future, schedule)
         self.forecasts: dict[int, concurrent.futures.Future] = {}
         self.controllers: dict[tuple, _Controller] = {}
@@ -284,7 +286,7 @@ class ControlSession:
                 return self._refused_locked(Answer.refused("unknown", Refusal.ACCESS_DENIED,
                                                            f"no schedule {der}/{kind}/{schedule}"), who,
                                             ("write", der, kind, schedule, writes))
-            trial = copy.deepcopy(mirror)
+            trial = mirror.copy()
             for w in writes:
                 decision = check(Request(who.party, "write", der, kind, schedule, w.field, w.value), trial, rights)
                 if not decision.ok:
@@ -303,7 +305,7 @@ class ControlSession:
             messages = []
             for w in writes:
                 seq = next(self.write_seqs)
-                self.pending[key + (w.field, w.index)] = (seq, w.value, who.party)
+                self.pending.setdefault(key[:2], {})[(schedule, w.field, w.index)] = (seq, w.value, who.party)
                 messages.append(ScheduleWrite(der, kind, schedule, w.field, w.value, w.index, seq, who.party))
             self.stats["writes"] += len(writes)
             self._heard(who, now)
@@ -415,7 +417,7 @@ class ControlSession:
     def unacked(self, der: str, kind: str, acked: int) -> list[tuple]:
         """Writes to this controller accepted after its write `acked`: (schedule, field, index, value)."""
         with self.lock:
-            return [(k[2], k[3], k[4], v[1]) for k, v in self.pending.items() if k[:2] == (der, kind) and v[0] > acked]
+            return [(*k, v[1]) for k, v in self.pending.get((der, kind), {}).items() if v[0] > acked]
 
     def contact(self, who: Who | None = None) -> None:
         """A request of `who` was served (a read): WAN contact for the site's "no telecom"
@@ -573,10 +575,10 @@ class ControlSession:
         with self.lock:
             # A write is forgotten only once saved: one applied but not yet saved is lost if its
             # controller dies within FLUSH_DELAY, and the next incarnation gets it again.
-            for k in [k for k, v in self.pending.items() if k[:2] == key and v[0] <= saved]:
-                del self.pending[k]
-            unacked = sorted((v[0], k[2], k[3], k[4], v[1]) for k, v in self.pending.items()
-                             if k[:2] == key and v[0] > acked)
+            pending = self.pending.get(key, {})
+            for k in [k for k, v in pending.items() if v[0] <= saved]:
+                del pending[k]
+            unacked = sorted((v[0], *k, v[1]) for k, v in pending.items() if v[0] > acked)
             ctl = self.controllers.setdefault(key, _Controller())
             if state.version <= ctl.version:
                 return [u[1:] for u in unacked]
@@ -589,7 +591,7 @@ class ControlSession:
                 for _seq, sched, field_, index, value in unacked:
                     if sched == name:
                         mirror.write(field_, index, value, None)
-                        mirror.settings.writer = self.pending[key + (sched, field_, index)][2] or \
+                        mirror.settings.writer = pending[(sched, field_, index)][2] or \
                             mirror.settings.writer
                 self.mirrors[key + (name,)] = mirror
         return [u[1:] for u in unacked]
@@ -652,8 +654,8 @@ class ControlSession:
         if known_before:
             acked = state.writes_saved.get(self.name, 0)  # what the new incarnation loaded
             with self.lock:  # sent and possibly lost; those still queued go out in their turn
-                resend = sorted((v[0], k[2], k[3], k[4], v[1], v[2]) for k, v in self.pending.items()
-                                if k[:2] == key and acked < v[0] <= ctl.sent_seq)
+                resend = sorted((v[0], *k, v[1], v[2]) for k, v in self.pending.get(key, {}).items()
+                                if acked < v[0] <= ctl.sent_seq)
             sent, ctl.in_flight = ctl.in_flight, None
             if isinstance(sent, ScheduleOperate):
                 ctl.outbox.insert(0, sent)
