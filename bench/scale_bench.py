@@ -271,7 +271,7 @@ class Layout:
 
 
 def topology(state: Path, ders: int, layout: Layout, sup: Supervision, values: int = VALUES,
-             ders_per_process: int = 1) -> str:
+             ders_per_process: int = 1, sample_s: float = 5.0) -> str:
     funcs = ", ".join(f'"{f}"' for f in FUNCTIONS)
     der_tables = "".join(f'\n[[der]]\nname = "{der_name(i)}"\nfunctions = [{funcs}]\nschedules = {SCHEDULES}\n'
                          f'values = {values}\n' for i in range(ders))
@@ -282,6 +282,7 @@ state_dir = "{state}"
 admin_port = {free_port()}
 controller_isolation = "der"
 ders_per_process = {ders_per_process}
+sample_s = {sample_s}
 [supervision]
 heartbeat_interval = {sup.heartbeat_interval}
 heartbeat_timeout = {sup.heartbeat_timeout}
@@ -657,7 +658,7 @@ def run_size(ders: int, args, tmp: Path, progress: Progress, limits: Limits) -> 
     sup = Supervision.for_ders(ders)
     state, layout = tmp / f"state-{ders}", Layout(ders, args.mms_endpoints)
     topo = tmp / f"scale-{ders}.toml"
-    topo.write_text(topology(state, ders, layout, sup, args.values, args.ders_per_process))
+    topo.write_text(topology(state, ders, layout, sup, args.values, args.ders_per_process, args.sample_s))
     record: dict = {"ders": ders, "loadavg_before": [round(x, 2) for x in os.getloadavg()],
                     "mem_available_before_mib": mem_available_mib(), "supervision": asdict(sup), "ok": False}
     site = Site(topo, state)
@@ -763,6 +764,8 @@ def main() -> None:
                     help="MMS endpoints, each serving a contiguous slice of the DERs ([[wan]] ders)")
     ap.add_argument("--ders-per-process", type=int, default=1,
                     help="[runtime] ders_per_process: DERs sharing a process (1: one process each)")
+    ap.add_argument("--sample-s", type=float, default=5.0,
+                    help="[runtime] sample_s: the runner's status sample for metrics and history (default 5 s)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not SETUP_ENTRIES <= args.values <= 100:
@@ -776,7 +779,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)   # also when started in the background
     results: dict = {"machine": machine(), "functions": list(FUNCTIONS), "schedules_per_function": SCHEDULES + 1,
                      "values": args.values, "mms_endpoints": args.mms_endpoints,
-                     "ders_per_process": args.ders_per_process,
+                     "ders_per_process": args.ders_per_process, "sample_s": args.sample_s,
                      "writes": args.writes, "entries": args.entries, "sizes": []}
     progress = Progress(len(sizes), "scale_bench")
     limits = Limits()

@@ -103,8 +103,15 @@ def test_on_a_reload_every_der_keeps_its_group_and_a_new_one_joins_a_group_with_
     # Full groups: a new DER opens a new group; a group whose DERs all went is gone.
     assert names(groups_of([{"name": n} for n in "abcdyefgh"], 4, before))[2] == ("ders.3", "", ["y"])
     assert names(groups_of([{"name": n} for n in "abcd"], 4, before)) == [("ders.1", "", ["a", "b", "c", "d"])]
-    # A DER on another host never joins a group of the leader's.
-    assert names(groups_of([*ders[:3], {"name": "z", "host": "far"}], 4, before))[1] == ("ders.2", "far", ["z"])
+    # A DER on another host never joins a group of the leader's, nor takes the number of a
+    # group that went (ders.2: its DERs were all removed).
+    assert names(groups_of([*ders[:3], {"name": "z", "host": "far"}], 4, before))[1] == ("ders.3", "far", ["z"])
+    # A DER whose host changed leaves its group alone: the group stays where it is.
+    hosts = {"ders.1": "", "ders.2": ""}
+    moved = [{"name": "a", "host": "far"}, *ders[1:]]
+    assert names(groups_of(moved, 4, before, hosts)) == [("ders.1", "", ["b", "c", "d"]),
+                                                         ("ders.2", "", ["e", "f", "g", "h"]),
+                                                         ("ders.3", "far", ["a"])]
 
 
 def test_a_group_hands_a_message_to_the_der_it_names_and_answers_for_one_it_does_not_have():

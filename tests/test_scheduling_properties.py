@@ -622,6 +622,6 @@ def test_a_copy_takes_every_write_and_operate_as_a_deep_copy_does_and_leaves_the
         assert apply_core(mine, op, T0 + t) == apply_core(deep, op, T0 + t)
         mine.advance(T0 + t)
         deep.advance(T0 + t)
-        assert full_state(mine) == full_state(deep)
+        assert full_state(mine) == full_state(deep) and vars(mine).keys() == vars(deep).keys()
         assert full_state(s) == before
         apply_core(s, op, T0 + t)   # and on, as the controller goes

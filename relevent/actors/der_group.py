@@ -39,36 +39,39 @@ log = logging.getLogger("relevent.der_group")
 ROUTED = (ScheduleWrites, ScheduleOperate, ForecastRequest, Measurement, CommandApplied)
 
 
-def groups_of(ders: list[dict], per_process: int, previous: dict[str, str] | None = None
-              ) -> list[tuple[str, str, list[dict]]]:
+def groups_of(ders: list[dict], per_process: int, previous: dict[str, str] | None = None,
+              hosts: dict[str, str] | None = None) -> list[tuple[str, str, list[dict]]]:
     """(group name, host, its DERs in topology order), groups in the order of their numbers.
 
-    Without `previous` (DER -> group, the running site's), the DERs in topology order,
-    `per_process` at a time, each group on one host (a DER's `host`, "" the leader).  With
-    it (a reload), every DER stays in its group, so an edit restarts no DER it does not
-    touch: a new DER joins the first group of its host with room, else a new group; a group
-    left empty goes.  A DER whose host changed moves; the runner refuses that on a reload
-    (a restart regroups).  Names ("ders.1", ...) cannot be a DER's or an endpoint's
-    (topology names have no '.')."""
-    previous = previous or {}
+    Without `previous` (DER -> group, the running site's; `hosts`: group -> its host), the
+    DERs in topology order go `per_process` at a time into groups of their host (a DER's
+    `host`, "" the leader).  With it (a reload), every DER stays in its group, so an edit
+    restarts no DER it does not touch: a new DER, or one whose host is no longer its
+    group's, joins the first group of its host with room, else a new group; a group left
+    empty goes, and its number is not given again.  (The runner refuses a reload that
+    moves a grouped DER to another host: a restart regroups.)  Names ("ders.1", ...)
+    cannot be a DER's or an endpoint's (topology names have no '.')."""
+    previous, hosts = previous or {}, dict(hosts or {})
     order = {der["name"]: i for i, der in enumerate(ders)}
     members: dict[str, list[dict]] = {}   # group -> its DERs
-    hosts: dict[str, str] = {}            # group -> its host
     joining = []
     for der in ders:
         group, host = previous.get(der["name"]), der.get("host", "")
-        if group is not None and hosts.setdefault(group, host) == host:
+        if group is not None and hosts.get(group, host) == host:
+            hosts[group] = host
             members.setdefault(group, []).append(der)
         else:
             joining.append(der)
     def number(name: str) -> int:
         return int(name.rpartition(".")[2])
+    last = max(map(number, [*previous.values(), *hosts]), default=0)
     for der in joining:
         host = der.get("host", "")
-        group = next((g for g in sorted(hosts, key=number)
-                      if hosts[g] == host and len(members.get(g, [])) < per_process), None)
+        group = next((g for g in sorted(members, key=number)
+                      if hosts[g] == host and len(members[g]) < per_process), None)
         if group is None:
-            group = f"ders.{max(map(number, hosts), default=0) + 1}"
+            last += 1
+            group = f"ders.{last}"
             hosts[group] = host
         members.setdefault(group, []).append(der)
     return [(g, hosts[g], sorted(members[g], key=lambda d: order[d["name"]])) for g in sorted(members, key=number)]

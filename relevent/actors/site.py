@@ -70,9 +70,10 @@ def device_slice(der: dict, extra: tuple[str, ...] = ()) -> dict:
     return {k: der[k] for k in (*DEVICE_KEYS, *extra) if k in der}
 
 
-def site_children(data: dict, groups: dict[str, str] | None = None) -> list[ChildSpec]:
-    """The site's children in start order.  `groups`: the running site's DER -> group, kept
-    on a reload (der_group.groups_of)."""
+def site_children(data: dict, groups: dict[str, str] | None = None,
+                  group_hosts: dict[str, str] | None = None) -> list[ChildSpec]:
+    """The site's children in start order.  `groups` (DER -> group) and `group_hosts`
+    (group -> host): the running site's, kept on a reload (der_group.groups_of)."""
     # here: the registry imports the topology package
     from relevent.protocols.registry import PROTOCOLS, served_ders
     # Simulated devices and embedded brokers first: endpoints find them up.  Each runs on its
@@ -109,7 +110,7 @@ def site_children(data: dict, groups: dict[str, str] | None = None) -> list[Chil
         wan = [{"name": ep["name"], "ders": ep.get("ders", [])} for ep in data["wan"]]
         specs += [ChildSpec(name, "group", "relevent.actors.der_group.DerGroupActor",
                             {"ders": members, "wan": wan}, supervisor=True, host=host)
-                  for name, host, members in groups_of(data["der"], per_process, groups)]
+                  for name, host, members in groups_of(data["der"], per_process, groups, group_hosts)]
     else:
         specs += [ChildSpec(der["name"], "der", "relevent.actors.der.DerActor", der, supervisor=True,
                             host=der.get("host", ""))
@@ -133,6 +134,7 @@ class SiteSupervisor(Supervisor):
         self._leaving: set[str] | None = None  # DERs leaving their device at stop, not answered yet
         self._leave_started = 0.0
         self._group_of: dict[str, str] = {}   # DER -> the group it runs in (ders_per_process > 1)
+        self._group_hosts: dict[str, str] = {}   # group -> the host it runs on
 
     def runtime_config(self, spec: ChildSpec) -> dict:
         if spec.role == "group":   # the group hands each of its DERs its part (DerGroupActor)
@@ -147,9 +149,10 @@ class SiteSupervisor(Supervisor):
         return endpoint_serves(self.config.get("wan", []), endpoint, der)
 
     def child_specs(self) -> list[ChildSpec]:
-        specs = site_children(self.config, self._group_of)
+        specs = site_children(self.config, self._group_of, self._group_hosts)
         self._group_of = {der["name"]: spec.name for spec in specs if spec.role == "group"
                           for der in spec.config["ders"]}
+        self._group_hosts = {spec.name: spec.host for spec in specs if spec.role == "group"}
         return specs
 
     def _carriers(self) -> list[tuple[Any, list[dict]]]:

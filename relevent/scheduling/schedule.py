@@ -129,17 +129,15 @@ class Schedule:
         self.status = status or Status()
 
     def copy(self) -> Schedule:
-        """An independent copy, as copy.deepcopy would make it, in a tenth of the time: every
-        write replaces a field of `settings` or `status` or an item of their two lists, and
-        the items are immutable (numbers, bools, frozen StartTime).  What for: the control
-        session tries each write on a copy of its mirror (all or nothing), and a deep copy
-        was three quarters of a write's cost (bench/README.md, "Where a write's round trip
-        goes")."""
-        return Schedule(self.name, boolean=self.boolean, periodic=self.periodic, reserve=self.reserve,
-                        locked=self.locked, limit=self.limit,
-                        settings=replace(self.settings, values=list(self.settings.values),
-                                         starts=list(self.settings.starts)),
-                        status=replace(self.status))
+        """An independent copy, as copy.deepcopy would make it, in a tenth of the time: a
+        `fork` with its values copied too (every write replaces a field of `settings` or
+        `status` or an item of their two lists, whose items are immutable: numbers, bools,
+        frozen StartTime).  What for: the control session tries each write on a copy of its
+        mirror (all or nothing), and a deep copy was three quarters of a write's cost
+        (bench/README.md, "Where a write's round trip goes")."""
+        twin = self.fork()
+        twin.settings.values = list(self.settings.values)
+        return twin
 
     # -- derived -------------------------------------------------------------------------
     def duration_ms(self) -> int | None:
