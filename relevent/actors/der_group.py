@@ -9,8 +9,9 @@ kill of the process takes the whole group, which the site restarts, each DER goi
 the store.
 
 Why: a DER in a process of its own costs ~7.4 MiB PSS and a process start; a site of
-1,000 DERs was 1,000 processes, 7.2 GiB of them, and most of the two minutes of CPU its
-start took on 2 cores (bench/README.md, "Scale").
+1,000 DERs was 1,000 processes, 7.2 GiB of them, and on 2 cores it did not stay up (DERs
+starting too slowly to answer heartbeats were killed as hung until the site escalated).
+In a group a DER costs 0.4 MiB, and the same site stays up (bench/README.md, "Scale").
 
 Routing.  A hosted actor's address is its host's, so every DER of a group and every
 controller in it has the group's address.  What other processes send one of them names its
