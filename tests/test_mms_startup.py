@@ -15,6 +15,7 @@ from open61850.data import FloatData, StructureData
 from mmsclients import Open61850Client
 from relevent.iec61850 import lib as L
 from relevent.iec61850.server import MmsServer
+from relevent.protocols.mms.model_map import ScheduleRefs, write_ref, written_field
 from relevent.scl.cfg import to_cfg
 from relevent.scl.generate import default_ld_inst, generate_scl
 from relevent.scl.parser import parse_scl
@@ -54,24 +55,42 @@ class Recorder:
         return handle
 
 
-@pytest.fixture(params=["write-hook", "libiec61850-list"])
+@pytest.fixture(params=[("write-hook", "on_write"), ("libiec61850-list", "on_write"),
+                        ("write-hook", "on_writes"), ("libiec61850-list", "on_writes")],
+                ids=lambda p: "-".join(p))
 def served(request, tmp_path: Path, monkeypatch):
-    if request.param == "libiec61850-list":
+    path, install = request.param
+    if path == "libiec61850-list":
         monkeypatch.setattr(L.WriteHook, "possible", staticmethod(lambda _server: False))
     ders = [{"name": "d1", "functions": ["ActPow", "OnOff"], "schedules": 2, "values": 10}]
     server = MmsServer(site_model(tmp_path, ders), IED, str(tmp_path))
     rec = Recorder(server)
     operates: list[tuple[str, bool, bool]] = []
-    # As the endpoint's _install: setMag as a complex attribute, setTm, setVal.
-    n = 1
-    while server.has(f"{FSCH}.ValASG{n:03d}"):
-        server.on_write(f"{FSCH}.ValASG{n:03d}.setMag", rec.handler(f"ValASG{n:03d}", "float"),
-                        complex_attribute=True)
-        n += 1
-    assert n == 11
-    server.on_write(f"{FSCH}.StrTm01.setTm", rec.handler("StrTm01", "time"))
-    server.on_write(f"{FSCH}.NumEntr.setVal", rec.handler("NumEntr", "int"))
-    server.on_write(f"{SPG}.ValSPG001.setVal", rec.handler("ValSPG001", "bool"))
+    if install == "on_write":  # one by one: setMag as a complex attribute, setTm, setVal
+        n = 1
+        while server.has(f"{FSCH}.ValASG{n:03d}"):
+            server.on_write(f"{FSCH}.ValASG{n:03d}.setMag", rec.handler(f"ValASG{n:03d}", "float"),
+                            complex_attribute=True)
+            n += 1
+        assert n == 11
+        server.on_write(f"{FSCH}.StrTm01.setTm", rec.handler("StrTm01", "time"))
+        server.on_write(f"{FSCH}.NumEntr.setVal", rec.handler("NumEntr", "int"))
+        server.on_write(f"{SPG}.ValSPG001.setVal", rec.handler("ValSPG001", "bool"))
+    else:  # as the endpoint: a resolver per logical node, asked for the handler of a path
+        asked: list[str] = []
+
+        def fsch(at: str):
+            asked.append(at)
+            name, _, attr = at.partition(".")
+            if name.startswith("ValASG") and attr == "setMag":
+                return rec.handler(name, "float"), True
+            if (name, attr) in (("StrTm01", "setTm"), ("NumEntr", "setVal")):
+                return rec.handler(name, "time" if name == "StrTm01" else "int"), False
+            return None
+        server.on_writes(FSCH, fsch)
+        server.on_writes(SPG, lambda at: (rec.handler("ValSPG001", "bool"), False) if at == "ValSPG001.setVal"
+                         else None)
+        rec.asked = asked
 
     def check(action: int, ctl_val: int, test: bool) -> int:
         value = server.decode(ctl_val, "bool")
@@ -85,15 +104,54 @@ def served(request, tmp_path: Path, monkeypatch):
     port = free_port()
     server.start("127.0.0.1", port)
     client = Open61850Client("127.0.0.1", port)
-    yield server, client, rec, operates, request.param
+    yield server, client, rec, operates, path
     client.close()
     server.close()
 
 
 def test_the_shipped_library_takes_the_fast_path(served):
-    server, _client, _rec, _operates, path = served
+    server, _client, rec, _operates, path = served
     assert server.fast_handlers is (path == "write-hook")
-    assert server.handler_count == 10 + 3 + 2
+    if hasattr(rec, "asked") and path == "write-hook":
+        assert server.handler_count == 2 and rec.asked == []  # a node's handlers are made when written
+    else:
+        assert server.handler_count == 10 + 3 + 2
+
+
+def test_a_node_resolver_is_asked_once_per_attribute_written_and_its_handler_kept(served):
+    server, client, rec, _operates, path = served
+    if not hasattr(rec, "asked"):
+        pytest.skip("handlers installed one by one")
+    before = list(rec.asked)
+    assert client.write_float(f"{IED}{FSCH}.ValASG004.setMag.f", 1.0) is None
+    assert client.write_float(f"{IED}{FSCH}.ValASG004.setMag.f", 2.0) is None
+    assert client._write(f"{IED}{FSCH}.ValASG004.setMag", "SP", StructureData([FloatData(3.0)])) is None
+    assert rec.calls == [("ValASG004", 1.0), ("ValASG004", 2.0), ("ValASG004", ("struct", 3.0))]
+    if path == "write-hook":  # the component first, then the complex attribute around it, once
+        assert rec.asked == ["ValASG004.setMag.f", "ValASG004.setMag"]
+    else:  # every attribute of the node, at the hand-over
+        assert before == rec.asked and "ValASG004.setMag" in before and "SchdPrio.setVal" in before
+    assert server.handler_count == 2 + (1 if path == "write-hook" else 13)
+
+
+def test_written_field_names_only_what_write_ref_makes():
+    for kind in ("ActPow", "OnOff"):
+        refs = ScheduleRefs(IED, "Control", "d1", kind, "FSCH02")
+        for field, index in [("Val", 1), ("Val", 7), ("Val", 100), ("StrTm", 1), ("StrTm", 24), ("NumEntr", 0),
+                             ("SchdIntv", 0), ("SchdPrio", 0)]:
+            path = write_ref(refs, field, index).removeprefix(refs.ln_ref + ".")
+            if kind != "OnOff" and field == "Val":
+                path = path.removesuffix(".f")  # the complex attribute takes its component's writes
+            found = written_field(kind, path)
+            assert found is not None and found[:2] == (field, index), path
+    assert written_field("ActPow", "ValASG007.setMag") == ("Val", 7, "float", True)
+    assert written_field("OnOff", "ValSPG002.setVal") == ("Val", 2, "bool", False)
+    assert written_field("ActPow", "SchdReuse.setVal") == ("SchdReuse", 0, "bool", False)
+    for kind, path in [("ActPow", "ValASG7.setMag"), ("ActPow", "ValASG000.setMag"), ("ActPow", "ValSPG001.setVal"),
+                       ("OnOff", "ValASG001.setMag"), ("ActPow", "StrTm01.setVal"), ("ActPow", "SchdPrio.setMag"),
+                       ("ActPow", "ValASG001.setMag.f"), ("ActPow", "EnaReq.Oper"), ("ActPow", "NumEntr"),
+                       ("ActPow", "StrTm1.setTm"), ("ActPow", "ValASG0x1.setMag")]:
+        assert written_field(kind, path) is None, path
 
 
 def test_client_writes_reach_their_handlers_and_the_model(served):

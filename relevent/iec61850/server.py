@@ -84,6 +84,8 @@ class MmsServer:
         self._write_complex = bytearray()
         self._write_client = bytearray()          # whether the handler takes the client's token
         self._write_index: dict[str, int] = {}   # ref -> its latest handler
+        # Logical node ref -> (resolver, with_client): handlers made at a first write (on_writes).
+        self._node_writes: dict[str, tuple[Callable, bool]] = {}
         self._controls: list[tuple[str, Callable, Callable, Callable | None, bool]] = []
         self._pending_controls: dict[str, int] = {}  # DO ref -> index in _controls, not in libiec61850 yet
         # (MmsDomain*, variable id, array index, component) -> (handler index, DataAttribute*),
@@ -220,6 +222,10 @@ class MmsServer:
                     "are installed one by one, in time quadratic in their number", L.library_path())
         for index, ref in enumerate(self._write_refs):
             self._install_write(ref, index, bool(self._write_complex[index]))
+        for ln_ref, (resolve, with_client) in self._node_writes.items():
+            for path in self._index.paths(ln_ref) if self._index is not None else ():
+                if f"{ln_ref}.{path}" not in self._write_index:
+                    self._resolve_write(ln_ref, path, resolve, with_client, install=True)
         for do_ref, index in self._pending_controls.items():
             self._install_control(do_ref, index)
         self._pending_controls.clear()
@@ -415,6 +421,48 @@ class MmsServer:
         install = (self.lib.IedServer_handleWriteAccessForComplexAttribute if complex_attribute
                    else self.lib.IedServer_handleWriteAccess)
         install(self._server, self.node(ref), self._write_cb, index)
+
+    def on_writes(self, ln_ref: str, resolve: Callable[[str], tuple[Callable[..., int], bool] | None],
+                  with_client: bool = False) -> None:
+        """Write handlers for the attributes of logical node `ln_ref` (`LDinst/LN`), made when
+        needed: resolve(path) with `path` an attribute's place in the node (`DO.DA...`)
+        returns (handler, complex_attribute) as `on_write` takes them, or None for an
+        attribute without one.  An attribute with its own `on_write` handler keeps it.
+
+        With the fast path `resolve` is asked at the first write to an attribute of the node
+        (for the attribute, then for the attributes around it, a complex one's handler taking
+        its components' writes); so installing costs one entry per logical node, not one per
+        attribute (a 100-DER endpoint's 154,000, bench/README.md).  Without it, every
+        attribute of the node in the model's text is asked at the hand-over and its handler
+        installed in libiec61850: call this before `start`."""
+        with self._tables:
+            if self._built and self._hook is None:
+                if self._index is None:
+                    raise MmsServerError(f"write handlers for {ln_ref}: only before start with this libiec61850 build")
+                for path in self._index.paths(ln_ref):
+                    if f"{ln_ref}.{path}" not in self._write_index:
+                        self._resolve_write(ln_ref, path, resolve, with_client, install=True)
+            self._node_writes[ln_ref] = (resolve, bool(with_client))
+            if self._resolved:
+                self._resolved.clear()
+
+    def _resolve_write(self, ln_ref: str, path: str, resolve: Callable, with_client: bool,
+                       install: bool = False) -> int | None:
+        """`_tables` held: record the handler `resolve` gives for `ln_ref`.`path`, if any
+        (and install it in libiec61850 with `install`); its index."""
+        found = resolve(path)
+        if found is None:
+            return None
+        handler, complex_attribute = found
+        ref = f"{ln_ref}.{path}"
+        index = self._write_index[ref] = len(self._write_refs)
+        self._write_refs.append(ref)
+        self._write_handlers.append(handler)
+        self._write_complex.append(bool(complex_attribute))
+        self._write_client.append(bool(with_client))
+        if install:
+            self._install_write(ref, index, bool(complex_attribute))
+        return index
 
     def on_control(self, do_ref: str, check: Callable[..., int], execute: Callable[..., int],
                    wait: Callable[..., int] | None = None, with_client: bool = False) -> None:
@@ -687,6 +735,19 @@ class MmsServer:
                 if candidate is not None and self._write_complex[candidate]:
                     index = candidate
                     break
+        node_writes = self._node_writes.get(base) if index is None else None
+        if node_writes is not None:  # the node's resolver, for the attribute or one around it
+            with self._tables:
+                for end in range(len(parts), 3, -1):
+                    path = ".".join(parts[2:end])
+                    if f"{base}.{path}" in self._write_index:
+                        break  # its own handler (not a complex one: see above)
+                    if not self.has(f"{base}.{path}"):
+                        break
+                    candidate = self._resolve_write(base, path, *node_writes)
+                    if candidate is not None:
+                        index = candidate if end == len(parts) or self._write_complex[candidate] else None
+                        break
         if index is None or not self.has(ref):
             return None
         da = self.node(ref)
@@ -773,6 +834,18 @@ class _ModelIndex:
                 tree = self.trees[body] = _names(body)
         self.lns[key] = tree
         return tree
+
+    def paths(self, ln_ref: str) -> list[str]:
+        """Every data object's and attribute's place (`DO.DA...`) in logical node `LDinst/LN`."""
+        ld, _, ln = ln_ref.partition("/")
+        out: list[str] = []
+
+        def walk(node: dict, prefix: str) -> None:
+            for name, children in node.items():
+                out.append(prefix + name)
+                walk(children, prefix + name + ".")
+        walk(self._tree(ld, ln) or {}, "")
+        return out
 
     def has(self, ref: str) -> bool | None:
         """Whether `LDinst/LN[.DO.DA...]` is in the model; None when this cannot tell."""

@@ -77,7 +77,7 @@ from relevent.iec61850.server import MmsServer, MmsServerError
 from relevent.iec61850.switcher import Switcher
 from relevent.policy import OPERATIONS
 from relevent.protocols.mms.book import ModelBook
-from relevent.protocols.mms.model_map import ScheduleRefs, measurement_updates
+from relevent.protocols.mms.model_map import ScheduleRefs, measurement_updates, written_field
 from relevent.runtime.bridge import ThreadBridge
 from relevent.scheduling.schedule import Refusal, schedule_names
 from relevent.scl.cfg import to_cfg
@@ -398,28 +398,16 @@ class MmsEndpoint:
 
     # -- handler installation ---------------------------------------------------------------------
     def _install(self, refs: ScheduleRefs) -> None:
+        """The schedule's write handlers, made at a first write to each attribute (the
+        server asks `written_field`), and its two control objects' handlers."""
+        def resolve(path: str):
+            found = written_field(refs.kind, path)
+            if found is None:
+                return None
+            field, index, value_type, structure = found
+            return self._write_handler(refs, field, index, value_type), structure
+        self.server.on_writes(refs.ln_ref, resolve, with_client=True)
         srv = self.server
-        int_fields = ("NumEntr", "SchdIntv", "SchdPrio")
-        for f in int_fields:
-            ref = refs.attr(f"{f}.setVal")
-            srv.on_write(ref, self._write_handler(refs, f, 0, "int"), with_client=True)
-        ref = refs.attr("SchdReuse.setVal")
-        srv.on_write(ref, self._write_handler(refs, "SchdReuse", 0, "bool"), with_client=True)
-        prefix, kind = ("ValSPG", "bool") if refs.kind == "OnOff" else ("ValASG", "float")
-        n = 1
-        while srv.has(refs.attr(f"{prefix}{n:03d}")):
-            if kind == "bool":
-                ref = refs.attr(f"{prefix}{n:03d}.setVal")
-                srv.on_write(ref, self._write_handler(refs, "Val", n, "bool"), with_client=True)
-            else:
-                handler = self._write_handler(refs, "Val", n, "float")
-                srv.on_write(refs.attr(f"{prefix}{n:03d}.setMag"), handler, complex_attribute=True, with_client=True)
-            n += 1
-        n = 1
-        while srv.has(refs.attr(f"StrTm{n:02d}.setTm")):
-            ref = refs.attr(f"StrTm{n:02d}.setTm")
-            srv.on_write(ref, self._write_handler(refs, "StrTm", n, "time"), with_client=True)
-            n += 1
         for op, do in (("enable", "EnaReq"), ("disable", "DsaReq")):
             srv.on_control(refs.attr(do), self._check_handler(refs, op, do), self._control_handler(refs, op, do),
                            wait=self._wait_handler(refs, op, do), with_client=True)

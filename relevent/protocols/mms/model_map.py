@@ -117,6 +117,32 @@ def measurement_updates(ld: str, w: float | None, validity: str, at: int) -> lis
     return out + [(f"{ld}/MMXU1.TotW.q", "quality", quality), (f"{ld}/MMXU1.TotW.t", "time", at)]
 
 
+SETTINGS = {"NumEntr": "int", "SchdIntv": "int", "SchdPrio": "int", "SchdReuse": "bool"}
+
+
+def written_field(kind: str, path: str) -> tuple[str, int, str, bool] | None:
+    """What a client's write to attribute `path` (`DO.DA`) of a `kind` schedule's logical node
+    sets: (Schedule.write's field, its index, the value's type, whether the attribute is a
+    structure whose components are written too), or None for an attribute no client sets.
+    write_ref's inverse: its names only (ValASG007.setMag, not ValASG7: a name the model
+    could not have is no field)."""
+    do, dot, da = path.partition(".")
+    if not dot:
+        return None
+    if do in SETTINGS:
+        return (do, 0, SETTINGS[do], False) if da == "setVal" else None
+    prefix, width, field, attr, value_type = (
+        ("ValSPG", 3, "Val", "setVal", "bool") if kind == "OnOff" else ("ValASG", 3, "Val", "setMag", "float"))
+    if not do.startswith(prefix):
+        prefix, width, field, attr, value_type = "StrTm", 2, "StrTm", "setTm", "time"
+        if not do.startswith(prefix):
+            return None
+    digits = do[len(prefix):]
+    if da != attr or not digits.isdigit() or digits != f"{int(digits):0{width}d}" or int(digits) < 1:
+        return None
+    return field, int(digits), value_type, value_type == "float"
+
+
 def write_ref(refs: ScheduleRefs, field: str, index: int) -> str:
     """The model attribute a client writes for a 90-10 field (Schedule.write's names)."""
     if field == "Val":
