@@ -283,15 +283,17 @@ class MmsServer:
     def node(self, ref: str) -> int:
         """Pointer to the model node `LDinst/LN.DO.DA` (the IED name is prefixed here).
 
-        Found from its parent's (cached) node: libiec61850's lookup by the whole reference
-        scans every logical device and logical node before it on each call (3.6 us a call
-        at 100 DERs, and the endpoint asks for 390,000 nodes)."""
+        Found from its logical node's (cached) node, in one call: libiec61850's lookup by the
+        whole reference scans every logical device and logical node before it on each call
+        (3.6 us a call at 100 DERs, and the endpoint asks for 390,000 nodes), and its
+        ModelNode_getChild follows a dotted path itself (a call a level cost 0.9 s of a
+        100-DER endpoint's first states, bench/README.md)."""
         ptr = self._nodes.get(ref)
         if ptr is None:
-            parent, _, name = ref.rpartition(".")
-            if parent and "/" in parent and not any(c in name for c in "([$"):
+            ln_ref, dot, path = ref.partition(".")
+            if dot and "/" in ln_ref and "(" not in path and "[" not in path and "$" not in path:
                 try:
-                    ptr = self.lib.ModelNode_getChild(self.node(parent), name.encode())
+                    ptr = self.lib.ModelNode_getChild(self.node(ln_ref), path.encode())
                 except KeyError:
                     ptr = None
             else:
@@ -303,11 +305,12 @@ class MmsServer:
 
     def has(self, ref: str) -> bool:
         """Whether the model has the node `LDinst/LN.DO.DA`; answered from the model's text
-        until the server listens (no wait for libiec61850, and no call into it)."""
+        until libiec61850 has built the model (no wait for it), then from the model (the
+        node found is kept: the caller's next step is mostly an update of it)."""
         if ref in self._missing:
             return False
         index = self._index
-        if index is not None and ref not in self._nodes:
+        if index is not None and not self._built and ref not in self._nodes:
             known = index.has(ref)
             if known is not None:
                 if not known:
