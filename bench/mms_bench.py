@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from sitectl import free_port  # noqa: E402
@@ -25,6 +26,7 @@ from relevent.scheduling.schedule import schedule_names  # noqa: E402
 from relevent.scl.cfg import to_cfg  # noqa: E402
 from relevent.scl.generate import default_ld_inst, generate_scl  # noqa: E402
 from relevent.scl.parser import parse_scl  # noqa: E402
+from relevent.wan.session import Who  # noqa: E402
 
 
 def measure(ders: int, tmp: Path) -> dict:
@@ -46,7 +48,8 @@ def measure(ders: int, tmp: Path) -> dict:
     server = MmsServer(cfg, "DER_Scheduler_", str(tmp))
     steps["libiec61850_model"] = time.perf_counter() - t
     endpoint = MmsEndpoint.__new__(MmsEndpoint)  # only its handler installation is measured
-    MmsEndpoint.__init__(endpoint, None, {"name": "bench", "ders": der_tables})
+    session = SimpleNamespace(who=lambda *_args, **_kw: Who("bench", "", True))  # a stand-in: no writes here
+    MmsEndpoint.__init__(endpoint, session, {"name": "bench", "ders": der_tables})
     endpoint.server = server
     t = time.perf_counter()
     for der in der_tables:

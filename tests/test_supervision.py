@@ -12,6 +12,7 @@ import time
 import pytest
 
 from relevent.actors.restart_policy import STOP_TIMEOUT_S
+from relevent.store import StateStore
 from sitectl import alive, walk
 
 LEAF = "der1/ActPow"  # a controller: it owns its schedules, it supervises nothing
@@ -154,7 +155,7 @@ def test_actor_restarts_from_persisted_state(make_site):
 
 def test_corrupt_state_fails_loudly_with_the_file_name(make_site):
     site = make_site()
-    record = site.state_dir / "store" / "actor__der1__ActPow.msgpack"
+    record = site.state_dir / "store" / "controller__der1__ActPow.msgpack"
     assert record.exists()
     record.write_bytes(record.read_bytes()[:7])  # torn write
     old = site.node(LEAF)["pid"]
@@ -162,6 +163,35 @@ def test_corrupt_state_fails_loudly_with_the_file_name(make_site):
     node = site.wait_for(LEAF, lambda n: "unreadable" in n["last_error"])
     assert str(record) in node["last_error"]
     assert record.read_bytes() != b"" and len(record.read_bytes()) == 7, "the corrupt file must not be replaced"
+
+
+def test_a_lost_lifetime_record_counts_starts_again_with_a_warning(make_site):
+    """The lifetime record is information only, written without fsync: one a power cut
+    left empty must not keep the actor from starting."""
+    site = make_site()
+    record = site.state_dir / "store" / "actor__der1__ActPow.msgpack"
+    assert site.node(LEAF)["detail"]["starts"] == 1
+    record.write_bytes(b"")  # a new file whose data never reached the disk
+    old = site.node(LEAF)["pid"]
+    os.kill(old, signal.SIGKILL)
+    new = restarted(site, LEAF, old)["pid"]
+    node = site.wait_for(LEAF, lambda n: n["pid"] == new and n["detail"].get("starts") == 1)
+    assert node["state"] == "running" and node["restarts"] == 1  # the kill, nothing after it
+    assert StateStore(site.state_dir / "store").load("actor/der1/ActPow")["starts"] == 1
+    log = (site.state_dir / "relevent.log").read_text()
+    assert "lifetime record lost" in log and str(record) in log
+
+
+def test_a_restart_that_changed_nothing_does_not_write_the_schedules_again(make_site):
+    site = make_site()
+    record = site.state_dir / "store" / "controller__der1__ActPow.msgpack"
+    before = record.stat()
+    old = site.node(LEAF)["pid"]
+    os.kill(old, signal.SIGKILL)
+    new = restarted(site, LEAF, old)["pid"]
+    site.wait_for(LEAF, lambda n: n["pid"] == new and n["detail"].get("starts") == 2)
+    after = record.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
 def der_log(site, der_pid: int, pattern: str) -> list[str]:

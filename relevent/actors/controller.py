@@ -106,7 +106,7 @@ class ControllerActor(ReleventActor):
                 sched.enable(now, by_site=True)  # always running, whatever was saved
             sched.advance(now)
         self._setup_local(saved or {}, now)
-        self._save()
+        self._save(stored=saved)
         self._publish(now, full=True)
         self._arm(now)
 
@@ -290,9 +290,13 @@ class ControllerActor(ReleventActor):
         self.wakeupAfter(max(0.0, delay), Wakeup("boundary", generation=self._timer_generation))
 
     # -- persistence and publication ------------------------------------------------------------
-    def _save(self) -> None:
-        self.store.save(self.store_key, {"schedules": {s.name: s.to_record() for s in self.schedules},
-                                         "local": dict(self._local_state)})
+    def _save(self, stored: dict | None = None) -> None:
+        """Make the schedules durable; not written again when equal to `stored`, the record
+        the store holds already (a restart that changed nothing: 3,000 fsyncs fewer when a
+        1,000-DER site starts again)."""
+        record = {"schedules": {s.name: s.to_record() for s in self.schedules}, "local": dict(self._local_state)}
+        if record != stored:
+            self.store.save(self.store_key, record)
         self._dirty = False
         self._writes_saved = dict(self._writes_applied)
 
