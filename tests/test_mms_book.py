@@ -131,3 +131,27 @@ def test_attributes_the_model_does_not_have_are_never_planned():
     b = ModelBook(IED, {"pv1": LD}, has=lambda ref: "StrTm" not in ref)
     plan = b.take(state(1), [], cancel=lambda serial: True)
     assert plan.updates and not any("StrTm" in ref for ref in refs_of(plan))
+
+
+def test_a_first_state_leaves_out_the_settings_the_model_holds_since_it_was_built():
+    asked = []
+
+    defaults = settings_snapshot(Schedule("FSCH01"))
+
+    def pristine(refs, slots):  # the model as built holds a default schedule's settings
+        asked.append((refs.ln, slots))
+        return {**defaults, "prio": 0, "values": [0.0] * slots}
+    b = ModelBook(IED, {"pv1": LD}, has=lambda ref: True, pristine=pristine)
+    first = b.take(state(1, prio=4), [], cancel=lambda serial: True)
+    written = refs_of(first)
+    base = f"{LD}/ActPow_FSCH01"
+    assert f"{base}.SchdPrio.setVal" in written  # 4: not what the model holds
+    assert f"{base}.SchdSt.stVal" in written and f"{base}.StrTm01.setTm" in written  # status, starts: always
+    assert not {f"{base}.ValASG001.setMag.f", f"{base}.SchdIntv.setVal", f"{base}.NumEntr.setVal"} & written
+    assert asked == [("ActPow_FSCH01", 100)]
+    # Planned on top of what is applied from then on: the model's initial settings no longer count.
+    b.take(state(2, prio=0), [], cancel=lambda serial: True)
+    assert asked == [("ActPow_FSCH01", 100)]
+    # Without them (the server listens: a client may have written), a first state writes everything.
+    c = ModelBook(IED, {"pv1": LD}, has=lambda ref: True, pristine=lambda refs, slots: None)
+    assert f"{base}.ValASG001.setMag.f" in refs_of(c.take(state(1), [], cancel=lambda serial: True))

@@ -6,6 +6,7 @@ site's handlers install in well under 10 s; the shared parse of logical nodes ke
 instance's own values; `has` answers alike from the model's text and from libiec61850."""
 from __future__ import annotations
 
+import ctypes
 import time
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from open61850.data import FloatData, StructureData
 from mmsclients import Open61850Client
 from relevent.iec61850 import lib as L
 from relevent.iec61850.server import MmsServer
-from relevent.protocols.mms.model_map import ScheduleRefs, write_ref, written_field
+from relevent.protocols.mms.model_map import (
+    ScheduleRefs, pristine_settings, schedule_updates, write_ref, written_field,
+)
+from relevent.scheduling.schedule import Schedule, StartTime, settings_snapshot, status_snapshot
 from relevent.scl.cfg import to_cfg
 from relevent.scl.generate import default_ld_inst, generate_scl
 from relevent.scl.parser import parse_scl
@@ -314,3 +318,55 @@ def test_has_answers_alike_from_the_model_text_and_from_libiec61850(tmp_path):
                              True, False]
     finally:
         server.close()
+
+
+def test_first_states_without_the_models_own_zeros_leave_the_model_as_writing_everything(tmp_path):
+    """The endpoint's first state of a schedule, before the server listens, leaves out the
+    settings equal to what libiec61850 built (model_map.pristine_settings): every settings
+    attribute must then read exactly (type, value, a time's quality byte) as in a model
+    given every update."""
+    ders = [{"name": "d1", "functions": ["ActPow", "OnOff"], "schedules": 2, "values": 10}]
+    cfg = site_model(tmp_path, ders)
+    full, lean = MmsServer(cfg, IED, str(tmp_path)), MmsServer(cfg, IED, str(tmp_path))
+    lib = full.lib
+    lib.MmsValue_equals.restype, lib.MmsValue_equals.argtypes = ctypes.c_bool, [ctypes.c_void_p, ctypes.c_void_p]
+    left_out = {}
+    try:
+        for kind, name in (("ActPow", "FSCH01"), ("ActPow", "FSCH02"), ("OnOff", "FSCH01"), ("ActPow", "Res_FSCH01")):
+            refs = ScheduleRefs(IED, "Control", "d1", kind, name)
+            s = Schedule(name, boolean=kind == "OnOff", reserve=name.startswith("Res_"), periodic=name.startswith("Res_"))
+            s.settings.values = [False if kind == "OnOff" else 0.0] * 10
+            if name != "FSCH02":  # FSCH02 keeps every default
+                s.settings.prio, s.settings.num_entr = 7, 3
+                s.settings.values[1] = True if kind == "OnOff" else -2.5
+                s.settings.values[4] = True if kind == "OnOff" else float("nan")
+                s.settings.starts[0] = StartTime(4_102_444_800_123, None)
+            new = {**settings_snapshot(s), **status_snapshot(s)}
+            pristine = lean.pristine(refs.ln_ref)
+            assert pristine is not None and "NumEntr.setVal" in pristine  # the template gives NumEntr a value
+            every = [u for u in schedule_updates(refs, None, new, 1000) if full.has(u[0])]
+            fewer = [u for u in schedule_updates(refs, None, new, 1000,
+                                                 pristine=pristine_settings(kind, pristine, 10)) if lean.has(u[0])]
+            full.update(every)
+            lean.update(fewer)
+            left_out[(kind, name)] = {u[0].rpartition("/")[2].split(".", 1)[1] for u in every} - {
+                u[0].rpartition("/")[2].split(".", 1)[1] for u in fewer}
+            for path in lean._index.paths(refs.ln_ref):
+                a, b = full.node(f"{refs.ln_ref}.{path}"), lean.node(f"{refs.ln_ref}.{path}")
+                if lib.ModelNode_getType(a) != L.DATA_ATTRIBUTE_MODEL_TYPE:
+                    continue
+                va, vb = lib.IedServer_getAttributeValue(full.server, a), lib.IedServer_getAttributeValue(lean.server, b)
+                if va and lib.MmsValue_getType(va) != L.MMS_STRUCTURE:
+                    assert lib.MmsValue_equals(va, vb), f"{refs.ln_ref}.{path}"
+        # A schedule left at its defaults: its 10 zero values, SchdPrio, SchdIntv, SchdReuse
+        # (not NumEntr: the model text gives it 100), and no start time, no status.
+        assert left_out[("ActPow", "FSCH02")] == {f"ValASG{i:03d}.setMag.f" for i in range(1, 11)} | {
+            "SchdPrio.setVal", "SchdIntv.setVal", "SchdReuse.setVal"}
+        assert "ValASG002.setMag.f" not in left_out[("ActPow", "FSCH01")]
+        assert "ValASG001.setMag.f" in left_out[("ActPow", "FSCH01")]
+        assert lean.pristine(FSCH) is not None
+        lean.start("127.0.0.1", free_port())
+        assert lean.pristine(FSCH) is None  # a client may have written since: every first write goes in
+    finally:
+        full.close()
+        lean.close()

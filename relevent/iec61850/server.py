@@ -303,6 +303,13 @@ class MmsServer:
             self._nodes[ref] = ptr
         return ptr
 
+    def pristine(self, ln_ref: str) -> frozenset[str] | None:
+        """Before the server listens (no client can have written): the attributes of logical
+        node `LDinst/LN` that the model text gives a value (the others are libiec61850's
+        zero of their type, unless the owner updated them).  None once listening."""
+        index = self._index
+        return None if index is None or self.running else index.initialised(ln_ref)
+
     def has(self, ref: str) -> bool:
         """Whether the model has the node `LDinst/LN.DO.DA`; answered from the model's text
         until libiec61850 has built the model (no wait for it), then from the model (the
@@ -800,6 +807,7 @@ class _ModelIndex:
         self.blocks: dict[str, dict[str, tuple[int, int]]] | None = None  # LD -> LN -> its text's span
         self.trees: dict[str, dict] = {}      # an LN's text -> its tree of names
         self.lns: dict[tuple[str, str], dict | None] = {}
+        self.inits: dict[str, frozenset[str]] = {}  # an LN's text -> its attributes with a value
 
     def _scan(self) -> dict:
         text, blocks, ld, open_ln = self.text, {}, None, None
@@ -822,21 +830,37 @@ class _ModelIndex:
             blocks[open_ln[0]][open_ln[1]] = (open_ln[2], len(text))
         return blocks
 
+    def _body(self, ld: str, ln: str) -> str | None:
+        if self.blocks is None:
+            self.blocks = self._scan()
+        span = self.blocks.get(ld, {}).get(ln)
+        return None if span is None else self.text[span[0]:span[1]]
+
     def _tree(self, ld: str, ln: str) -> dict | None:
         key = (ld, ln)
         if key in self.lns:
             return self.lns[key]
-        if self.blocks is None:
-            self.blocks = self._scan()
-        span = self.blocks.get(ld, {}).get(ln)
+        body = self._body(ld, ln)
         tree = None
-        if span is not None:
-            body = self.text[span[0]:span[1]]
+        if body is not None:
             tree = self.trees.get(body)
             if tree is None:
                 tree = self.trees[body] = _names(body)
         self.lns[key] = tree
         return tree
+
+    def initialised(self, ln_ref: str) -> frozenset[str] | None:
+        """The places (`DO.DA...`) of logical node `LDinst/LN`'s attributes that the model
+        text gives a value (`DA(...)=value;`); every other attribute starts as libiec61850's
+        zero of its type.  None: no such node."""
+        ld, _, ln = ln_ref.partition("/")
+        body = self._body(ld, ln)
+        if body is None:
+            return None
+        found = self.inits.get(body)
+        if found is None:
+            found = self.inits[body] = _initialised(body)
+        return found
 
     def paths(self, ln_ref: str) -> list[str]:
         """Every data object's and attribute's place (`DO.DA...`) in logical node `LDinst/LN`."""
@@ -862,6 +886,26 @@ class _ModelIndex:
                 break
             node = node.get(name)
         return node is not None
+
+
+def _initialised(body: str) -> frozenset[str]:
+    """The places of the DAs with a value in a logical node's lines."""
+    found: set[str] = set()
+    path: list[str | None] = []
+    for line in body.split("\n"):
+        if line.startswith(("DO(", "DA(")):
+            space = line.find(" ", 3)
+            name = line[3:space if space > 0 else line.find(")")]
+            if line.endswith("{"):
+                path.append(name)
+            elif ")=" in line and None not in path:
+                found.add(".".join([*path, name]))
+        elif line == "}":
+            if path:
+                path.pop()
+        elif line.endswith("{"):  # a data set or any other block: no model nodes in it
+            path.append(None)
+    return frozenset(found)
 
 
 def _names(body: str) -> dict:

@@ -52,10 +52,15 @@ class Plan:
 
 
 class ModelBook:
-    def __init__(self, ied: str, lds: dict[str, str], has: Callable[[str], bool]) -> None:
+    def __init__(self, ied: str, lds: dict[str, str], has: Callable[[str], bool],
+                 pristine: Callable[[ScheduleRefs, int], dict | None] = lambda _refs, _slots: None) -> None:
         self.ied = ied
         self.lds = lds                           # DER name -> logical device inst
         self.has = has                           # does the model have this reference?
+        # A schedule's settings as the model holds them since it was built, while no client
+        # can have written (None: not known, or no longer): its first plan leaves out what
+        # equals them (model_map.pristine_settings).
+        self.pristine = pristine
         self.applied: dict[tuple, dict] = {}     # schedule key -> {"status", "settings"} in the model
         self.applied_output: dict[tuple, tuple] = {}
         self.applied_version: dict[tuple, tuple] = {}
@@ -86,8 +91,9 @@ class ModelBook:
                 log.warning("partial state for %s/%s/%s before any full state", state.der, state.kind, name)
                 continue
             old = None if prev is None else {**prev["settings"], **prev["status"]}
+            pristine = self.pristine(refs, len(settings["values"])) if prev is None else None
             plan.rest += schedule_updates(refs, old, {**settings, **change["status"]}, state.at,
-                                          settings_changed=change["settings"] is not None)
+                                          settings_changed=change["settings"] is not None, pristine=pristine)
             plan.applied[refs.key] = {"status": change["status"], "settings": settings}
         if self.applied_output.get(key) != state.output:
             plan.outputs = [u for u in controller_updates(self.ied, ld, state.kind, state.output, state.at)

@@ -2,7 +2,9 @@
 bring the model from one published state to the next (only what changed)."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 from relevent.iec61850.lib import QUALITY_GOOD, QUALITY_INVALID, QUALITY_QUESTIONABLE
 
@@ -40,9 +42,12 @@ def _status(ref: str, kind: str, value, at: int, good: bool = True) -> list:
             (f"{ref}.t", "time", at)]
 
 
-def schedule_updates(refs: ScheduleRefs, old: dict | None, new: dict, at: int, settings_changed: bool = True) -> list:
+def schedule_updates(refs: ScheduleRefs, old: dict | None, new: dict, at: int, settings_changed: bool = True,
+                     pristine: dict | None = None) -> list:
     """Model updates for one schedule (status and settings merged in one dict); `old` None
-    means write everything."""
+    means write everything, except, given `pristine` (the settings as the model holds them
+    since it was built: `pristine_settings`), the settings equal to them.  Start times are
+    written whatever they were (a write sets their TimeQuality)."""
     out: list = []
 
     def changed(*keys: str) -> bool:
@@ -71,14 +76,15 @@ def schedule_updates(refs: ScheduleRefs, old: dict | None, new: dict, at: int, s
     if not settings_changed:
         return out
     # Settings: after a restart of the endpoint, the model is rebuilt from the controller.
-    for field, attr, kind in (("num_entr", "NumEntr.setVal", "int"), ("schd_intv", "SchdIntv.setVal", "int"),
-                              ("prio", "SchdPrio.setVal", "int"), ("reuse", "SchdReuse.setVal", "bool")):
-        if changed(field):
+    before = old if old is not None else pristine
+    for field, attr, kind in SETTING_ATTRS:
+        if before is None or before.get(field, _UNKNOWN) != new[field]:
             out.append((refs.attr(attr), kind, new[field]))
     prefix, slot = ("ValSPG", "setVal") if new["boolean"] else ("ValASG", "setMag.f")
-    old_values = old["values"] if old else [None] * len(new["values"])
+    old_values = before.get("values", ()) if before else ()
+    old_values = list(old_values)[:len(new["values"])] + [_UNKNOWN] * (len(new["values"]) - len(old_values))
     for i, (a, b) in enumerate(zip(old_values, new["values"]), start=1):
-        if old is None or a != b and not (a != a and b != b):  # NaN == NaN here
+        if before is None or a != b and not (a != a and b != b):  # NaN == NaN here
             out.append((refs.attr(f"{prefix}{i:03d}.{slot}"), "bool" if new["boolean"] else "float", b))
     # Start times are written whenever settings changed, equal or not: a client may write
     # more precision than the schedule keeps (ms), and the model must show what is kept.
@@ -118,6 +124,38 @@ def measurement_updates(ld: str, w: float | None, validity: str, at: int) -> lis
 
 
 SETTINGS = {"NumEntr": "int", "SchdIntv": "int", "SchdPrio": "int", "SchdReuse": "bool"}
+SETTING_ATTRS = (("num_entr", "NumEntr.setVal", "int"), ("schd_intv", "SchdIntv.setVal", "int"),
+                 ("prio", "SchdPrio.setVal", "int"), ("reuse", "SchdReuse.setVal", "bool"))
+
+
+class _Unknown:
+    """A value equal to nothing: a setting whose value in the model is not known."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __ne__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
+_UNKNOWN = _Unknown()
+
+
+@functools.lru_cache(maxsize=64)
+def pristine_settings(kind: str, initialised: frozenset[str], slots: int) -> dict:
+    """The settings of a `kind` schedule's logical node as libiec61850 built it: an attribute
+    the model text gives no value is 0 (false), one it gives a value is not known here (so
+    always written).  `initialised`: the node's attribute paths with a value in the text;
+    `slots`: how many value attributes to describe.  Shared between calls: read only."""
+    boolean = kind == "OnOff"
+    zero: Any = False if boolean else 0.0
+    out: dict[str, Any] = {field: _UNKNOWN if attr in initialised else 0 for field, attr, _ in SETTING_ATTRS}
+    out["reuse"] = _UNKNOWN if "SchdReuse.setVal" in initialised else False
+    prefix, slot = ("ValSPG", "setVal") if boolean else ("ValASG", "setMag.f")
+    out["values"] = [_UNKNOWN if f"{prefix}{i:03d}.{slot}" in initialised else zero for i in range(1, slots + 1)]
+    return out
 
 
 def written_field(kind: str, path: str) -> tuple[str, int, str, bool] | None:
