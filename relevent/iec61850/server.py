@@ -16,7 +16,9 @@ otherwise); every other write goes to libiec61850's own handler unchanged.  Cont
 are handed to libiec61850 at the first write to their control object (Oper, SBOw, Cancel,
 or any other attribute of the data object): its lookup of control objects is a list scan
 too.  With any other build of the library the check fails and handlers are installed
-through libiec61850's functions one by one, as before.
+through libiec61850's functions one by one, as before.  An owner with many attributes of
+one shape (a schedule's 50-200 settable ones) gives a resolver for the logical node
+instead (`on_writes`): the handler of an attribute is made at its first write.
 
 Clients: an owner that tells clients apart installs an authenticator (`authenticate`: the
 ACSE password of each association -> a security token, or refused), and asks for the
