@@ -34,8 +34,8 @@ class Hello:
     pid: int
 
 
-@dataclass
-class Ready:
+@dataclass(repr=False)
+class Ready(ShortRepr):
     name: str
     pid: int
     detail: dict = field(default_factory=dict)
@@ -93,8 +93,9 @@ class StatusRequest:
     request_id: int
 
 
-@dataclass
-class StatusReply:
+@dataclass(repr=False)
+class StatusReply(ShortRepr):
+    """(A short repr: `children` is every node below the sender, 4,000 at 1,000 DERs.)"""
     request_id: int
     children: list  # list of node dicts, see Supervisor.node()
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 import urllib.request
 
 import httpx
@@ -382,6 +383,17 @@ def test_relevent_run_says_where_endpoints_and_metrics_are(site):
     assert f"site {name}: WAN mms (mms) listening on" in out and str(site.ports["mms"]) in out
     assert f"site {name}: metrics http://127.0.0.1:{site.ports['metrics']}/metrics" in out
     assert f"site {name}: history " in out
+
+
+def test_the_observer_thread_runs_ten_nicer_than_the_runner(site):
+    """Its work on each sample is background: on a busy host the MMS endpoints go first."""
+    def nice(stat: Path) -> int:
+        return int(stat.read_text().rpartition(")")[2].split()[16])  # field 19 of stat
+    tasks = Path(f"/proc/{site.proc.pid}/task")
+    threads = {(t / "comm").read_text().strip(): t for t in tasks.iterdir()}
+    assert "observer" in threads, sorted(threads)
+    runner = nice(tasks / str(site.proc.pid) / "stat")
+    assert nice(threads["observer"] / "stat") == min(19, runner + 10)
 
 
 def test_certificate_expiry_crl_next_update_and_registration_state_from_the_tree():

@@ -39,8 +39,19 @@ log = logging.getLogger("relevent.runtime")
 
 FATAL_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT)
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 _hardened_pid: int | None = None
 _crash_log = None
+
+
+def set_thread_name(name: str) -> bool:
+    """The calling thread's name as the kernel shows it (`top -H`, /proc/PID/task/TID/comm;
+    at most 15 bytes): Python's thread names stay inside Python."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
