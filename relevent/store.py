@@ -28,6 +28,7 @@ FORMAT = "relevent-state"
 STORE_DIR = "store"   # the store's directory inside the site's state directory
 SUFFIX = ".msgpack"
 _SAFE_KEY = re.compile(r"[^A-Za-z0-9_.-]")
+LIFETIME_PREFIX = "actor__"   # the file name of every key "actor/...": an actor's lifetime record
 
 
 def store_directory(state_dir: str | os.PathLike) -> Path:
@@ -69,12 +70,18 @@ class StateTooNew(StateError):
 def decode(path: Path, blob: bytes, key: str | None = None) -> dict[str, Any]:
     """The record in ``blob`` (read from ``path``), upgraded to the current version.
     ``key`` None: the key is checked against the file's name instead."""
+    return _decode(path, blob, key)[0]
+
+
+def _decode(path: Path, blob: bytes, key: str | None) -> tuple[dict[str, Any], Any]:
+    """decode's record, and the version it was written at."""
     try:
         record = msgpack.unpackb(blob, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise StateCorrupt(path, f"not msgpack ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise StateCorrupt(path, "not a relevent state record")
+    written_at = record.get("version")
     try:
         record = migrations.upgrade(record)
     except migrations.TooNew as exc:
@@ -87,19 +94,40 @@ def decode(path: Path, blob: bytes, key: str | None = None) -> dict[str, Any]:
             raise StateCorrupt(path, f"record is for {key!r}, which is not this file's key")
     if record.get("key") != key or not isinstance(record.get("data"), dict):
         raise StateCorrupt(path, f"record is for {record.get('key')!r}, not {key!r}")
-    return record
+    return record, written_at
+
+
+def lifetime_record(path: Path) -> bool:
+    """Whether ``path`` is an actor's lifetime record (key ``actor/<path>``): information
+    only, written without fsync (relevent/actors/base.py), so one a power cut left damaged
+    is no problem of the store: its actor counts its starts again."""
+    return path.name.startswith(LIFETIME_PREFIX)
 
 
 def problems(directory: str | os.PathLike) -> Iterator[StateError]:
     """Each record of the store at ``directory`` that this build cannot take (damaged, of
-    an unknown version, or from a newer build), in file order.  Reads only."""
+    an unknown version, or from a newer build), in file order; a damaged lifetime record is
+    none (`lifetime_record`), one from a newer build is.  Reads only."""
     for path in record_files(directory):
         try:
             decode(path, path.read_bytes())
+        except StateCorrupt as exc:
+            if not lifetime_record(path):
+                yield exc
         except StateError as exc:
             yield exc
         except OSError as exc:
-            yield StateCorrupt(path, f"cannot read ({exc.strerror})")
+            if not lifetime_record(path):
+                yield StateCorrupt(path, f"cannot read ({exc.strerror})")
+
+
+def readable(path: Path) -> bool:
+    """Whether the record file at ``path`` decodes (of any version this build reads)."""
+    try:
+        decode(path, path.read_bytes())
+        return True
+    except (StateError, OSError):
+        return False
 
 
 def check_directory(directory: str | os.PathLike) -> StateError | None:
@@ -121,6 +149,7 @@ class StateStore:
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._outdated: set[str] = set()   # keys last loaded from a record of an older version
 
     def path_of(self, key: str) -> Path:
         return self.directory / _file_name(key)
@@ -133,7 +162,17 @@ class StateStore:
             blob = path.read_bytes()
         except FileNotFoundError:
             return None
-        return decode(path, blob, key)["data"]
+        record, written_at = _decode(path, blob, key)
+        if written_at == migrations.current():
+            self._outdated.discard(key)
+        else:
+            self._outdated.add(key)
+        return record["data"]
+
+    def outdated(self, key: str) -> bool:
+        """Whether ``key``'s record, when last loaded, was of an older version (upgraded
+        in memory only: the next save writes it at the current one)."""
+        return key in self._outdated
 
     def save(self, key: str, data: dict[str, Any], durable: bool = True) -> None:
         """Write the record atomically (a reader sees the old one or the new one, whole).
@@ -153,6 +192,7 @@ class StateStore:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        self._outdated.discard(key)
         if not durable:
             return
         dir_fd = os.open(self.directory, os.O_RDONLY)

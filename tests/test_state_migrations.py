@@ -91,7 +91,9 @@ def test_the_store_reads_an_older_record_through_the_chain_and_the_next_save_wri
     data = store.load("controller/der1/ActPow")
     assert data == {"prio": 20}
     assert path.read_bytes() == v1_bytes, "a load never writes"
+    assert store.outdated("controller/der1/ActPow")  # so a controller saves it even unchanged
     store.save("controller/der1/ActPow", data)
+    assert not store.outdated("controller/der1/ActPow")
     assert msgpack.unpackb(path.read_bytes()) == {**rec(2, {"prio": 20})}
 
     monkeypatch.setattr(migrations, "CHAIN", ())                 # back on the older build

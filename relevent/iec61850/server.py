@@ -446,7 +446,8 @@ class MmsServer:
         its components' writes); so installing costs one entry per logical node, not one per
         attribute (a 100-DER endpoint's 154,000, bench/README.md).  Without it, every
         attribute of the node in the model's text is asked at the hand-over and its handler
-        installed in libiec61850: call this before `start`."""
+        installed in libiec61850.  Once per logical node, before `start` (handlers a
+        resolver made are kept: a second resolver for the node would not replace them)."""
         with self._tables:
             if self._built and self._hook is None:
                 if self._index is None:

@@ -34,7 +34,9 @@ MAINTAIN_EVERY_MS = 60_000    # folding and retention of the history, at most th
 STOP_WAIT_S = 5.0
 # The observer thread runs this much nicer than the runner: its work on each sample (events
 # and history of a tree of 4,031 actors at 1,000 DERs: about 0.1 s of a core) is background,
-# and on a busy host must wait for the MMS endpoints' threads, not they for it.
+# and on a busy host must wait for the MMS endpoints' threads, not they for it.  The price:
+# the runner's main thread, wanting the GIL while this thread holds it, may wait until this
+# thread gets a core again (tens of ms on a loaded host; its deadlines are seconds).
 NICE_INCREMENT = 10
 
 

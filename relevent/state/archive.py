@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from relevent.state import migrations
-from relevent.store import STORE_DIR, SUFFIX, StateError, check_directory, decode, record_files, store_directory
+from relevent.store import (
+    STORE_DIR, SUFFIX, StateError, check_directory, decode, lifetime_record, readable, record_files, store_directory,
+)
 
 FORMAT = "relevent-state-archive"
 VERSION = 1                   # of the archive's layout and manifest
@@ -125,11 +127,13 @@ def build_version() -> str:
 
 def read_store(state_dir: str | os.PathLike) -> dict[str, bytes]:
     """The store's record files as archive members, each checked to decode: an archive
-    that cannot be imported is refused now, naming the record, not on the new box."""
+    that cannot be imported is refused now, naming the record, not on the new box.  A
+    damaged lifetime record (information only, relevent/store.py) is left out."""
     bad = check_directory(store_directory(state_dir))
     if bad is not None:
         raise ArchiveError(f"{bad.path}: {getattr(bad, 'reason', bad)}")
-    return {f"{STORE_DIR}/{path.name}": path.read_bytes() for path in record_files(store_directory(state_dir))}
+    return {f"{STORE_DIR}/{path.name}": path.read_bytes() for path in record_files(store_directory(state_dir))
+            if not lifetime_record(path) or readable(path)}
 
 
 def export_state(state_dir: str | os.PathLike, site: str, out: str | os.PathLike,

@@ -84,7 +84,7 @@ def schedule_updates(refs: ScheduleRefs, old: dict | None, new: dict, at: int, s
     old_values = before.get("values", ()) if before else ()
     old_values = list(old_values)[:len(new["values"])] + [_UNKNOWN] * (len(new["values"]) - len(old_values))
     for i, (a, b) in enumerate(zip(old_values, new["values"]), start=1):
-        if before is None or a != b and not (a != a and b != b):  # NaN == NaN here
+        if before is None or a is _UNKNOWN or a != b and not (a != a and b != b):  # NaN == NaN here
             out.append((refs.attr(f"{prefix}{i:03d}.{slot}"), "bool" if new["boolean"] else "float", b))
     # Start times are written whenever settings changed, equal or not: a client may write
     # more precision than the schedule keeps (ms), and the model must show what is kept.
