@@ -63,7 +63,19 @@ class Recorder:
                         ("write-hook", "on_writes"), ("libiec61850-list", "on_writes")],
                 ids=lambda p: "-".join(p))
 def served(request, tmp_path: Path, monkeypatch):
-    path, install = request.param
+    yield from serve(request.param, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=[("write-hook", "on_writes"), ("libiec61850-list", "on_writes")], ids=lambda p: "-".join(p))
+def served_by_resolvers(request, tmp_path: Path, monkeypatch):
+    yield from serve(request.param, tmp_path, monkeypatch)
+
+
+def serve(how: tuple[str, str], tmp_path: Path, monkeypatch):
+    """A served model with handlers for a few attributes: installed one by one (`on_write`)
+    or made by a resolver per logical node (`on_writes`); with the write hook or through
+    libiec61850's own handler list."""
+    path, install = how
     if path == "libiec61850-list":
         monkeypatch.setattr(L.WriteHook, "possible", staticmethod(lambda _server: False))
     ders = [{"name": "d1", "functions": ["ActPow", "OnOff"], "schedules": 2, "values": 10}]
@@ -122,10 +134,8 @@ def test_the_shipped_library_takes_the_fast_path(served):
         assert server.handler_count == 10 + 3 + 2
 
 
-def test_a_node_resolver_is_asked_once_per_attribute_written_and_its_handler_kept(served):
-    server, client, rec, _operates, path = served
-    if not hasattr(rec, "asked"):
-        pytest.skip("handlers installed one by one")
+def test_a_node_resolver_is_asked_once_per_attribute_written_and_its_handler_kept(served_by_resolvers):
+    server, client, rec, _operates, path = served_by_resolvers
     before = list(rec.asked)
     assert client.write_float(f"{IED}{FSCH}.ValASG004.setMag.f", 1.0) is None
     assert client.write_float(f"{IED}{FSCH}.ValASG004.setMag.f", 2.0) is None
