@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import sys
 import tempfile
 import time
@@ -25,14 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scale_bench as sb  # noqa: E402  (also puts tests/ on the path)
 
 from sitectl import Site, walk  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -57,9 +48,9 @@ def main() -> None:
             time.sleep(args.settle)
             roles = {n["pid"]: n["role"] for n in walk(site.tree()) if n.get("pid") and not n.get("hosted")}
             roles[site.proc.pid] = "runner"
-            before, began = {pid: cpu_s(pid) for pid in roles}, time.monotonic()
+            before, began = {pid: sb.cpu_s(pid) for pid in roles}, time.monotonic()
             time.sleep(args.window)
-            after, took = {pid: cpu_s(pid) for pid in roles if Path(f"/proc/{pid}").exists()}, time.monotonic() - began
+            after, took = {pid: sb.cpu_s(pid) for pid in roles if Path(f"/proc/{pid}").exists()}, time.monotonic() - began
             client.close()
         finally:
             site.kill_everything()

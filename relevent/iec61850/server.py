@@ -225,9 +225,7 @@ class MmsServer:
         for index, ref in enumerate(self._write_refs):
             self._install_write(ref, index, bool(self._write_complex[index]))
         for ln_ref, (resolve, with_client) in self._node_writes.items():
-            for path in self._index.paths(ln_ref) if self._index is not None else ():
-                if f"{ln_ref}.{path}" not in self._write_index:
-                    self._resolve_write(ln_ref, path, resolve, with_client, install=True)
+            self._install_node_writes(ln_ref, resolve, with_client)
         for do_ref, index in self._pending_controls.items():
             self._install_control(do_ref, index)
         self._pending_controls.clear()
@@ -288,8 +286,8 @@ class MmsServer:
         Found from its logical node's (cached) node, in one call: libiec61850's lookup by the
         whole reference scans every logical device and logical node before it on each call
         (3.6 us a call at 100 DERs, and the endpoint asks for 390,000 nodes), and its
-        ModelNode_getChild follows a dotted path itself (a call a level cost 0.9 s of a
-        100-DER endpoint's first states, bench/README.md)."""
+        ModelNode_getChild follows a dotted path itself (one call a level was most of an
+        endpoint's first states: bench/README.md, "Where an MMS endpoint's start-up goes")."""
         ptr = self._nodes.get(ref)
         if ptr is None:
             ln_ref, dot, path = ref.partition(".")
@@ -444,7 +442,7 @@ class MmsServer:
         With the fast path `resolve` is asked at the first write to an attribute of the node
         (for the attribute, then for the attributes around it, a complex one's handler taking
         its components' writes); so installing costs one entry per logical node, not one per
-        attribute (a 100-DER endpoint's 154,000, bench/README.md).  Without it, every
+        attribute (bench/README.md, "A lean start-up").  Without it, every
         attribute of the node in the model's text is asked at the hand-over and its handler
         installed in libiec61850.  Once per logical node, before `start` (handlers a
         resolver made are kept: a second resolver for the node would not replace them)."""
@@ -452,12 +450,17 @@ class MmsServer:
             if self._built and self._hook is None:
                 if self._index is None:
                     raise MmsServerError(f"write handlers for {ln_ref}: only before start with this libiec61850 build")
-                for path in self._index.paths(ln_ref):
-                    if f"{ln_ref}.{path}" not in self._write_index:
-                        self._resolve_write(ln_ref, path, resolve, with_client, install=True)
+                self._install_node_writes(ln_ref, resolve, with_client)
             self._node_writes[ln_ref] = (resolve, bool(with_client))
             if self._resolved:
                 self._resolved.clear()
+
+    def _install_node_writes(self, ln_ref: str, resolve: Callable, with_client: bool) -> None:
+        """No write hook, `_tables` held, model text still at hand: ask `resolve` for every
+        attribute of the node without a handler of its own and install what it gives."""
+        for path in self._index.paths(ln_ref) if self._index is not None else ():
+            if f"{ln_ref}.{path}" not in self._write_index:
+                self._resolve_write(ln_ref, path, resolve, with_client, install=True)
 
     def _resolve_write(self, ln_ref: str, path: str, resolve: Callable, with_client: bool,
                        install: bool = False) -> int | None:

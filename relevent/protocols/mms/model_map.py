@@ -81,10 +81,10 @@ def schedule_updates(refs: ScheduleRefs, old: dict | None, new: dict, at: int, s
         if before is None or before.get(field, _UNKNOWN) != new[field]:
             out.append((refs.attr(attr), kind, new[field]))
     prefix, slot = ("ValSPG", "setVal") if new["boolean"] else ("ValASG", "setMag.f")
-    old_values = before.get("values", ()) if before else ()
-    old_values = list(old_values)[:len(new["values"])] + [_UNKNOWN] * (len(new["values"]) - len(old_values))
+    old_values = list(before["values"]) if before else []
+    old_values += [_UNKNOWN] * (len(new["values"]) - len(old_values))   # slots added since: written
     for i, (a, b) in enumerate(zip(old_values, new["values"]), start=1):
-        if before is None or a is _UNKNOWN or a != b and not (a != a and b != b):  # NaN == NaN here
+        if before is None or a != b and not (a != a and b != b):  # NaN == NaN here (not _UNKNOWN)
             out.append((refs.attr(f"{prefix}{i:03d}.{slot}"), "bool" if new["boolean"] else "float", b))
     # Start times are written whenever settings changed, equal or not: a client may write
     # more precision than the schedule keeps (ms), and the model must show what is kept.
@@ -123,38 +123,25 @@ def measurement_updates(ld: str, w: float | None, validity: str, at: int) -> lis
     return out + [(f"{ld}/MMXU1.TotW.q", "quality", quality), (f"{ld}/MMXU1.TotW.t", "time", at)]
 
 
-SETTINGS = {"NumEntr": "int", "SchdIntv": "int", "SchdPrio": "int", "SchdReuse": "bool"}
+# The four single-valued settings: Schedule's field, the attribute a client writes, its type.
 SETTING_ATTRS = (("num_entr", "NumEntr.setVal", "int"), ("schd_intv", "SchdIntv.setVal", "int"),
                  ("prio", "SchdPrio.setVal", "int"), ("reuse", "SchdReuse.setVal", "bool"))
-
-
-class _Unknown:
-    """A value equal to nothing: a setting whose value in the model is not known."""
-
-    def __eq__(self, other: object) -> bool:
-        return False
-
-    def __ne__(self, other: object) -> bool:
-        return True
-
-    __hash__ = object.__hash__
-
-
-_UNKNOWN = _Unknown()
+SETTINGS = {attr.partition(".")[0]: kind for _field, attr, kind in SETTING_ATTRS}   # DO name -> type
+_ZERO = {"int": 0, "bool": False, "float": 0.0}   # libiec61850's value of an attribute the text leaves unset
+_UNKNOWN = object()   # a model value not known here: unequal to every value, so always written
 
 
 @functools.lru_cache(maxsize=64)
 def pristine_settings(kind: str, initialised: frozenset[str], slots: int) -> dict:
     """The settings of a `kind` schedule's logical node as libiec61850 built it: an attribute
-    the model text gives no value is 0 (false), one it gives a value is not known here (so
-    always written).  `initialised`: the node's attribute paths with a value in the text;
-    `slots`: how many value attributes to describe.  Shared between calls: read only."""
-    boolean = kind == "OnOff"
-    zero: Any = False if boolean else 0.0
-    out: dict[str, Any] = {field: _UNKNOWN if attr in initialised else 0 for field, attr, _ in SETTING_ATTRS}
-    out["reuse"] = _UNKNOWN if "SchdReuse.setVal" in initialised else False
-    prefix, slot = ("ValSPG", "setVal") if boolean else ("ValASG", "setMag.f")
-    out["values"] = [_UNKNOWN if f"{prefix}{i:03d}.{slot}" in initialised else zero for i in range(1, slots + 1)]
+    the model text gives no value is the zero of its type, one it gives a value is not
+    known here (so always written).  `initialised`: the node's attribute paths with a value
+    in the text; `slots`: how many value attributes to describe.  Shared: read only."""
+    out: dict[str, Any] = {field: _UNKNOWN if attr in initialised else _ZERO[type_]
+                           for field, attr, type_ in SETTING_ATTRS}
+    prefix, slot, type_ = ("ValSPG", "setVal", "bool") if kind == "OnOff" else ("ValASG", "setMag.f", "float")
+    out["values"] = [_UNKNOWN if f"{prefix}{i:03d}.{slot}" in initialised else _ZERO[type_]
+                     for i in range(1, slots + 1)]
     return out
 
 
