@@ -176,8 +176,8 @@ class StateStore:
 
     def save(self, key: str, data: dict[str, Any], durable: bool = True) -> None:
         """Write the record atomically (a reader sees the old one or the new one, whole).
-        `durable`: on disk before this returns (fsync of the file and the directory, about
-        0.85 ms of CPU each on ext4, bench/README.md); without, the kernel writes it back
+        `durable`: on disk before this returns (fsync of the file and of the directory: the
+        main cost of a save); without, the kernel writes it back
         later, so a power cut may lose it or, for a new file, leave it empty: only for
         records a reader tolerates losing (an actor's lifetime record)."""
         path = self.path_of(key)

@@ -162,10 +162,9 @@ class ReleventActor(Actor):
 
     def _record_start(self) -> None:
         """Keep a lifetime record in the store: how often and since when this actor started.
-        It is information only (the status shows it), so it is written without fsync (an
-        actor start is 4,031 of them at 1,000 DERs, 0.85 ms of CPU each: bench/README.md),
-        and one that a power cut left unreadable starts again, with a warning naming the
-        file.  Records an actor's behaviour depends on (a controller's schedules) fail the
+        It is information only (the status shows it), so it is written without fsync (a
+        site's start writes one for every actor: bench/README.md, "A lean start-up"), and
+        one that a power cut left unreadable starts again, with a warning naming the file.  Records an actor's behaviour depends on (a controller's schedules) fail the
         actor instead (StateCorrupt), and are written durably."""
         key = f"actor/{self.path or self.name}"
         try:

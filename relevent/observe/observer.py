@@ -33,10 +33,10 @@ log = logging.getLogger("relevent.observe")
 MAINTAIN_EVERY_MS = 60_000    # folding and retention of the history, at most this often
 STOP_WAIT_S = 5.0
 # The observer thread runs this much nicer than the runner: its work on each sample (events
-# and history of a tree of 4,031 actors at 1,000 DERs: about 0.1 s of a core) is background,
-# and on a busy host must wait for the MMS endpoints' threads, not they for it.  The price:
-# the runner's main thread, wanting the GIL while this thread holds it, may wait until this
-# thread gets a core again (tens of ms on a loaded host; its deadlines are seconds).
+# and history of the whole tree: most of what a sample costs, bench/README.md "What the
+# status sample costs") is background, and on a busy host must wait for the MMS endpoints'
+# threads, not they for it.  The price: the runner's main thread, wanting the GIL while this
+# thread holds it, may wait until this thread gets a core again (its deadlines are seconds).
 NICE_INCREMENT = 10
 
 

@@ -399,8 +399,8 @@ class MmsEndpoint:
     def _pristine(self, refs: ScheduleRefs, slots: int) -> dict | None:
         """A schedule's settings as the model holds them since libiec61850 built it, while no
         client can have written (the server does not listen yet): its first state leaves
-        out what equals them (at 100 DERs most of 220,000 first updates are zeros the
-        model holds already, bench/README.md)."""
+        out what equals them, mostly zeros the model holds already (bench/README.md, "A
+        lean start-up")."""
         initialised = self.server.pristine(refs.ln_ref)
         return None if initialised is None else pristine_settings(refs.kind, initialised, slots)
 
